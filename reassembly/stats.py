@@ -1,0 +1,22 @@
+"""Counters of everything the core saw, shed or lost.
+
+One flat `Stats` object is shared by every stage of a `Pipeline`; each stage increments the names it
+owns. Names are stable, lowercase words: they become Prometheus metric labels and the lines of the replay
+summary. Loss counters are the ones listed in `LOSS_COUNTERS`: a summary prints each that is not zero.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+__all__ = ["LOSS_PREFIXES", "Stats"]
+
+# Counter names starting with these are losses or degradations (printed when non-zero).
+LOSS_PREFIXES = ("drop_", "gap_", "evict_", "cap_", "http_desync", "conflict_", "truncated_")
+
+
+class Stats(Counter[str]):
+    """A `collections.Counter` of named events; `stats["packets"] += 1` is the whole API."""
+
+    def losses(self) -> dict[str, int]:
+        return {k: v for k, v in sorted(self.items()) if v and k.startswith(LOSS_PREFIXES)}

@@ -1,0 +1,41 @@
+"""`ApiCall`: one API call as Moesif should see it, made of the HTTP exchanges that carried it.
+
+On a Kong node one call crosses two TCP connections: the client leg (client -> Kong proxy port) and the
+upstream leg (Kong -> service, carrying Kong's `X-Consumer-*` headers). The leg joiner pairs them; the
+event builder reads an `ApiCall` and never needs to know how the pairing was done. A plain HTTP exchange
+(no Kong involved, or joining disabled) is an `ApiCall` with `legs=Legs.SINGLE` and only `client_leg`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from reassembly.events import Exchange
+
+__all__ = ["ApiCall", "Legs"]
+
+
+class Legs(StrEnum):
+    """Which legs of the call were seen; written to `metadata.capture.legs`."""
+
+    SINGLE = "single"  # plain HTTP: one exchange, no Kong proxy port involved
+    CLIENT_AND_UPSTREAM = "client+upstream"  # both legs seen and joined
+    CLIENT_ONLY = "client"  # Kong answered itself (401/429/404/5xx), or the upstream leg was not seen
+    UPSTREAM_ONLY = "upstream"  # the client leg is unreadable (TLS on 8443) or was not captured
+
+
+@dataclass(slots=True, kw_only=True)
+class ApiCall:
+    client_leg: Exchange | None  # the exchange on the client's connection (for SINGLE: the exchange)
+    upstream_leg: Exchange | None  # Kong's exchange with the service, when seen
+    legs: Legs
+    kong_request_id: str | None = None  # X-Kong-Request-Id when either leg carries it
+
+    @property
+    def primary(self) -> Exchange:
+        """The exchange whose request line, timing and response the event reports."""
+        leg = self.client_leg if self.client_leg is not None else self.upstream_leg
+        if leg is None:
+            raise ValueError("an ApiCall has at least one leg")
+        return leg

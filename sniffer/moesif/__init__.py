@@ -1,0 +1,1 @@
+"""Moesif stage: identification, masks, body encoding, event building, sampling, batching, transport."""
