@@ -69,6 +69,8 @@ _u16 = struct.Struct("!H").unpack_from
 _u32 = struct.Struct("!I").unpack_from
 _u32le = struct.Struct("<I").unpack_from
 _ipv4_hdr = struct.Struct("!BxHHHxB").unpack_from  # ver/ihl, total length, id, flags/offset, proto
+# IPv4 without options then TCP: ver/ihl, total length, flags/offset, proto, src, dst, then as _tcp_hdr
+_eth_ipv4_tcp = struct.Struct("!BxHxxHxBxx4s4sHHIIHH").unpack_from
 _tcp_hdr = struct.Struct("!HHIIHH").unpack_from  # ports, seq, ack, offset/flags, window
 
 
@@ -88,6 +90,25 @@ class Decoder:
         stats["frames"] += 1
         n = len(frame)
         if linktype == LINKTYPE_ETHERNET:
+            if n >= 54 and frame[12] == 8 and frame[13] == 0:
+                # Fast path for the common case (Ethernet, IPv4 without options, unfragmented, TCP, whole):
+                # one unpack for both headers. Anything else falls through to the general path.
+                vihl, total, frag, proto, src, dst, sport, dport, seq, ack, offflags, window = _eth_ipv4_tcp(
+                    frame, 14
+                )
+                end = 14 + total
+                doff = (offflags >> 10) & 0x3C
+                if (
+                    vihl == 0x45
+                    and proto == 6
+                    and not frag & 0x3FFF
+                    and end <= n
+                    and 20 <= doff <= total - 20
+                ):
+                    stats["segments"] += 1
+                    return Segment(
+                        ts, src, dst, sport, dport, seq, ack, offflags & 0xFF, frame[34 + doff : end], window
+                    )
             if n < 14:
                 stats["drop_malformed"] += 1
                 return None
