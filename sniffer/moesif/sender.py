@@ -1,0 +1,488 @@
+"""`MoesifSender`: the thread-safe front of delivery; its own thread runs an asyncio loop that batches,
+sends, retries and spools events until `close()`.
+
+Theory of operation. `submit()` (any thread) samples the event and appends it to a bounded queue;
+it never blocks and never touches the network. In the loop, the dispatcher cuts a batch when the
+queue holds `batch_size` events or its oldest event is `batch_max_time_s` old, waits for one of
+`max_in_flight` send slots, and hands the batch to a delivery task. While every slot is busy
+(an outage: batches retry with backoff in memory) events wait in the queue, which drops its
+oldest when full.
+
+With a spool directory, a batch that fails once is written to disk instead of retrying in memory,
+and while the collector is failing new batches go straight to disk: a crash or a long outage then
+loses nothing that was cut into a batch. One spool drainer probes the collector with the oldest
+file (with backoff); its first success restores direct sending, and the spool is drained in the
+background. Files left by an earlier run are sent first.
+
+`close()` stops taking events, sends everything within the deadline, then cancels what is still
+in flight and writes it (and whatever is still queued) to the spool, or counts it as left unsent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from sniffer.errors import ConfigError
+from sniffer.moesif.app_config import AppConfigFetcher
+from sniffer.moesif.batcher import (
+    MAX_BATCH_BYTES,
+    MAX_EVENT_BYTES,
+    Batch,
+    EventQueue,
+    encode_batches,
+    wait_woken,
+)
+from sniffer.moesif.sampling import Sampler
+from sniffer.moesif.spool import Spool
+from sniffer.moesif.transport import Backoff, MoesifTransport, Outcome, PostResult, RetryPolicy, mask_app_id
+
+__all__ = ["MoesifSender", "SendReport"]
+
+log = logging.getLogger("sniffer.transport")
+
+SPOOL_BATCH_EVENTS = 500  # spool files may hold more than batch_size: fewer fsyncs in an outage
+
+
+@dataclass(frozen=True)
+class SendReport:
+    """What happened to every submitted event, at `close()`."""
+
+    sent: int
+    dropped: dict[str, int]  # reason -> events lost for good (queue_full, rejected_4xx, ...)
+    left_unsent: int  # still in memory at the deadline, with no spool to keep them
+    spooled: int  # events waiting in the spool directory for the next start
+    sampled_out: int
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Everything that passed sampling was delivered."""
+        return self.left_unsent == 0 and self.spooled == 0 and not any(self.dropped.values())
+
+
+class MoesifSender:
+    def __init__(
+        self,
+        *,
+        application_id: str,
+        endpoint: str = "https://api.moesif.net",
+        batch_size: int = 50,
+        batch_max_time_s: float = 2.0,
+        queue_size: int = 100_000,
+        connect_timeout_s: float,
+        send_timeout_s: float,
+        flush_timeout_s: float = 10.0,
+        max_in_flight: int = 4,
+        spool_dir: str | None = None,
+        spool_max_bytes: int = 1 << 30,
+        user_agent: str,
+        retry_policy: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+    ) -> None:
+        if not application_id:
+            raise ConfigError("MOESIF_APPLICATION_ID is empty")
+        if not endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"MOESIF_API_ENDPOINT {endpoint!r}: must start with http:// or https://")
+        for name, value in (("MOESIF_BATCH_SIZE", batch_size), ("MOESIF_EVENT_QUEUE_SIZE", queue_size)):
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        self._app_id = application_id
+        self._endpoint = endpoint
+        self._batch_size = batch_size
+        self._batch_max_time_s = batch_max_time_s
+        self._connect_timeout_s = connect_timeout_s
+        self._send_timeout_s = send_timeout_s
+        self._flush_timeout_s = flush_timeout_s
+        self._max_in_flight = max(1, max_in_flight)
+        self._spool_dir = spool_dir
+        self._spool_max_bytes = spool_max_bytes
+        self._user_agent = user_agent
+        self._policy = retry_policy or RetryPolicy()
+        self._max_batch_bytes = max_batch_bytes
+        self._max_event_bytes = max_event_bytes
+        self._queue = EventQueue(queue_size, batch_size)
+        self._sampler = Sampler(rng)
+        self._backoff = Backoff(self._policy)
+        self._counters: Counter[str] = Counter()  # written by the loop thread only
+        self._lock = threading.Lock()
+        self._sampled_out = 0
+        self._after_close = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._report: SendReport | None = None
+        self._spool: Spool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._healthy = True
+        self._failures = 0  # consecutive failed attempts, for the spool prober's backoff
+        self._pause_until = 0.0  # loop time before which nothing is sent (Retry-After)
+        self._last_auth_log = float("-inf")
+        self._unsettled: set[Batch] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---- caller side (any thread) ----
+
+    def start(self) -> None:
+        """Start the sender thread; returns once the first config fetch was tried (bounded wait)."""
+        if self._thread is not None:
+            raise RuntimeError("MoesifSender already started")
+        if self._spool_dir:
+            self._spool = Spool(self._spool_dir, self._spool_max_bytes, self._counters)
+            self._healthy = not len(self._spool)  # old files first: start as if in an outage
+        self._thread = threading.Thread(target=self._run, name="moesif-sender", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=self._connect_timeout_s + self._send_timeout_s + 1.0)
+        log.info("sending events to %s (application id %s)", self._endpoint, mask_app_id(self._app_id))
+
+    def submit(self, event: dict[str, Any]) -> None:
+        """Queue one event (not to be mutated afterwards). Never blocks; may drop the oldest."""
+        if self._closed:
+            with self._lock:
+                self._after_close += 1
+            return
+        weight = self._sampler.weight(event)
+        if weight is None:
+            with self._lock:
+                self._sampled_out += 1
+            return
+        event["weight"] = weight
+        self._queue.put(event)
+
+    def close(self, timeout_s: float | None = None) -> SendReport:
+        """Stop taking events, deliver what is queued within the deadline, stop the thread."""
+        timeout = self._flush_timeout_s if timeout_s is None else timeout_s
+        with self._lock:
+            already, self._closed = self._closed, True
+        if self._thread is None:
+            return self._make_report(left_unsent=len(self._queue))
+        if not already and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                self._loop.call_soon_threadsafe(self._begin_close, timeout)
+        # Past the deadline the loop still cancels and spools; give that a bounded moment.
+        self._thread.join(timeout + 10.0)
+        if self._report is None:
+            log.error("sender thread did not stop in time; %d events unaccounted", len(self._queue))
+            return self._make_report(left_unsent=len(self._queue))
+        return self._report
+
+    @property
+    def stats(self) -> dict[str, int]:
+        for _ in range(5):
+            try:
+                snap = dict(self._counters)
+                break
+            except RuntimeError:  # resized by the loop thread mid-copy
+                continue
+        else:
+            snap = {}
+        with self._lock:
+            snap["events_sampled_out"] = self._sampled_out
+            snap["events_dropped_after_close"] = self._after_close
+        snap["events_queued"] = self._queue.accepted
+        snap["events_dropped_queue_full"] = self._queue.dropped_full
+        snap["queue_depth"] = len(self._queue)
+        snap["in_flight"] = len(self._tasks)
+        if self._spool is not None:
+            snap["spool_batches"] = len(self._spool)
+            snap["spool_bytes"] = self._spool.total_bytes
+        return snap
+
+    def _make_report(self, left_unsent: int) -> SendReport:
+        stats = self.stats
+        dropped = {
+            k.removeprefix("events_dropped_"): v
+            for k, v in sorted(stats.items())
+            if k.startswith("events_dropped_") and v
+        }
+        spooled = self._spool.pending_events if self._spool is not None else 0
+        stats["events_left_unsent"] = left_unsent
+        return SendReport(
+            stats.get("events_sent", 0), dropped, left_unsent, spooled, stats["events_sampled_out"], stats
+        )
+
+    # ---- loop side ----
+
+    def _run(self) -> None:
+        try:
+            self._report = asyncio.run(self._main())
+        except Exception:
+            log.exception("sender loop crashed")
+        finally:
+            self._ready.set()
+            if self._spool is not None:
+                self._spool.close()
+
+    async def _main(self) -> SendReport:
+        loop = self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._spool_wake = asyncio.Event()
+        self._close_requested = asyncio.Event()
+        self._closing = False
+        self._deadline = float("inf")
+        self._slots = asyncio.Semaphore(self._max_in_flight)
+        self._transport = MoesifTransport(
+            application_id=self._app_id,
+            endpoint=self._endpoint,
+            user_agent=self._user_agent,
+            connect_timeout_s=self._connect_timeout_s,
+            send_timeout_s=self._send_timeout_s,
+            max_connections=self._max_in_flight + 1,
+        )
+        self._fetcher = AppConfigFetcher(self._transport, self._sampler, self._policy, self._counters)
+        self._queue.set_waker(lambda: loop.call_soon_threadsafe(self._wake.set))
+        config_task = loop.create_task(self._fetcher.run())
+        workers = [loop.create_task(self._dispatch())]
+        if self._spool is not None:
+            workers.append(loop.create_task(self._drain_spool()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._fetcher.first_attempt_done.wait(), self._connect_timeout_s + 1)
+        self._ready.set()
+        if self._closed:  # close() raced start(): its call_soon may have found no loop
+            self._begin_close(self._flush_timeout_s)
+        await self._close_requested.wait()
+        try:
+            await asyncio.wait_for(self._quiesce(workers), timeout=max(0.0, self._deadline - loop.time()))
+        except TimeoutError:
+            log.warning("flush deadline reached with %d batches in flight", len(self._tasks))
+        for task in [config_task, *workers, *self._tasks]:
+            task.cancel()
+        await asyncio.gather(config_task, *workers, *self._tasks, return_exceptions=True)
+        self._queue.set_waker(None)
+        left = self._park_leftovers()
+        await self._transport.close()
+        report = self._make_report(left)
+        log.info(
+            "sender closed: %d events sent, %d dropped, %d spooled, %d left unsent",
+            report.sent,
+            sum(report.dropped.values()),
+            report.spooled,
+            report.left_unsent,
+        )
+        return report
+
+    def _begin_close(self, timeout: float) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._deadline = asyncio.get_running_loop().time() + timeout
+        self._close_requested.set()
+        self._wake.set()
+        self._spool_wake.set()
+
+    async def _quiesce(self, workers: list[asyncio.Task[None]]) -> None:
+        await asyncio.gather(*workers)
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    def _park_leftovers(self) -> int:
+        """After the deadline: spool what is still in memory, or count it as left unsent."""
+        leftovers = list(self._unsettled)
+        self._unsettled.clear()
+        while len(self._queue):
+            leftovers.extend(self._encode(self._queue.take(SPOOL_BATCH_EVENTS)))
+        left = 0
+        for batch in leftovers:
+            if self._spool is not None and batch.spool_name is None:
+                self._spool.write(batch.body, batch.count)
+            elif batch.spool_name is None:
+                left += batch.count
+        if left:
+            log.warning("%d events could not be sent before the deadline and are lost", left)
+        return left
+
+    def _encode(self, events: list[dict[str, Any]]) -> list[Batch]:
+        return encode_batches(
+            events,
+            self._counters,
+            max_event_bytes=self._max_event_bytes,
+            max_batch_bytes=self._max_batch_bytes,
+        )
+
+    def _spooling(self) -> bool:
+        return self._spool is not None and not self._healthy and len(self._spool) > 0
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _dispatch(self) -> None:
+        q = self._queue
+        while True:
+            q.arm()
+            n, oldest = q.peek()
+            if n == 0:
+                if self._closing:
+                    return
+                await wait_woken(self._wake, None)
+                continue
+            if n < self._batch_size and not self._closing and oldest is not None:
+                due_in = oldest + self._batch_max_time_s - time.monotonic()
+                if due_in > 0:
+                    await wait_woken(self._wake, due_in)
+                    continue
+            if self._spooling():
+                for batch in self._encode(q.take(SPOOL_BATCH_EVENTS)):
+                    self._to_spool(batch)
+                continue
+            await self._slots.acquire()
+            if self._spooling():  # the collector failed while we waited for a slot
+                self._slots.release()
+                continue
+            batches = self._encode(q.take(self._batch_size))
+            self._unsettled.update(batches)
+            self._spawn(self._deliver(batches))
+
+    def _to_spool(self, batch: Batch) -> None:
+        assert self._spool is not None
+        self._unsettled.discard(batch)
+        self._spool.write(batch.body, batch.count)
+        self._spool_wake.set()
+
+    async def _attempt(self, batch: Batch) -> PostResult:
+        """One POST (after any Retry-After pause), with the bookkeeping every outcome shares."""
+        loop = asyncio.get_running_loop()
+        if (pause := self._pause_until - loop.time()) > 0:
+            await asyncio.sleep(pause)
+        if batch.attempts:
+            self._counters["batches_retried"] += 1
+        batch.attempts += 1
+        result = await self._transport.post_batch(batch.body)
+        if result.etag:
+            self._fetcher.notice_etag(result.etag)
+        c = self._counters
+        if result.outcome is Outcome.OK:
+            if self._failures:
+                log.warning("collector reachable again after %d failed attempts", self._failures)
+            self._healthy, self._failures = True, 0
+            c["batches_sent"] += 1
+            c["events_sent"] += batch.count
+            c["bytes_sent"] += len(batch.body)
+            c["bytes_sent_uncompressed"] += batch.raw_bytes
+            c["last_success_ts"] = int(time.time())
+        elif result.outcome in (Outcome.RETRY, Outcome.AUTH):
+            self._failures += 1
+            self._healthy = False
+            c["http_" + str(result.status) if result.status else "network_errors"] += 1
+            if result.retry_after_s is not None:
+                self._pause_until = max(self._pause_until, loop.time() + result.retry_after_s)
+            self._log_failure(result)
+        elif result.outcome is Outcome.REJECT:
+            c["batches_rejected"] += 1
+            c["events_dropped_rejected_4xx"] += batch.count
+            log.error(
+                "collector rejected a batch of %d events: HTTP %s %s",
+                batch.count,
+                result.status,
+                result.detail,
+            )
+        return result
+
+    def _log_failure(self, result: PostResult) -> None:
+        now = time.monotonic()
+        if result.outcome is Outcome.AUTH:
+            self._counters["auth_failures"] += 1
+            if now - self._last_auth_log >= self._policy.auth_log_interval_s:
+                self._last_auth_log = now
+                log.error(
+                    "collector refused application id %s (HTTP %s): check MOESIF_APPLICATION_ID "
+                    "and MOESIF_API_ENDPOINT; events are kept and retried",
+                    mask_app_id(self._app_id),
+                    result.status,
+                )
+        elif self._failures == 1:
+            log.warning(
+                "sending to the collector failed (%s); retrying with backoff",
+                f"HTTP {result.status}" if result.status else result.detail,
+            )
+
+    def _retry_delay(self, result: PostResult, attempt: int) -> float:
+        if result.outcome is Outcome.AUTH:
+            return self._policy.auth_retry_s
+        return self._backoff.delay(attempt, result.retry_after_s)
+
+    def _split(self, batch: Batch) -> list[Batch]:
+        self._counters["batches_split"] += 1
+        if batch.count <= 1:
+            self._counters["events_dropped_too_large"] += batch.count
+            log.error("collector refused a single event as too large (413); dropped")
+            return []
+        return list(batch.split())
+
+    async def _deliver(self, batches: list[Batch]) -> None:
+        """Send in-memory batches in turn, holding one slot; retry in memory or hand to the spool."""
+        try:
+            pending = list(batches)
+            while pending:
+                batch = pending.pop(0)
+                result = await self._attempt(batch)
+                if result.outcome is Outcome.SPLIT:
+                    halves = self._split(batch)
+                    self._unsettled.discard(batch)
+                    self._unsettled.update(halves)
+                    pending[:0] = halves
+                elif result.outcome in (Outcome.RETRY, Outcome.AUTH):
+                    if self._spool is not None:
+                        self._to_spool(batch)
+                    else:
+                        pending.insert(0, batch)
+                        await asyncio.sleep(self._retry_delay(result, batch.attempts - 1))
+                else:
+                    self._unsettled.discard(batch)
+        finally:
+            self._slots.release()
+
+    async def _drain_spool(self) -> None:
+        """Send spooled batches oldest first: one probe at a time while failing, in parallel when not."""
+        spool = self._spool
+        assert spool is not None
+        while True:
+            if self._closing and not self._healthy:
+                return  # the collector is failing: the files wait for the next start
+            entry = spool.next_ready()
+            if entry is None:
+                if self._closing:
+                    return
+                await wait_woken(self._spool_wake, None)
+                continue
+            await self._slots.acquire()
+            body = spool.read(entry.name)
+            if body is None:
+                self._slots.release()
+                continue
+            batch = Batch(body, entry.count, len(body), None, entry.name)
+            if self._healthy:
+                self._spawn(self._deliver_spooled(batch))
+                continue
+            result = await self._deliver_spooled(batch)
+            if result is not None:
+                await asyncio.sleep(self._retry_delay(result, self._failures - 1))
+
+    async def _deliver_spooled(self, batch: Batch) -> PostResult | None:
+        """One attempt at a spool file; returns the failure when the file stays for a retry."""
+        spool = self._spool
+        assert spool is not None and batch.spool_name is not None
+        try:
+            result = await self._attempt(batch)
+        finally:
+            self._slots.release()
+        if result.outcome in (Outcome.RETRY, Outcome.AUTH):
+            spool.release(batch.spool_name)
+            self._spool_wake.set()
+            return result
+        if result.outcome is Outcome.SPLIT:
+            for half in self._split(batch):
+                spool.write(half.body, half.count)
+            self._counters["events_spooled"] -= batch.count  # the halves re-counted the same events
+        spool.remove(batch.spool_name)
+        return None

@@ -1,0 +1,201 @@
+"""HTTP to the Moesif collector: one aiohttp session, batch POSTs and config GETs, outcome policy.
+
+`MoesifTransport.post_batch` sends one gzip'd JSON array and turns whatever happens (a status, a
+timeout, a reset) into an `Outcome` that says what the sender must do next: done, retry later,
+retry slowly (bad application id), split (413) or drop (other 4xx). It never raises for network or
+HTTP failures. `Backoff` is exponential with jitter; `Retry-After` (seconds or an HTTP date) wins
+over it, capped. Nothing here logs event bodies or the application id (only its last 4 chars).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+__all__ = [
+    "Backoff",
+    "ConfigResult",
+    "MoesifTransport",
+    "Outcome",
+    "PostResult",
+    "RetryPolicy",
+    "mask_app_id",
+    "parse_retry_after",
+]
+
+ETAG_HEADER = "X-Moesif-Config-ETag"
+
+
+def mask_app_id(app_id: str) -> str:
+    return "..." + app_id[-4:] if len(app_id) > 4 else "****"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retry timings; the defaults suit production, tests shrink them."""
+
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    retry_after_max_s: float = 300.0
+    auth_retry_s: float = 30.0  # 401/403: the app id is wrong; no point hammering
+    auth_log_interval_s: float = 60.0
+    config_refresh_s: float = 60.0
+    config_min_interval_s: float = 1.0  # ETag-triggered refetches at most this often
+
+
+class Outcome(enum.StrEnum):
+    OK = "ok"
+    RETRY = "retry"  # 429, 5xx, timeout, connection error
+    AUTH = "auth"  # 401/403 (and 3xx: a misconfigured endpoint), keep events, retry slowly
+    SPLIT = "split"  # 413
+    REJECT = "reject"  # other 4xx: drop the batch
+
+
+@dataclass(frozen=True, slots=True)
+class PostResult:
+    outcome: Outcome
+    status: int | None = None  # None: no HTTP answer (timeout, reset, refused)
+    retry_after_s: float | None = None
+    etag: str | None = None
+    detail: str = ""  # error text or truncated response body, for logs
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigResult:
+    doc: Any | None
+    etag: str | None
+    error: str = ""
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None when absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class Backoff:
+    """Exponential backoff with "equal jitter": half the step fixed, half random, so retries spread
+    out without ever collapsing to zero."""
+
+    def __init__(self, policy: RetryPolicy, rng: random.Random | None = None) -> None:
+        self._policy = policy
+        self._rng = rng or random.Random()
+
+    def delay(self, attempt: int, retry_after_s: float | None = None) -> float:
+        p = self._policy
+        if retry_after_s is not None:
+            # Honour the server, plus a little jitter so parked batches don't return in one burst.
+            wait = min(p.retry_after_max_s, retry_after_s)
+            return wait + self._rng.uniform(0, 0.1 + wait * 0.1)
+        step = min(p.backoff_max_s, p.backoff_base_s * (2 ** min(attempt, 30)))
+        return step / 2 + self._rng.uniform(0, step / 2)
+
+
+def _classify(status: int) -> Outcome:
+    if 200 <= status < 300:
+        return Outcome.OK
+    if status == 429 or status >= 500:
+        return Outcome.RETRY
+    if status == 413:
+        return Outcome.SPLIT
+    if status in (401, 403) or status < 200 or 300 <= status < 400:
+        return Outcome.AUTH
+    return Outcome.REJECT
+
+
+class MoesifTransport:
+    """Owns the aiohttp session; create and use it inside the sender's event loop."""
+
+    def __init__(
+        self,
+        *,
+        application_id: str,
+        endpoint: str,
+        user_agent: str,
+        connect_timeout_s: float,
+        send_timeout_s: float,
+        max_connections: int,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self._headers = {"X-Moesif-Application-Id": application_id, "User-Agent": user_agent}
+        # The plugin applies send_timeout to connect, send and read alike; total bounds a stalled upload.
+        self._post_timeout = aiohttp.ClientTimeout(
+            total=connect_timeout_s + send_timeout_s, sock_connect=connect_timeout_s, sock_read=send_timeout_s
+        )
+        self._get_timeout = aiohttp.ClientTimeout(
+            total=connect_timeout_s + send_timeout_s, sock_connect=connect_timeout_s
+        )
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=60)
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post_batch(self, gz_body: bytes) -> PostResult:
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        try:
+            async with self.session.post(
+                self.endpoint + "/v1/events/batch",
+                data=gz_body,
+                headers=headers,
+                timeout=self._post_timeout,
+                allow_redirects=False,
+            ) as resp:
+                outcome = _classify(resp.status)
+                detail = ""
+                if outcome is not Outcome.OK:
+                    detail = (await resp.content.read(300)).decode("utf-8", "replace")
+                else:
+                    await resp.read()  # drain so the connection goes back to the pool
+                return PostResult(
+                    outcome,
+                    resp.status,
+                    parse_retry_after(resp.headers.get("Retry-After")),
+                    resp.headers.get(ETAG_HEADER),
+                    detail,
+                )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return PostResult(Outcome.RETRY, None, None, None, f"{type(exc).__name__}: {exc}"[:300])
+
+    async def get_config(self) -> ConfigResult:
+        try:
+            async with self.session.get(
+                self.endpoint + "/v1/config", timeout=self._get_timeout, allow_redirects=False
+            ) as resp:
+                body = await resp.read()
+                etag = resp.headers.get(ETAG_HEADER)
+                if resp.status != 200:
+                    return ConfigResult(None, etag, f"HTTP {resp.status}")
+                return ConfigResult(orjson.loads(body), etag)
+        except orjson.JSONDecodeError as exc:
+            return ConfigResult(None, None, f"bad JSON: {exc}")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return ConfigResult(None, None, f"{type(exc).__name__}: {exc}"[:300])

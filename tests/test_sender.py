@@ -1,0 +1,415 @@
+"""MoesifSender against the local fake collector (tests/collector.py), over real sockets."""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from collector import APP_ID, CollectorThread, running_collector
+
+from sniffer.moesif.batcher import EventQueue
+from sniffer.moesif.sender import MoesifSender
+from sniffer.moesif.transport import Backoff, RetryPolicy, parse_retry_after
+
+FAST = RetryPolicy(backoff_base_s=0.05, backoff_max_s=0.4, auth_retry_s=0.2, config_min_interval_s=0.05)
+
+
+def make_event(i: int, user: str | None = None, path: str = "/items", body: Any = None) -> dict[str, Any]:
+    ev: dict[str, Any] = {
+        "request": {
+            "time": "2026-11-24T10:00:00.000Z",
+            "uri": f"http://api.example.com:8000{path}?n={i}",
+            "verb": "GET",
+            "headers": {"host": "api.example.com", "accept": "*/*"},
+            "ip_address": "10.0.0.1",
+        },
+        "response": {
+            "time": "2026-11-24T10:00:00.012Z",
+            "status": 200,
+            "headers": {"content-type": "application/json"},
+        },
+        "direction": "Incoming",
+        "transaction_id": str(uuid.UUID(int=i + 1)),
+        "metadata": {"capture": {"legs": "client"}},
+    }
+    if user is not None:
+        ev["user_id"] = user
+    if body is not None:
+        ev["response"]["body"] = body
+        ev["response"]["transfer_encoding"] = "json"
+    return ev
+
+
+def tid(i: int) -> str:
+    return str(uuid.UUID(int=i + 1))
+
+
+def make_sender(url: str, **kw: Any) -> MoesifSender:
+    args: dict[str, Any] = {
+        "application_id": APP_ID,
+        "endpoint": url,
+        "connect_timeout_s": 1.0,
+        "send_timeout_s": 2.0,
+        "user_agent": "moesif-sniffer/test",
+        "batch_max_time_s": 0.05,
+        "retry_policy": FAST,
+    }
+    args.update(kw)
+    return MoesifSender(**args)
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+@pytest.fixture
+def collector() -> Iterator[CollectorThread]:
+    with running_collector() as c:
+        yield c
+
+
+def test_delivers_every_event_exactly_once(collector: CollectorThread) -> None:
+    s = make_sender(collector.url, batch_size=50)
+    s.start()
+    for i in range(2000):
+        s.submit(make_event(i))
+    report = s.close()
+    c = collector.collector
+    assert c.counts() == {tid(i): 1 for i in range(2000)}
+    assert c.invalid == []
+    assert report.complete and report.sent == 2000
+    assert max(c.batches) <= 50 and sum(c.batches) == 2000
+    assert report.stats["batches_sent"] == len(c.batches)
+    assert c.encodings == {"gzip": len(c.batches)}
+    assert c.user_agents == {"moesif-sniffer/test"}
+    assert all(e["weight"] == 1 for e in c.events())
+    assert report.stats["last_success_ts"] >= int(time.time()) - 60
+    assert report.stats["bytes_sent"] < report.stats["bytes_sent_uncompressed"]
+
+
+def test_age_flushes_a_small_batch_without_close(collector: CollectorThread) -> None:
+    s = make_sender(collector.url, batch_size=50, batch_max_time_s=0.2)
+    s.start()
+    for i in range(3):
+        s.submit(make_event(i))
+    assert wait_until(lambda: collector.collector.event_count == 3)
+    assert collector.collector.batches == [3]
+    s.close()
+
+
+def test_outage_of_several_seconds_loses_nothing(collector: CollectorThread) -> None:
+    c = collector.collector
+    s = make_sender(
+        collector.url, batch_size=20, retry_policy=RetryPolicy(backoff_base_s=0.2, backoff_max_s=1.0)
+    )
+    s.start()
+    for i in range(300):
+        s.submit(make_event(i))
+    assert wait_until(lambda: c.event_count == 300)
+    c.control(fail_503_for=4.0)
+    for i in range(300, 700):  # trickle in during the outage, like live capture would
+        s.submit(make_event(i))
+        if i % 50 == 0:
+            time.sleep(0.25)
+    report = s.close(timeout_s=20)
+    assert c.counts() == {tid(i): 1 for i in range(700)}
+    assert c.statuses[503] > 0
+    assert report.complete
+    assert report.stats["batches_retried"] >= c.statuses[503]
+
+
+def test_429_retry_after_is_honoured(collector: CollectorThread) -> None:
+    c = collector.collector
+    c.control(fail_429=1, retry_after="1")
+    s = make_sender(collector.url, batch_size=10, max_in_flight=1)
+    s.start()
+    for i in range(10):
+        s.submit(make_event(i))
+    report = s.close(timeout_s=10)
+    assert c.counts() == {tid(i): 1 for i in range(10)}
+    (t429, st1), (t201, st2) = c.answers
+    assert (st1, st2) == (429, 201)
+    assert t201 - t429 >= 1.0  # a lower bound: the sender waited at least what the server asked
+    assert report.stats["http_429"] == 1
+
+
+def test_413_splits_until_batches_fit(collector: CollectorThread) -> None:
+    c = collector.collector
+    c.control(max_batch_events=7)
+    s = make_sender(collector.url, batch_size=50)
+    s.start()
+    for i in range(200):
+        s.submit(make_event(i))
+    report = s.close()
+    assert c.counts() == {tid(i): 1 for i in range(200)}
+    assert max(c.batches) <= 7
+    assert report.stats["batches_split"] >= 200 // 50
+    assert report.complete
+
+
+def test_413_on_a_single_event_drops_only_that_event(collector: CollectorThread) -> None:
+    c = collector.collector
+    c.control(max_body_bytes=20_000)
+    s = make_sender(collector.url, batch_size=10)
+    s.start()
+    for i in range(10):
+        s.submit(make_event(i, body={"blob": "x" * 30_000} if i == 4 else None))
+    report = s.close()
+    assert set(c.counts()) == {tid(i) for i in range(10) if i != 4}
+    assert report.dropped == {"too_large": 1}
+
+
+def test_other_4xx_drops_the_batch_and_counts_it(collector: CollectorThread, caplog: Any) -> None:
+    c = collector.collector
+    c.control(fail_400=2)
+    s = make_sender(collector.url, batch_size=10, max_in_flight=1)
+    s.start()
+    with caplog.at_level(logging.ERROR, logger="sniffer.transport"):
+        for i in range(100):
+            s.submit(make_event(i))
+        report = s.close()
+    missing = 100 - c.event_count
+    assert missing > 0
+    assert report.dropped == {"rejected_4xx": missing}
+    assert report.stats["batches_rejected"] == 2
+    assert sum("told to refuse" in r.getMessage() for r in caplog.records) == 2  # the body is logged
+
+
+def test_invalid_event_is_refused_by_the_collector(collector: CollectorThread) -> None:
+    bad = make_event(0)
+    del bad["request"]["time"]
+    s = make_sender(collector.url, batch_size=1)
+    s.start()
+    s.submit(bad)
+    s.submit(make_event(1))
+    report = s.close()
+    assert set(collector.collector.counts()) == {tid(1)}
+    assert report.dropped == {"rejected_4xx": 1}
+    assert "request.time" in collector.collector.invalid[0]
+
+
+def test_401_keeps_events_retries_and_logs_once(collector: CollectorThread, caplog: Any) -> None:
+    c = collector.collector
+    c.control(fail_401_for=1.5)
+    s = make_sender(collector.url, batch_size=10)
+    with caplog.at_level(logging.ERROR, logger="sniffer.transport"):
+        s.start()
+        for i in range(100):
+            s.submit(make_event(i))
+        report = s.close(timeout_s=15)
+    assert c.counts() == {tid(i): 1 for i in range(100)}
+    assert c.statuses[401] >= 2 and report.stats["auth_failures"] == c.statuses[401]
+    loud = [r for r in caplog.records if "refused application id" in r.getMessage()]
+    assert len(loud) == 1
+    assert APP_ID not in loud[0].getMessage() and APP_ID[-4:] in loud[0].getMessage()
+
+
+def test_connection_resets_and_slow_answers(collector: CollectorThread) -> None:
+    c = collector.collector
+    c.control(reset_next=3, delay_s=0.2)
+    s = make_sender(collector.url, batch_size=25)
+    s.start()
+    for i in range(300):
+        s.submit(make_event(i))
+    report = s.close(timeout_s=20)
+    assert c.counts() == {tid(i): 1 for i in range(300)}
+    assert report.stats["network_errors"] >= 3
+    assert report.complete
+
+
+def test_answers_slower_than_the_timeout_are_retried(collector: CollectorThread) -> None:
+    c = collector.collector
+    c.control(delay_s=1.0)
+    s = make_sender(collector.url, batch_size=50, send_timeout_s=0.3, connect_timeout_s=0.3)
+    s.start()
+    for i in range(100):
+        s.submit(make_event(i))
+    assert wait_until(lambda: s.stats.get("network_errors", 0) >= 2)
+    c.control(delay_s=0.0)
+    report = s.close(timeout_s=15)
+    # The collector kept batches whose answers timed out: duplicates, same transaction_id only.
+    assert set(c.counts()) == {tid(i) for i in range(100)}
+    assert report.complete
+
+
+def test_sampling_half_arrives_with_weight_2(collector: CollectorThread) -> None:
+    c = collector.collector
+    c.set_config({"sample_rate": 50})
+    s = make_sender(collector.url, batch_size=100, rng=random.Random(1234))
+    s.start()
+    n = 4000
+    for i in range(n):
+        s.submit(make_event(i))
+    report = s.close()
+    kept = c.event_count
+    assert abs(kept - n / 2) < 5 * (n * 0.25) ** 0.5  # five sigma of Binomial(4000, 0.5)
+    assert {e["weight"] for e in c.events()} == {2}
+    assert report.sampled_out == n - kept
+    assert report.stats["config_fetches"] >= 1
+
+
+def test_user_rate_zero_drops_exactly_that_user(collector: CollectorThread) -> None:
+    c = collector.collector
+    c.set_config({"sample_rate": 100, "user_sample_rate": {"alice": 0}})
+    s = make_sender(collector.url, batch_size=50)
+    s.start()
+    users = ["alice", "bob", None]
+    for i in range(600):
+        s.submit(make_event(i, user=users[i % 3]))
+    s.close()
+    assert set(c.counts()) == {tid(i) for i in range(600) if i % 3 != 0}
+
+
+def test_etag_change_refetches_config(collector: CollectorThread) -> None:
+    c = collector.collector
+    s = make_sender(collector.url, batch_size=1)
+    s.start()
+    fetches = c.config_fetches
+    c.set_config({"sample_rate": 100, "user_sample_rate": {"alice": 0}})
+    s.submit(make_event(0, user="bob"))  # its response carries the new ETag
+    assert wait_until(lambda: s.stats.get("config_fetches", 0) >= 2)
+    assert c.config_fetches > fetches
+    s.submit(make_event(1, user="alice"))
+    s.submit(make_event(2, user="bob"))
+    s.close()
+    assert set(c.counts()) == {tid(0), tid(2)}
+
+
+def test_config_fetch_failure_keeps_everything(collector: CollectorThread) -> None:
+    c = collector.collector
+    c.control(fail_config=True, config={"sample_rate": 0})
+    s = make_sender(collector.url, batch_size=50)
+    s.start()
+    for i in range(100):
+        s.submit(make_event(i))
+    report = s.close()
+    assert c.event_count == 100
+    assert report.stats["config_fetch_errors"] >= 1
+
+
+def test_full_queue_drops_the_oldest_and_counts_exactly(collector: CollectorThread) -> None:
+    s = make_sender(collector.url, batch_size=10, queue_size=100)
+    for i in range(1000):  # before start: nothing drains the queue
+        s.submit(make_event(i))
+    s.start()
+    report = s.close()
+    assert set(collector.collector.counts()) == {tid(i) for i in range(900, 1000)}
+    assert report.dropped == {"queue_full": 900}
+    assert report.stats["events_queued"] == 1000
+
+
+def test_full_queue_during_outage_counter_equals_missing(collector: CollectorThread) -> None:
+    c = collector.collector
+    c.control(fail_503_for=1.5)
+    s = make_sender(collector.url, batch_size=10, queue_size=200, max_in_flight=2)
+    s.start()
+    for i in range(1000):
+        s.submit(make_event(i))
+    report = s.close(timeout_s=15)
+    dropped = report.dropped.get("queue_full", 0)
+    assert dropped > 0
+    assert c.event_count == 1000 - dropped
+    assert all(n == 1 for n in c.counts().values())
+
+
+def test_close_flushes_everything_queued(collector: CollectorThread) -> None:
+    s = make_sender(collector.url, batch_size=1000, batch_max_time_s=60)
+    s.start()
+    for i in range(500):
+        s.submit(make_event(i))
+    assert collector.collector.event_count == 0
+    report = s.close()
+    assert collector.collector.counts() == {tid(i): 1 for i in range(500)}
+    assert report.complete
+    s.submit(make_event(501))
+    assert s.stats["events_dropped_after_close"] == 1
+
+
+def test_close_deadline_during_outage_reports_unsent(collector: CollectorThread) -> None:
+    collector.collector.control(fail_503_for=60)
+    s = make_sender(collector.url, batch_size=10)
+    s.start()
+    for i in range(95):
+        s.submit(make_event(i))
+    report = s.close(timeout_s=0.5)
+    assert report.sent == 0 and report.left_unsent == 95 and not report.complete
+
+
+def test_oversize_event_loses_bodies_then_is_dropped(collector: CollectorThread) -> None:
+    s = make_sender(collector.url, batch_size=10)
+    s.start()
+    s.submit(make_event(0, body={"blob": "x" * 1_200_000}))
+    huge_headers = make_event(1)
+    huge_headers["request"]["headers"]["x-big"] = "y" * 1_200_000
+    s.submit(huge_headers)
+    s.submit(make_event(2, body={"ok": True}))
+    report = s.close()
+    got = {e["transaction_id"]: e for e in collector.collector.events()}
+    assert set(got) == {tid(0), tid(2)}
+    assert "body" not in got[tid(0)]["response"]
+    assert got[tid(0)]["metadata"]["capture"]["body_omitted_event_bytes"] > 1_200_000
+    assert got[tid(2)]["response"]["body"] == {"ok": True}
+    assert report.dropped == {"oversize": 1}
+    assert report.stats["events_bodies_omitted_oversize"] == 1
+
+
+def test_batches_are_bounded_by_bytes(collector: CollectorThread) -> None:
+    s = make_sender(collector.url, batch_size=50, max_batch_bytes=200_000)
+    s.start()
+    for i in range(60):
+        s.submit(make_event(i, body={"blob": "z" * 30_000}))
+    s.close()
+    c = collector.collector
+    assert c.event_count == 60
+    assert max(c.batches) <= 6  # 6 x ~30.5 KB fit in 200 KB, 7 do not
+
+
+def test_wrong_app_id_is_refused_by_the_collector(collector: CollectorThread) -> None:
+    s = make_sender(collector.url, application_id="not-the-right-one", batch_size=5)
+    s.start()
+    for i in range(5):
+        s.submit(make_event(i))
+    report = s.close(timeout_s=0.5)
+    assert collector.collector.event_count == 0
+    assert report.left_unsent == 5 and report.stats["auth_failures"] >= 1
+
+
+def test_queue_wakes_consumer_only_on_edges() -> None:
+    wakes: list[int] = []
+    q = EventQueue(maxsize=10, batch_size=4)
+    q.set_waker(lambda: wakes.append(len(q)))
+    for i in range(12):
+        q.put({"i": i})
+    assert wakes == [1]  # went non-empty; no re-arm, so no more wake-ups
+    q.arm()
+    q.put({"i": 12})
+    assert wakes == [1, 10]
+    assert q.dropped_full == 3 and [e["i"] for e in q.take(3)] == [3, 4, 5]
+
+
+def test_retry_after_parsing_and_backoff_bounds() -> None:
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    policy = RetryPolicy(backoff_base_s=1.0, backoff_max_s=8.0, retry_after_max_s=100)
+    b = Backoff(policy, random.Random(5))
+    for attempt in range(10):
+        step = min(8.0, 2.0**attempt)
+        assert step / 2 <= b.delay(attempt) <= step
+    assert 30 <= b.delay(0, retry_after_s=30) <= 33.1
+    assert b.delay(0, retry_after_s=1000) >= 100
