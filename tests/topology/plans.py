@@ -172,6 +172,17 @@ def demo_plan() -> dict[str, Any]:
             port=8001,
         ),
         connection([call("GET", "/api/orders", None)], source=CLIENT2_V4, port=8001, tool="curl"),
+        # A burst: more client connections at once than the upstream pool keeps (keepalive 8).
+        *(
+            connection(
+                [call("GET", f"/api/orders/{101 + i}", user), call("GET", "/api/slow?ms=50", user)],
+                source=src,
+                delay_ms=150,
+            )
+            for i, (user, src) in enumerate(
+                [("alice", CLIENT_V4), ("bob", CLIENT2_V4), ("carol", CLIENT_V6), ("dave", CLIENT2_V6)]
+            )
+        ),
         # Same source, same path, overlapping in time: only the credential tells them apart.
         connection([call("GET", "/api/slow?ms=200", "alice")], port=8001, delay_ms=300),
         connection([call("GET", "/api/slow?ms=200", "bob")], port=8001, delay_ms=310),
