@@ -1,0 +1,385 @@
+"""Both directions of one TCP connection as HTTP/1.x: pairs requests with responses into `Exchange`s.
+
+Theory of operation: one `MessageReader` per direction reports heads, finished messages and losses to this
+class (the reader sink). Requests wait in a FIFO (pipelining); a response head takes the request it
+answers before its framing is decided, because HEAD and CONNECT change it. An exchange is emitted as soon
+as both of its messages are finished, usually the moment the response completes.
+
+Pairing policy when bytes were lost (`_realign`): a loss of unknown extent on either side (a gap between
+messages or reaching past one, a desync) means whole messages may be gone, so FIFO order can no longer be
+trusted. The next response then pairs with a waiting request that began before it (capture time):
+  - on a connection that never pipelined (the norm: Kong, browsers and most clients wait for each
+    response), the NEWEST such request, since a client that waits sent it after the previous response;
+    older waiting requests lost their responses and are emitted UNANSWERED;
+  - on a connection seen pipelining, the OLDEST such request (assume no whole message was lost).
+  - with no such request, the response is an ORPHAN_RESPONSE (its request was lost) and the next response
+    tries again.
+A loss of exactly one message of known position (a head cut by a gap, an oversized head) keeps FIFO order
+with a placeholder: on the request side a request-less entry (its response becomes an orphan flagged
+REQUEST_INCOMPLETE); on the response side the front request is emitted with RESPONSE_INCOMPLETE.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from reassembly.events import (
+    Direction,
+    Endpoint,
+    Exchange,
+    ExchangeFlag,
+    HttpRequest,
+    HttpResponse,
+    StreamData,
+    StreamGap,
+)
+from reassembly.http_framing import NO_BODY, Framing, FramingKind, body_framing
+from reassembly.http_reader import Message, MessageReader, Role, State
+from reassembly.limits import Limits
+from reassembly.stats import Stats
+
+__all__ = ["HttpConnectionParser"]
+
+# More interim (1xx) responses than this before one final response are not worth keeping.
+_MAX_INTERIM = 16
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    """One exchange being assembled."""
+
+    index: int
+    ts_start: float  # capture time the request began (the response's, for an orphan)
+    request: HttpRequest | None
+    response: HttpResponse | None = None
+    request_done: bool = False
+    response_done: bool = False
+    flags: set[ExchangeFlag] = field(default_factory=set)
+
+
+class HttpConnectionParser:
+    """HTTP/1.x parser for one TCP connection, fed with the TCP layer's stream events.
+
+    Args:
+        flow_id, client, server: copied into every emitted `Exchange` (swapped if the roles turn out to be
+            the other way round on a mid-stream flow).
+        mid_stream: the handshake was not seen, so both directions start by scanning for a start line
+            and the first one found decides which side is the client.
+    """
+
+    def __init__(
+        self,
+        flow_id: int,
+        client: Endpoint,
+        server: Endpoint,
+        limits: Limits,
+        stats: Stats,
+        *,
+        mid_stream: bool = False,
+    ) -> None:
+        self._flow_id = flow_id
+        self._client = client
+        self._server = server
+        self._stats = stats
+        self._max_pending = max(1, limits.max_pending_requests)
+        self._mid_stream = mid_stream
+        role_c, role_s = (Role.UNKNOWN, Role.UNKNOWN) if mid_stream else (Role.REQUEST, Role.RESPONSE)
+        self._from_client = MessageReader(role_c, limits, stats, self, mid_stream=mid_stream)
+        self._from_server = MessageReader(role_s, limits, stats, self, mid_stream=mid_stream)
+        self._waiting: deque[_Entry] = deque()  # requests (or placeholders) whose response has not begun
+        self._req_entry: _Entry | None = None  # the request being read
+        self._resp_entry: _Entry | None = None  # the exchange whose response is being read
+        self._interim: list[int] = []
+        self._next_index = 0
+        self._swapped = False
+        self._realign = False
+        self._pipelined = False
+        self._had_loss = False
+        self._resume = False
+        self._dead = False
+        self._closed = False
+        self._out: list[Exchange] = []
+
+    # -- public API ----------------------------------------------------------------------------------------
+
+    @property
+    def is_dead(self) -> bool:
+        """True once the flow is not (or no longer) HTTP: feeding it further is pointless."""
+        return self._dead
+
+    def feed(self, event: StreamData | StreamGap) -> list[Exchange]:
+        """Take one stream event of this flow; return the exchanges it completed.
+
+        Raises:
+            RuntimeError: after `close()` (misuse). Bad traffic never raises: an internal error is counted
+            as `http_desync` and the direction concerned resynchronises.
+        """
+        if self._closed:
+            raise RuntimeError("HttpConnectionParser.feed() after close()")
+        if self._dead:
+            return []
+        reader = self._from_client if event.direction == Direction.TO_SERVER else self._from_server
+        try:
+            if type(event) is StreamData:
+                reader.feed(event.data, event.offset, event.ts)
+            else:
+                reader.gap(event.offset, event.length)
+            if self._resume and not self._dead:
+                self._resume = False
+                self._request_reader().resume()
+        except Exception:
+            self._recover(reader)
+        out = self._out
+        self._out = []
+        return out
+
+    def close(self, ts: float) -> list[Exchange]:
+        """The flow ended: finish close-delimited bodies and emit everything pending, flagged."""
+        if self._closed:
+            return []
+        self._closed = True
+        try:
+            if not self._dead:
+                # Requests first, so a response that was waiting for its request's end can go out.
+                self._request_reader().close()
+                self._response_reader().close()
+                if self._resp_entry is not None:
+                    self._emit(self._resp_entry)
+                while self._waiting:
+                    entry = self._waiting.popleft()
+                    if entry.request is not None:
+                        self._emit(entry)
+        except Exception:
+            self._stats["http_desync"] += 1
+        self._dead = True
+        out = self._out
+        self._out = []
+        return out
+
+    # -- reader sink ---------------------------------------------------------------------------------------
+
+    def on_head(self, reader: MessageReader, msg: Message) -> Framing:
+        if isinstance(msg, HttpRequest):
+            return self._request_head(msg)
+        assert isinstance(msg, HttpResponse)
+        status = msg.status
+        if status < 200 and status != 101:
+            return NO_BODY
+        entry = self._pick_request(msg.ts_start)
+        if entry is None:
+            entry = self._new_entry(msg.ts_start, None)
+            entry.request_done = True
+        entry.response = msg
+        self._resp_entry = entry
+        if self._interim:
+            msg.interim = self._interim
+            self._interim = []
+        request = entry.request
+        framing = body_framing(request.method if request is not None else None, status, msg.headers)
+        if framing.kind is not FramingKind.TUNNEL and self._request_reader().state is State.PAUSED:
+            self._resume = True
+        return framing
+
+    def on_message(self, reader: MessageReader, msg: Message) -> None:
+        if isinstance(msg, HttpRequest):
+            entry = self._req_entry
+            self._req_entry = None
+            if entry is None or entry.request is not msg:
+                return
+            entry.request_done = True
+            if entry.response_done:
+                self._emit(entry)
+            elif entry.response is None and msg.complete and _may_switch_protocols(msg):
+                # The next client bytes may be a tunnel's: hold them until the response says which.
+                reader.pause()
+            return
+        assert isinstance(msg, HttpResponse)
+        status = msg.status
+        if status < 200 and status != 101:
+            if len(self._interim) < _MAX_INTERIM:
+                self._interim.append(status)
+            return
+        entry = self._resp_entry
+        self._resp_entry = None
+        if entry is None or entry.response is not msg:
+            return
+        entry.response_done = True
+        request = entry.request
+        if msg.complete and (
+            status == 101 or (request is not None and request.method == b"CONNECT" and 200 <= status < 300)
+        ):
+            entry.flags.add(ExchangeFlag.TUNNEL)
+            self._stats["http_tunnels"] += 1
+            self._emit(entry)
+            self._kill()
+            return
+        if entry.request_done:
+            self._emit(entry)
+
+    def on_lost(self, reader: MessageReader, started: bool, exact: bool) -> None:
+        self._had_loss = True
+        if started:
+            if reader.role is Role.REQUEST:
+                # A request began and was lost: keep its place so later responses stay in step.
+                placeholder = self._new_entry(reader.message_ts, None)
+                placeholder.request_done = True
+                placeholder.flags.add(ExchangeFlag.REQUEST_INCOMPLETE)
+                self._enqueue(placeholder)
+            elif not self._realign and self._waiting:
+                # A response head was cut: it answered the front request (FIFO is still trusted here).
+                entry = self._waiting.popleft()
+                if entry.request is not None:
+                    entry.flags.add(ExchangeFlag.RESPONSE_INCOMPLETE)
+                    self._emit_when_done(entry)
+        if not exact:
+            self._realign = True
+
+    def on_role(self, reader: MessageReader, role: Role) -> None:
+        other = self._from_server if reader is self._from_client else self._from_client
+        reader.role = role
+        other.role = Role.RESPONSE if role is Role.REQUEST else Role.REQUEST
+        self._swapped = (reader is self._from_client) == (role is Role.RESPONSE)
+        if self._swapped:
+            self._stats["http_roles_swapped"] += 1
+
+    def on_not_http(self, reader: MessageReader) -> None:
+        self._stats["flows_not_http"] += 1
+        self._kill()
+
+    # -- pairing -------------------------------------------------------------------------------------------
+
+    def _request_head(self, msg: HttpRequest) -> Framing:
+        entry = self._new_entry(msg.ts_start, msg)
+        if not self._had_loss and any(e.request is not None for e in self._waiting):
+            self._pipelined = True
+        self._enqueue(entry)
+        self._req_entry = entry
+        return body_framing(msg.method, None, msg.headers)
+
+    def _enqueue(self, entry: _Entry) -> None:
+        waiting = self._waiting
+        waiting.append(entry)
+        if len(waiting) > self._max_pending:
+            oldest = waiting.popleft()
+            self._stats["evict_http_pending"] += 1
+            if oldest.request is not None:
+                self._emit_when_done(oldest)
+
+    def _pick_request(self, ts: float) -> _Entry | None:
+        """The waiting entry a response beginning at capture time ts answers (None: an orphan)."""
+        waiting = self._waiting
+        if not self._realign:
+            return waiting.popleft() if waiting else None
+        candidates = [e for e in waiting if e.ts_start <= ts]
+        if not candidates:
+            return None
+        self._realign = False
+        self._stats["http_realign"] += 1
+        chosen = candidates[0] if self._pipelined else candidates[-1]
+        while waiting:
+            entry = waiting.popleft()
+            if entry is chosen:
+                return entry
+            if entry.request is not None:
+                self._emit_when_done(entry)
+        return chosen  # pragma: no cover - chosen always comes from waiting
+
+    def _new_entry(self, ts: float, request: HttpRequest | None) -> _Entry:
+        entry = _Entry(self._next_index, ts, request)
+        self._next_index += 1
+        return entry
+
+    def _emit_when_done(self, entry: _Entry) -> None:
+        """Emit an unanswered entry now, or when the request still being read ends."""
+        entry.response_done = True
+        if entry.request_done or entry is not self._req_entry:
+            self._emit(entry)
+
+    def _emit(self, entry: _Entry) -> None:
+        flags = entry.flags
+        request = entry.request
+        response = entry.response
+        if request is None:
+            flags.add(ExchangeFlag.ORPHAN_RESPONSE)
+            self._stats["http_orphan_responses"] += 1
+        else:
+            if not entry.request_done:
+                request.complete = False
+            if not request.complete:
+                flags.add(ExchangeFlag.REQUEST_INCOMPLETE)
+            if request.gap:
+                flags.add(ExchangeFlag.REQUEST_GAP)
+            if request.body_truncated:
+                flags.add(ExchangeFlag.REQUEST_BODY_TRUNCATED)
+        if response is None:
+            flags.add(ExchangeFlag.UNANSWERED)
+            self._stats["http_unanswered"] += 1
+        else:
+            if not entry.response_done:
+                response.complete = False
+            if not response.complete:
+                flags.add(ExchangeFlag.RESPONSE_INCOMPLETE)
+            if response.gap:
+                flags.add(ExchangeFlag.RESPONSE_GAP)
+            if response.body_truncated:
+                flags.add(ExchangeFlag.RESPONSE_BODY_TRUNCATED)
+        if self._mid_stream:
+            flags.add(ExchangeFlag.MIDSTREAM)
+        client, server = (self._server, self._client) if self._swapped else (self._client, self._server)
+        self._stats["http_exchanges"] += 1
+        self._out.append(
+            Exchange(
+                flow_id=self._flow_id,
+                client=client,
+                server=server,
+                request=request,
+                response=response,
+                index=entry.index,
+                flags=flags,
+            )
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def _request_reader(self) -> MessageReader:
+        return self._from_server if self._swapped else self._from_client
+
+    def _response_reader(self) -> MessageReader:
+        return self._from_client if self._swapped else self._from_server
+
+    def _kill(self) -> None:
+        self._dead = True
+        self._from_client.kill()
+        self._from_server.kill()
+        self._waiting.clear()
+        self._req_entry = self._resp_entry = None
+
+    def _recover(self, reader: MessageReader) -> None:
+        """An internal error while reading: count it, end what that direction had in flight, resync."""
+        self._stats["http_desync"] += 1
+        try:
+            if reader.role is Role.REQUEST and self._req_entry is not None:
+                entry, self._req_entry = self._req_entry, None
+                entry.request_done = True
+                if entry.request is not None:
+                    entry.request.complete = False
+                if entry.response_done:
+                    self._emit(entry)
+            elif reader.role is Role.RESPONSE and self._resp_entry is not None:
+                entry, self._resp_entry = self._resp_entry, None
+                entry.response_done = True
+                if entry.response is not None:
+                    entry.response.complete = False
+                if entry.request_done:
+                    self._emit(entry)
+            self._realign = self._had_loss = True
+            reader.reset()
+        except Exception:
+            self._kill()
+
+
+def _may_switch_protocols(request: HttpRequest) -> bool:
+    if request.method == b"CONNECT":
+        return True
+    return any(len(name) == 7 and name.lower() == b"upgrade" for name, _ in request.headers)
