@@ -222,6 +222,10 @@ class CaptureFile:
                         f"truncated at byte offset {base}: block cut short ({n} of {blen} bytes)"
                     )
             if btype == _BT_EPB:
+                if blen < 32:
+                    raise self._error(
+                        f"corrupt packet block at byte offset {base + pos}: block length {blen}"
+                    )
                 iface, hi, lo, caplen, wire_len = epb(buf, pos + 8)
                 start = pos + 28
                 if start + caplen > end - 4 or u32(buf, end - 4)[0] != blen:
@@ -238,6 +242,10 @@ class CaptureFile:
             elif btype == _BT_IDB:
                 ifaces.append(self._interface(buf, pos, end, endian, base))
             elif btype in (_BT_SPB, _BT_PB):
+                if blen < (16 if btype == _BT_SPB else 32):
+                    raise self._error(
+                        f"corrupt packet block at byte offset {base + pos}: block length {blen}"
+                    )
                 if not ifaces:
                     raise self._error(f"packet block at byte offset {base + pos} before any interface")
                 if btype == _BT_SPB:
