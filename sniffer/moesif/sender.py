@@ -226,6 +226,7 @@ class MoesifSender:
         loop = self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._spool_wake = asyncio.Event()
+        self._spool_settled = asyncio.Event()
         self._close_requested = asyncio.Event()
         self._closing = False
         self._deadline = float("inf")
@@ -251,7 +252,7 @@ class MoesifSender:
             self._begin_close(self._flush_timeout_s)
         await self._close_requested.wait()
         try:
-            await asyncio.wait_for(self._quiesce(workers), timeout=max(0.0, self._deadline - loop.time()))
+            await asyncio.wait_for(self._quiesce(workers[0]), timeout=max(0.0, self._deadline - loop.time()))
         except TimeoutError:
             log.warning("flush deadline reached with %d batches in flight", len(self._tasks))
         for task in [config_task, *workers, *self._tasks]:
@@ -279,10 +280,16 @@ class MoesifSender:
         self._wake.set()
         self._spool_wake.set()
 
-    async def _quiesce(self, workers: list[asyncio.Task[None]]) -> None:
-        await asyncio.gather(*workers)
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
+    async def _quiesce(self, dispatcher: asyncio.Task[None]) -> None:
+        """Return once the queue is empty, nothing is in flight and the spool is drained."""
+        await dispatcher
+        while True:
+            if self._tasks:
+                await asyncio.wait(list(self._tasks))
+            elif self._spool is not None and len(self._spool):
+                await wait_woken(self._spool_settled, None)
+            else:
+                return
 
     def _park_leftovers(self) -> int:
         """After the deadline: spool what is still in memory, or count it as left unsent."""
@@ -447,13 +454,9 @@ class MoesifSender:
         spool = self._spool
         assert spool is not None
         while True:
-            if self._closing and not self._healthy:
-                return  # the collector is failing: the files wait for the next start
             entry = spool.next_ready()
             if entry is None:
-                if self._closing:
-                    return
-                await wait_woken(self._spool_wake, None)
+                await wait_woken(self._spool_wake, None)  # a new file, or one in flight settled
                 continue
             await self._slots.acquire()
             body = spool.read(entry.name)
@@ -476,13 +479,15 @@ class MoesifSender:
             result = await self._attempt(batch)
         finally:
             self._slots.release()
+        self._spool_wake.set()
+        self._spool_settled.set()
         if result.outcome in (Outcome.RETRY, Outcome.AUTH):
             spool.release(batch.spool_name)
-            self._spool_wake.set()
             return result
         if result.outcome is Outcome.SPLIT:
-            for half in self._split(batch):
+            halves = self._split(batch)
+            for half in halves:
                 spool.write(half.body, half.count)
-            self._counters["events_spooled"] -= batch.count  # the halves re-counted the same events
+            self._counters["events_spooled"] -= sum(h.count for h in halves)  # not new events
         spool.remove(batch.spool_name)
         return None
