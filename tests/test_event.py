@@ -1,0 +1,536 @@
+"""EventBuilder: events for every `Legs` shape, times, URIs, headers, identity, ids, metadata; client IP."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import re
+import uuid
+from dataclasses import replace
+
+import orjson
+import pytest
+
+from reassembly.events import Exchange, ExchangeFlag, HttpRequest, HttpResponse
+from sniffer.config import Config
+from sniffer.kong.api_call import ApiCall, Legs
+from sniffer.moesif.client_ip import client_ip, parse_ip
+from sniffer.moesif.event import EventBuilder, iso_time, transaction_id
+
+TS = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+CLIENT = ("10.0.0.1", 40000)
+KONG = ("10.0.0.2", 8000)
+KONG_OUT = ("10.0.0.2", 51000)
+SERVICE = ("10.0.0.3", 8080)
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def request(
+    headers: list[tuple[bytes, bytes]],
+    *,
+    method: bytes = b"GET",
+    target: bytes = b"/v1/items?page=2",
+    body: bytes = b"",
+    ts: float = TS + 0.0451,
+    offset: int = 0,
+) -> HttpRequest:
+    return HttpRequest(
+        version=b"HTTP/1.1",
+        method=method,
+        target=target,
+        headers=headers,
+        body=body,
+        body_size=len(body),
+        ts_start=ts,
+        ts_end=ts + 0.001,
+        stream_offset=offset,
+    )
+
+
+def response(
+    headers: list[tuple[bytes, bytes]], *, status: int = 200, body: bytes = b"", ts: float = TS + 0.2
+) -> HttpResponse:
+    return HttpResponse(
+        version=b"HTTP/1.1",
+        status=status,
+        headers=headers,
+        body=body,
+        body_size=len(body),
+        ts_start=ts - 0.01,
+        ts_end=ts,
+    )
+
+
+def exchange(
+    req: HttpRequest | None, resp: HttpResponse | None, client=CLIENT, server=KONG, flags=()
+) -> Exchange:  # type: ignore[no-untyped-def]
+    return Exchange(flow_id=1, client=client, server=server, request=req, response=resp, flags=set(flags))
+
+
+def no_nulls(value: object) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, dict):
+        return all(no_nulls(v) for v in value.values())
+    if isinstance(value, list):
+        return all(no_nulls(v) for v in value)
+    return True
+
+
+def valid(event: dict[str, object] | None) -> dict[str, object]:
+    """Checks shared by every event: the API's required fields, no nulls, serialisable."""
+    assert event is not None
+    assert no_nulls(event)
+    orjson.dumps(event)
+    req = event["request"]
+    assert isinstance(req, dict)
+    for key in ("time", "uri", "verb", "headers"):
+        assert key in req
+    assert ISO.match(req["time"])
+    if "response" in event:
+        resp = event["response"]
+        assert isinstance(resp, dict)
+        for key in ("time", "status", "headers"):
+            assert key in resp
+        assert ISO.match(resp["time"])
+    assert event["direction"] == "Incoming" and event["weight"] == 1
+    assert str(uuid.UUID(str(event["transaction_id"]))) == event["transaction_id"]
+    return event
+
+
+CLIENT_REQ_HEADERS = [
+    (b"Host", b"API.Example.COM:8000"),
+    (b"User-Agent", b"curl/8.0"),
+    (b"Accept", b"text/html"),
+    (b"accept", b"application/json"),
+    (b"Authorization", b"Basic " + base64.b64encode(b"alice:s3cret")),
+    (b"X-Consumer-ID", b"forged"),
+]
+KONG_RESP_HEADERS = [
+    (b"Content-Type", b"application/json"),
+    (b"Set-Cookie", b"a=1"),
+    (b"Set-Cookie", b"b=2"),
+    (b"Via", b"kong/3.9.0"),
+    (b"X-Kong-Request-Id", b"kreq-123"),
+    (b"Content-Encoding", b"gzip"),
+]
+UPSTREAM_REQ_HEADERS = [
+    (b"Host", b"service.internal:8080"),
+    (b"User-Agent", b"curl/8.0"),
+    (b"Accept", b"text/html, application/json"),
+    (b"X-Forwarded-For", b"203.0.113.9, 10.0.0.1"),
+    (b"X-Forwarded-Proto", b"https"),
+    (b"X-Forwarded-Host", b"api.example.com"),
+    (b"X-Forwarded-Port", b"8443"),
+    (b"X-Forwarded-Path", b"/v1/items"),
+    (b"X-Forwarded-Prefix", b"/v1"),
+    (b"X-Real-IP", b"10.0.0.1"),
+    (b"Via", b"1.1 kong/3.9.0"),
+    (b"X-Kong-Request-Id", b"kreq-123"),
+    (b"X-Consumer-ID", b"c0ffee-uuid"),
+    (b"X-Consumer-Username", b"alice-user"),
+    (b"X-Credential-Identifier", b"cred-42"),
+]
+
+
+def kong_call(legs: Legs) -> ApiCall:
+    client_leg = exchange(
+        request(CLIENT_REQ_HEADERS),
+        response(KONG_RESP_HEADERS, body=gzip.compress(b'{"items": [1]}')),
+    )
+    upstream_leg = exchange(
+        request(UPSTREAM_REQ_HEADERS, target=b"/items?page=2", ts=TS + 0.05, offset=300),
+        response([(b"Content-Type", b"application/json")], body=b'{"items": [1]}', ts=TS + 0.19),
+        client=KONG_OUT,
+        server=SERVICE,
+    )
+    if legs is Legs.CLIENT_AND_UPSTREAM:
+        return ApiCall(
+            client_leg=client_leg, upstream_leg=upstream_leg, legs=legs, kong_request_id="kreq-123"
+        )
+    if legs is Legs.UPSTREAM_ONLY:
+        return ApiCall(client_leg=None, upstream_leg=upstream_leg, legs=legs)
+    return ApiCall(client_leg=client_leg, upstream_leg=None, legs=legs)
+
+
+def test_single_exchange_event() -> None:
+    call = ApiCall(
+        client_leg=exchange(
+            request([(b"Host", b"Example.org"), (b"X-Custom", b"1"), (b"x-custom", b"2")], target=b"/a?b=c"),
+            response([(b"Set-Cookie", b"s=1"), (b"Content-Type", b"text/plain")], body=b"hi", status=201),
+            server=("10.0.0.2", 80),
+        ),
+        upstream_leg=None,
+        legs=Legs.SINGLE,
+    )
+    event = valid(EventBuilder(Config()).build(call))
+    assert event["request"] == {
+        "time": "2023-11-14T22:13:20.045Z",
+        "uri": "http://example.org:80/a?b=c",
+        "verb": "GET",
+        "headers": {"host": "Example.org", "x-custom": "1, 2"},
+        "ip_address": "10.0.0.1",
+    }
+    assert event["response"] == {
+        "time": "2023-11-14T22:13:20.200Z",
+        "status": 201,
+        "headers": {"content-type": "text/plain"},  # set-cookie masked by default
+        "body": base64.b64encode(b"hi").decode(),
+        "transfer_encoding": "base64",
+    }
+    assert "user_id" not in event and "company_id" not in event and "session_token" not in event
+    assert event["metadata"] == {
+        "capture": {
+            "legs": "single",
+            "connection": "10.0.0.1:40000 -> 10.0.0.2:80",
+            "client": "10.0.0.1:40000",
+            "server": "10.0.0.2:80",
+            "truncated": False,
+            "gap": False,
+        }
+    }
+
+
+def test_client_and_upstream_event() -> None:
+    event = valid(
+        EventBuilder(Config(mask_credential_headers=False)).build(kong_call(Legs.CLIENT_AND_UPSTREAM))
+    )
+    req, resp = event["request"], event["response"]
+    assert isinstance(req, dict) and isinstance(resp, dict)
+    assert req["uri"] == "http://api.example.com:8000/v1/items?page=2"  # Kong's listening port
+    assert req["ip_address"] == "10.0.0.1"
+    headers = req["headers"]
+    assert headers["accept"] == "text/html, application/json"
+    # identity headers come from the upstream leg (the client's forged one is gone) ...
+    assert headers["x-consumer-id"] == "c0ffee-uuid"
+    assert headers["x-consumer-username"] == "alice-user"
+    assert headers["x-credential-identifier"] == "cred-42"
+    # ... but none of Kong's proxy plumbing, and the Host the client sent
+    assert not [
+        h for h in headers if h.startswith("x-forwarded-") or h in ("x-real-ip", "via", "x-kong-request-id")
+    ]
+    assert headers["host"] == "API.Example.COM:8000"
+    assert "authorization" in headers  # credential masking switched off
+    # response from the client leg: Kong's headers, gzip decoded to JSON, set-cookie kept as a list
+    assert resp["headers"]["via"] == "kong/3.9.0"
+    assert resp["headers"]["set-cookie"] == ["a=1", "b=2"]
+    assert resp["body"] == {"items": [1]} and resp["transfer_encoding"] == "json"
+    assert resp["time"] == "2023-11-14T22:13:20.200Z"
+    assert event["user_id"] == "alice-user"  # upstream x-consumer-username beats the Basic credential
+    assert event["session_token"] == "cred-42"
+    capture = event["metadata"]["capture"]  # type: ignore[index]
+    assert capture["legs"] == "client+upstream"
+    assert capture["kong_request_id"] == "kreq-123"
+    assert capture["connection"] == "10.0.0.1:40000 -> 10.0.0.2:8000"
+    assert capture["upstream_connection"] == "10.0.0.2:51000 -> 10.0.0.3:8080"
+
+
+def test_client_only_event_kong_answered_itself() -> None:
+    call = ApiCall(
+        client_leg=exchange(
+            request(CLIENT_REQ_HEADERS[:3]),
+            response(
+                [(b"Content-Type", b"application/json"), (b"X-Kong-Request-Id", b"k-9")],
+                status=401,
+                body=b'{"message":"Unauthorized"}',
+            ),
+        ),
+        upstream_leg=None,
+        legs=Legs.CLIENT_ONLY,
+    )
+    event = valid(EventBuilder(Config()).build(call))
+    assert event["response"]["status"] == 401  # type: ignore[index]
+    assert event["response"]["body"] == {"message": "Unauthorized"}  # type: ignore[index]
+    assert "user_id" not in event
+    capture = event["metadata"]["capture"]  # type: ignore[index]
+    assert capture["legs"] == "client" and capture["kong_request_id"] == "k-9"  # found in the response
+
+
+def test_upstream_only_event() -> None:
+    event = valid(EventBuilder(Config()).build(kong_call(Legs.UPSTREAM_ONLY)))
+    req, resp = event["request"], event["response"]
+    assert isinstance(req, dict) and isinstance(resp, dict)
+    # scheme/host/port from X-Forwarded-*, path from X-Forwarded-Path + the target's query
+    assert req["uri"] == "https://api.example.com:8443/v1/items?page=2"
+    assert req["ip_address"] == "203.0.113.9"  # leftmost X-Forwarded-For
+    assert req["time"] == "2023-11-14T22:13:20.050Z"
+    headers = req["headers"]
+    assert headers["host"] == "api.example.com"
+    assert headers["x-consumer-id"] == "c0ffee-uuid"
+    assert not [
+        h for h in headers if h.startswith("x-forwarded-") or h in ("x-real-ip", "via", "x-kong-request-id")
+    ]
+    assert resp["body"] == {"items": [1]}
+    assert event["user_id"] == "alice-user"
+    capture = event["metadata"]["capture"]  # type: ignore[index]
+    assert capture["legs"] == "upstream"
+    assert capture["connection"] == "10.0.0.2:51000 -> 10.0.0.3:8080"
+    assert capture["kong_request_id"] == "kreq-123"
+
+
+def test_upstream_only_without_forwarded_headers() -> None:
+    req = request([(b"Host", b"svc:8080"), (b"X-Real-IP", b"198.51.100.7")], target=b"/x?q=1")
+    call = ApiCall(
+        client_leg=None, upstream_leg=exchange(req, None, KONG_OUT, SERVICE), legs=Legs.UPSTREAM_ONLY
+    )
+    event = valid(EventBuilder(Config()).build(call))
+    assert event["request"]["uri"] == "http://svc:80/x?q=1"  # type: ignore[index]
+    assert event["request"]["ip_address"] == "198.51.100.7"  # type: ignore[index]
+
+
+def test_unanswered_event_has_no_response_and_is_flagged() -> None:
+    call = ApiCall(
+        client_leg=exchange(request([(b"Host", b"h")]), None, flags={ExchangeFlag.UNANSWERED}),
+        upstream_leg=None,
+        legs=Legs.SINGLE,
+    )
+    event = valid(EventBuilder(Config()).build(call))
+    assert "response" not in event
+    assert event["metadata"]["capture"]["flags"] == ["unanswered"]  # type: ignore[index]
+
+
+def test_response_taken_from_upstream_when_client_leg_has_none() -> None:
+    call = kong_call(Legs.CLIENT_AND_UPSTREAM)
+    assert call.client_leg is not None
+    call.client_leg.response = None
+    event = valid(EventBuilder(Config()).build(call))
+    assert event["response"]["status"] == 200  # type: ignore[index]
+    assert "response_from_upstream" in event["metadata"]["capture"]["flags"]  # type: ignore[index]
+
+
+def test_orphan_response_builds_nothing() -> None:
+    call = ApiCall(
+        client_leg=exchange(None, response([]), flags={ExchangeFlag.ORPHAN_RESPONSE}),
+        upstream_leg=None,
+        legs=Legs.SINGLE,
+    )
+    assert EventBuilder(Config()).build(call) is None
+
+
+def test_partial_exchange_flags() -> None:
+    req = request([(b"Host", b"h")])
+    resp = response([(b"Content-Type", b"text/plain")], body=b"abc")
+    resp.complete = False
+    resp.gap = True
+    call = ApiCall(
+        client_leg=exchange(req, resp, flags={ExchangeFlag.MIDSTREAM, ExchangeFlag.RESPONSE_GAP}),
+        upstream_leg=None,
+        legs=Legs.SINGLE,
+    )
+    capture = valid(EventBuilder(Config()).build(call))["metadata"]["capture"]  # type: ignore[index]
+    assert capture["gap"] is True and capture["truncated"] is True
+    assert capture["flags"] == ["midstream", "response_gap", "response_incomplete"]
+
+
+@pytest.mark.parametrize(
+    ("ts", "text"),
+    [
+        (TS, "2023-11-14T22:13:20.000Z"),
+        (TS + 0.005, "2023-11-14T22:13:20.005Z"),
+        (TS + 0.045, "2023-11-14T22:13:20.045Z"),
+        (TS + 0.123, "2023-11-14T22:13:20.123Z"),  # float: 1700000000.123 is stored as ...122999
+        (TS + 0.9999, "2023-11-14T22:13:20.999Z"),  # truncated, never rounded up to the next second
+        (0.0, "1970-01-01T00:00:00.000Z"),
+    ],
+)
+def test_iso_time(ts: float, text: str) -> None:
+    assert iso_time(ts) == text
+
+
+def test_transaction_id_is_deterministic() -> None:
+    a = transaction_id(kong_call(Legs.CLIENT_AND_UPSTREAM))
+    assert a == transaction_id(kong_call(Legs.CLIENT_AND_UPSTREAM))  # fresh, equal objects
+    assert a == EventBuilder(Config()).build(kong_call(Legs.CLIENT_AND_UPSTREAM))["transaction_id"]  # type: ignore[index]
+    moved = kong_call(Legs.CLIENT_AND_UPSTREAM)
+    assert moved.client_leg is not None and moved.client_leg.request is not None
+    moved.client_leg.request.stream_offset = 512
+    assert transaction_id(moved) != a
+    later = kong_call(Legs.CLIENT_AND_UPSTREAM)
+    assert later.client_leg is not None and later.client_leg.request is not None
+    later.client_leg.request.ts_start += 0.000001
+    assert transaction_id(later) != a
+    other_port = kong_call(Legs.CLIENT_AND_UPSTREAM)
+    assert other_port.client_leg is not None
+    other_port.client_leg.client = ("10.0.0.1", 40001)
+    assert transaction_id(other_port) != a
+    assert transaction_id(kong_call(Legs.UPSTREAM_ONLY)) != a
+
+
+def test_transaction_id_header_wins() -> None:
+    sent = "6F9619FF-8B86-D011-B42D-00C04FC964FF"
+    call = kong_call(Legs.SINGLE)
+    assert call.client_leg is not None and call.client_leg.request is not None
+    call.client_leg.request.headers.append((b"X-Moesif-Transaction-Id", sent.encode()))
+    assert transaction_id(call) == sent.lower()
+    call.client_leg.request.headers[-1] = (b"X-Moesif-Transaction-Id", b"not-a-uuid")
+    first = transaction_id(call)
+    assert str(uuid.UUID(first)) == first and first == transaction_id(call)
+    call.client_leg.request.headers[-1] = (b"X-Moesif-Transaction-Id", b"  ")
+    assert transaction_id(call) == transaction_id(kong_call(Legs.SINGLE))
+
+
+def test_masks_apply_after_identification() -> None:
+    body = b'{"user": {"password": "pw", "name": "n"}, "ok": 1}'
+    call = ApiCall(
+        client_leg=exchange(
+            request(
+                [
+                    (b"Host", b"h"),
+                    (b"Authorization", b"Basic " + base64.b64encode(b"bob:pw")),
+                    (b"X-Secret", b"s"),
+                    (b"Content-Type", b"application/json"),
+                ],
+                method=b"POST",
+                target=b"/p?token=abc&x=1&token=def",
+                body=body,
+            ),
+            response([(b"X-Internal", b"1")]),
+        ),
+        upstream_leg=None,
+        legs=Legs.SINGLE,
+    )
+    config = Config(
+        request_header_masks=("x-secret",),
+        response_header_masks=("X-Internal",),
+        request_body_masks=("password",),
+        request_query_masks=("token",),
+    )
+    event = valid(EventBuilder(config).build(call))
+    req = event["request"]
+    assert event["user_id"] == "bob"  # read from the unmasked Authorization
+    assert req["headers"] == {"host": "h", "content-type": "application/json"}  # type: ignore[index]
+    assert req["uri"] == "http://h:8000/p?token=*****&x=1&token=*****"  # type: ignore[index]
+    assert req["body"] == {"user": {"name": "n"}, "ok": 1}  # type: ignore[index]
+    assert event["response"]["headers"] == {}  # type: ignore[index]
+
+
+def test_deprecated_body_mask_option_is_a_fallback() -> None:
+    body = b'{"a": 1, "b": 2}'
+    call = ApiCall(
+        client_leg=exchange(
+            request([(b"Content-Type", b"application/json")], method=b"POST", body=body), None
+        ),
+        upstream_leg=None,
+        legs=Legs.SINGLE,
+    )
+    assert EventBuilder(Config(request_masks=("a",))).build(call)["request"]["body"] == {"b": 2}  # type: ignore[index]
+    both = Config(request_masks=("a",), request_body_masks=("b",))
+    assert EventBuilder(both).build(call)["request"]["body"] == {"a": 1}  # type: ignore[index]
+
+
+def test_body_options_and_metadata() -> None:
+    big = b"x" * 2000
+    call = ApiCall(
+        client_leg=exchange(
+            request([(b"Host", b"h")], method=b"PUT", body=big),
+            response([(b"Content-Type", b"text/plain")], body=b"small"),
+        ),
+        upstream_leg=None,
+        legs=Legs.SINGLE,
+    )
+    event = valid(EventBuilder(Config(request_max_body_size_limit=1000)).build(call))
+    assert "body" not in event["request"] and "transfer_encoding" not in event["request"]  # type: ignore[operator]
+    capture = event["metadata"]["capture"]  # type: ignore[index]
+    assert capture["request_body_omitted"] == "over_limit" and capture["request_body_size"] == 2000
+    assert "body" in event["response"]  # type: ignore[operator]
+    off = Config(disable_capture_request_body=True, disable_capture_response_body=True, api_version="2.1")
+    event = valid(EventBuilder(off).build(call))
+    assert "body" not in event["request"] and "body" not in event["response"]  # type: ignore[operator]
+    assert "request_body_omitted" not in event["metadata"]["capture"]  # type: ignore[index]
+    assert event["request"]["api_version"] == "2.1"  # type: ignore[index]
+
+
+def test_ipv6_connection_and_missing_host() -> None:
+    req = request([], target=b"/x")
+    call = ApiCall(
+        client_leg=exchange(req, None, client=("2001:db8::1", 40000), server=("2001:db8::2", 8000)),
+        upstream_leg=None,
+        legs=Legs.SINGLE,
+    )
+    event = valid(EventBuilder(Config()).build(call))
+    assert event["request"]["uri"] == "http://[2001:db8::2]:8000/x"  # type: ignore[index]
+    assert event["request"]["ip_address"] == "2001:db8::1"  # type: ignore[index]
+    assert event["metadata"]["capture"]["connection"] == "[2001:db8::1]:40000 -> [2001:db8::2]:8000"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("target", "host", "uri"),
+    [
+        (b"http://Proxy.Example:9000/p?q=1", b"ignored", "http://proxy.example:8000/p?q=1"),
+        (b"/p", b"[::1]:8000", "http://[::1]:8000/p"),
+        (b"*", b"h", "http://h:8000/"),
+    ],
+)
+def test_request_target_forms(target: bytes, host: bytes, uri: str) -> None:
+    call = ApiCall(
+        client_leg=exchange(request([(b"Host", host)], target=target), None),
+        upstream_leg=None,
+        legs=Legs.SINGLE,
+    )
+    assert valid(EventBuilder(Config()).build(call))["request"]["uri"] == uri  # type: ignore[index]
+
+
+CLIENT_IP_CASES = [
+    ({"x-client-ip": "1.1.1.1", "x-forwarded-for": "2.2.2.2"}, "1.1.1.1"),
+    ({"x-forwarded-for": "unknown, 2.2.2.2, 3.3.3.3", "x-real-ip": "4.4.4.4"}, "2.2.2.2"),
+    ({"x-forwarded-for": "2001:db8::1, 3.3.3.3"}, "2001:db8::1"),  # compressed IPv6 (plugin breaks it)
+    ({"x-forwarded-for": "[2001:db8::5]:443"}, "2001:db8::5"),
+    ({"x-forwarded-for": "2.2.2.2:8080"}, "2.2.2.2"),
+    ({"x-forwarded-for": "fe80::1%eth0"}, "fe80::1"),
+    ({"x-forwarded-for": "::ffff:192.0.2.1"}, "192.0.2.1"),
+    ({"x-forwarded-for": "999.1.1.1", "cf-connecting-ip": "5.5.5.5"}, "5.5.5.5"),
+    ({"fastly-client-ip": "6.6.6.6", "true-client-ip": "7.7.7.7"}, "6.6.6.6"),
+    ({"true-client-ip": "7.7.7.7", "x-real-ip": "8.8.8.8"}, "7.7.7.7"),
+    ({"x-real-ip": "8.8.8.8", "x-cluster-client-ip": "9.9.9.9"}, "8.8.8.8"),
+    ({"x-cluster-client-ip": "9.9.9.9", "x-forwarded": "for=1.0.0.1"}, "9.9.9.9"),
+    ({"x-forwarded": "for=1.0.0.1", "forwarded-for": "1.0.0.2"}, "1.0.0.1"),
+    ({"forwarded-for": "1.0.0.2", "forwarded": "for=1.0.0.3"}, "1.0.0.2"),
+    ({"forwarded": 'for="[2001:db8:cafe::17]:4711";proto=https, for=1.0.0.4'}, "2001:db8:cafe::17"),
+    ({"forwarded": "for=_hidden, For=1.0.0.5;by=x"}, "1.0.0.5"),
+    ({"forwarded": "for=unknown"}, "10.9.8.7"),
+    ({"x-client-ip": "not-an-ip"}, "10.9.8.7"),
+    ({}, "10.9.8.7"),
+]
+
+
+@pytest.mark.parametrize(("headers", "expected"), CLIENT_IP_CASES)
+def test_client_ip(headers: dict[str, str], expected: str) -> None:
+    assert client_ip(headers, "10.9.8.7") == expected
+
+
+def test_parse_ip_rejects_junk() -> None:
+    for junk in ("", "1.2.3", "1.2.3.4:http", "[::1", "[::1]x", "2001:db8::g", "1.2.3.256"):
+        assert parse_ip(junk) is None, junk
+    assert client_ip({}, None) is None
+
+
+def test_identity_headers_follow_config() -> None:
+    jwt = "e30." + base64.urlsafe_b64encode(b'{"sub":"jwt-u","org":"o-1"}').decode().rstrip("=") + ".sig"
+    call = kong_call(Legs.CLIENT_ONLY)
+    assert call.client_leg is not None and call.client_leg.request is not None
+    call.client_leg.request.headers = [(b"Host", b"h"), (b"Authorization", b"Bearer " + jwt.encode())]
+    event = valid(EventBuilder(replace(Config(), authorization_company_id_field="org")).build(call))
+    assert (event["user_id"], event["company_id"]) == ("jwt-u", "o-1")
+    assert "authorization" not in event["request"]["headers"]  # type: ignore[index,operator]
+
+
+def test_client_ip_header_order_is_the_plugins() -> None:
+    order = [
+        "x-client-ip",
+        "x-forwarded-for",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "true-client-ip",
+        "x-real-ip",
+        "x-cluster-client-ip",
+        "x-forwarded",
+        "forwarded-for",
+        "forwarded",
+    ]
+    headers = {
+        name: f"for=192.0.2.{i}" if name == "forwarded" else f"192.0.2.{i}" for i, name in enumerate(order)
+    }
+    for i, name in enumerate(order):
+        assert client_ip(headers, "10.9.8.7") == f"192.0.2.{i}", name
+        del headers[name]
+    assert client_ip(headers, "10.9.8.7") == "10.9.8.7"
