@@ -42,7 +42,7 @@ from sniffer.moesif.batcher import (
 )
 from sniffer.moesif.sampling import Sampler
 from sniffer.moesif.spool import Spool
-from sniffer.moesif.transport import Backoff, MoesifTransport, Outcome, PostResult, RetryPolicy, mask_app_id
+from sniffer.moesif.transport import Courier, MoesifTransport, Outcome, PostResult, RetryPolicy, mask_app_id
 
 __all__ = ["MoesifSender", "SendReport"]
 
@@ -112,7 +112,6 @@ class MoesifSender:
         self._max_event_bytes = max_event_bytes
         self._queue = EventQueue(queue_size, batch_size)
         self._sampler = Sampler(rng)
-        self._backoff = Backoff(self._policy)
         self._counters: Counter[str] = Counter()  # written by the loop thread only
         self._lock = threading.Lock()
         self._sampled_out = 0
@@ -123,10 +122,7 @@ class MoesifSender:
         self._report: SendReport | None = None
         self._spool: Spool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._healthy = True
-        self._failures = 0  # consecutive failed attempts, for the spool prober's backoff
-        self._pause_until = 0.0  # loop time before which nothing is sent (Retry-After)
-        self._last_auth_log = float("-inf")
+        self._start_healthy = True
         self._unsettled: set[Batch] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -138,7 +134,7 @@ class MoesifSender:
             raise RuntimeError("MoesifSender already started")
         if self._spool_dir:
             self._spool = Spool(self._spool_dir, self._spool_max_bytes, self._counters)
-            self._healthy = not len(self._spool)  # old files first: start as if in an outage
+            self._start_healthy = not len(self._spool)  # old files first: start as if in an outage
         self._thread = threading.Thread(target=self._run, name="moesif-sender", daemon=True)
         self._thread.start()
         self._ready.wait(timeout=self._connect_timeout_s + self._send_timeout_s + 1.0)
@@ -240,6 +236,10 @@ class MoesifSender:
             max_connections=self._max_in_flight + 1,
         )
         self._fetcher = AppConfigFetcher(self._transport, self._sampler, self._policy, self._counters)
+        self._courier = Courier(
+            self._transport, self._policy, self._counters, self._app_id, self._fetcher.notice_etag
+        )
+        self._courier.healthy = self._start_healthy
         self._queue.set_waker(lambda: loop.call_soon_threadsafe(self._wake.set))
         config_task = loop.create_task(self._fetcher.run())
         workers = [loop.create_task(self._dispatch())]
@@ -316,7 +316,7 @@ class MoesifSender:
         )
 
     def _spooling(self) -> bool:
-        return self._spool is not None and not self._healthy and len(self._spool) > 0
+        return self._spool is not None and not self._courier.healthy and len(self._spool) > 0
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -356,85 +356,15 @@ class MoesifSender:
         self._spool.write(batch.body, batch.count)
         self._spool_wake.set()
 
-    async def _attempt(self, batch: Batch) -> PostResult:
-        """One POST (after any Retry-After pause), with the bookkeeping every outcome shares."""
-        loop = asyncio.get_running_loop()
-        if (pause := self._pause_until - loop.time()) > 0:
-            await asyncio.sleep(pause)
-        if batch.attempts:
-            self._counters["batches_retried"] += 1
-        batch.attempts += 1
-        result = await self._transport.post_batch(batch.body)
-        if result.etag:
-            self._fetcher.notice_etag(result.etag)
-        c = self._counters
-        if result.outcome is Outcome.OK:
-            if self._failures:
-                log.warning("collector reachable again after %d failed attempts", self._failures)
-            self._healthy, self._failures = True, 0
-            c["batches_sent"] += 1
-            c["events_sent"] += batch.count
-            c["bytes_sent"] += len(batch.body)
-            c["bytes_sent_uncompressed"] += batch.raw_bytes
-            c["last_success_ts"] = int(time.time())
-        elif result.outcome in (Outcome.RETRY, Outcome.AUTH):
-            self._failures += 1
-            self._healthy = False
-            c["http_" + str(result.status) if result.status else "network_errors"] += 1
-            if result.retry_after_s is not None:
-                self._pause_until = max(self._pause_until, loop.time() + result.retry_after_s)
-            self._log_failure(result)
-        elif result.outcome is Outcome.REJECT:
-            c["batches_rejected"] += 1
-            c["events_dropped_rejected_4xx"] += batch.count
-            log.error(
-                "collector rejected a batch of %d events: HTTP %s %s",
-                batch.count,
-                result.status,
-                result.detail,
-            )
-        return result
-
-    def _log_failure(self, result: PostResult) -> None:
-        now = time.monotonic()
-        if result.outcome is Outcome.AUTH:
-            self._counters["auth_failures"] += 1
-            if now - self._last_auth_log >= self._policy.auth_log_interval_s:
-                self._last_auth_log = now
-                log.error(
-                    "collector refused application id %s (HTTP %s): check MOESIF_APPLICATION_ID "
-                    "and MOESIF_API_ENDPOINT; events are kept and retried",
-                    mask_app_id(self._app_id),
-                    result.status,
-                )
-        elif self._failures == 1:
-            log.warning(
-                "sending to the collector failed (%s); retrying with backoff",
-                f"HTTP {result.status}" if result.status else result.detail,
-            )
-
-    def _retry_delay(self, result: PostResult, attempt: int) -> float:
-        if result.outcome is Outcome.AUTH:
-            return self._policy.auth_retry_s
-        return self._backoff.delay(attempt, result.retry_after_s)
-
-    def _split(self, batch: Batch) -> list[Batch]:
-        self._counters["batches_split"] += 1
-        if batch.count <= 1:
-            self._counters["events_dropped_too_large"] += batch.count
-            log.error("collector refused a single event as too large (413); dropped")
-            return []
-        return list(batch.split())
-
     async def _deliver(self, batches: list[Batch]) -> None:
         """Send in-memory batches in turn, holding one slot; retry in memory or hand to the spool."""
         try:
             pending = list(batches)
             while pending:
                 batch = pending.pop(0)
-                result = await self._attempt(batch)
+                result = await self._courier.attempt(batch)
                 if result.outcome is Outcome.SPLIT:
-                    halves = self._split(batch)
+                    halves = self._courier.split(batch)
                     self._unsettled.discard(batch)
                     self._unsettled.update(halves)
                     pending[:0] = halves
@@ -443,7 +373,7 @@ class MoesifSender:
                         self._to_spool(batch)
                     else:
                         pending.insert(0, batch)
-                        await asyncio.sleep(self._retry_delay(result, batch.attempts - 1))
+                        await asyncio.sleep(self._courier.retry_delay(result, batch.attempts - 1))
                 else:
                     self._unsettled.discard(batch)
         finally:
@@ -464,19 +394,19 @@ class MoesifSender:
                 self._slots.release()
                 continue
             batch = Batch(body, entry.count, len(body), None, entry.name)
-            if self._healthy:
+            if self._courier.healthy:
                 self._spawn(self._deliver_spooled(batch))
                 continue
             result = await self._deliver_spooled(batch)
             if result is not None:
-                await asyncio.sleep(self._retry_delay(result, self._failures - 1))
+                await asyncio.sleep(self._courier.retry_delay(result, self._courier.failures - 1))
 
     async def _deliver_spooled(self, batch: Batch) -> PostResult | None:
         """One attempt at a spool file; returns the failure when the file stays for a retry."""
         spool = self._spool
         assert spool is not None and batch.spool_name is not None
         try:
-            result = await self._attempt(batch)
+            result = await self._courier.attempt(batch)
         finally:
             self._slots.release()
         self._spool_wake.set()
@@ -485,7 +415,7 @@ class MoesifSender:
             spool.release(batch.spool_name)
             return result
         if result.outcome is Outcome.SPLIT:
-            halves = self._split(batch)
+            halves = self._courier.split(batch)
             for half in halves:
                 spool.write(half.body, half.count)
             self._counters["events_spooled"] -= sum(h.count for h in halves)  # not new events

@@ -4,24 +4,33 @@
 timeout, a reset) into an `Outcome` that says what the sender must do next: done, retry later,
 retry slowly (bad application id), split (413) or drop (other 4xx). It never raises for network or
 HTTP failures. `Backoff` is exponential with jitter; `Retry-After` (seconds or an HTTP date) wins
-over it, capped. Nothing here logs event bodies or the application id (only its last 4 chars).
+over it, capped. `Courier` makes one attempt at a batch and does the bookkeeping every outcome
+implies (counters, health, the shared Retry-After pause, throttled logs). Nothing here logs event
+bodies or the application id (only its last 4 chars).
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import enum
+import logging
 import random
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
+from sniffer.moesif.batcher import Batch
+
 __all__ = [
     "Backoff",
     "ConfigResult",
+    "Courier",
     "MoesifTransport",
     "Outcome",
     "PostResult",
@@ -29,6 +38,8 @@ __all__ = [
     "mask_app_id",
     "parse_retry_after",
 ]
+
+log = logging.getLogger("sniffer.transport")
 
 ETAG_HEADER = "X-Moesif-Config-ETag"
 
@@ -199,3 +210,97 @@ class MoesifTransport:
             return ConfigResult(None, None, f"bad JSON: {exc}")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return ConfigResult(None, None, f"{type(exc).__name__}: {exc}"[:300])
+
+
+class Courier:
+    """One POST attempt at a batch, plus what every outcome implies: counters, the collector's
+    health, the shared Retry-After pause, and throttled logs (401/403 at most once per interval)."""
+
+    def __init__(
+        self,
+        transport: MoesifTransport,
+        policy: RetryPolicy,
+        counters: Counter[str],
+        app_id: str,
+        on_etag: Callable[[str], None],
+    ) -> None:
+        self._transport = transport
+        self._policy = policy
+        self._counters = counters
+        self._app_id = app_id
+        self._on_etag = on_etag
+        self._backoff = Backoff(policy)
+        self.healthy = True  # the last attempt succeeded (or none failed yet)
+        self.failures = 0  # consecutive failed attempts
+        self._pause_until = 0.0  # loop time before which nothing is sent (Retry-After)
+        self._last_auth_log = float("-inf")
+
+    async def attempt(self, batch: Batch) -> PostResult:
+        """One POST (after any Retry-After pause), with the bookkeeping every outcome shares."""
+        loop = asyncio.get_running_loop()
+        if (pause := self._pause_until - loop.time()) > 0:
+            await asyncio.sleep(pause)
+        if batch.attempts:
+            self._counters["batches_retried"] += 1
+        batch.attempts += 1
+        result = await self._transport.post_batch(batch.body)
+        if result.etag:
+            self._on_etag(result.etag)
+        c = self._counters
+        if result.outcome is Outcome.OK:
+            if self.failures:
+                log.warning("collector reachable again after %d failed attempts", self.failures)
+            self.healthy, self.failures = True, 0
+            c["batches_sent"] += 1
+            c["events_sent"] += batch.count
+            c["bytes_sent"] += len(batch.body)
+            c["bytes_sent_uncompressed"] += batch.raw_bytes
+            c["last_success_ts"] = int(time.time())
+        elif result.outcome in (Outcome.RETRY, Outcome.AUTH):
+            self.failures += 1
+            self.healthy = False
+            c["http_" + str(result.status) if result.status else "network_errors"] += 1
+            if result.retry_after_s is not None:
+                self._pause_until = max(self._pause_until, loop.time() + result.retry_after_s)
+            self._log_failure(result)
+        elif result.outcome is Outcome.REJECT:
+            c["batches_rejected"] += 1
+            c["events_dropped_rejected_4xx"] += batch.count
+            log.error(
+                "collector rejected a batch of %d events: HTTP %s %s",
+                batch.count,
+                result.status,
+                result.detail,
+            )
+        return result
+
+    def _log_failure(self, result: PostResult) -> None:
+        now = time.monotonic()
+        if result.outcome is Outcome.AUTH:
+            self._counters["auth_failures"] += 1
+            if now - self._last_auth_log >= self._policy.auth_log_interval_s:
+                self._last_auth_log = now
+                log.error(
+                    "collector refused application id %s (HTTP %s): check MOESIF_APPLICATION_ID "
+                    "and MOESIF_API_ENDPOINT; events are kept and retried",
+                    mask_app_id(self._app_id),
+                    result.status,
+                )
+        elif self.failures == 1:
+            log.warning(
+                "sending to the collector failed (%s); retrying with backoff",
+                f"HTTP {result.status}" if result.status else result.detail,
+            )
+
+    def retry_delay(self, result: PostResult, attempt: int) -> float:
+        if result.outcome is Outcome.AUTH:
+            return self._policy.auth_retry_s
+        return self._backoff.delay(attempt, result.retry_after_s)
+
+    def split(self, batch: Batch) -> list[Batch]:
+        self._counters["batches_split"] += 1
+        if batch.count <= 1:
+            self._counters["events_dropped_too_large"] += batch.count
+            log.error("collector refused a single event as too large (413); dropped")
+            return []
+        return list(batch.split())
