@@ -490,49 +490,51 @@ def _public_captures() -> list[Path]:
     return sorted(p for p in PUBLIC.iterdir() if p.suffix in (".pcap", ".pcapng"))
 
 
+Row = tuple[int, int, int, int, int, int | None]  # frame number, ports, seq, ack, payload length
+
+
 @pytest.fixture(scope="module")
-def tshark_tcp_counts() -> dict[Path, int]:
+def tshark_segments() -> dict[Path, list[Row]]:
     if shutil.which("tshark") is None:
         pytest.skip("tshark not installed")
+    fields = ["frame.number", "tcp.srcport", "tcp.dstport", "tcp.seq_raw", "tcp.ack_raw", "tcp.len"]
+    fields += ["frame.len", "frame.cap_len"]
 
-    def count(path: Path) -> int:
+    def rows(path: Path) -> list[Row]:
         # ICMP errors quote a TCP header; tshark's `tcp` filter matches those, a TCP decoder must not
+        cmd = ["tshark", "-r", str(path), "-Y", "tcp && !icmp && !icmpv6", "-T", "fields"]
         out = subprocess.run(
-            [
-                "tshark",
-                "-r",
-                str(path),
-                "-Y",
-                "tcp && !icmp && !icmpv6",
-                "-T",
-                "fields",
-                "-e",
-                "frame.number",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
+            cmd + [a for f in fields for a in ("-e", f)], capture_output=True, text=True, check=True
         ).stdout
-        return len(out.split())
+        result: list[Row] = []
+        for line in out.splitlines():
+            num, sport, dport, seq, ack, tcp_len, wire, cap = (int(v) for v in line.split("\t"))
+            # tshark's tcp.len comes from the IP length; in a snaplen-cut frame we keep what was captured
+            result.append((num, sport, dport, seq, ack, tcp_len if wire == cap else None))
+        return result
 
     paths = _public_captures()
     with ThreadPoolExecutor(4) as pool:
-        return dict(zip(paths, pool.map(count, paths), strict=True))
+        return dict(zip(paths, pool.map(rows, paths), strict=True))
 
 
 @pytest.mark.skipif(not PUBLIC.is_dir(), reason=f"public captures absent ({PUBLIC})")
-def test_every_public_capture_decodes_like_tshark(tshark_tcp_counts: dict[Path, int]) -> None:
+def test_every_public_capture_decodes_like_tshark(tshark_segments: dict[Path, list[Row]]) -> None:
+    """Every TCP segment tshark sees, we see, in the same frame with the same ports, seq, ack and length."""
     mismatches = {}
-    for path in _public_captures():
+    for path, expected in tshark_segments.items():
         stats = Stats()
         dec = Decoder(Limits(), stats)
-        segments = 0
+        got: list[Row] = []
         with open_capture(path) as capture:
-            for ts, linktype, frame, wire_len in capture:
-                if dec.decode(ts, linktype, frame, wire_len) is not None:
-                    segments += 1
-        assert segments == stats["segments"] > 0, path.name
-        if segments != tshark_tcp_counts[path]:
-            mismatches[path.name] = (segments, tshark_tcp_counts[path])
-    assert len(tshark_tcp_counts) >= 10
+            for num, (ts, linktype, frame, wire_len) in enumerate(capture, 1):
+                seg = dec.decode(ts, linktype, frame, wire_len)
+                if seg is not None:
+                    got.append((num, seg.sport, seg.dport, seg.seq, seg.ack, len(seg.payload)))
+        assert len(got) == stats["segments"] > 0, path.name
+        cut = {row[0] for row in expected if row[5] is None}
+        got = [(*row[:5], None) if row[0] in cut else row for row in got]
+        if got != expected:
+            mismatches[path.name] = (len(got), len(expected))
+    assert len(tshark_segments) >= 10
     assert mismatches == {}

@@ -406,3 +406,44 @@ def test_garbage_after_a_valid_header_is_a_capture_error_or_packets(head: bytes,
             assert str(path) in str(e)
         else:
             assert all(isinstance(f, bytes) and len(f) <= len(tail) for _, _, f, _ in got)
+
+
+def test_helper_conversations_are_clean_tcp_for_tshark(tmp_path: Path) -> None:
+    """tests/helpers.tcp_conversation: tshark finds no TCP anomaly and parses every HTTP message."""
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark not installed")
+    request2 = b"POST /b HTTP/1.1\r\nContent-Length: 5000\r\n\r\n" + b"q" * 5000
+    response1 = b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n" + b"z" * 3000
+    for kwargs in ({}, {"ipv6": True}, {"handshake": False, "close": False}):
+        packets = tcp_conversation(
+            [b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", request2],
+            [response1, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"],
+            mss=1000,
+            **kwargs,
+        )
+        path = tmp_path / "conv.pcap"
+        write_pcap(path, packets)
+        fields = [
+            "-T",
+            "fields",
+            "-e",
+            "tcp.analysis.flags",
+            "-e",
+            "http.request.method",
+            "-e",
+            "http.response.code",
+        ]
+        out = subprocess.run(
+            ["tshark", "-r", str(path), "-Y", "tcp.analysis.flags || http", *fields],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert [line.split("\t") for line in out.splitlines()] == [
+            ["", "GET", ""],
+            ["", "", "200"],
+            ["", "POST", ""],
+            ["", "", "201"],
+        ], kwargs
+        syn = [p for p in packets if p["TCP"].flags.S]
+        assert len(syn) == (0 if kwargs.get("handshake") is False else 2)
