@@ -350,12 +350,34 @@ def test_short_pcap_header(tmp_path: Path) -> None:
         read_all(path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_unreadable_file(tmp_path: Path) -> None:
     path = tmp_path / "secret.pcap"
     write_pcap(path, [])
     path.chmod(0)
-    assert "permission denied" in open_error(path)
+    if os.geteuid() != 0:
+        assert "permission denied" in open_error(path)
+        return
+    # root reads files whatever their mode: try as nobody in a forked child (modules already loaded)
+    tmp_path.chmod(0o755)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                open_capture(path)
+                message = "opened"
+            except CaptureError as e:
+                message = str(e)
+            os.write(write_fd, message.encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    message = os.read(read_fd, 4096).decode()
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    assert message == f"{path}: permission denied"
 
 
 def test_capture_file_closes_its_file(tmp_path: Path) -> None:
