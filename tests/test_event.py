@@ -534,3 +534,18 @@ def test_client_ip_header_order_is_the_plugins() -> None:
         assert client_ip(headers, "10.9.8.7") == f"192.0.2.{i}", name
         del headers[name]
     assert client_ip(headers, "10.9.8.7") == "10.9.8.7"
+
+
+def test_body_cut_by_the_core_is_omitted_not_partial() -> None:
+    resp = response([(b"Content-Type", b"application/json")], body=b"[" * 1100)
+    resp.body_size, resp.body_truncated = 250_000, True
+    call = ApiCall(
+        client_leg=exchange(request([(b"Host", b"h")]), resp, flags={ExchangeFlag.RESPONSE_BODY_TRUNCATED}),
+        upstream_leg=None,
+        legs=Legs.SINGLE,
+    )
+    event = valid(EventBuilder(Config()).build(call))
+    capture = event["metadata"]["capture"]  # type: ignore[index]
+    assert "body" not in event["response"]  # type: ignore[operator]
+    assert capture["response_body_omitted"] == "over_limit" and capture["response_body_size"] == 250_000
+    assert "flags" not in capture and capture["truncated"] is False

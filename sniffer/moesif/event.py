@@ -42,12 +42,10 @@ PLUMBING_HEADERS = frozenset({"x-real-ip", "via", "x-kong-request-id"})
 PLUMBING_PREFIX = "x-forwarded-"
 
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://moesif-sniffer/transaction-id")
-_TRUNCATED = {
-    ExchangeFlag.REQUEST_INCOMPLETE,
-    ExchangeFlag.RESPONSE_INCOMPLETE,
-    ExchangeFlag.REQUEST_BODY_TRUNCATED,
-    ExchangeFlag.RESPONSE_BODY_TRUNCATED,
-}
+_TRUNCATED = {ExchangeFlag.REQUEST_INCOMPLETE, ExchangeFlag.RESPONSE_INCOMPLETE}
+# The core cuts a body only beyond the size limit, so such a body is left out on purpose and reported
+# as `*_body_omitted: over_limit`: the event is not partial, and these flags would only say so twice.
+_NOT_PARTIAL = {ExchangeFlag.REQUEST_BODY_TRUNCATED.value, ExchangeFlag.RESPONSE_BODY_TRUNCATED.value}
 _GAP = {ExchangeFlag.REQUEST_GAP, ExchangeFlag.RESPONSE_GAP}
 
 HeaderLists = dict[str, list[str]]
@@ -295,10 +293,12 @@ class EventBuilder:
         other = call.upstream_leg if primary is call.client_leg else None
         if other is not None:
             capture["upstream_connection"] = f"{_endpoint(other.client)} -> {_endpoint(other.server)}"
-            if other.flags:
-                capture["upstream_flags"] = sorted(f.value for f in other.flags)
+            upstream_flags = {f.value for f in other.flags} - _NOT_PARTIAL
+            if upstream_flags:
+                capture["upstream_flags"] = sorted(upstream_flags)
         flags.update(_message_flags(primary.request, "request"))
         flags.update(_message_flags(primary.response, "response"))
+        flags -= _NOT_PARTIAL
         capture["truncated"] = any(f in flags for f in _TRUNCATED)
         capture["gap"] = any(f in flags for f in _GAP)
         if flags:
@@ -317,8 +317,6 @@ def _message_flags(msg: HttpMessage | None, side: str) -> set[str]:
             out.add(f"{side}_incomplete")
         if msg.gap:
             out.add(f"{side}_gap")
-        if msg.body_truncated:
-            out.add(f"{side}_body_truncated")
     return out
 
 
