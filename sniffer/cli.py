@@ -1,0 +1,125 @@
+"""The `moesif-sniffer` command line: subcommands, configuration loading, exit statuses.
+
+Exit status: 0 success; 2 bad configuration, or a capture file that is missing, unreadable, not a
+capture, or damaged (for a damaged file every event before the damage is still written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from sniffer import __version__
+from sniffer.config import Config, add_arguments
+from sniffer.errors import CaptureError, ConfigError
+
+__all__ = ["main"]
+
+PROG = "moesif-sniffer"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Passive API-traffic sniffer for Kong nodes: HTTP/1.x calls to Moesif events.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    replay = sub.add_parser(
+        "replay",
+        help="read a pcap/pcapng file and emit one Moesif event per API call",
+        description="Replay a capture file through the capture engine. Without an application id "
+        "(MOESIF_APPLICATION_ID / --application-id) events are written as JSON lines.",
+    )
+    replay.add_argument("capture", help="a pcap or pcapng file")
+    replay.add_argument("-o", "--output", help="write JSON lines here instead of stdout")
+    replay.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
+    add_arguments(replay)
+    return parser
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _make_sender(config: Config) -> Any:
+    from sniffer.moesif.sender import MoesifSender
+
+    return MoesifSender(
+        application_id=config.application_id,
+        endpoint=config.api_endpoint,
+        batch_size=config.batch_size,
+        batch_max_time_s=config.batch_max_time,
+        queue_size=config.event_queue_size,
+        connect_timeout_s=config.connect_timeout / 1000.0,
+        send_timeout_s=config.send_timeout / 1000.0,
+        flush_timeout_s=config.flush_timeout,
+        spool_dir=config.spool_dir,
+        spool_max_bytes=config.spool_max_bytes,
+        user_agent=f"{PROG}/{__version__}",
+    )
+
+
+def _cmd_replay(args: argparse.Namespace, config: Config) -> int:
+    from sniffer.moesif.jsonlines import JsonLinesSink
+    from sniffer.replay import print_summary, replay_file
+
+    if not os.path.exists(args.capture):  # a clear error before anything else is opened or created
+        return _error(f"{args.capture}: no such file")
+    out: IO[bytes] | None = None
+    sender = None
+    try:
+        if config.application_id:
+            sender = _make_sender(config)
+            sender.start()
+            sink: Any = sender
+        else:
+            if args.output:
+                try:
+                    out = open(args.output, "wb")  # noqa: SIM115 - closed in finally
+                except OSError as exc:
+                    return _error(f"{args.output}: cannot write: {exc.strerror}")
+            sink = JsonLinesSink(out if out is not None else sys.stdout.buffer)
+        try:
+            result = replay_file(args.capture, config, sink, progress=sys.stderr)
+        except CaptureError as exc:
+            return _error(str(exc))
+        delivery = None
+        if sender is not None:
+            report = sender.close()
+            sender = None
+            delivery = dict(getattr(report, "__dict__", {}) or {})
+            delivery = {k: v for k, v in delivery.items() if isinstance(v, int)}
+        else:
+            sink.close()
+        if not args.quiet:
+            print_summary(args.capture, result, delivery)
+        if result.error is not None:
+            return _error(str(result.error))
+        return 0
+    finally:
+        if sender is not None:
+            sender.close()
+        if out is not None:
+            out.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(levelname)s %(name)s: %(message)s")
+    try:
+        config = Config.load(args, os.environ)
+    except ConfigError as exc:
+        return _error(str(exc))
+    if args.command == "replay":
+        try:
+            return _cmd_replay(args, config)
+        except BrokenPipeError:  # `| head`: the reader went away; not an error worth a traceback
+            sys.stderr.close()
+            return 0
+    return _error(f"unknown command {args.command}")

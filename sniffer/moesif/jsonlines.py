@@ -1,0 +1,25 @@
+"""`JsonLinesSink`: events written as JSON lines, the output when no Moesif application id is set.
+
+It has the sender's shape (`submit`, `close`) so the engine does not care which one it feeds.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+import orjson
+
+__all__ = ["JsonLinesSink"]
+
+
+class JsonLinesSink:
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.written = 0
+
+    def submit(self, event: dict[str, Any]) -> None:
+        self._stream.write(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
+        self.written += 1
+
+    def close(self) -> None:
+        self._stream.flush()
