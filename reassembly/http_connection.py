@@ -96,7 +96,6 @@ class HttpConnectionParser:
         self._realign = False
         self._pipelined = False
         self._had_loss = False
-        self._resume = False
         self._dead = False
         self._closed = False
         self._out: list[Exchange] = []
@@ -125,9 +124,6 @@ class HttpConnectionParser:
                 reader.feed(event.data, event.offset, event.ts)
             else:
                 reader.gap(event.offset, event.length)
-            if self._resume and not self._dead:
-                self._resume = False
-                self._request_reader().resume()
         except Exception:
             self._recover(reader)
         out = self._out
@@ -177,8 +173,11 @@ class HttpConnectionParser:
             self._interim = []
         request = entry.request
         framing = body_framing(request.method if request is not None else None, status, msg.headers)
-        if framing.kind is not FramingKind.TUNNEL and self._request_reader().state is State.PAUSED:
-            self._resume = True
+        requests = self._request_reader()
+        if framing.kind is not FramingKind.TUNNEL and requests.state is State.PAUSED:
+            # Not a tunnel after all: what the client sent meanwhile is HTTP. Read it now, before the
+            # rest of this response, so a response that follows finds its request waiting.
+            requests.resume()
         return framing
 
     def on_message(self, reader: MessageReader, msg: Message) -> None:

@@ -109,7 +109,8 @@ class MessageReader:
         self._parts: list[bytes | bytearray] = []
         self._kept = 0
         self._size = 0
-        self._gap = False
+        self._gap = False  # bytes of the body in flight were lost
+        self._truncated = False  # bytes of the body in flight were over the cap
         self._resync_on_resume = False
         self.state = State.RESYNC if mid_stream else State.START
 
@@ -131,9 +132,18 @@ class MessageReader:
         self._next = offset + len(data)
         self._ts = ts
         buf = self._buf
+        if (
+            self.state is State.RESYNC
+            and (self._pos < len(buf) or not self._line_start)
+            and self._starts_message(data)
+        ):
+            # Writers start a message with a fresh write, so a chunk boundary is a likely message
+            # boundary even when the bytes before it (a JSON body, say) did not end a line.
+            self._pos = len(buf)
+            self._line_start = True
         if self._pos >= len(buf):
             self._buf = data
-            self._pos = 0
+            self._pos = self._scan = 0
         else:
             if type(buf) is bytes:
                 self._buf = buf = bytearray(buf)
@@ -204,16 +214,14 @@ class MessageReader:
         self._compact()
 
     def kill(self) -> None:
-        self.state = State.DEAD
         self._drop_buffer()
-        self._msg = None
-        self._parts = []
+        self._clear_message()
+        self.state = State.DEAD
 
     def reset(self) -> None:
         """After an internal error: forget everything buffered and look for the next start line."""
         self._drop_buffer()
-        self._msg = None
-        self._parts = []
+        self._clear_message()
         self._enter_resync(False)
 
     @property
@@ -249,6 +257,19 @@ class MessageReader:
             self._drop_buffer()
             self._resync_on_resume = True
 
+    def _starts_message(self, data: bytes) -> bool:
+        """Does this chunk begin with a complete start line of the kind this reader looks for?"""
+        nl = data.find(b"\n", 0, self._max_head)
+        if nl < 0:
+            return False
+        role = self.role
+        return (
+            find_start_line(data[: nl + 1], 0, 0, True, role is not Role.RESPONSE, role is not Role.REQUEST)[
+                0
+            ]
+            == 0
+        )
+
     def _drop_buffer(self) -> None:
         self._buf = b""
         self._pos = 0
@@ -278,8 +299,9 @@ class MessageReader:
 
     def _desync(self) -> bool:
         """The bytes at pos break the framing: count it, end the message incomplete, look for the next one."""
+        # No byte was lost, so no whole message can have vanished: FIFO pairing stays trusted.
         self._stats["http_desync"] += 1
-        self._lose_current(exact=False)
+        self._finish(False)
         self._enter_resync(True)
         return True
 
@@ -288,11 +310,19 @@ class MessageReader:
         pos = self._pos
         self._size += n
         room = self._max_body - self._kept
+        if n > room:
+            self._truncated = True
         if room > 0:
             k = n if n < room else room
             self._parts.append(self._buf[pos : pos + k])
             self._kept += k
         self._pos = pos + n
+
+    def _clear_message(self) -> None:
+        self._msg = None
+        self._parts = []
+        self._kept = self._size = 0
+        self._gap = self._truncated = False
 
     def _finish(self, complete: bool) -> None:
         msg = self._msg
@@ -302,15 +332,13 @@ class MessageReader:
         parts = self._parts
         msg.body = parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts)
         msg.body_size = self._size
-        msg.body_truncated = self._kept < self._size
+        msg.body_truncated = self._truncated
         msg.complete = complete
         msg.gap = self._gap
         msg.ts_end = self._ts
         if msg.body_truncated:
             self._stats["truncated_http_body"] += 1
-        self._parts = []
-        self._kept = self._size = 0
-        self._gap = False
+        self._clear_message()
         self.state = State.START
         self._first = False
         self._sink.on_message(self, msg)
@@ -359,7 +387,6 @@ class MessageReader:
                     return self._not_http()
                 # Not a start line where one must be: most likely the tail of a misframed body.
                 self._stats["http_desync"] += 1
-                self._sink.on_lost(self, False, False)
                 self._pos = nl + 1
                 self._enter_resync(True)
                 return True

@@ -49,7 +49,11 @@ TE = [(b"Transfer-Encoding", b"chunked")]
     ],
 )
 def test_framing_table(
-    method: bytes | None, status: int | None, headers: list[tuple[bytes, bytes]], kind: FramingKind, length: int
+    method: bytes | None,
+    status: int | None,
+    headers: list[tuple[bytes, bytes]],
+    kind: FramingKind,
+    length: int,
 ) -> None:
     framing = body_framing(method, status, headers)
     assert framing.kind is kind
