@@ -1,0 +1,131 @@
+"""Which leg of a Kong-proxied call an HTTP exchange is: the client leg, the upstream leg, or plain HTTP.
+
+Rules, first match wins (the Kong facts are from Kong 3.x `runloop/handler.lua` and its nginx template):
+
+1. No Kong ports configured: every exchange is PLAIN (joining is off).
+2. The server port is a Kong proxy port: CLIENT. The server address is remembered as a Kong host.
+3. The request carries a header only Kong's proxy puts on an upstream request: UPSTREAM, from any
+   address (the sender is then remembered as a Kong host). Those headers are
+   - `X-Kong-Request-Id` (Kong >= 3.5 sends it upstream by default, `headers_upstream`), or
+   - a `Via` whose value has a `kong/` token (Kong 3.x sets `Via: 1.1 kong/3.9.0` upstream).
+   No address condition here on purpose: a gateway usually reaches its services from another address
+   than the one clients connect to (another interface, another network), and a capture may hold only the
+   upstream leg; neither address was then ever seen serving a Kong port.
+4. The server port is one of the configured upstream ports: UPSTREAM.
+5. The request comes from a Kong host and carries Kong's other upstream headers: any of
+   `X-Consumer-ID/-Username/-Custom-ID`, `X-Credential-Identifier`, `X-Anonymous-Consumer` (set by the
+   auth plugins), or all five proxy headers Kong's template sets on every request: `X-Forwarded-For`,
+   `-Proto`, `-Host`, `-Port` and `X-Real-IP` (a generic reverse proxy rarely sets the full set): UPSTREAM.
+   Older Kong (2.x) sends neither `Via` nor a request id upstream, so this is how its legs are found.
+6. Anything else: PLAIN.
+
+Header names are compared case-insensitively; when a header repeats, its first value counts.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from enum import StrEnum
+
+from reassembly.events import Exchange, HttpMessage
+from reassembly.stats import Stats
+
+__all__ = [
+    "CONSUMER_HEADERS",
+    "FORWARDED_HEADERS",
+    "KONG_REQUEST_ID",
+    "LegClassifier",
+    "LegKind",
+    "first_headers",
+    "is_kong_via",
+]
+
+KONG_REQUEST_ID = b"x-kong-request-id"
+CONSUMER_HEADERS = frozenset(
+    {
+        b"x-consumer-id",
+        b"x-consumer-username",
+        b"x-consumer-custom-id",
+        b"x-credential-identifier",
+        b"x-anonymous-consumer",
+    }
+)
+FORWARDED_HEADERS = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip"}
+)
+# Addresses remembered as Kong hosts. A node has a handful; the cap only guards against a flood of
+# spoofed headers turning this into an unbounded set.
+MAX_KONG_HOSTS = 1024
+
+
+class LegKind(StrEnum):
+    CLIENT = "client"
+    UPSTREAM = "upstream"
+    PLAIN = "plain"
+
+
+def first_headers(message: HttpMessage) -> dict[bytes, bytes]:
+    """Lowercased header name -> its first value."""
+    out: dict[bytes, bytes] = {}
+    for name, value in message.headers:
+        out.setdefault(name.lower(), value)
+    return out
+
+
+def is_kong_via(value: bytes | None) -> bool:
+    """A `Via` value with a `kong/<version>` element, e.g. `1.1 kong/3.9.0` or `1.1 lb, 1.1 kong/3.4.2`."""
+    return value is not None and b"kong/" in value.lower()
+
+
+class LegClassifier:
+    """Classifies exchanges and remembers which addresses are Kong hosts (bounded, oldest forgotten)."""
+
+    def __init__(
+        self,
+        kong_ports: frozenset[int],
+        upstream_ports: frozenset[int] = frozenset(),
+        *,
+        kong_hosts: frozenset[str] = frozenset(),
+        stats: Stats | None = None,
+    ) -> None:
+        self.kong_ports = kong_ports
+        self.upstream_ports = upstream_ports
+        self.stats = stats if stats is not None else Stats()
+        self._configured_hosts = kong_hosts
+        self._learned_hosts: OrderedDict[str, None] = OrderedDict()
+
+    def is_kong_host(self, ip: str) -> bool:
+        return ip in self._configured_hosts or ip in self._learned_hosts
+
+    def _learn(self, ip: str) -> None:
+        hosts = self._learned_hosts
+        if ip in hosts:
+            hosts.move_to_end(ip)
+            return
+        hosts[ip] = None
+        if len(hosts) > MAX_KONG_HOSTS:
+            hosts.popitem(last=False)
+            self.stats["evict_kong_host"] += 1
+
+    def classify(self, exchange: Exchange, headers: dict[bytes, bytes] | None = None) -> LegKind:
+        """The leg `exchange` is; `headers` (from `first_headers` of its request) saves a second parse."""
+        if not self.kong_ports:
+            return LegKind.PLAIN
+        if exchange.server[1] in self.kong_ports:
+            self._learn(exchange.server[0])
+            return LegKind.CLIENT
+        request = exchange.request
+        if request is None:
+            return LegKind.UPSTREAM if exchange.server[1] in self.upstream_ports else LegKind.PLAIN
+        if headers is None:
+            headers = first_headers(request)
+        if KONG_REQUEST_ID in headers or is_kong_via(headers.get(b"via")):
+            self._learn(exchange.client[0])
+            return LegKind.UPSTREAM
+        if exchange.server[1] in self.upstream_ports:
+            return LegKind.UPSTREAM
+        if self.is_kong_host(exchange.client[0]) and (
+            not CONSUMER_HEADERS.isdisjoint(headers) or FORWARDED_HEADERS.issubset(headers)
+        ):
+            return LegKind.UPSTREAM
+        return LegKind.PLAIN

@@ -1,0 +1,375 @@
+"""`LegJoiner`: pairs Kong's client leg and upstream leg of each API call into one `ApiCall`.
+
+Sans-IO: exchanges go in as the core completes them, `ApiCall`s come out; the only clock is the capture
+time carried by the exchanges and passed to `advance`.
+
+Theory of operation. The upstream leg lies inside the client leg in time (Kong reads the client's request,
+calls the service, then answers), so it usually completes first and waits here for its client leg;
+either order is handled. Two legs are one call when
+- both carry the same `X-Kong-Request-Id` (the upstream request's header, the client response's header);
+- otherwise, when the request ids cannot tell (one or both legs lack one), when all of these hold:
+  same method; the client's path equals the upstream's `X-Forwarded-Path`, or, without it, the upstream
+  path is the client path with `X-Forwarded-Prefix` stripped (Kong's strip_path); the last
+  `X-Forwarded-For` entry (else `X-Real-IP`) is the client leg's peer address; `X-Forwarded-Port` is the
+  port the client connected to; end-to-end headers Kong forwards untouched (credentials, user agent,
+  content type) are equal where both legs have them; and time nesting: the upstream request starts
+  after the client request started and the upstream response ends before the client response ends.
+  Among several candidates (many client connections share few upstream keep-alive connections, and
+  identical calls overlap) the tightest fit in time wins.
+A leg waits `wait_s` of capture time for its partner, then goes out alone, flagged `Legs.CLIENT_ONLY` or
+`Legs.UPSTREAM_ONLY`. A client leg Kong answered itself (a 4xx with `X-Kong-Response-Latency` or
+`Server: kong/...` and no `Via: kong`) has no upstream leg and goes out at once. A leg whose partner
+already went out alone, known by its request id, is dropped and counted (`drop_leg_late_*`), so a call
+is never reported twice. Memory is bounded by a count and a byte budget of pending legs; when either is
+hit the oldest pending leg goes out alone early and `evict_leg_*` counts it.
+
+Limitation: without request ids, a client leg that ends more than `wait_s` after its upstream leg (a slow
+client draining a large buffered response) yields two partial events instead of one joined event.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TypeVar
+
+from reassembly.events import Exchange
+from reassembly.stats import Stats
+from sniffer.kong.api_call import ApiCall, Legs
+from sniffer.kong.classify import KONG_REQUEST_ID, LegClassifier, LegKind, first_headers, is_kong_via
+
+__all__ = ["DEFAULT_MAX_PENDING_BYTES", "DEFAULT_MAX_PENDING_LEGS", "DEFAULT_WAIT_S", "LegJoiner"]
+
+K = TypeVar("K")
+
+DEFAULT_WAIT_S = 5.0
+# Legs normally wait microseconds to milliseconds. The caps only bite when one leg is not captured at all
+# (e.g. 2,000 calls/s for wait_s = 5 s is 10,000 pending client legs).
+DEFAULT_MAX_PENDING_LEGS = 20_000
+DEFAULT_MAX_PENDING_BYTES = 256 << 20
+# Request ids of calls that went out with one leg, to drop their late partner: a few minutes at 100 calls/s.
+MAX_RECENT_IDS = 32_768
+# Capture timestamps of the two legs may come from different interfaces; allow this much disagreement.
+NEST_SLACK_S = 0.0005
+# Headers Kong passes from the client to the service untouched (unless a plugin rewrites them).
+END_TO_END = (b"authorization", b"apikey", b"x-api-key", b"cookie", b"user-agent", b"content-type")
+PATH_PENALTY = 1_000.0  # a strip_path/suffix path match ranks behind an exact one
+QUERY_PENALTY = 10_000.0  # different query strings rank behind everything else
+
+
+@dataclass(slots=True, eq=False)
+class _Leg:
+    ex: Exchange
+    kind: LegKind
+    headers: dict[bytes, bytes]  # request headers, first values, lowercased names
+    rid: str | None
+    method: bytes
+    path: bytes
+    query: bytes
+    key: tuple[bytes, bytes]  # (method, last segment of the path the client asked for)
+    start: float
+    end: float
+    size: int
+    seq: int = 0
+    deadline: float = 0.0
+
+
+def _split_target(target: bytes) -> tuple[bytes, bytes]:
+    if not target.startswith(b"/"):
+        scheme = target.find(b"://")
+        if scheme >= 0:  # absolute form: drop scheme and authority
+            slash = target.find(b"/", scheme + 3)
+            target = target[slash:] if slash >= 0 else b"/"
+    path, _, query = target.partition(b"?")
+    return path, query
+
+
+def _tail(path: bytes) -> bytes:
+    return path.rstrip(b"/").rpartition(b"/")[2]
+
+
+@functools.lru_cache(maxsize=4096)
+def _norm_ip(text: str) -> str:
+    text = text.strip().strip("[]")
+    try:
+        return ipaddress.ip_address(text).compressed
+    except ValueError:
+        return text
+
+
+def _path_fits(client_path: bytes, upstream_path: bytes, prefix: bytes | None) -> bool:
+    if prefix is not None:
+        if not client_path.startswith(prefix):
+            return False
+        rest = b"/" + client_path[len(prefix) :].lstrip(b"/")
+        return rest == b"/" or upstream_path.endswith(rest)
+    return client_path.endswith(upstream_path) or upstream_path.endswith(client_path)
+
+
+def _fit(c: _Leg, u: _Leg) -> float | None:
+    """How tightly `u` fits inside `c` as its upstream leg (lower is better); None: it cannot be."""
+    if c.method != u.method or (c.rid is not None and u.rid is not None and c.rid != u.rid):
+        return None
+    cu, uh, ch = c.ex, u.headers, c.headers
+    penalty = 0.0
+    fwd_path = uh.get(b"x-forwarded-path")
+    if fwd_path is not None:
+        if fwd_path != c.path and fwd_path != ch.get(b"x-forwarded-path"):
+            return None
+    elif u.path != c.path:
+        if not _path_fits(c.path, u.path, uh.get(b"x-forwarded-prefix")):
+            return None
+        penalty += PATH_PENALTY
+    if u.query != c.query:
+        penalty += QUERY_PENALTY
+    peer = uh.get(b"x-forwarded-for") or uh.get(b"x-real-ip")
+    if peer is not None:
+        last = peer.rpartition(b",")[2].decode("latin-1")
+        if _norm_ip(last) != _norm_ip(cu.client[0]):
+            return None
+    port = uh.get(b"x-forwarded-port")
+    if (
+        port is not None
+        and port.strip() != str(cu.server[1]).encode()
+        and port != ch.get(b"x-forwarded-port")
+    ):
+        return None
+    for name in END_TO_END:
+        a, b = ch.get(name), uh.get(name)
+        if a is not None and b is not None and a != b:
+            return None
+    if u.start < c.start - NEST_SLACK_S:
+        return None
+    if cu.response is not None and u.ex.response is not None and u.end > c.end + NEST_SLACK_S:
+        return None
+    return penalty + (u.start - c.start) + max(c.end - u.end, 0.0)
+
+
+def _kong_answered(ex: Exchange) -> bool:
+    """Kong made this response itself (auth failure, rate limit, no route): no upstream leg will come."""
+    resp = ex.response
+    if resp is None or resp.status >= 500:  # 502/504 follow an upstream attempt: wait for that leg
+        return False
+    h = first_headers(resp)
+    if is_kong_via(h.get(b"via")):
+        return False
+    return b"x-kong-response-latency" in h or h.get(b"server", b"").lower().startswith(b"kong/")
+
+
+class LegJoiner:
+    """Client legs + upstream legs in, one `ApiCall` per API call out. Not thread-safe."""
+
+    def __init__(
+        self,
+        kong_ports: frozenset[int],
+        upstream_ports: frozenset[int] = frozenset(),
+        *,
+        wait_s: float = DEFAULT_WAIT_S,
+        stats: Stats | None = None,
+        kong_hosts: frozenset[str] = frozenset(),
+        max_pending: int = DEFAULT_MAX_PENDING_LEGS,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+    ) -> None:
+        self.stats = stats if stats is not None else Stats()
+        self.classifier = LegClassifier(kong_ports, upstream_ports, kong_hosts=kong_hosts, stats=self.stats)
+        self.wait_s = wait_s
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self._now = 0.0
+        self._seq = 0
+        self._bytes = 0
+        # Pending legs per kind, in arrival order, which is deadline order (deadline = arrival now + wait).
+        self._pending: dict[LegKind, OrderedDict[int, _Leg]] = {
+            LegKind.CLIENT: OrderedDict(),
+            LegKind.UPSTREAM: OrderedDict(),
+        }
+        self._by_rid: dict[LegKind, dict[str, list[_Leg]]] = {LegKind.CLIENT: {}, LegKind.UPSTREAM: {}}
+        self._by_key: dict[LegKind, dict[tuple[bytes, bytes], list[_Leg]]] = {
+            LegKind.CLIENT: {},
+            LegKind.UPSTREAM: {},
+        }
+        self._gone_alone: OrderedDict[str, LegKind] = OrderedDict()  # request id -> kind of the leg sent
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending[LegKind.CLIENT]) + len(self._pending[LegKind.UPSTREAM])
+
+    def feed(self, exchange: Exchange) -> list[ApiCall]:
+        """One completed exchange; returns the calls that are now complete (and any that timed out)."""
+        start, end = self._times(exchange)
+        out = self._expire(max(self._now, end))
+        request = exchange.request
+        headers = first_headers(request) if request is not None else {}
+        kind = self.classifier.classify(exchange, headers)
+        if kind is LegKind.PLAIN:
+            self.stats["kong_plain"] += 1
+            out.append(ApiCall(client_leg=exchange, upstream_leg=None, legs=Legs.SINGLE))
+            return out
+        leg = self._leg(exchange, kind, headers, start, end)
+        self.stats[f"kong_{kind}_legs"] += 1
+        if leg.rid is not None and self._gone_alone.get(leg.rid) not in (None, kind):
+            self.stats[f"drop_leg_late_{kind}"] += 1  # its partner already went out as the whole call
+            return out
+        if kind is LegKind.CLIENT:
+            self._feed_client(leg, out)
+        else:
+            self._feed_upstream(leg, out)
+        return out
+
+    def advance(self, ts: float) -> list[ApiCall]:
+        """Capture time reached `ts`: legs whose partner did not come within `wait_s` go out alone."""
+        return self._expire(ts)
+
+    def close(self) -> list[ApiCall]:
+        """End of input: every pending leg goes out alone."""
+        out: list[ApiCall] = []
+        legs = [*self._pending[LegKind.CLIENT].values(), *self._pending[LegKind.UPSTREAM].values()]
+        for leg in sorted(legs, key=lambda x: x.seq):
+            self._remove(leg)
+            out.append(self._alone(leg))
+        return out
+
+    # -- internals ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _times(ex: Exchange) -> tuple[float, float]:
+        req, resp = ex.request, ex.response
+        start = req.ts_start if req is not None else (resp.ts_start if resp is not None else 0.0)
+        end = resp.ts_end if resp is not None else (req.ts_end if req is not None else start)
+        return start, end
+
+    def _leg(
+        self, ex: Exchange, kind: LegKind, headers: dict[bytes, bytes], start: float, end: float
+    ) -> _Leg:
+        req, resp = ex.request, ex.response
+        if kind is LegKind.CLIENT:
+            raw_rid = first_headers(resp).get(KONG_REQUEST_ID) if resp is not None else None
+        else:
+            raw_rid = headers.get(KONG_REQUEST_ID)
+        rid = (raw_rid.decode("latin-1").strip() or None) if raw_rid is not None else None
+        method = req.method if req is not None else b""
+        path, query = _split_target(req.target) if req is not None else (b"", b"")
+        seen = headers.get(b"x-forwarded-path", path) if kind is LegKind.UPSTREAM else path
+        size = (len(req.body) if req is not None else 0) + (len(resp.body) if resp is not None else 0)
+        return _Leg(ex, kind, headers, rid, method, path, query, (method, _tail(seen)), start, end, size)
+
+    def _feed_client(self, c: _Leg, out: list[ApiCall]) -> None:
+        if c.ex.request is None and c.rid is None:
+            out.append(self._alone(c))  # an orphan response: nothing to join it by
+            return
+        u = self._best(c, self._candidates(c, LegKind.UPSTREAM), client_side=True)
+        if u is not None:
+            self._remove(u)
+            out.append(self._joined(c, u))
+        elif _kong_answered(c.ex):
+            self.stats["kong_answered_by_gateway"] += 1
+            out.append(self._alone(c))
+        else:
+            self._add(c, out)
+
+    def _feed_upstream(self, u: _Leg, out: list[ApiCall]) -> None:
+        if u.ex.request is None:
+            out.append(self._alone(u))
+            return
+        c = self._best(u, self._candidates(u, LegKind.CLIENT), client_side=False)
+        if c is not None:
+            self._remove(c)
+            out.append(self._joined(c, u))
+        else:
+            self._add(u, out)
+
+    def _candidates(self, leg: _Leg, other: LegKind) -> list[_Leg]:
+        if leg.rid is not None:
+            same = self._by_rid[other].get(leg.rid)
+            if same:
+                return list(same)
+        index = self._by_key[other]
+        found = list(index.get(leg.key, ()))
+        if other is LegKind.UPSTREAM and leg.key[1]:
+            found += index.get((leg.method, b""), ())  # upstream legs whose whole path was stripped
+        elif other is LegKind.CLIENT and not leg.key[1] and b"x-forwarded-path" not in leg.headers:
+            found = [c for c in self._pending[LegKind.CLIENT].values() if c.method == leg.method]
+        return found
+
+    @staticmethod
+    def _best(leg: _Leg, candidates: list[_Leg], *, client_side: bool) -> _Leg | None:
+        best, best_fit = None, 0.0
+        for other in candidates:
+            c, u = (leg, other) if client_side else (other, leg)
+            fit = _fit(c, u)
+            if fit is None:
+                if c.rid is None or c.rid != u.rid:
+                    continue
+                fit = QUERY_PENALTY * 10  # same request id: the legs belong together whatever else differs
+            if best is None or fit < best_fit:
+                best, best_fit = other, fit
+        return best
+
+    def _joined(self, c: _Leg, u: _Leg) -> ApiCall:
+        same_rid = c.rid is not None and c.rid == u.rid
+        self.stats["kong_join_request_id" if same_rid else "kong_join_timing"] += 1
+        return ApiCall(
+            client_leg=c.ex, upstream_leg=u.ex, legs=Legs.CLIENT_AND_UPSTREAM, kong_request_id=c.rid or u.rid
+        )
+
+    def _alone(self, leg: _Leg) -> ApiCall:
+        if leg.rid is not None:
+            gone = self._gone_alone
+            gone[leg.rid] = leg.kind
+            if len(gone) > MAX_RECENT_IDS:
+                gone.popitem(last=False)
+        if leg.kind is LegKind.CLIENT:
+            self.stats["kong_client_only"] += 1
+            return ApiCall(
+                client_leg=leg.ex, upstream_leg=None, legs=Legs.CLIENT_ONLY, kong_request_id=leg.rid
+            )
+        self.stats["kong_upstream_only"] += 1
+        return ApiCall(client_leg=None, upstream_leg=leg.ex, legs=Legs.UPSTREAM_ONLY, kong_request_id=leg.rid)
+
+    def _add(self, leg: _Leg, out: list[ApiCall]) -> None:
+        self._now = max(self._now, leg.end)
+        self._seq += 1
+        leg.seq, leg.deadline = self._seq, self._now + self.wait_s
+        pending = self._pending[leg.kind]
+        pending[leg.seq] = leg
+        if leg.rid is not None:
+            self._by_rid[leg.kind].setdefault(leg.rid, []).append(leg)
+        self._by_key[leg.kind].setdefault(leg.key, []).append(leg)
+        self._bytes += leg.size
+        while self.pending > self.max_pending or (self._bytes > self.max_pending_bytes and self.pending > 1):
+            oldest = min((next(iter(p.values())) for p in self._pending.values() if p), key=lambda x: x.seq)
+            self.stats[f"evict_leg_{oldest.kind}"] += 1
+            self._remove(oldest)
+            out.append(self._alone(oldest))
+
+    def _remove(self, leg: _Leg) -> None:
+        del self._pending[leg.kind][leg.seq]
+        self._bytes -= leg.size
+        if leg.rid is not None:
+            _discard(self._by_rid[leg.kind], leg.rid, leg)
+        _discard(self._by_key[leg.kind], leg.key, leg)
+
+    def _expire(self, ts: float) -> list[ApiCall]:
+        self._now = max(self._now, ts)
+        out: list[ApiCall] = []
+        for pending in self._pending.values():
+            while pending:
+                leg = next(iter(pending.values()))
+                if leg.deadline > self._now:
+                    break
+                self._remove(leg)
+                out.append(self._alone(leg))
+        return out
+
+
+def _discard(index: dict[K, list[_Leg]], key: K, leg: _Leg) -> None:
+    bucket = index.get(key)
+    if bucket is None:
+        return
+    for i, item in enumerate(bucket):
+        if item is leg:
+            del bucket[i]
+            break
+    if not bucket:
+        del index[key]

@@ -1,0 +1,425 @@
+"""`LegClassifier` and `LegJoiner` on hand-built exchanges shaped like the topology's real traffic.
+
+The header sets are what the nginx-as-Kong of tests/topology puts on the wire (and what Kong 3.x sends):
+the client leg is the client's own request and Kong's response (`X-Kong-Request-Id`, `Via`), the upstream
+leg carries `X-Consumer-*`, `X-Forwarded-*`, `X-Real-IP`, `Via` and (Kong >= 3.5) `X-Kong-Request-Id`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reassembly.events import Exchange, HttpRequest, HttpResponse
+from reassembly.stats import Stats
+from sniffer.kong.api_call import ApiCall, Legs
+from sniffer.kong.classify import LegClassifier, LegKind
+from sniffer.kong.join import LegJoiner
+
+KONG = frozenset({8000})
+GW_FRONT, GW_BACK, SERVICE = "10.77.1.2", "10.77.2.1", ("10.77.2.2", 9000)
+KEYS = {"alice": "key-alice-123", "bob": "key-bob-456", "carol": "key-carol-789"}
+_flow_ids = itertools.count(1)
+
+
+def _exchange(
+    client: tuple[str, int],
+    server: tuple[str, int],
+    method: str,
+    target: str,
+    req_headers: list[tuple[str, str]],
+    status: int | None,
+    resp_headers: list[tuple[str, str]],
+    start: float,
+    end: float,
+    *,
+    flow_id: int | None = None,
+    index: int = 0,
+) -> Exchange:
+    request = HttpRequest(
+        version=b"HTTP/1.1",
+        headers=[(k.encode(), v.encode()) for k, v in req_headers],
+        method=method.encode(),
+        target=target.encode(),
+        ts_start=start,
+        ts_end=start + 0.00005,
+    )
+    response = None
+    if status is not None:
+        response = HttpResponse(
+            version=b"HTTP/1.1",
+            headers=[(k.encode(), v.encode()) for k, v in resp_headers],
+            status=status,
+            body=b'{"ok":true}',
+            body_size=11,
+            ts_start=end - 0.00005,
+            ts_end=end,
+        )
+    return Exchange(
+        flow_id=flow_id if flow_id is not None else next(_flow_ids),
+        client=client,
+        server=server,
+        request=request,
+        response=response,
+        index=index,
+    )
+
+
+def client_leg(
+    user: str | None,
+    start: float,
+    end: float,
+    *,
+    path: str = "/api/orders/101",
+    method: str = "GET",
+    rid: str | None = None,
+    src: tuple[str, int] = ("10.77.1.1", 40001),
+    port: int = 8000,
+    status: int = 200,
+    proxied: bool = True,
+) -> Exchange:
+    host = GW_FRONT if ":" not in src[0] else "fd77:1::2"
+    headers = [
+        ("Host", f"{host}:{port}"),
+        ("User-Agent", "topology-client/1.0"),
+        ("Accept", "application/json"),
+    ]
+    if user is not None:
+        headers.append(("apikey", KEYS[user]))
+    resp = [("Content-Type", "application/json")]
+    if rid is not None:
+        resp.append(("X-Kong-Request-Id", rid))
+    resp.append(("Via", "1.1 kong/3.9.0") if proxied else ("X-Kong-Response-Latency", "0"))
+    return _exchange(src, (host, port), method, path, headers, status, resp, start, end)
+
+
+def upstream_leg(
+    user: str,
+    start: float,
+    end: float,
+    *,
+    path: str = "/api/orders/101",
+    method: str = "GET",
+    rid: str | None = None,
+    src_ip: str = "10.77.1.1",
+    port: int = 8000,
+    fwd_path: str | None = None,
+    fwd_prefix: str | None = None,
+    via: bool = True,
+    conn: tuple[int, int] | None = None,
+    gw: tuple[str, int] = (GW_BACK, 51000),
+) -> Exchange:
+    target_path = path.partition("?")[0]
+    headers = [
+        ("Connection", "keep-alive"),
+        ("Host", "10.77.2.2:9000"),
+        ("X-Forwarded-For", src_ip),
+        ("X-Forwarded-Proto", "http"),
+        ("X-Forwarded-Host", GW_FRONT),
+        ("X-Forwarded-Port", str(port)),
+        ("X-Forwarded-Path", fwd_path if fwd_path is not None else target_path),
+        ("X-Real-IP", src_ip),
+    ]
+    if fwd_path == "":
+        headers = [h for h in headers if h[0] != "X-Forwarded-Path"]
+    if fwd_prefix is not None:
+        headers.append(("X-Forwarded-Prefix", fwd_prefix))
+    if via:
+        headers.append(("Via", "1.1 kong/3.9.0"))
+    if rid is not None:
+        headers.append(("X-Kong-Request-Id", rid))
+    headers += [
+        ("X-Consumer-ID", f"id-{user}"),
+        ("X-Consumer-Username", user),
+        ("User-Agent", "topology-client/1.0"),
+        ("Accept", "application/json"),
+        ("apikey", KEYS[user]),
+    ]
+    flow, index = conn if conn is not None else (None, 0)
+    resp = [("Content-Type", "application/json"), ("Content-Length", "11")]
+    return _exchange(gw, SERVICE, method, path, headers, 200, resp, start, end, flow_id=flow, index=index)
+
+
+def _user_of(call: ApiCall) -> str | None:
+    leg = call.upstream_leg
+    assert leg is not None and leg.request is not None
+    value = leg.request.header(b"x-consumer-username")
+    return value.decode() if value is not None else None
+
+
+def _key_of(call: ApiCall) -> str | None:
+    leg = call.client_leg
+    assert leg is not None and leg.request is not None
+    value = leg.request.header(b"apikey")
+    return value.decode() if value is not None else None
+
+
+def _run(joiner: LegJoiner, exchanges: list[Exchange]) -> list[ApiCall]:
+    """Feed in completion order, as the core emits them, then close."""
+    out: list[ApiCall] = []
+    for ex in sorted(exchanges, key=lambda e: e.response.ts_end if e.response else 0.0):
+        out += joiner.feed(ex)
+    return out + joiner.close()
+
+
+# -- classification --------------------------------------------------------------------------------------
+def test_classify_client_leg_by_port_and_upstream_by_kong_headers() -> None:
+    cls = LegClassifier(KONG)
+    assert cls.classify(client_leg("alice", 0.0, 0.01)) is LegKind.CLIENT
+    assert cls.classify(upstream_leg("alice", 0.001, 0.009)) is LegKind.UPSTREAM
+    # Only the request id (Kong 3.5+ with Via disabled) or only Via (Kong 3.0-3.4) is enough on its own.
+    assert cls.classify(upstream_leg("alice", 0, 1, via=False, rid="r1")) is LegKind.UPSTREAM
+    assert cls.classify(upstream_leg("alice", 0, 1, gw=("192.0.2.9", 5000))) is LegKind.UPSTREAM
+
+
+def test_classify_weak_markers_need_a_kong_host_or_an_upstream_port() -> None:
+    # Kong 2.x: no Via, no request id upstream; X-Consumer-* and X-Forwarded-* only.
+    old_kong = upstream_leg("bob", 0.001, 0.009, via=False, gw=(GW_FRONT, 52000))
+    cls = LegClassifier(KONG)
+    assert cls.classify(old_kong) is LegKind.PLAIN  # nothing says this sender is Kong yet
+    cls.classify(client_leg("bob", 0.0, 0.01))  # GW_FRONT serves port 8000: a Kong host
+    assert cls.classify(old_kong) is LegKind.UPSTREAM
+    assert LegClassifier(KONG, frozenset({9000})).classify(old_kong) is LegKind.UPSTREAM
+    assert LegClassifier(KONG, kong_hosts=frozenset({GW_FRONT})).classify(old_kong) is LegKind.UPSTREAM
+    # A plain reverse proxy's X-Forwarded-For alone, from a Kong host, is not Kong's upstream leg.
+    plain = _exchange(
+        (GW_FRONT, 53000), SERVICE, "GET", "/x", [("X-Forwarded-For", "1.2.3.4")], 200, [], 0, 1
+    )
+    assert cls.classify(plain) is LegKind.PLAIN
+
+
+def test_no_kong_ports_means_every_exchange_single() -> None:
+    joiner = LegJoiner(frozenset())
+    exchanges = [client_leg("alice", 0.0, 0.01, rid="r1"), upstream_leg("alice", 0.001, 0.009, rid="r1")]
+    calls = _run(joiner, exchanges)
+    assert [c.legs for c in calls] == [Legs.SINGLE, Legs.SINGLE]
+    assert [c.client_leg for c in calls] == sorted(exchanges, key=lambda e: e.response.ts_end)  # type: ignore[union-attr]
+    assert joiner.stats["kong_plain"] == 2
+
+
+def test_plain_http_beside_kong_is_single() -> None:
+    joiner = LegJoiner(KONG)
+    other = _exchange(("10.0.0.5", 40000), ("10.0.0.6", 80), "GET", "/health", [], 200, [], 0.0, 0.01)
+    assert [c.legs for c in joiner.feed(other)] == [Legs.SINGLE]
+    assert joiner.pending == 0
+
+
+# -- joining ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("upstream_first", [True, False])
+def test_join_by_request_id(upstream_first: bool) -> None:
+    joiner = LegJoiner(KONG)
+    c = client_leg("alice", 10.0, 10.020, rid="5f2c0d7e9a1b4c3d8e7f6a5b4c3d2e1f")
+    # A different path upstream and no X-Forwarded-*: the request id alone decides.
+    u = upstream_leg(
+        "alice", 10.001, 10.019, rid="5f2c0d7e9a1b4c3d8e7f6a5b4c3d2e1f", path="/v2/x", fwd_path="/v2/x"
+    )
+    first, second = (u, c) if upstream_first else (c, u)
+    assert joiner.feed(first) == []
+    (call,) = joiner.feed(second)
+    assert call.legs is Legs.CLIENT_AND_UPSTREAM
+    assert call.client_leg is c and call.upstream_leg is u
+    assert call.kong_request_id == "5f2c0d7e9a1b4c3d8e7f6a5b4c3d2e1f"
+    assert joiner.stats["kong_join_request_id"] == 1 and joiner.pending == 0
+    assert joiner.close() == []
+
+
+def test_request_ids_keep_identical_concurrent_calls_apart() -> None:
+    # Same path, same source, overlapping; timing alone would prefer the wrong pairing (u_b fits c_a tighter).
+    c_a = client_leg("alice", 0.0, 1.0, rid="aaaa")
+    c_b = client_leg("alice", 0.0001, 1.0001, rid="bbbb", src=("10.77.1.1", 40002))
+    u_a = upstream_leg("alice", 0.2, 0.8, rid="aaaa")
+    u_b = upstream_leg("alice", 0.0002, 0.9999, rid="bbbb")
+    calls = _run(LegJoiner(KONG), [c_a, c_b, u_a, u_b])
+    assert {(c.client_leg.flow_id, c.upstream_leg.flow_id) for c in calls} == {  # type: ignore[union-attr]
+        (c_a.flow_id, u_a.flow_id),
+        (c_b.flow_id, u_b.flow_id),
+    }
+
+
+def test_timing_join_concurrent_calls_sharing_one_upstream_connection() -> None:
+    """Four client connections, one upstream keep-alive connection serving them one after the other."""
+    joiner = LegJoiner(KONG)
+    users = ["alice", "bob", "carol", "alice"]
+    sources = [("10.77.1.1", 40001), ("10.77.1.1", 40002), ("10.77.1.3", 40003), ("10.77.1.3", 40004)]
+    clients, upstreams = [], []
+    for i, (user, src) in enumerate(zip(users, sources, strict=True)):
+        # Client calls overlap (all open by t=0.003); the upstream connection serves them in turn.
+        clients.append(client_leg(user, i * 0.001, 0.010 * (i + 1) + 0.0005, src=src))
+        upstreams.append(
+            upstream_leg(user, 0.010 * i + 0.0041, 0.010 * (i + 1), src_ip=src[0], conn=(999, i))
+        )
+    calls = _run(joiner, clients + upstreams)
+    assert len(calls) == 4 and all(c.legs is Legs.CLIENT_AND_UPSTREAM for c in calls)
+    for call in calls:
+        assert call.client_leg is clients[upstreams.index(call.upstream_leg)]  # type: ignore[arg-type]
+        assert KEYS[_user_of(call)] == _key_of(call)  # type: ignore[index]
+    assert joiner.stats["kong_join_timing"] == 4
+    assert {c.upstream_leg.flow_id for c in calls} == {999}  # type: ignore[union-attr]
+
+
+def test_timing_join_same_source_same_path_told_apart_by_credentials() -> None:
+    # Same address, same path, overlapping, no request ids; by timing alone alice's upstream leg fits
+    # bob's client leg best (alice's client is slow to read her response). Only the apikey tells.
+    c_alice = client_leg("alice", 0.000, 0.300, path="/api/slow?ms=200")
+    c_bob = client_leg("bob", 0.010, 0.212, path="/api/slow?ms=200", src=("10.77.1.1", 40009))
+    u_alice = upstream_leg("alice", 0.0101, 0.2119, path="/api/slow?ms=200")
+    u_bob = upstream_leg("bob", 0.0150, 0.2000, path="/api/slow?ms=200", gw=(GW_BACK, 51001))
+    calls = _run(LegJoiner(KONG), [c_alice, c_bob, u_alice, u_bob])
+    assert sorted((_key_of(c), _user_of(c)) for c in calls) == [
+        (KEYS["alice"], "alice"),
+        (KEYS["bob"], "bob"),
+    ]
+
+
+def test_timing_join_requires_forwarded_for_to_be_the_client() -> None:
+    joiner = LegJoiner(KONG, wait_s=1.0)
+    c = client_leg("alice", 0.0, 0.01, src=("10.77.1.1", 40001))
+    u = upstream_leg("alice", 0.001, 0.009, src_ip="10.77.1.3")
+    calls = _run(joiner, [c, u])
+    assert sorted(c.legs for c in calls) == [Legs.CLIENT_ONLY, Legs.UPSTREAM_ONLY]
+
+
+def test_timing_join_requires_nesting() -> None:
+    joiner = LegJoiner(KONG)
+    c = client_leg("alice", 1.0, 1.01)
+    early = upstream_leg("alice", 0.999, 1.009)  # started before the client's request
+    assert sorted(x.legs for x in _run(joiner, [c, early])) == [Legs.CLIENT_ONLY, Legs.UPSTREAM_ONLY]
+
+
+def test_ipv6_client_matches_forwarded_for_in_any_spelling() -> None:
+    c = client_leg("carol", 0.0, 0.01, src=("fd77:1::1", 40001))
+    u = upstream_leg("carol", 0.001, 0.009, src_ip="fd77:1:0:0:0:0:0:1")
+    (call,) = _run(LegJoiner(KONG), [c, u])
+    assert call.legs is Legs.CLIENT_AND_UPSTREAM
+
+
+@pytest.mark.parametrize(
+    ("fwd_path", "fwd_prefix"),
+    [("/svc/api/orders/102", "/svc"), ("", "/svc")],
+    ids=["x-forwarded-path", "x-forwarded-prefix-only"],
+)
+def test_strip_path(fwd_path: str, fwd_prefix: str) -> None:
+    joiner = LegJoiner(KONG)
+    c = client_leg("alice", 0.0, 0.01, path="/svc/api/orders/102?x=1")
+    u = upstream_leg(
+        "alice", 0.001, 0.009, path="/api/orders/102?x=1", fwd_path=fwd_path, fwd_prefix=fwd_prefix
+    )
+    decoy = upstream_leg("alice", 0.0011, 0.0089, path="/api/orders/103?x=1", fwd_path="/svc/api/orders/103")
+    calls = _run(joiner, [c, u, decoy])
+    joined = [x for x in calls if x.legs is Legs.CLIENT_AND_UPSTREAM]
+    assert len(joined) == 1 and joined[0].upstream_leg is u
+    assert [x.upstream_leg for x in calls if x.legs is Legs.UPSTREAM_ONLY] == [decoy]
+
+
+def test_gateway_answered_401_goes_out_at_once_and_late_partner_is_dropped() -> None:
+    joiner = LegJoiner(KONG)
+    c = client_leg(None, 0.0, 0.0005, rid="r401", status=401, proxied=False)
+    (call,) = joiner.feed(c)
+    assert call.legs is Legs.CLIENT_ONLY and call.client_leg is c and call.upstream_leg is None
+    assert call.kong_request_id == "r401"
+    assert joiner.pending == 0
+    # A leg carrying the same id later (should not happen) must not make a second event.
+    assert joiner.feed(upstream_leg("alice", 0.0001, 0.0004, rid="r401")) == []
+    assert joiner.stats["drop_leg_late_upstream"] == 1
+    assert joiner.close() == []
+
+
+def test_upstream_only_capture() -> None:
+    joiner = LegJoiner(KONG, wait_s=2.0)
+    legs = [
+        upstream_leg(u, t, t + 0.01, rid=f"r{i}") for i, (u, t) in enumerate([("alice", 0.0), ("bob", 0.5)])
+    ]
+    assert joiner.feed(legs[0]) == [] and joiner.feed(legs[1]) == []
+    assert joiner.advance(2.0) == []
+    (first,) = joiner.advance(2.01)
+    assert first.legs is Legs.UPSTREAM_ONLY and first.upstream_leg is legs[0] and first.client_leg is None
+    assert first.kong_request_id == "r0"
+    assert [c.upstream_leg for c in joiner.close()] == [legs[1]]
+    assert joiner.stats["kong_upstream_only"] == 2
+
+
+def test_partner_timeout_client_leg() -> None:
+    joiner = LegJoiner(KONG, wait_s=5.0)
+    c = client_leg("alice", 100.0, 100.01, rid="lost")  # proxied (Via), but its upstream leg was not captured
+    assert joiner.feed(c) == []
+    assert joiner.advance(105.0) == []
+    # Time also moves on with the next exchange: a later unrelated call flushes the waiting one first.
+    later = client_leg(None, 105.02, 105.021, status=401, proxied=False)
+    calls = joiner.feed(later)
+    assert [(x.legs, x.client_leg) for x in calls] == [(Legs.CLIENT_ONLY, c), (Legs.CLIENT_ONLY, later)]
+    # And the upstream leg arriving after all is dropped, not reported a second time.
+    assert joiner.feed(upstream_leg("alice", 100.001, 100.009, rid="lost")) == []
+    assert joiner.stats["drop_leg_late_upstream"] == 1
+
+
+def test_bounded_memory_by_count() -> None:
+    joiner = LegJoiner(KONG, max_pending=3)
+    legs = [upstream_leg("bob", i * 0.01, i * 0.01 + 0.005, rid=f"r{i}") for i in range(10)]
+    out: list[ApiCall] = []
+    for leg in legs:
+        out += joiner.feed(leg)
+        assert joiner.pending <= 3
+    assert [c.upstream_leg for c in out] == legs[:7]  # oldest first
+    assert joiner.stats["evict_leg_upstream"] == 7
+    assert [c.upstream_leg for c in joiner.close()] == legs[7:]
+    assert "evict_leg_upstream" in joiner.stats.losses()
+
+
+def test_bounded_memory_by_bytes() -> None:
+    joiner = LegJoiner(KONG, max_pending_bytes=25)  # each leg holds an 11-byte response body
+    for i in range(5):
+        joiner.feed(client_leg("alice", i, i + 0.01, rid=f"c{i}"))
+        assert joiner.pending <= 2
+    assert joiner.stats["evict_leg_client"] == 3
+
+
+def test_close_emits_each_pending_leg_once() -> None:
+    joiner = LegJoiner(KONG)
+    legs = [client_leg("alice", 0, 0.01, rid="x"), upstream_leg("bob", 0.5, 0.6, rid="y")]
+    for leg in legs:
+        assert joiner.feed(leg) == []
+    assert [(c.client_leg or c.upstream_leg) for c in joiner.close()] == legs
+    assert joiner.close() == [] and joiner.pending == 0
+
+
+# -- many concurrent calls, random timings -----------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 25),
+    seed=st.integers(0, 2**32 - 1),
+    request_ids=st.booleans(),
+)
+def test_every_call_once_with_its_own_identity(n: int, seed: int, request_ids: bool) -> None:
+    rnd = random.Random(seed)
+    joiner = LegJoiner(KONG, stats=Stats())
+    exchanges, truth = [], {}
+    for i in range(n):
+        user = rnd.choice(sorted(KEYS))
+        path = rnd.choice(["/api/orders", "/api/orders/101", "/api/slow?ms=5"])
+        src = (rnd.choice(["10.77.1.1", "10.77.1.3", "fd77:1::1"]), 40000 + i)
+        start = rnd.uniform(0, 0.05)
+        work = rnd.uniform(0.001, 0.05)
+        # Kong's own overhead on each side: tens to hundreds of microseconds.
+        up_start = start + rnd.uniform(0.00005, 0.0008)
+        up_end = up_start + work
+        end = up_end + rnd.uniform(0.00005, 0.0008)
+        rid = f"{seed:x}-{i}" if request_ids else None
+        c = client_leg(user, start, end, path=path, src=src, rid=rid)
+        u = upstream_leg(
+            user, up_start, up_end, path=path, src_ip=src[0], rid=rid, gw=(GW_BACK, 51000 + i % 3)
+        )
+        exchanges += [c, u]
+        truth[id(c)] = u
+    calls = _run(joiner, exchanges)
+    assert len(calls) == n
+    assert all(c.legs is Legs.CLIENT_AND_UPSTREAM for c in calls)
+    seen = [id(c.client_leg) for c in calls] + [id(c.upstream_leg) for c in calls]
+    assert len(set(seen)) == 2 * n  # every leg used exactly once
+    for call in calls:
+        assert KEYS[_user_of(call)] == _key_of(call)  # type: ignore[index]
+        if request_ids:
+            assert truth[id(call.client_leg)] is call.upstream_leg
