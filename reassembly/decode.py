@@ -81,6 +81,11 @@ class Decoder:
         self._stats = stats
         self._fragments = FragmentReassembler(limits, stats)
 
+    @property
+    def fragments_pending(self) -> int:
+        """Partial fragmented datagrams held (at most `Limits.max_fragment_datagrams`)."""
+        return len(self._fragments)
+
     def advance(self, ts: float) -> None:
         """Capture time moved on: expire partial fragmented datagrams."""
         self._fragments.advance(ts)

@@ -73,7 +73,7 @@ def tcp_conversation(
         pkt = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / layer
         if payload:
             pkt = pkt / payload
-        pkt.time = ts0 + len(packets) * 0.001
+        pkt.time = round(ts0 + len(packets) * 0.001, 6)  # whole microseconds: survive a pcap exactly
         packets.append(pkt)
 
     if handshake:

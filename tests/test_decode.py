@@ -362,7 +362,7 @@ def test_fragment_flood_stays_bounded() -> None:
     first = v4_fragments(ident=0)[0]
     for ident in range(1000):  # the IPv4 id is at bytes 18-19 of the frame; checksums are not checked
         dec.decode(1.0 + ident * 1e-3, 1, first[:18] + struct.pack("!H", ident) + first[20:])
-    assert len(dec._fragments) == 16
+    assert dec.fragments_pending == 16
     assert stats["drop_ip_fragment_evicted"] == 1000 - 16
     assert stats["ip_fragments"] == 1000 and stats["segments"] == 0
     # the newest datagrams are the ones kept: the last one still completes
@@ -377,7 +377,7 @@ def test_fragment_of_non_tcp_is_not_held() -> None:
     dec = Decoder(Limits(), stats)
     for f in fragment(pkt, fragsize=300):
         assert dec.decode(1.0, 1, bytes(ETH / f)) is None
-    assert len(dec._fragments) == 0
+    assert dec.fragments_pending == 0
     only(stats, drop_not_tcp=4)
 
 
