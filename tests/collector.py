@@ -98,6 +98,8 @@ class Collector:
         self.delay_s = 0.0
         self.reset_next = 0
         self.fail_config = False
+        self.outage_after_batches: int | None = None  # start a 503 outage once this many were accepted
+        self.outage_s = 0.0
 
     def control(self, **knobs: Any) -> None:
         """Set knobs; durations (`fail_503_for`, `fail_401_for`) are relative to now."""
@@ -164,6 +166,9 @@ class Collector:
 
     def _judge(self, request: web.Request, raw: bytes) -> tuple[int, str]:
         now = time.monotonic()
+        if self.outage_after_batches is not None and len(self.batches) >= self.outage_after_batches:
+            self.outage_after_batches = None
+            self.fail_503_until = now + self.outage_s
         if request.headers.get("X-Moesif-Application-Id") != self.app_id or now < self.fail_401_until:
             return 401, '{"message": "Missing or invalid X-Moesif-Application-Id"}'
         if now < self.fail_503_until:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -413,3 +416,26 @@ def test_retry_after_parsing_and_backoff_bounds() -> None:
         assert step / 2 <= b.delay(attempt) <= step
     assert 30 <= b.delay(0, retry_after_s=30) <= 33.1
     assert b.delay(0, retry_after_s=1000) >= 100
+
+
+def test_signals_during_close_first_is_logged_second_stops_waiting(
+    collector: CollectorThread, caplog: Any
+) -> None:
+    collector.collector.control(fail_503_for=60)
+    s = make_sender(collector.url, batch_size=10)
+    s.start()
+    for i in range(50):
+        s.submit(make_event(i))
+
+    def signal_twice() -> None:
+        for _ in range(2):
+            time.sleep(0.4)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=signal_twice, daemon=True).start()
+    with caplog.at_level(logging.WARNING, logger="sniffer.transport"):
+        report = s.close(timeout_s=60)  # would wait a minute without the second signal
+    assert report.left_unsent == 50 and report.sent == 0
+    assert any("still flushing 50 queued events" in r.getMessage() for r in caplog.records)
+    assert signal.getsignal(signal.SIGTERM) is before

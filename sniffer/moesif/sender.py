@@ -24,10 +24,14 @@ import asyncio
 import contextlib
 import logging
 import random
+import signal
 import threading
 import time
+from asyncio import FIRST_COMPLETED
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from sniffer.errors import ConfigError
@@ -164,12 +168,46 @@ class MoesifSender:
         if not already and self._loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop already ended
                 self._loop.call_soon_threadsafe(self._begin_close, timeout)
-        # Past the deadline the loop still cancels and spools; give that a bounded moment.
-        self._thread.join(timeout + 10.0)
+        with self._signals_hurry():
+            # Past the deadline the loop still cancels and spools; give that a bounded moment.
+            self._thread.join(timeout + 10.0)
         if self._report is None:
             log.error("sender thread did not stop in time; %d events unaccounted", len(self._queue))
             return self._make_report(left_unsent=len(self._queue))
         return self._report
+
+    @contextlib.contextmanager
+    def _signals_hurry(self) -> Iterator[None]:
+        """While flushing in the main thread, SIGTERM/SIGINT no longer kill the process mid-flush: the
+        first is logged, a second one stops waiting (what is left is spooled or counted), like
+        uvicorn's second Ctrl-C. The caller's handlers are restored afterwards."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        seen = 0
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            nonlocal seen
+            seen += 1
+            if seen == 1:
+                log.warning(
+                    "%s: still flushing %d queued events; send it again to stop now",
+                    signal.Signals(signum).name,
+                    len(self._queue) + sum(b.count for b in list(self._unsettled)),
+                )
+            elif self._loop is not None:
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._hurry_now)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _hurry_now(self) -> None:
+        self._hurry.set()
 
     @property
     def stats(self) -> dict[str, int]:
@@ -224,6 +262,7 @@ class MoesifSender:
         self._spool_wake = asyncio.Event()
         self._spool_settled = asyncio.Event()
         self._close_requested = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._closing = False
         self._deadline = float("inf")
         self._slots = asyncio.Semaphore(self._max_in_flight)
@@ -251,10 +290,16 @@ class MoesifSender:
         if self._closed:  # close() raced start(): its call_soon may have found no loop
             self._begin_close(self._flush_timeout_s)
         await self._close_requested.wait()
-        try:
-            await asyncio.wait_for(self._quiesce(workers[0]), timeout=max(0.0, self._deadline - loop.time()))
-        except TimeoutError:
-            log.warning("flush deadline reached with %d batches in flight", len(self._tasks))
+        quiesce = loop.create_task(self._quiesce(workers[0]))
+        hurry = loop.create_task(self._hurry.wait())
+        await asyncio.wait(
+            (quiesce, hurry), timeout=max(0.0, self._deadline - loop.time()), return_when=FIRST_COMPLETED
+        )
+        if not quiesce.done():
+            log.warning("flush stopped (deadline or signal) with %d batches in flight", len(self._tasks))
+        for task in (quiesce, hurry):
+            task.cancel()
+        await asyncio.gather(quiesce, hurry, return_exceptions=True)
         for task in [config_task, *workers, *self._tasks]:
             task.cancel()
         await asyncio.gather(config_task, *workers, *self._tasks, return_exceptions=True)
@@ -304,7 +349,7 @@ class MoesifSender:
             elif batch.spool_name is None:
                 left += batch.count
         if left:
-            log.warning("%d events could not be sent before the deadline and are lost", left)
+            log.warning("%d events could not be sent in time and are lost (no spool)", left)
         return left
 
     def _encode(self, events: list[dict[str, Any]]) -> list[Batch]:
