@@ -240,7 +240,8 @@ class FlowTable:
                 return []
             self._tombs.pop(key, None)
             self._tombs.pop((seg.dst, seg.dport, seg.src, seg.sport), None)
-        if flags & _SYN and not flags & _RST:
+        syn = flags & _SYN and not flags & _RST  # SYN+RST is nonsense: not a handshake
+        if syn:
             client_is_src = not flags & _ACK
         elif seg.payload:
             client_is_src = self._src_is_client(seg)
@@ -255,12 +256,13 @@ class FlowTable:
         self._next_id += 1
         stats["tcp_flows"] += 1
         if client_is_src:
-            flow = _Flow(fid, seg.src, seg.sport, seg.dst, seg.dport, seg.ts, not flags & _SYN, self._pool)
+            flow = _Flow(fid, seg.src, seg.sport, seg.dst, seg.dport, seg.ts, not syn, self._pool)
         else:
-            flow = _Flow(fid, seg.dst, seg.dport, seg.src, seg.sport, seg.ts, not flags & _SYN, self._pool)
+            flow = _Flow(fid, seg.dst, seg.dport, seg.src, seg.sport, seg.ts, not syn, self._pool)
         c2s_key, s2c_key = flow.keys
-        self._flows[c2s_key] = (flow, flow.c2s, flow.s2c)
+        # Written in this order so that a self-connection (both keys equal) is one client direction.
         self._flows[s2c_key] = (flow, flow.s2c, flow.c2s)
+        self._flows[c2s_key] = (flow, flow.c2s, flow.s2c)
         self._lru[fid] = flow
         if client_is_src:
             return self._process(flow, flow.c2s, flow.s2c, seg, out)
@@ -280,7 +282,7 @@ class FlowTable:
         ts = seg.ts
         seq = seg.seq & SEQ_MASK
         payload = seg.payload
-        if flags & _SYN:
+        if flags & _SYN and not flags & _RST:
             if not self._on_syn(flow, hs, peer, seg, out):
                 return out
             seq = (seq + 1) & SEQ_MASK  # data in a SYN (TCP Fast Open) starts after it

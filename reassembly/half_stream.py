@@ -187,6 +187,9 @@ class HalfStream:
             data = data[: self.end_off - off]
             end = self.end_off
         if end <= nxt:
+            if n == 1 and end == nxt:
+                stats["tcp_keepalives"] += 1  # one garbage byte just below `next`: not a conflict
+                return
             stats["tcp_duplicates"] += 1
             self._check_recent(off, data)
             return

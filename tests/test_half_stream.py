@@ -29,7 +29,9 @@ ISN_C = 1000
 ISN_S = 5000
 
 
-def c(off: int, data: bytes = b"", flags: int = A, ack: int = 0, ts: float = 0.0, isn: int = ISN_C) -> Segment:
+def c(
+    off: int, data: bytes = b"", flags: int = A, ack: int = 0, ts: float = 0.0, isn: int = ISN_C
+) -> Segment:
     """Client->server segment at client stream offset `off` (seq = isn + 1 + off)."""
     return Segment(ts, CLI[0], SRV[0], CLI[1], SRV[1], (isn + 1 + off) & 0xFFFFFFFF, ack, flags, data)
 
@@ -48,7 +50,11 @@ def handshake(isn_c: int = ISN_C) -> list[Segment]:
 
 
 def run(
-    segs: list[Segment], limits: Limits | None = None, *, advance: float | None = None, close: float | None = None
+    segs: list[Segment],
+    limits: Limits | None = None,
+    *,
+    advance: float | None = None,
+    close: float | None = None,
 ) -> tuple[list[StreamEvent], Stats, FlowTable]:
     stats = Stats()
     table = FlowTable(limits or Limits(), stats)
@@ -104,7 +110,13 @@ def test_in_order_delivery_passes_payload_objects_through() -> None:
 
 
 def test_out_of_order_is_buffered_then_delivered_in_order() -> None:
-    segs = [*handshake(), c(6, b"ghi", ts=1.0), c(3, b"def", ts=2.0), c(0, b"abc", ts=3.0), c(9, b"jkl", ts=4.0)]
+    segs = [
+        *handshake(),
+        c(6, b"ghi", ts=1.0),
+        c(3, b"def", ts=2.0),
+        c(0, b"abc", ts=3.0),
+        c(9, b"jkl", ts=4.0),
+    ]
     events, stats, _ = run(segs)
     assert compact(events) == [
         ("open",),
@@ -282,14 +294,14 @@ def test_global_buffer_cap_applies_across_flows() -> None:
 
 
 def test_single_segment_larger_than_the_cap_is_delivered_after_a_gap() -> None:
-    events, stats, table = run([*handshake(), c(3, b"x" * 50)], Limits(max_flow_buffer_bytes=16))
+    events, _, table = run([*handshake(), c(3, b"x" * 50)], Limits(max_flow_buffer_bytes=16))
     assert compact(events)[1:] == [("gap", 0, 3, "overflow"), ("data", 3, b"x" * 50)]
     assert table._pool.used == 0
 
 
 def test_close_gaps_every_hole_and_delivers_everything_buffered() -> None:
     segs = [*handshake(), c(2, b"cd"), c(6, b"gh")]
-    events, stats, table = run(segs, close=50.0)
+    events, _, table = run(segs, close=50.0)
     assert compact(events) == [
         ("open",),
         ("gap", 0, 2, "closed"),
@@ -306,3 +318,9 @@ def test_segment_far_beyond_the_window_is_dropped() -> None:
     assert compact(events)[1:] == [("data", 0, b"a")]
     assert stats["drop_out_of_window_bytes"] == 2
     assert table._pool.used == 0
+
+
+def test_keepalive_probe_byte_is_not_a_conflict() -> None:
+    events, stats, _ = run([*handshake(), c(0, b"abc"), c(2, b"\x00"), c(3, b"d")])
+    assert compact(events)[1:] == [("data", 0, b"abc"), ("data", 3, b"d")]
+    assert stats["tcp_keepalives"] == 1 and stats["conflict_bytes"] == 0
