@@ -11,6 +11,10 @@ namespace while tcpdump records the proxy's client-facing veth:
 3. the raw client makes its phase-2 calls on the same connections (pipelined batches, HEAD then GET,
    100-continue) and curl runs its phase-2 invocations.
 
+A third capture, `client.pcap`, records the client's veth for the whole run: there the responses arrive
+after the relay, so the capture itself has holes (dropped segments, later retransmitted), reordering and
+duplicates, where the proxy-side capture mostly sees retransmissions of bytes it already has.
+
 Every call is logged by the client that made it (calls.jsonl: method, path, status, decoded body);
 that log is the ground truth. Everything started is stopped and the namespaces are deleted on the way
 out, also on failure. Run as a script (`python scenario.py WORKDIR`) to keep the files for a look with
@@ -82,8 +86,9 @@ http {{
 @dataclass
 class ScenarioResult:
     workdir: Path
-    full_pcap: Path
-    mid_pcap: Path
+    full_pcap: Path  # proxy side of the lossy link, from before the first call
+    mid_pcap: Path  # proxy side, started while keep-alive connections were open
+    client_pcap: Path  # client side, from before the first call: sees the losses as holes
     calls: list[dict[str, Any]]
     relay: dict[str, int]
     tcpdump: dict[str, str] = field(default_factory=dict)
@@ -304,13 +309,16 @@ def _readline_until(proc: subprocess.Popen[str], stream: Any, marker: str, deadl
     raise RuntimeError(f"{proc.args!r}: no {marker!r} (exit {proc.poll()}): {''.join(seen)[-500:]}")
 
 
-def _start_tcpdump(procs: _Procs, topo: Topology, path: Path) -> subprocess.Popen[str]:
+def _start_tcpdump(
+    procs: _Procs, topo: Topology, path: Path, client_side: bool = False
+) -> subprocess.Popen[str]:
+    ns, ifname = (topo.client, topo.client_if) if client_side else (topo.proxy, topo.proxy_if)
     proc = procs.start(
         [
-            *topo.exec_args(topo.proxy),
+            *topo.exec_args(ns),
             "tcpdump",
             "-i",
-            topo.proxy_if,
+            ifname,
             "-n",
             "-Z",
             "root",
@@ -456,7 +464,9 @@ def run_scenario(
         _wait_ready(topo)
 
         full_pcap, mid_pcap = workdir / "full.pcap", workdir / "mid.pcap"
+        client_pcap = workdir / "client.pcap"
         td_full = _start_tcpdump(procs, topo, full_pcap)
+        td_client = _start_tcpdump(procs, topo, client_pcap, client_side=True)
         plan = workdir / "raw_plan.json"
         plan.write_text(json.dumps(_raw_plan(topo)))
         raw_log = workdir / "raw_calls.jsonl"
@@ -491,12 +501,13 @@ def run_scenario(
         time.sleep(0.5)  # let the last FIN/ACK exchanges and retransmissions reach the captures
         tcpdump_out["mid"] = _stop_tcpdump(procs, td_mid)
         tcpdump_out["full"] = _stop_tcpdump(procs, td_full)
+        tcpdump_out["client"] = _stop_tcpdump(procs, td_client)
         procs.stop(relay)
         out = relay.stdout.read().strip().splitlines()
         relay_counts = json.loads(out[-1]) if out else {}
         (workdir / "calls.jsonl").write_text("".join(json.dumps(c) + "\n" for c in calls))
         (workdir / "relay.json").write_text(json.dumps(relay_counts))
-        return ScenarioResult(workdir, full_pcap, mid_pcap, calls, relay_counts, tcpdump_out)
+        return ScenarioResult(workdir, full_pcap, mid_pcap, client_pcap, calls, relay_counts, tcpdump_out)
     finally:
         procs.stop_all()
         topo.down()
