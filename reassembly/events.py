@@ -145,6 +145,7 @@ class ExchangeFlag(StrEnum):
     RESPONSE_BODY_TRUNCATED = "response_body_truncated"
     MIDSTREAM = "midstream"  # the flow was picked up without its handshake
     TUNNEL = "tunnel"  # CONNECT 2xx or 101 Upgrade: the rest of the flow is not HTTP
+    PAIRING_GUESSED = "pairing_guessed"  # paired by capture time after lost bytes, not by FIFO order
 
 
 @dataclass(slots=True, kw_only=True)
