@@ -35,6 +35,7 @@ from reassembly.events import (
     Segment,
     StreamData,
     StreamEvent,
+    StreamGap,
     TcpFlags,
 )
 from reassembly.half_stream import RECENT_MAX_BYTES, BufferPool, HalfStream
@@ -186,7 +187,7 @@ class FlowTable:
                 mark = len(out)
                 hs.on_timeout(deadline, ts, out)
                 if len(out) > mark and not flow.opened:
-                    self._open(flow, out, mark)
+                    self._open(flow, ts, out, mark)
                 self._check_end(flow, ts, out)
         lru = self._lru
         idle_deadline = ts - self._limits.idle_timeout_s
@@ -305,7 +306,7 @@ class FlowTable:
                 peer.hint = seg.ack & SEQ_MASK
                 peer.need_hint = False
         if not hs.started and (payload or flags & _FIN) and not flow.closed:
-            self._start_midway(hs, seq, bool(payload))
+            self._start_midway(flow, hs, seq, bool(payload))
         if payload:
             hs.on_data(seq, payload, ts, out)
         if flags & _FIN:
@@ -313,7 +314,7 @@ class FlowTable:
         if flags & _RST:
             hs.on_rst((seq + len(payload)) & SEQ_MASK, ts, out)
         if len(out) > mark and not flow.opened:
-            self._open(flow, out, mark)
+            self._open(flow, ts, out, mark)
         self._check_end(flow, ts, out)
         return out
 
@@ -341,18 +342,27 @@ class FlowTable:
         out.extend(self._feed_new(seg))
         return False
 
-    def _start_midway(self, hs: HalfStream, seq: int, has_payload: bool) -> None:
+    @staticmethod
+    def _start_midway(flow: _Flow, hs: HalfStream, seq: int, has_payload: bool) -> None:
         """First data (or FIN) of a direction whose start was not seen."""
         if hs.hint >= 0 and 0 <= seq_diff(seq, hs.hint) < SEQ_WINDOW:
             hs.start(hs.hint, mid=False)  # the peer's handshake ACK said where this stream starts
         else:
-            hs.start(seq, mid=has_payload)
+            # A mid-stream flow announces both directions' MIDSTREAM gaps when it opens.
+            hs.start(seq, mid=has_payload and not flow.mid_stream)
 
     # -- flow lifecycle --------------------------------------------------------------------------------
 
-    def _open(self, flow: _Flow, out: list[StreamEvent], at: int) -> None:
+    def _open(self, flow: _Flow, ts: float, out: list[StreamEvent], at: int) -> None:
         client, server = flow.endpoints()
-        out.insert(at, FlowOpened(flow.flow_id, client, server, flow.first_ts, flow.mid_stream))
+        events: list[StreamEvent] = [FlowOpened(flow.flow_id, client, server, flow.first_ts, flow.mid_stream)]
+        if flow.mid_stream:
+            # Both directions' starts are unknown: say so before any byte of either, so the consumer never
+            # mistakes the late announcement of one direction for a loss after the other's first message.
+            for direction in (Direction.TO_SERVER, Direction.TO_CLIENT):
+                events.append(StreamGap(flow.flow_id, direction, 0, None, ts, GapReason.MIDSTREAM))
+            self._stats["gap_midstream"] += 2
+        out[at:at] = events
         flow.opened = True
         for hs in (flow.c2s, flow.s2c):
             hs.live = True
@@ -377,7 +387,7 @@ class FlowTable:
         flow.c2s.flush(GapReason.CLOSED, ts, out)
         flow.s2c.flush(GapReason.CLOSED, ts, out)
         if len(out) > mark and not flow.opened:
-            self._open(flow, out, mark)
+            self._open(flow, ts, out, mark)
         if flow.opened:
             out.append(FlowClosed(flow.flow_id, reason, ts))
         flow.closed = True
