@@ -188,7 +188,7 @@ def test_other_4xx_drops_the_batch_and_counts_it(collector: CollectorThread, cap
         report = s.close()
     missing = 100 - c.event_count
     assert missing > 0
-    assert report.dropped == {"rejected_4xx": missing}
+    assert report.dropped == {"4xx": missing}
     assert report.stats["batches_rejected"] == 2
     assert sum("told to refuse" in r.getMessage() for r in caplog.records) == 2  # the body is logged
 
@@ -202,7 +202,7 @@ def test_invalid_event_is_refused_by_the_collector(collector: CollectorThread) -
     s.submit(make_event(1))
     report = s.close()
     assert set(collector.collector.counts()) == {tid(1)}
-    assert report.dropped == {"rejected_4xx": 1}
+    assert report.dropped == {"4xx": 1}
     assert "request.time" in collector.collector.invalid[0]
 
 

@@ -16,6 +16,8 @@ background. Files left by an earlier run are sent first.
 
 `close()` stops taking events, sends everything within the deadline, then cancels what is still
 in flight and writes it (and whatever is still queued) to the spool, or counts it as left unsent.
+Called from the main thread, it keeps SIGTERM/SIGINT from killing the flush: the first signal is
+logged, a second one ends the wait early (uvicorn's second Ctrl-C).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class SendReport:
     """What happened to every submitted event, at `close()`."""
 
     sent: int
-    dropped: dict[str, int]  # reason -> events lost for good (queue_full, rejected_4xx, ...)
+    dropped: dict[str, int]  # reason -> events lost for good (queue_full, 4xx, too_large, oversize, ...)
     left_unsent: int  # still in memory at the deadline, with no spool to keep them
     spooled: int  # events waiting in the spool directory for the next start
     sampled_out: int

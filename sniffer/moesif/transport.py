@@ -265,7 +265,7 @@ class Courier:
             self._log_failure(result)
         elif result.outcome is Outcome.REJECT:
             c["batches_rejected"] += 1
-            c["events_dropped_rejected_4xx"] += batch.count
+            c["events_dropped_4xx"] += batch.count
             log.error(
                 "collector rejected a batch of %d events: HTTP %s %s",
                 batch.count,
