@@ -273,16 +273,17 @@ class HttpConnectionParser:
         candidates = [e for e in waiting if e.ts_start <= ts]
         if not candidates:
             return None
-        self._realign = False
-        self._stats["http_realign"] += 1
+        self._stats["http_pairing_guessed"] += 1
         chosen = candidates[0] if self._pipelined else candidates[-1]
-        while waiting:
+        chosen.flags.add(ExchangeFlag.PAIRING_GUESSED)
+        while waiting[0] is not chosen:
             entry = waiting.popleft()
-            if entry is chosen:
-                return entry
             if entry.request is not None:
                 self._emit_when_done(entry)
-        return chosen  # pragma: no cover - chosen always comes from waiting
+        waiting.popleft()
+        # Only with nothing left waiting are both directions provably at the same exchange again.
+        self._realign = bool(waiting)
+        return chosen
 
     def _new_entry(self, ts: float, request: HttpRequest | None) -> _Entry:
         entry = _Entry(self._next_index, ts, request)
