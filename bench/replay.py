@@ -82,7 +82,8 @@ def bench_httpry(capture: Path) -> Run | None:
         return None
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "httpry.txt"
-        seconds, rss, _ = _run(["httpry", "-r", str(capture), "-o", str(out)])
+        # httpry filters "tcp port 80 or 8080" unless told otherwise
+        seconds, rss, _ = _run(["httpry", "-r", str(capture), "-o", str(out), "tcp"])
         lines = out.read_text(errors="replace").splitlines()
         requests = sum(1 for line in lines if "\t>\t" in line)
     return Run("httpry (C)", seconds, rss, requests)
