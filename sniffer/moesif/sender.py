@@ -1,21 +1,12 @@
-"""`MoesifSender`: the thread-safe front of delivery; its own thread runs an asyncio loop that batches,
-sends, retries and spools events until `close()`.
+"""`MoesifSender`: the thread-safe front of delivery to Moesif's collector.
 
-Theory of operation. `submit()` (any thread) samples the event and appends it to a bounded queue;
-it never blocks and never touches the network. In the loop, the dispatcher cuts a batch when the
-queue holds `batch_size` events or its oldest event is `batch_max_time_s` old, waits for one of
-`max_in_flight` send slots, and hands the batch to a delivery task. While every slot is busy
-(an outage: batches retry with backoff in memory) events wait in the queue, which drops its
-oldest when full.
+`submit()` (any thread) samples the event (`sampling.Sampler`, config from `app_config`) and
+appends it to a bounded queue (`batcher.EventQueue`): it never blocks and never touches the
+network. The sender's own thread runs an asyncio loop where `delivery.Delivery` batches, sends
+(`transport`), retries and spools (`spool`) until `close()`.
 
-With a spool directory, a batch that fails once is written to disk instead of retrying in memory,
-and while the collector is failing new batches go straight to disk: a crash or a long outage then
-loses nothing that was cut into a batch. One spool drainer probes the collector with the oldest
-file (with backoff); its first success restores direct sending, and the spool is drained in the
-background. Files left by an earlier run are sent first.
-
-`close()` stops taking events, sends everything within the deadline, then cancels what is still
-in flight and writes it (and whatever is still queued) to the spool, or counts it as left unsent.
+`close()` stops taking events, sends everything within the deadline, then writes what is left to
+the spool or counts it as left unsent, and reports what became of every event (`SendReport`).
 Called from the main thread, it keeps SIGTERM/SIGINT from killing the flush: the first signal is
 logged, a second one ends the wait early (uvicorn's second Ctrl-C).
 """
@@ -28,8 +19,6 @@ import logging
 import random
 import signal
 import threading
-import time
-from asyncio import FIRST_COMPLETED
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,23 +27,15 @@ from typing import Any
 
 from sniffer.errors import ConfigError
 from sniffer.moesif.app_config import AppConfigFetcher
-from sniffer.moesif.batcher import (
-    MAX_BATCH_BYTES,
-    MAX_EVENT_BYTES,
-    Batch,
-    EventQueue,
-    encode_batches,
-    wait_woken,
-)
+from sniffer.moesif.batcher import MAX_BATCH_BYTES, MAX_EVENT_BYTES, EventQueue
+from sniffer.moesif.delivery import Delivery
 from sniffer.moesif.sampling import Sampler
 from sniffer.moesif.spool import Spool
-from sniffer.moesif.transport import Courier, MoesifTransport, Outcome, PostResult, RetryPolicy, mask_app_id
+from sniffer.moesif.transport import Courier, MoesifTransport, RetryPolicy, mask_app_id
 
 __all__ = ["MoesifSender", "SendReport"]
 
 log = logging.getLogger("sniffer.transport")
-
-SPOOL_BATCH_EVENTS = 500  # spool files may hold more than batch_size: fewer fsyncs in an outage
 
 
 @dataclass(frozen=True)
@@ -129,8 +110,7 @@ class MoesifSender:
         self._spool: Spool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start_healthy = True
-        self._unsettled: set[Batch] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._delivery: Delivery | None = None
 
     # ---- caller side (any thread) ----
 
@@ -195,7 +175,7 @@ class MoesifSender:
                 log.warning(
                     "%s: still flushing %d queued events; send it again to stop now",
                     signal.Signals(signum).name,
-                    len(self._queue) + sum(b.count for b in list(self._unsettled)),
+                    len(self._queue) + (self._delivery.events_in_memory if self._delivery else 0),
                 )
             elif self._loop is not None:
                 with contextlib.suppress(RuntimeError):
@@ -227,7 +207,7 @@ class MoesifSender:
         snap["events_queued"] = self._queue.accepted
         snap["events_dropped_queue_full"] = self._queue.dropped_full
         snap["queue_depth"] = len(self._queue)
-        snap["in_flight"] = len(self._tasks)
+        snap["in_flight"] = self._delivery.in_flight if self._delivery is not None else 0
         if self._spool is not None:
             snap["spool_batches"] = len(self._spool)
             snap["spool_bytes"] = self._spool.total_bytes
@@ -260,15 +240,10 @@ class MoesifSender:
 
     async def _main(self) -> SendReport:
         loop = self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        self._spool_wake = asyncio.Event()
-        self._spool_settled = asyncio.Event()
         self._close_requested = asyncio.Event()
         self._hurry = asyncio.Event()
-        self._closing = False
         self._deadline = float("inf")
-        self._slots = asyncio.Semaphore(self._max_in_flight)
-        self._transport = MoesifTransport(
+        transport = MoesifTransport(
             application_id=self._app_id,
             endpoint=self._endpoint,
             user_agent=self._user_agent,
@@ -276,38 +251,32 @@ class MoesifSender:
             send_timeout_s=self._send_timeout_s,
             max_connections=self._max_in_flight + 1,
         )
-        self._fetcher = AppConfigFetcher(self._transport, self._sampler, self._policy, self._counters)
-        self._courier = Courier(
-            self._transport, self._policy, self._counters, self._app_id, self._fetcher.notice_etag
+        fetcher = AppConfigFetcher(transport, self._sampler, self._policy, self._counters)
+        courier = Courier(transport, self._policy, self._counters, self._app_id, fetcher.notice_etag)
+        courier.healthy = self._start_healthy
+        delivery = self._delivery = Delivery(
+            self._queue,
+            self._spool,
+            courier,
+            self._counters,
+            batch_size=self._batch_size,
+            batch_max_time_s=self._batch_max_time_s,
+            max_in_flight=self._max_in_flight,
+            max_batch_bytes=self._max_batch_bytes,
+            max_event_bytes=self._max_event_bytes,
         )
-        self._courier.healthy = self._start_healthy
-        self._queue.set_waker(lambda: loop.call_soon_threadsafe(self._wake.set))
-        config_task = loop.create_task(self._fetcher.run())
-        workers = [loop.create_task(self._dispatch())]
-        if self._spool is not None:
-            workers.append(loop.create_task(self._drain_spool()))
+        config_task = loop.create_task(fetcher.run())
+        delivery.start()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._fetcher.first_attempt_done.wait(), self._connect_timeout_s + 1)
+            await asyncio.wait_for(fetcher.first_attempt_done.wait(), self._connect_timeout_s + 1)
         self._ready.set()
         if self._closed:  # close() raced start(): its call_soon may have found no loop
             self._begin_close(self._flush_timeout_s)
         await self._close_requested.wait()
-        quiesce = loop.create_task(self._quiesce(workers[0]))
-        hurry = loop.create_task(self._hurry.wait())
-        await asyncio.wait(
-            (quiesce, hurry), timeout=max(0.0, self._deadline - loop.time()), return_when=FIRST_COMPLETED
-        )
-        if not quiesce.done():
-            log.warning("flush stopped (deadline or signal) with %d batches in flight", len(self._tasks))
-        for task in (quiesce, hurry):
-            task.cancel()
-        await asyncio.gather(quiesce, hurry, return_exceptions=True)
-        for task in [config_task, *workers, *self._tasks]:
-            task.cancel()
-        await asyncio.gather(config_task, *workers, *self._tasks, return_exceptions=True)
-        self._queue.set_waker(None)
-        left = self._park_leftovers()
-        await self._transport.close()
+        left = await delivery.finish(self._deadline, self._hurry)
+        config_task.cancel()
+        await asyncio.gather(config_task, return_exceptions=True)
+        await transport.close()
         report = self._make_report(left)
         log.info(
             "sender closed: %d events sent, %d dropped, %d spooled, %d left unsent",
@@ -319,152 +288,9 @@ class MoesifSender:
         return report
 
     def _begin_close(self, timeout: float) -> None:
-        if self._closing:
+        if self._close_requested.is_set():
             return
-        self._closing = True
         self._deadline = asyncio.get_running_loop().time() + timeout
         self._close_requested.set()
-        self._wake.set()
-        self._spool_wake.set()
-
-    async def _quiesce(self, dispatcher: asyncio.Task[None]) -> None:
-        """Return once the queue is empty, nothing is in flight and the spool is drained."""
-        await dispatcher
-        while True:
-            if self._tasks:
-                await asyncio.wait(list(self._tasks))
-            elif self._spool is not None and len(self._spool):
-                await wait_woken(self._spool_settled, None)
-            else:
-                return
-
-    def _park_leftovers(self) -> int:
-        """After the deadline: spool what is still in memory, or count it as left unsent."""
-        leftovers = list(self._unsettled)
-        self._unsettled.clear()
-        while len(self._queue):
-            leftovers.extend(self._encode(self._queue.take(SPOOL_BATCH_EVENTS)))
-        left = 0
-        for batch in leftovers:
-            if self._spool is not None and batch.spool_name is None:
-                self._spool.write(batch.body, batch.count)
-            elif batch.spool_name is None:
-                left += batch.count
-        if left:
-            log.warning("%d events could not be sent in time and are lost (no spool)", left)
-        return left
-
-    def _encode(self, events: list[dict[str, Any]]) -> list[Batch]:
-        return encode_batches(
-            events,
-            self._counters,
-            max_event_bytes=self._max_event_bytes,
-            max_batch_bytes=self._max_batch_bytes,
-        )
-
-    def _spooling(self) -> bool:
-        return self._spool is not None and not self._courier.healthy and len(self._spool) > 0
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _dispatch(self) -> None:
-        q = self._queue
-        while True:
-            q.arm()
-            n, oldest = q.peek()
-            if n == 0:
-                if self._closing:
-                    return
-                await wait_woken(self._wake, None)
-                continue
-            if n < self._batch_size and not self._closing and oldest is not None:
-                due_in = oldest + self._batch_max_time_s - time.monotonic()
-                if due_in > 0:
-                    await wait_woken(self._wake, due_in)
-                    continue
-            if self._spooling():
-                for batch in self._encode(q.take(SPOOL_BATCH_EVENTS)):
-                    self._to_spool(batch)
-                continue
-            await self._slots.acquire()
-            if self._spooling():  # the collector failed while we waited for a slot
-                self._slots.release()
-                continue
-            batches = self._encode(q.take(self._batch_size))
-            self._unsettled.update(batches)
-            self._spawn(self._deliver(batches))
-
-    def _to_spool(self, batch: Batch) -> None:
-        assert self._spool is not None
-        self._unsettled.discard(batch)
-        self._spool.write(batch.body, batch.count)
-        self._spool_wake.set()
-
-    async def _deliver(self, batches: list[Batch]) -> None:
-        """Send in-memory batches in turn, holding one slot; retry in memory or hand to the spool."""
-        try:
-            pending = list(batches)
-            while pending:
-                batch = pending.pop(0)
-                result = await self._courier.attempt(batch)
-                if result.outcome is Outcome.SPLIT:
-                    halves = self._courier.split(batch)
-                    self._unsettled.discard(batch)
-                    self._unsettled.update(halves)
-                    pending[:0] = halves
-                elif result.outcome in (Outcome.RETRY, Outcome.AUTH):
-                    if self._spool is not None:
-                        self._to_spool(batch)
-                    else:
-                        pending.insert(0, batch)
-                        await asyncio.sleep(self._courier.retry_delay(result, batch.attempts - 1))
-                else:
-                    self._unsettled.discard(batch)
-        finally:
-            self._slots.release()
-
-    async def _drain_spool(self) -> None:
-        """Send spooled batches oldest first: one probe at a time while failing, in parallel when not."""
-        spool = self._spool
-        assert spool is not None
-        while True:
-            entry = spool.next_ready()
-            if entry is None:
-                await wait_woken(self._spool_wake, None)  # a new file, or one in flight settled
-                continue
-            await self._slots.acquire()
-            body = spool.read(entry.name)
-            if body is None:
-                self._slots.release()
-                continue
-            batch = Batch(body, entry.count, len(body), None, entry.name)
-            if self._courier.healthy:
-                self._spawn(self._deliver_spooled(batch))
-                continue
-            result = await self._deliver_spooled(batch)
-            if result is not None:
-                await asyncio.sleep(self._courier.retry_delay(result, self._courier.failures - 1))
-
-    async def _deliver_spooled(self, batch: Batch) -> PostResult | None:
-        """One attempt at a spool file; returns the failure when the file stays for a retry."""
-        spool = self._spool
-        assert spool is not None and batch.spool_name is not None
-        try:
-            result = await self._courier.attempt(batch)
-        finally:
-            self._slots.release()
-        self._spool_wake.set()
-        self._spool_settled.set()
-        if result.outcome in (Outcome.RETRY, Outcome.AUTH):
-            spool.release(batch.spool_name)
-            return result
-        if result.outcome is Outcome.SPLIT:
-            halves = self._courier.split(batch)
-            for half in halves:
-                spool.write(half.body, half.count)
-            self._counters["events_spooled"] -= sum(h.count for h in halves)  # not new events
-        spool.remove(batch.spool_name)
-        return None
+        if self._delivery is not None:
+            self._delivery.begin_close()
