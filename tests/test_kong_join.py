@@ -328,6 +328,29 @@ def test_gateway_answered_401_goes_out_at_once_and_late_partner_is_dropped() -> 
     assert joiner.close() == []
 
 
+def test_gateway_answered_call_never_takes_a_waiting_upstream_leg() -> None:
+    # Seen live on the no-request-id gateway: dave's upstream leg waits for his client leg while a 401
+    # (no credential) for the same path from the same address completes; it must not claim dave's leg.
+    joiner = LegJoiner(KONG)
+    u_dave = upstream_leg("bob", 0.0011, 0.0060, src_ip="10.77.1.3")
+    c_401 = client_leg(None, 0.0010, 0.0062, src=("10.77.1.3", 40100), status=401, proxied=False)
+    c_dave = client_leg("bob", 0.0009, 0.0065, src=("10.77.1.3", 40101))
+    assert joiner.feed(u_dave) == []
+    (alone,) = joiner.feed(c_401)
+    assert alone.legs is Legs.CLIENT_ONLY and alone.client_leg is c_401
+    (joined,) = joiner.feed(c_dave)
+    assert joined.client_leg is c_dave and joined.upstream_leg is u_dave
+
+
+def test_upstream_credential_must_be_on_the_client_leg() -> None:
+    # Kong may hide credentials from the service, but never invents one: a client leg without the apikey
+    # the upstream leg carries is another call (here with Kong's response headers turned off).
+    joiner = LegJoiner(KONG, wait_s=1.0)
+    c = client_leg(None, 0.0, 0.01)
+    u = upstream_leg("alice", 0.001, 0.009)
+    assert sorted(x.legs for x in _run(joiner, [c, u])) == [Legs.CLIENT_ONLY, Legs.UPSTREAM_ONLY]
+
+
 def test_upstream_only_capture() -> None:
     joiner = LegJoiner(KONG, wait_s=2.0)
     legs = [

@@ -11,8 +11,9 @@ either order is handled. Two legs are one call when
   same method; the client's path equals the upstream's `X-Forwarded-Path`, or, without it, the upstream
   path is the client path with `X-Forwarded-Prefix` stripped (Kong's strip_path); the last
   `X-Forwarded-For` entry (else `X-Real-IP`) is the client leg's peer address; `X-Forwarded-Port` is the
-  port the client connected to; end-to-end headers Kong forwards untouched (credentials, user agent,
-  content type) are equal where both legs have them; and time nesting: the upstream request starts
+  port the client connected to; end-to-end headers Kong forwards untouched (user agent, content type)
+  are equal where both legs have them, and a credential the upstream leg carries (`Authorization`,
+  `apikey`, `Cookie`) is on the client leg too, equal; and time nesting: the upstream request starts
   after the client request started and the upstream response ends before the client response ends.
   Among several candidates (many client connections share few upstream keep-alive connections, and
   identical calls overlap) the tightest fit in time wins.
@@ -53,8 +54,11 @@ DEFAULT_MAX_PENDING_BYTES = 256 << 20
 MAX_RECENT_IDS = 32_768
 # Capture timestamps of the two legs may come from different interfaces; allow this much disagreement.
 NEST_SLACK_S = 0.0005
-# Headers Kong passes from the client to the service untouched (unless a plugin rewrites them).
-END_TO_END = (b"authorization", b"apikey", b"x-api-key", b"cookie", b"user-agent", b"content-type")
+# Headers Kong passes from the client to the service untouched (unless a plugin rewrites them): where both
+# legs have one, the values must be equal. Kong may remove credentials (hide_credentials) but never adds
+# them, so a credential on the upstream leg must also be on the client leg.
+END_TO_END = (b"user-agent", b"content-type")
+CREDENTIALS = (b"authorization", b"apikey", b"x-api-key", b"cookie")
 PATH_PENALTY = 1_000.0  # a strip_path/suffix path match ranks behind an exact one
 QUERY_PENALTY = 10_000.0  # different query strings rank behind everything else
 
@@ -140,6 +144,10 @@ def _fit(c: _Leg, u: _Leg) -> float | None:
         a, b = ch.get(name), uh.get(name)
         if a is not None and b is not None and a != b:
             return None
+    for name in CREDENTIALS:
+        b = uh.get(name)
+        if b is not None and ch.get(name) != b:
+            return None
     if u.start < c.start - NEST_SLACK_S:
         return None
     if cu.response is not None and u.ex.response is not None and u.end > c.end + NEST_SLACK_S:
@@ -173,7 +181,12 @@ class LegJoiner:
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
     ) -> None:
         self.stats = stats if stats is not None else Stats()
-        self.classifier = LegClassifier(kong_ports, upstream_ports, kong_hosts=kong_hosts, stats=self.stats)
+        self.classifier = LegClassifier(
+            frozenset(kong_ports),
+            frozenset(upstream_ports),
+            kong_hosts=frozenset(kong_hosts),
+            stats=self.stats,
+        )
         self.wait_s = wait_s
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
@@ -258,11 +271,17 @@ class LegJoiner:
         if c.ex.request is None and c.rid is None:
             out.append(self._alone(c))  # an orphan response: nothing to join it by
             return
-        u = self._best(c, self._candidates(c, LegKind.UPSTREAM), client_side=True)
+        answered = _kong_answered(c.ex)
+        if answered:
+            # No upstream leg exists; only a leg with this very request id may claim it (it never should).
+            same = self._by_rid[LegKind.UPSTREAM].get(c.rid, []) if c.rid is not None else []
+            u = self._best(c, list(same), client_side=True)
+        else:
+            u = self._best(c, self._candidates(c, LegKind.UPSTREAM), client_side=True)
         if u is not None:
             self._remove(u)
             out.append(self._joined(c, u))
-        elif _kong_answered(c.ex):
+        elif answered:
             self.stats["kong_answered_by_gateway"] += 1
             out.append(self._alone(c))
         else:

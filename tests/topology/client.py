@@ -9,9 +9,9 @@ A plan is `{"connections": [...]}`. Each connection is run in its own thread, al
 A CALL is `{"method", "path", "headers": {...}, "json": BODY or absent, "gzip": bool, "meta": {...}}`;
 `meta` is copied into the log untouched (the plan's ground truth: which user, what the plugin should say).
 
-The log is a JSON list, one entry per call in the order they finished, with what the client saw: status,
+The log is a JSON list, one entry per call in the order they started, with what the client saw: status,
 response headers (lowercased names), the decoded body (gzip undone, chunking undone, JSON parsed when it
-is JSON), and wall-clock start/end.
+is JSON), the local port of its connection, and wall-clock start/end.
 """
 
 from __future__ import annotations
@@ -72,11 +72,13 @@ def _run_python(conn_no: int, conn: dict[str, Any], log: list[dict[str, Any]], l
             headers, body = _request_parts(call)
             t0 = time.time()
             c.request(call["method"], call["path"], body=body, headers=headers)
+            local_port = c.sock.getsockname()[1] if c.sock is not None else None
             resp = c.getresponse()
             raw = resp.read()
             entry = _entry(conn_no, conn, call, t0)
             rh = {k.lower(): v for k, v in resp.getheaders()}
             entry |= {
+                "local_port": local_port,
                 "status": resp.status,
                 "response_headers": rh,
                 "response_body": _decode_body(raw, rh.get("content-encoding")),
@@ -108,7 +110,7 @@ def _run_curl(conn_no: int, conn: dict[str, Any], log: list[dict[str, Any]], loc
         with tempfile.TemporaryDirectory(prefix="topo-curl-") as tmp:
             hdr, out = Path(tmp, "h"), Path(tmp, "b")
             argv = ["curl", "-sS", "--http1.1", "-g", "--interface", conn["source"], "-X", call["method"]]
-            argv += ["-D", str(hdr), "-o", str(out)]
+            argv += ["-D", str(hdr), "-o", str(out), "-w", "%{local_port}"]
             for k, v in headers.items():
                 if k.lower() != "accept-encoding":
                     argv += ["-H", f"{k}: {v}"]
@@ -118,12 +120,13 @@ def _run_curl(conn_no: int, conn: dict[str, Any], log: list[dict[str, Any]], loc
                 argv += ["--data-binary", "@-"]
             argv.append(f"http://{host}:{conn['port']}{call['path']}")
             t0 = time.time()
-            subprocess.run(argv, input=body or b"", check=True, timeout=20)
+            done = subprocess.run(argv, input=body or b"", check=True, timeout=20, capture_output=True)
             t1 = time.time()
             status, rh = _parse_curl_headers(hdr.read_text("latin-1"))
             entry = _entry(conn_no, conn, call, t0)
             entry["tool"] = "curl"
             entry |= {
+                "local_port": int(done.stdout),
                 "status": status,
                 "response_headers": rh,
                 "response_body": _decode_body(out.read_bytes(), None),

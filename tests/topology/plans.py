@@ -10,12 +10,13 @@ the client's request carries no `x-consumer-*` header.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from .gateway import CONSUMERS, JWT_COMPANY, JWT_SUB, jwt_token
 from .net import CLIENT2_V4, CLIENT2_V6, CLIENT_V4, CLIENT_V6, GATEWAYS, GW_V4, GW_V6
 
-__all__ = ["Call", "call", "connection", "demo_plan", "load_plan"]
+__all__ = ["Call", "burst_plan", "call", "connection", "demo_plan", "load_plan"]
 
 Call = dict[str, Any]
 _GW_BY_PORT = {g.port: g.name for g in GATEWAYS}
@@ -190,6 +191,31 @@ def demo_plan() -> dict[str, Any]:
     return {"connections": conns}
 
 
+def burst_plan(connections: int = 20, calls_each: int = 10, *, seed: int = 7) -> dict[str, Any]:
+    """Many concurrent keep-alive connections over both gateways, mixed users, credentials and endpoints."""
+    rnd = random.Random(seed)
+    sources = [CLIENT_V4, CLIENT2_V4, CLIENT_V6, CLIENT2_V6]
+    users: list[str | None] = ["alice", "bob", "carol", "dave", "jwt", None]
+    paths = ["/api/orders", "/api/orders/101", "/api/orders/104", "/api/stream", "/svc/api/orders/103"]
+    conns = []
+    for n in range(connections):
+        calls = []
+        for _ in range(calls_each):
+            user = rnd.choice(users)
+            if rnd.random() < 0.15:
+                calls.append(
+                    call("POST", "/api/orders", user, body={"item": f"thing-{n}", "qty": rnd.randint(1, 9)})
+                )
+            elif rnd.random() < 0.2:
+                calls.append(call("GET", f"/api/slow?ms={rnd.choice([5, 20, 40])}", user))
+            else:
+                calls.append(call("GET", rnd.choice(paths), user, gzip=rnd.random() < 0.3))
+        conns.append(
+            connection(calls, source=sources[n % 4], port=(8000, 8001)[n % 2], delay_ms=rnd.randint(0, 30))
+        )
+    return {"connections": conns}
+
+
 def load_plan(name: str) -> dict[str, Any]:
-    plans = {"demo": demo_plan}
+    plans = {"demo": demo_plan, "burst": burst_plan}
     return plans[name]()
