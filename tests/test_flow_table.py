@@ -388,3 +388,26 @@ def test_same_port_both_sides_and_self_connection_do_not_break() -> None:
     events = feed_all(table, [same, same, Segment(0.0, CADDR, CADDR, 5000, 5000, 14, 0, A | FIN, b"")])
     assert [type(e) for e in events] == [FlowOpened, StreamGap, StreamGap, StreamData]
     assert len(table.close(1.0)) == 1
+
+
+def test_syn_on_a_half_closed_flow_replaces_it() -> None:
+    old, new = Conn(isn_c=1000), Conn(isn_c=555_555)
+    table, _ = table_of()
+    events = feed_all(table, [old.syn(), old.synack(), old.c(0, b"a", A | FIN), old.s(0, b"b"), new.syn(1.0)])
+    assert rows(events)[-1] == ("closed", 1, "reused")
+    assert rows(feed_all(table, [new.synack(1.0), new.c(0, b"c", ts=1.0)])) == [
+        ("open", 2, 40000, 80, False),
+        ("data", 2, ">", 0, b"c"),
+    ]
+
+
+def test_idle_close_gaps_holes_before_closing() -> None:
+    k = Conn()
+    table, stats = table_of(idle_timeout_s=30.0, reorder_timeout_s=60.0)
+    feed_all(table, [k.syn(), k.synack(), k.c(0, b"a"), k.c(3, b"d")])
+    assert rows(table.advance(31.0)) == [
+        ("gap", 1, ">", 1, 2, "closed"),
+        ("data", 1, ">", 3, b"d"),
+        ("closed", 1, "idle"),
+    ]
+    assert stats["gap_closed"] == 1 and table._pool.used == 0

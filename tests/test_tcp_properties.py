@@ -199,12 +199,14 @@ def test_lost_segments_become_exact_gaps_and_nothing_is_invented(
 ) -> None:
     streams = {True: cs, False: ss}
     kept_pos: dict[bool, set[int]] = {}
+    fin_kept: dict[bool, bool] = {}
     segs = handshake(isn_c, isn_s)
     for is_client in (True, False):
         pieces = data.draw(cut(streams[is_client], is_client, data.draw(st.booleans())))
         keep = [p for p in pieces if data.draw(st.booleans())]
         keep = data.draw(st.permutations(keep))
         kept_pos[is_client] = {p[1] + i for p in keep for i in range(len(p[2]))}
+        fin_kept[is_client] = any(p[3] for p in keep)
         these = segments_of(keep, isn_c, isn_s)
         if not is_client:
             for seg in these:  # the server received the whole request: its ACKs say so
@@ -212,6 +214,7 @@ def test_lost_segments_become_exact_gaps_and_nothing_is_invented(
         segs += these
     events, stats, table = run(segs)
     ranges = check_contract(events)
+    opened = any(isinstance(e, FlowOpened) for e in events)
     for is_client, d in ((True, Direction.TO_SERVER), (False, Direction.TO_CLIENT)):
         stream, kept = streams[is_client], kept_pos[is_client]
         covered: set[int] = set()
@@ -225,6 +228,9 @@ def test_lost_segments_become_exact_gaps_and_nothing_is_invented(
                 assert chunk == stream[off : off + length]
             covered |= positions
         assert kept <= covered, "a kept byte was never delivered"
+        if fin_kept[is_client] and opened:
+            # The FIN proves where the stream ends: every lost byte before it is a gap.
+            assert covered == set(range(len(stream)))
     lost_bytes = sum(length for rs in ranges.values() for _, length, chunk in rs if chunk is None)
     assert stats["gap_bytes"] == lost_bytes
     assert table._pool.used == 0
