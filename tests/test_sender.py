@@ -427,12 +427,15 @@ def test_signals_during_close_first_is_logged_second_stops_waiting(
     for i in range(50):
         s.submit(make_event(i))
 
-    def signal_twice() -> None:
-        for _ in range(2):
-            time.sleep(0.4)
-            os.kill(os.getpid(), signal.SIGTERM)
-
     before = signal.getsignal(signal.SIGTERM)
+
+    def signal_twice() -> None:
+        # Only once close() has taken over SIGTERM: never kill the test process itself.
+        if wait_until(lambda: signal.getsignal(signal.SIGTERM) is not before):
+            for _ in range(2):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.3)
+
     threading.Thread(target=signal_twice, daemon=True).start()
     with caplog.at_level(logging.WARNING, logger="sniffer.transport"):
         report = s.close(timeout_s=60)  # would wait a minute without the second signal
