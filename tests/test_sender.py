@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import sys
 import threading
 import time
@@ -442,3 +443,19 @@ def test_signals_during_close_first_is_logged_second_stops_waiting(
     assert report.left_unsent == 50 and report.sent == 0
     assert any("still flushing 50 queued events" in r.getMessage() for r in caplog.records)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_unreachable_collector_counts_network_errors_and_keeps_events() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        s = make_sender(url, batch_size=10)
+        s.start()
+        for i in range(30):
+            s.submit(make_event(i))
+        report = s.close(timeout_s=0.5)
+    finally:
+        sock.close()
+    assert report.left_unsent == 30 and report.sent == 0
+    assert report.stats["network_errors"] >= 1 and report.stats["config_fetch_errors"] >= 1

@@ -99,6 +99,7 @@ def test_outage_at_close_spools_then_next_start_delivers(collector: CollectorThr
     report2 = s2.close(timeout_s=10)
     assert c.counts() == {tid(i): 1 for i in range(300)}
     assert report2.complete and report2.sent == 300
+    assert report2.stats["bytes_sent_uncompressed"] > 3 * report2.stats["bytes_sent"]  # sizes kept on disk
     assert not list(tmp_path.glob("*.gz"))
 
 

@@ -122,7 +122,7 @@ class Delivery:
         left = 0
         for batch in leftovers:
             if self._spool is not None and batch.spool_name is None:
-                self._spool.write(batch.body, batch.count)
+                self._spool.write(batch.body, batch.count, batch.raw_bytes)
             elif batch.spool_name is None:
                 left += batch.count
         if left:
@@ -175,7 +175,7 @@ class Delivery:
     def _to_spool(self, batch: Batch) -> None:
         assert self._spool is not None
         self._unsettled.discard(batch)
-        self._spool.write(batch.body, batch.count)
+        self._spool.write(batch.body, batch.count, batch.raw_bytes)
         self._spool_wake.set()
 
     async def _deliver(self, batches: list[Batch]) -> None:
@@ -215,7 +215,7 @@ class Delivery:
             if body is None:
                 self._slots.release()
                 continue
-            batch = Batch(body, entry.count, len(body), None, entry.name)
+            batch = Batch(body, entry.count, entry.raw_bytes, None, entry.name)
             if self._courier.healthy:
                 self._spawn(self._deliver_spooled(batch))
                 continue
@@ -239,7 +239,7 @@ class Delivery:
         if result.outcome is Outcome.SPLIT:
             halves = self._courier.split(batch)
             for half in halves:
-                spool.write(half.body, half.count)
+                spool.write(half.body, half.count, half.raw_bytes)
             self._counters["events_spooled"] -= sum(h.count for h in halves)  # not new events
         spool.remove(batch.spool_name)
         return None

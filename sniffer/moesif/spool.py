@@ -1,8 +1,8 @@
 """A durable, bounded directory of batches that could not be delivered yet.
 
 Each file is one batch exactly as it would be POSTed (a gzip'd JSON array), named
-`<wall-clock ns>-<pid>-<seq>-n<events>.batch.gz` so names sort oldest first and carry the event
-count without opening the file. Writes are atomic (temp file, fsync, rename, fsync of the
+`<wall-clock ns>-<pid>-<seq>-n<events>-r<json bytes>.batch.gz` so names sort oldest first and
+carry the event count without opening the file. Writes are atomic (temp file, fsync, rename, fsync of the
 directory): after a crash a file is either complete or absent; stray temp files are removed at
 open. The total size is bounded by `max_bytes`: the oldest files are deleted to make room, and
 their events counted as lost. An exclusive `flock` on `.lock` keeps two senders off one spool.
@@ -25,7 +25,7 @@ __all__ = ["Spool", "SpoolEntry"]
 
 log = logging.getLogger("sniffer.transport")
 
-_NAME = re.compile(r"^\d{19,20}-\d+-\d+-n(\d+)\.batch\.gz$")
+_NAME = re.compile(r"^\d{19,20}-\d+-\d+-n(\d+)(?:-r(\d+))?\.batch\.gz$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,7 @@ class SpoolEntry:
     name: str
     size: int
     count: int
+    raw_bytes: int  # the JSON's size before gzip, for the bytes_sent_uncompressed counter
 
 
 class Spool:
@@ -64,7 +65,8 @@ class Spool:
                 continue
             m = _NAME.match(path.name)
             if m:
-                found.append(SpoolEntry(path.name, path.stat().st_size, int(m.group(1))))
+                size = path.stat().st_size
+                found.append(SpoolEntry(path.name, size, int(m.group(1)), int(m.group(2) or size)))
         for entry in sorted(found, key=lambda e: e.name):
             self._entries[entry.name] = entry
             self.total_bytes += entry.size
@@ -83,22 +85,20 @@ class Spool:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def write(self, body: bytes, count: int) -> str | None:
+    def write(self, body: bytes, count: int, raw_bytes: int = 0) -> str | None:
         """Store one batch; returns its name, or None when it cannot be stored (counted as lost)."""
         if len(body) > self.max_bytes:
             self._counters["events_dropped_spool_full"] += count
             return None
         self._make_room(len(body))
         self._seq += 1
-        name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq}-n{count}.batch.gz"
+        name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq}-n{count}-r{raw_bytes}.batch.gz"
         tmp = self.dir / (name + ".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, body)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, self.dir / name)
             self._fsync_dir()
         except OSError as exc:
@@ -107,7 +107,7 @@ class Spool:
             self._counters["events_dropped_spool_error"] += count
             log.error("spool %s: cannot write a batch of %d events: %s", self.dir, count, exc.strerror)
             return None
-        self._entries[name] = SpoolEntry(name, len(body), count)
+        self._entries[name] = SpoolEntry(name, len(body), count, raw_bytes)
         self.total_bytes += len(body)
         self._counters["batches_spooled"] += 1
         self._counters["events_spooled"] += count
