@@ -23,7 +23,7 @@ from collector import APP_ID, CollectorThread, running_collector
 
 from sniffer.moesif.batcher import EventQueue
 from sniffer.moesif.sender import MoesifSender
-from sniffer.moesif.transport import Backoff, RetryPolicy, parse_retry_after
+from sniffer.moesif.transport import Backoff, RetryPolicy, parse_retry_after, safe_url
 
 FAST = RetryPolicy(backoff_base_s=0.05, backoff_max_s=0.4, auth_retry_s=0.2, config_min_interval_s=0.05)
 
@@ -459,3 +459,20 @@ def test_unreachable_collector_counts_network_errors_and_keeps_events() -> None:
         sock.close()
     assert report.left_unsent == 30 and report.sent == 0
     assert report.stats["network_errors"] >= 1 and report.stats["config_fetch_errors"] >= 1
+
+
+def test_config_is_refetched_periodically(collector: CollectorThread) -> None:
+    c = collector.collector
+    s = make_sender(collector.url, retry_policy=RetryPolicy(config_refresh_s=0.2))
+    s.start()
+    c.set_config({"sample_rate": 100, "user_sample_rate": {"alice": 0}})  # no batch carries the new ETag
+    assert wait_until(lambda: c.config_fetches >= 3)
+    s.submit(make_event(0, user="alice"))
+    s.submit(make_event(1, user="bob"))
+    s.close()
+    assert set(c.counts()) == {tid(1)}
+
+
+def test_endpoint_credentials_are_not_logged() -> None:
+    assert safe_url("https://user:secret@api.example.com:443/x") == "https://***@api.example.com:443/x"
+    assert safe_url("https://api.moesif.net") == "https://api.moesif.net"

@@ -31,7 +31,7 @@ from sniffer.moesif.batcher import MAX_BATCH_BYTES, MAX_EVENT_BYTES, EventQueue
 from sniffer.moesif.delivery import Delivery
 from sniffer.moesif.sampling import Sampler
 from sniffer.moesif.spool import Spool
-from sniffer.moesif.transport import Courier, MoesifTransport, RetryPolicy, mask_app_id
+from sniffer.moesif.transport import Courier, MoesifTransport, RetryPolicy, mask_app_id, safe_url
 
 __all__ = ["MoesifSender", "SendReport"]
 
@@ -124,7 +124,9 @@ class MoesifSender:
         self._thread = threading.Thread(target=self._run, name="moesif-sender", daemon=True)
         self._thread.start()
         self._ready.wait(timeout=self._connect_timeout_s + self._send_timeout_s + 1.0)
-        log.info("sending events to %s (application id %s)", self._endpoint, mask_app_id(self._app_id))
+        log.info(
+            "sending events to %s (application id %s)", safe_url(self._endpoint), mask_app_id(self._app_id)
+        )
 
     def submit(self, event: dict[str, Any]) -> None:
         """Queue one event (not to be mutated afterwards). Never blocks; may drop the oldest."""

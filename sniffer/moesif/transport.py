@@ -17,6 +17,7 @@ import enum
 import logging
 import random
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = [
     "RetryPolicy",
     "mask_app_id",
     "parse_retry_after",
+    "safe_url",
 ]
 
 log = logging.getLogger("sniffer.transport")
@@ -46,6 +48,14 @@ ETAG_HEADER = "X-Moesif-Config-ETag"
 
 def mask_app_id(app_id: str) -> str:
     return "..." + app_id[-4:] if len(app_id) > 4 else "****"
+
+
+def safe_url(url: str) -> str:
+    """The endpoint for logs, without any user:password@ part."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 @dataclass(frozen=True, slots=True)
