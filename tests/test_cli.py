@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.helpers import tcp_conversation, write_pcap
+from helpers import tcp_conversation, write_pcap
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "pcaps" / "kong-demo.pcap"

@@ -176,6 +176,17 @@ def test_classify_client_leg_by_port_and_upstream_by_kong_headers() -> None:
     assert cls.classify(upstream_leg("alice", 0, 1, gw=("192.0.2.9", 5000))) is LegKind.UPSTREAM
 
 
+def test_classify_client_leg_on_an_unlisted_port_by_kong_response_headers() -> None:
+    cls = LegClassifier(KONG)
+    assert 8001 not in KONG
+    # Proxied answers carry Via: kong/..., answers Kong made itself X-Kong-Response-Latency.
+    assert cls.classify(client_leg("alice", 0.0, 0.01, port=8001)) is LegKind.CLIENT
+    assert cls.classify(client_leg(None, 0.0, 0.01, port=8001, status=401, proxied=False)) is LegKind.CLIENT
+    plain = _exchange(("10.0.0.5", 41000), ("10.0.0.6", 8001), "GET", "/x", [], 200, [("Via", "1.1 nginx")], 0, 1)
+    assert cls.classify(plain) is LegKind.PLAIN
+    assert LegClassifier(frozenset()).classify(client_leg("alice", 0.0, 0.01, port=8001)) is LegKind.PLAIN
+
+
 def test_classify_weak_markers_need_a_kong_host_or_an_upstream_port() -> None:
     # Kong 2.x: no Via, no request id upstream; X-Consumer-* and X-Forwarded-* only.
     old_kong = upstream_leg("bob", 0.001, 0.009, via=False, gw=(GW_FRONT, 52000))

@@ -11,6 +11,11 @@ Rules, first match wins (the Kong facts are from Kong 3.x `runloop/handler.lua` 
    No address condition here on purpose: a gateway usually reaches its services from another address
    than the one clients connect to (another interface, another network), and a capture may hold only the
    upstream leg; neither address was then ever seen serving a Kong port.
+3b. The response carries what Kong adds to every answer it sends a client: a `Via` with a `kong/` token
+   (proxied calls) or `X-Kong-Proxy-Latency` / `X-Kong-Upstream-Latency` / `X-Kong-Response-Latency`
+   (Kong's default `headers` setting): CLIENT, whatever the port. Kong proxies often listen on other
+   ports than 8000/8443, and this finds them without configuration; the server is remembered as a
+   Kong host. It comes after rule 3 because only the client leg's response passes through Kong.
 4. The server port is one of the configured upstream ports: UPSTREAM.
 5. The request comes from a Kong host and carries Kong's other upstream headers: any of
    `X-Consumer-ID/-Username/-Custom-ID`, `X-Credential-Identifier`, `X-Anonymous-Consumer` (set by the
@@ -37,6 +42,7 @@ __all__ = [
     "LegClassifier",
     "LegKind",
     "first_headers",
+    "is_kong_response",
     "is_kong_via",
 ]
 
@@ -56,6 +62,9 @@ FORWARDED_HEADERS = frozenset(
 # Addresses remembered as Kong hosts. A node has a handful; the cap only guards against a flood of
 # spoofed headers turning this into an unbounded set.
 MAX_KONG_HOSTS = 1024
+KONG_RESPONSE_HEADERS = frozenset(
+    {b"x-kong-proxy-latency", b"x-kong-upstream-latency", b"x-kong-response-latency"}
+)
 
 
 class LegKind(StrEnum):
@@ -70,6 +79,15 @@ def first_headers(message: HttpMessage) -> dict[bytes, bytes]:
     for name, value in message.headers:
         out.setdefault(name.lower(), value)
     return out
+
+
+def is_kong_response(message: HttpMessage) -> bool:
+    """A response that went through Kong on its way to the client (rule 3b)."""
+    for name, value in message.headers:
+        lname = name.lower()
+        if lname in KONG_RESPONSE_HEADERS or (lname == b"via" and is_kong_via(value)):
+            return True
+    return False
 
 
 def is_kong_via(value: bytes | None) -> bool:
@@ -122,6 +140,9 @@ class LegClassifier:
         if KONG_REQUEST_ID in headers or is_kong_via(headers.get(b"via")):
             self._learn(exchange.client[0])
             return LegKind.UPSTREAM
+        if exchange.response is not None and is_kong_response(exchange.response):
+            self._learn(exchange.server[0])
+            return LegKind.CLIENT
         if exchange.server[1] in self.upstream_ports:
             return LegKind.UPSTREAM
         if self.is_kong_host(exchange.client[0]) and (
