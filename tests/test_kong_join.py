@@ -182,7 +182,9 @@ def test_classify_client_leg_on_an_unlisted_port_by_kong_response_headers() -> N
     # Proxied answers carry Via: kong/..., answers Kong made itself X-Kong-Response-Latency.
     assert cls.classify(client_leg("alice", 0.0, 0.01, port=8001)) is LegKind.CLIENT
     assert cls.classify(client_leg(None, 0.0, 0.01, port=8001, status=401, proxied=False)) is LegKind.CLIENT
-    plain = _exchange(("10.0.0.5", 41000), ("10.0.0.6", 8001), "GET", "/x", [], 200, [("Via", "1.1 nginx")], 0, 1)
+    plain = _exchange(
+        ("10.0.0.5", 41000), ("10.0.0.6", 8001), "GET", "/x", [], 200, [("Via", "1.1 nginx")], 0, 1
+    )
     assert cls.classify(plain) is LegKind.PLAIN
     assert LegClassifier(frozenset()).classify(client_leg("alice", 0.0, 0.01, port=8001)) is LegKind.PLAIN
 
