@@ -68,7 +68,7 @@ class RetryPolicy:
     auth_retry_s: float = 30.0  # 401/403: the app id is wrong; no point hammering
     auth_log_interval_s: float = 60.0
     config_refresh_s: float = 60.0
-    config_min_interval_s: float = 1.0  # ETag-triggered refetches at most this often
+    config_min_interval_s: float = 5.0  # ETag-triggered refetches at most this often
 
 
 class Outcome(enum.StrEnum):
