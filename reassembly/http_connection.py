@@ -43,6 +43,10 @@ __all__ = ["HttpConnectionParser"]
 
 # More interim (1xx) responses than this before one final response are not worth keeping.
 _MAX_INTERIM = 16
+# A flow whose start we did not see (mid-stream, or its first bytes lost) is scanned for a start line;
+# after this many bytes without one it is declared not HTTP (TLS, a database...) so the pipeline stops
+# feeding it. 8 MiB lets a mid-stream pickup sit out a long download before the next exchange.
+UNPROVEN_BYTES_LIMIT = 8 << 20
 
 
 @dataclass(slots=True, eq=False)
@@ -98,6 +102,7 @@ class HttpConnectionParser:
         self._had_loss = False
         self._dead = False
         self._closed = False
+        self._unproven_bytes = 0  # bytes fed before any head was parsed; -1 once one was
         self._out: list[Exchange] = []
 
     # -- public API ----------------------------------------------------------------------------------------
@@ -121,6 +126,11 @@ class HttpConnectionParser:
         reader = self._from_client if event.direction == Direction.TO_SERVER else self._from_server
         try:
             if type(event) is StreamData:
+                if self._unproven_bytes >= 0:
+                    self._unproven_bytes += len(event.data)
+                    if self._unproven_bytes > UNPROVEN_BYTES_LIMIT:
+                        self.on_not_http(reader)
+                        return []
                 reader.feed(event.data, event.offset, event.ts)
             else:
                 reader.gap(event.offset, event.length)
@@ -148,7 +158,6 @@ class HttpConnectionParser:
                         self._emit(entry)
         except Exception:
             self._stats["http_desync"] += 1
-        self._dead = True
         out = self._out
         self._out = []
         return out
@@ -156,6 +165,7 @@ class HttpConnectionParser:
     # -- reader sink ---------------------------------------------------------------------------------------
 
     def on_head(self, reader: MessageReader, msg: Message) -> Framing:
+        self._unproven_bytes = -1
         if isinstance(msg, HttpRequest):
             return self._request_head(msg)
         assert isinstance(msg, HttpResponse)
@@ -250,8 +260,9 @@ class HttpConnectionParser:
 
     def _request_head(self, msg: HttpRequest) -> Framing:
         entry = self._new_entry(msg.ts_start, msg)
-        if not self._had_loss and any(e.request is not None for e in self._waiting):
-            self._pipelined = True
+        if self._waiting and not self._had_loss and not self._pipelined:
+            # Another request still waits for its response: this client pipelines.
+            self._pipelined = any(e.request is not None for e in self._waiting)
         self._enqueue(entry)
         self._req_entry = entry
         return body_framing(msg.method, None, msg.headers)

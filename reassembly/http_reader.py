@@ -156,6 +156,13 @@ class MessageReader:
         state = self.state
         if state is State.DEAD:
             return
+        expected = self._next
+        if length is not None and expected is not None and offset != expected:
+            # Keep the bookkeeping exact even if the gap does not start where the bytes ended.
+            length += offset - expected
+            offset = expected
+        if length is not None and length <= 0:
+            return
         self._next = None if length is None else offset + length
         self._first = False
         if length is None:
@@ -364,7 +371,39 @@ class MessageReader:
     def _step_head(self) -> bool:
         buf = self._buf
         pos = self._pos
+        # Usually the whole head is here already: parse it in one go.
+        end, after = find_head_end(buf, self._scan)
+        if end < 0:
+            return self._wait_for_head(buf, pos)
+        if self._head_too_long(end - pos):
+            return False
+        lines = split_lines(bytes(buf[pos:end]))
+        msg: Message
+        try:
+            if self.role is Role.REQUEST:
+                method, target, version = parse_request_line(lines[0].rstrip(b"\r"))
+                msg = HttpRequest(
+                    method=method, target=target, version=version, headers=parse_fields(lines[1:])
+                )
+            else:
+                version, status, reason = parse_status_line(lines[0].rstrip(b"\r"))
+                msg = HttpResponse(
+                    status=status, reason=reason, version=version, headers=parse_fields(lines[1:])
+                )
+        except HeadError:
+            return self._bad_start_line(buf.find(b"\n", pos))
+        self._pos = after
+        msg.ts_start = self._msg_ts
+        msg.stream_offset = self._msg_offset
+        self._first = False
+        self._msg = msg
+        self._begin_body(self._sink.on_head(self, msg))
+        return True
+
+    def _wait_for_head(self, buf: bytes | bytearray, pos: int) -> bool:
+        """A partial head: judge its start line as soon as it is whole, and bound the buffer."""
         if not self._line_checked:
+            # Invariant while the line is unchecked: buf[pos:_scan] holds no LF.
             nl = buf.find(b"\n", self._scan)
             if nl < 0:
                 if self._first and not (
@@ -383,36 +422,20 @@ class MessageReader:
                 else:
                     parse_status_line(line)
             except HeadError:
-                if self._first:
-                    return self._not_http()
-                # Not a start line where one must be: most likely the tail of a misframed body.
-                self._stats["http_desync"] += 1
-                self._pos = nl + 1
-                self._enter_resync(True)
-                return True
+                return self._bad_start_line(nl)
             self._line_checked = True
             self._scan = nl
-        end, after = find_head_end(buf, self._scan)
-        if end < 0:
-            if not self._head_too_long(len(buf) - pos):
-                self._scan = max(self._scan, len(buf) - 2)
-            return False
-        if self._head_too_long(end - pos):
-            return False
-        lines = split_lines(bytes(buf[pos:end]))
-        self._pos = after
-        msg: Message
-        if self.role is Role.REQUEST:
-            method, target, version = parse_request_line(lines[0].rstrip(b"\r"))
-            msg = HttpRequest(method=method, target=target, version=version, headers=parse_fields(lines[1:]))
-        else:
-            version, status, reason = parse_status_line(lines[0].rstrip(b"\r"))
-            msg = HttpResponse(status=status, reason=reason, version=version, headers=parse_fields(lines[1:]))
-        msg.ts_start = self._msg_ts
-        msg.stream_offset = self._msg_offset
-        self._first = False
-        self._msg = msg
-        self._begin_body(self._sink.on_head(self, msg))
+        if not self._head_too_long(len(buf) - pos):
+            self._scan = max(self._scan, len(buf) - 2)
+        return False
+
+    def _bad_start_line(self, nl: int) -> bool:
+        if self._first:
+            return self._not_http()
+        # Not a start line where one must be: most likely the tail of a misframed body.
+        self._stats["http_desync"] += 1
+        self._pos = nl + 1
+        self._enter_resync(True)
         return True
 
     def _head_too_long(self, size: int) -> bool:

@@ -381,3 +381,37 @@ def test_feed_after_close_is_misuse() -> None:
     with pytest.raises(RuntimeError):
         parser.feed(StreamData(1, C, 0, GET, 1.0))
     assert parser.close(2.0) == []
+
+
+def test_gap_events_that_overlap_or_skip_are_reconciled_with_the_stream() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab"
+    events = [
+        StreamData(1, C, 0, GET, 1.0),
+        StreamData(1, S, 0, head, 2.0),
+        StreamGap(1, S, len(head) - 2, 3, 3.0, R.TIMEOUT),  # overlaps "ab": only 1 byte really lost
+        StreamGap(1, S, len(head) + 1, 0, 3.0, R.TIMEOUT),  # empty: nothing lost
+        StreamData(1, S, len(head) + 4, b"efgh", 4.0),  # 3 more bytes skipped without a gap event
+    ]
+    parser = HttpConnectionParser(1, CLIENT, SERVER, Limits(), Stats())
+    out = [x for e in events for x in parser.feed(e)]
+    assert summary(out) == [(b"/a", 200, [F.RESPONSE_GAP])]
+    assert (out[0].response.body, out[0].response.body_size) == (b"abefgh", 10)  # type: ignore[union-attr]
+
+
+def test_a_flow_never_proven_http_is_given_up_after_a_budget() -> None:
+    noise = bytes(range(256)) * 256  # 64 KiB without a start line
+    wire = Wire().gap(C, None, R.MIDSTREAM).gap(S, None, R.MIDSTREAM)
+    for _ in range(http_connection.UNPROVEN_BYTES_LIMIT // len(noise) + 1):
+        wire.s(noise)
+    out, stats, parser = run(wire, mid_stream=True, close=False)
+    assert (out, parser.is_dead, stats["flows_not_http"]) == ([], True, 1)
+
+
+def test_a_long_mid_stream_body_within_the_budget_is_sat_out() -> None:
+    wire = Wire().gap(C, None, R.MIDSTREAM).gap(S, None, R.MIDSTREAM)
+    for _ in range(32):
+        wire.s(b"x" * 65536)  # 2 MiB of the body of a download already under way
+    wire.c(GET).s(OK)
+    out, _, parser = run(wire, mid_stream=True)
+    assert summary(out) == [(b"/a", 200, [F.MIDSTREAM, F.PAIRING_GUESSED])]
+    assert not parser.is_dead
