@@ -93,8 +93,14 @@ def _cmd_replay(args: argparse.Namespace, config: Config) -> int:
         if sender is not None:
             report = sender.close()
             sender = None
-            delivery = dict(getattr(report, "__dict__", {}) or {})
-            delivery = {k: v for k, v in delivery.items() if isinstance(v, int)}
+            delivery = {
+                "sent": report.sent,
+                "sampled_out": report.sampled_out,
+                "left_unsent": report.left_unsent,
+                "spooled": report.spooled,
+                **{f"dropped_{reason}": n for reason, n in report.dropped.items()},
+                **{k: report.stats.get(k, 0) for k in ("batches_sent", "batches_retried", "bytes_sent")},
+            }
         else:
             sink.close()
         if not args.quiet:
