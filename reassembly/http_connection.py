@@ -5,6 +5,10 @@ class (the reader sink). Requests wait in a FIFO (pipelining); a response head t
 answers before its framing is decided, because HEAD and CONNECT change it. An exchange is emitted as soon
 as both of its messages are finished, usually the moment the response completes.
 
+Pairing on a flow picked up mid-stream (`_pickup`): the start is not a loss. Every request we see was
+sent after the pick-up, so responses pair FIFO, except that a response beginning before the first request
+we saw (capture time) answers one sent before the capture and is an ORPHAN_RESPONSE.
+
 Pairing policy when bytes were lost (`_realign`): a loss of unknown extent on either side (a gap between
 messages or reaching past one, a desync) means whole messages may be gone, so FIFO order can no longer be
 trusted. The next response then pairs with a waiting request that began before it (capture time):
@@ -98,6 +102,7 @@ class HttpConnectionParser:
         self._next_index = 0
         self._swapped = False
         self._realign = False
+        self._pickup = mid_stream  # picked up mid-stream: responses to requests sent before are orphans
         self._pipelined = False
         self._had_loss = False
         self._dead = False
@@ -133,6 +138,8 @@ class HttpConnectionParser:
                         return []
                 reader.feed(event.data, event.offset, event.ts)
             else:
+                if event.length is None and event.offset == 0:
+                    self._pickup = True
                 reader.gap(event.offset, event.length)
         except Exception:
             self._recover(reader)
@@ -280,7 +287,16 @@ class HttpConnectionParser:
         """The waiting entry a response beginning at capture time ts answers (None: an orphan)."""
         waiting = self._waiting
         if not self._realign:
-            return waiting.popleft() if waiting else None
+            if not waiting:
+                return None
+            if self._pickup:
+                # The first response of a flow picked up mid-stream may answer a request sent before the
+                # capture began: it does when it began before any request we saw.
+                if waiting[0].ts_start > ts:
+                    return None
+                self._pickup = False
+            return waiting.popleft()
+        self._pickup = False
         candidates = [e for e in waiting if e.ts_start <= ts]
         if not candidates:
             return None

@@ -12,12 +12,16 @@ The resync scanners find the next plausible start line after lost bytes: a reque
 
 from __future__ import annotations
 
+from reassembly.events import HttpRequest, HttpResponse
+
 __all__ = [
     "HeadError",
+    "check_start_line",
     "find_head_end",
     "find_start_line",
     "is_token",
     "parse_fields",
+    "parse_head",
     "parse_request_line",
     "parse_status_line",
     "plausible_request_prefix",
@@ -99,6 +103,28 @@ def parse_fields(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
         if sep and is_token(name):
             fields.append((name, value.strip(b" \t\r")))
     return fields
+
+
+def parse_head(block: bytes, is_request: bool) -> HttpRequest | HttpResponse:
+    """A message from its head block (start line and fields, without the empty line); raise HeadError."""
+    lines = split_lines(block)
+    if is_request:
+        method, target, version = parse_request_line(lines[0])
+        return HttpRequest(method=method, target=target, version=version, headers=parse_fields(lines[1:]))
+    version, status, reason = parse_status_line(lines[0])
+    return HttpResponse(status=status, reason=reason, version=version, headers=parse_fields(lines[1:]))
+
+
+def check_start_line(line: bytes, is_request: bool) -> bool:
+    """Is line (without its line end) a well-formed start line of the given kind?"""
+    try:
+        if is_request:
+            parse_request_line(line)
+        else:
+            parse_status_line(line)
+    except HeadError:
+        return False
+    return True
 
 
 def find_head_end(buf: Buffer, start: int) -> tuple[int, int]:

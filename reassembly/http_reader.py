@@ -21,11 +21,11 @@ from reassembly.events import HttpRequest, HttpResponse
 from reassembly.http_framing import Framing, FramingKind, parse_chunk_size
 from reassembly.http_head import (
     HeadError,
+    check_start_line,
     find_head_end,
     find_start_line,
     parse_fields,
-    parse_request_line,
-    parse_status_line,
+    parse_head,
     plausible_request_prefix,
     plausible_response_prefix,
     split_lines,
@@ -162,6 +162,12 @@ class MessageReader:
             length += offset - expected
             offset = expected
         if length is not None and length <= 0:
+            return
+        if length is None and expected == 0 and self._msg is None and not self._buf:
+            # The flow was picked up mid-stream before any byte of ours: nothing we knew of is lost.
+            self._first = False
+            self._next = None
+            self._enter_resync(True)
             return
         self._next = None if length is None else offset + length
         self._first = False
@@ -377,19 +383,8 @@ class MessageReader:
             return self._wait_for_head(buf, pos)
         if self._head_too_long(end - pos):
             return False
-        lines = split_lines(bytes(buf[pos:end]))
-        msg: Message
         try:
-            if self.role is Role.REQUEST:
-                method, target, version = parse_request_line(lines[0].rstrip(b"\r"))
-                msg = HttpRequest(
-                    method=method, target=target, version=version, headers=parse_fields(lines[1:])
-                )
-            else:
-                version, status, reason = parse_status_line(lines[0].rstrip(b"\r"))
-                msg = HttpResponse(
-                    status=status, reason=reason, version=version, headers=parse_fields(lines[1:])
-                )
+            msg = parse_head(bytes(buf[pos:end]), self.role is Role.REQUEST)
         except HeadError:
             return self._bad_start_line(buf.find(b"\n", pos))
         self._pos = after
@@ -415,13 +410,7 @@ class MessageReader:
                 if not self._head_too_long(len(buf) - pos):
                     self._scan = len(buf)
                 return False
-            line = bytes(buf[pos:nl]).rstrip(b"\r")
-            try:
-                if self.role is Role.REQUEST:
-                    parse_request_line(line)
-                else:
-                    parse_status_line(line)
-            except HeadError:
+            if not check_start_line(bytes(buf[pos:nl]).rstrip(b"\r"), self.role is Role.REQUEST):
                 return self._bad_start_line(nl)
             self._line_checked = True
             self._scan = nl
