@@ -10,17 +10,21 @@ sent after the pick-up, so responses pair FIFO, except that a response beginning
 we saw (capture time) answers one sent before the capture and is an ORPHAN_RESPONSE.
 
 Pairing policy when bytes were lost (`_realign`): a loss of unknown extent on either side (a gap between
-messages or reaching past one, a desync) means whole messages may be gone, so FIFO order can no longer be
-trusted. The next response then pairs with a waiting request that began before it (capture time):
-  - on a connection that never pipelined (the norm: Kong, browsers and most clients wait for each
+messages, or one reaching past a message or cutting a head) means whole messages may be gone, so FIFO
+order can no longer be trusted. The next response then pairs with a waiting request that began before it
+(capture time), and the pair is flagged PAIRING_GUESSED:
+  - on a connection never seen pipelining (the norm: Kong, browsers and most clients wait for each
     response), the NEWEST such request, since a client that waits sent it after the previous response;
     older waiting requests lost their responses and are emitted UNANSWERED;
-  - on a connection seen pipelining, the OLDEST such request (assume no whole message was lost).
-  - with no such request, the response is an ORPHAN_RESPONSE (its request was lost) and the next response
-    tries again.
-A loss of exactly one message of known position (a head cut by a gap, an oversized head) keeps FIFO order
-with a placeholder: on the request side a request-less entry (its response becomes an orphan flagged
-REQUEST_INCOMPLETE); on the response side the front request is emitted with RESPONSE_INCOMPLETE.
+  - on a connection seen pipelining, the OLDEST such request (assume no whole message was lost);
+  - with no such request, the response is an ORPHAN_RESPONSE (its request was lost).
+Guessing goes on until a pairing leaves no request waiting: only then are both directions provably at
+the same exchange again. On a non-pipelining connection that is the first guess, and it is right; a
+pipelining one may stay flagged for longer, never silently shifted. A desync (bad framing, no byte lost)
+keeps FIFO order. A head of known position that is dropped (a gap inside it, or over
+Limits.max_header_bytes) keeps its place: on the request side as a request-less placeholder (its response
+becomes an orphan flagged REQUEST_INCOMPLETE); on the response side the front request is emitted with
+RESPONSE_INCOMPLETE.
 """
 
 from __future__ import annotations
