@@ -38,6 +38,8 @@ __all__ = ["MessageReader", "ReaderSink", "Role", "State"]
 # Bytes kept while scanning for a start line when no line end is in sight (a request line longer than this
 # is not one we could parse anyway).
 _RESYNC_TAIL = 16
+# Body pieces kept as separate slices before they are folded together (a whole body usually is one).
+_MAX_PARTS = 32
 
 
 class Role(StrEnum):
@@ -327,8 +329,17 @@ class MessageReader:
             self._truncated = True
         if room > 0:
             k = n if n < room else room
-            self._parts.append(self._buf[pos : pos + k])
+            parts = self._parts
+            parts.append(self._buf[pos : pos + k])
             self._kept += k
+            if len(parts) > _MAX_PARTS:
+                # Tiny segments must not cost an object each: fold them into one growing bytearray.
+                first = parts[0]
+                if type(first) is bytearray:
+                    first += b"".join(parts[1:])
+                    del parts[1:]
+                else:
+                    parts[:] = [bytearray(b"".join(parts))]
         self._pos = pos + n
 
     def _clear_message(self) -> None:

@@ -304,3 +304,10 @@ def test_paused_reader_holds_bytes_until_resumed() -> None:
     assert len(sink.messages) == 1
     reader.resume()
     assert [m.method for m in sink.messages] == [b"CONNECT", b"GET"]  # type: ignore[union-attr]
+
+
+def test_a_body_fed_in_tiny_pieces_is_kept_whole() -> None:
+    body = bytes(range(256)) * 40
+    data = b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    (msg,) = read_all_ways(Role.REQUEST, data)
+    assert (msg.body, msg.body_size, type(msg.body)) == (body, len(body), bytes)
