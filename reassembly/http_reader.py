@@ -38,6 +38,8 @@ __all__ = ["MessageReader", "ReaderSink", "Role", "State"]
 # Bytes kept while scanning for a start line when no line end is in sight (a request line longer than this
 # is not one we could parse anyway).
 _RESYNC_TAIL = 16
+# Chunk boundaries remembered in the pending line while scanning for a start line.
+_MAX_STARTS = 64
 # Body pieces kept as separate slices before they are folded together (a whole body usually is one).
 _MAX_PARTS = 32
 
@@ -114,6 +116,7 @@ class MessageReader:
         self._gap = False  # bytes of the body in flight were lost
         self._truncated = False  # bytes of the body in flight were over the cap
         self._resync_on_resume = False
+        self._starts: list[int] = []  # (RESYNC) buffer indexes where a fed chunk began
         self.state = State.RESYNC if mid_stream else State.START
 
     # -- input -------------------------------------------------------------------------------------------
@@ -134,15 +137,15 @@ class MessageReader:
         self._next = offset + len(data)
         self._ts = ts
         buf = self._buf
-        if (
-            self.state is State.RESYNC
-            and (self._pos < len(buf) or not self._line_start)
-            and self._starts_message(data)
-        ):
+        if self.state is State.RESYNC:
             # Writers start a message with a fresh write, so a chunk boundary is a likely message
             # boundary even when the bytes before it (a JSON body, say) did not end a line.
-            self._pos = len(buf)
-            self._line_start = True
+            # Keep the earliest boundaries of the pending line (a line split into many chunks) and the
+            # latest ones (a message right after a long body line); drop from the middle.
+            starts = self._starts
+            if len(starts) >= _MAX_STARTS:
+                del starts[_MAX_STARTS // 4]
+            starts.append(len(buf) if self._pos < len(buf) else 0)
         if self._pos >= len(buf):
             self._buf = data
             self._pos = self._scan = 0
@@ -260,35 +263,23 @@ class MessageReader:
         pos = self._pos
         buf = self._buf
         if pos >= len(buf):
-            self._buf = b""
-            self._pos = 0
-            self._scan = 0
+            self._drop_buffer()
         elif pos:
             self._buf = buf[pos:]
             self._pos = 0
             self._scan = max(0, self._scan - pos)
+            if self._starts:
+                self._starts = [start - pos for start in self._starts if start >= pos]
         if self.state is State.PAUSED and len(self._buf) > self._max_head:
             self._stats["cap_paused_bytes"] += 1
             self._drop_buffer()
             self._resync_on_resume = True
 
-    def _starts_message(self, data: bytes) -> bool:
-        """Does this chunk begin with a complete start line of the kind this reader looks for?"""
-        nl = data.find(b"\n", 0, self._max_head)
-        if nl < 0:
-            return False
-        role = self.role
-        return (
-            find_start_line(data[: nl + 1], 0, 0, True, role is not Role.RESPONSE, role is not Role.REQUEST)[
-                0
-            ]
-            == 0
-        )
-
     def _drop_buffer(self) -> None:
         self._buf = b""
         self._pos = 0
         self._scan = 0
+        self._starts = []
 
     def _offset_at(self, index: int) -> int:
         # Only called while bytes are flowing, when _next is known.
@@ -576,8 +567,10 @@ class MessageReader:
             self._line_start,
             role is not Role.RESPONSE,
             role is not Role.REQUEST,
+            self._starts,
         )
         if found >= 0:
+            self._starts = []
             self._stats["http_resync"] += 1
             if role is Role.UNKNOWN:
                 self._sink.on_role(self, Role.REQUEST if is_request else Role.RESPONSE)

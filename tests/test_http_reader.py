@@ -311,3 +311,32 @@ def test_a_body_fed_in_tiny_pieces_is_kept_whole() -> None:
     data = b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
     (msg,) = read_all_ways(Role.REQUEST, data)
     assert (msg.body, msg.body_size, type(msg.body)) == (body, len(body), bytes)
+
+
+def test_resync_takes_a_chunk_boundary_inside_a_line_as_a_message_start() -> None:
+    # After a gap, the last byte of a body ("!", a token byte) and the next request arrive as separate
+    # writes; the request line, split over two more chunks, must not become "!HEAD".
+    pieces: list[Piece] = [
+        b"POST /p HTTP/1.1\r\nContent-Length: 9\r\n",
+        40,
+        b"!",
+        b"HE",
+        b"AD /x HTTP/1.1\r\n\r\n",
+    ]
+    for bytewise in (False, True):
+        sink, _, _ = read(Role.REQUEST, pieces, bytewise=bytewise)
+        (msg,) = sink.messages
+        assert (msg.method, msg.target) == (b"HEAD", b"/x")  # type: ignore[union-attr]
+
+
+def test_resync_does_not_split_a_glued_line_without_a_boundary() -> None:
+    # Inside one chunk there is no evidence where a body ended: no request is invented from "}GET".
+    sink, _, _ = read(Role.REQUEST, [None, b'{"a": 1}GET /x HTTP/1.1\r\n\r\nget /lower HTTP/1.1\r\n\r\n'])
+    assert [(m.method, m.target) for m in sink.messages] == [(b"get", b"/lower")]  # type: ignore[union-attr]
+
+
+def test_resync_finds_a_response_written_after_a_long_body_line() -> None:
+    # A minified JSON body tail of 100 chunks without a line end, then a response in a fresh write.
+    pieces: list[Piece] = [None] + [b'"x":1,' * 50] * 100 + [b"HTTP/1.1 204 No Content\r\n\r\n"]
+    (msg,) = read(Role.RESPONSE, pieces)[0].messages
+    assert msg.status == 204  # type: ignore[union-attr]
