@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -127,6 +128,12 @@ def _ports(raw: str) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
+def _workers(raw: str) -> int | None:
+    if raw.strip().lower() == "auto":
+        return None
+    return _count(raw)
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         low = raw.strip().lower()
@@ -214,7 +221,7 @@ OPTIONS: tuple[Option, ...] = (
     _s("kong_ports", _ports, (8000, 8443), "Kong proxy listening ports; empty: no leg joining"),
     _s("upstream_ports", _ports, (), "Service ports Kong proxies to; empty: any"),
     _s("interface", _nonempty, "any", "Capture interface"),
-    _s("workers", _count, 1, "Capture worker processes"),
+    _s("workers", _workers, None, "Capture worker processes; unset or auto: one per core, at most 4"),
     _s("metrics_addr", _addr, "127.0.0.1:9464", "Prometheus metrics listen address; empty: off"),
     _s("log_format", _choice("text", "json"), "text", "Log line format: text or json"),
     _s("user", _str, "nobody", "User to drop privileges to after opening the capture; empty: stay"),
@@ -228,6 +235,8 @@ OPTIONS: tuple[Option, ...] = (
     _s("leg_wait", _seconds, 5.0, "Seconds to wait for the partner leg of a Kong call"),
 )
 
+# Beyond this, one joining/sending process is the bottleneck, not the capture workers.
+MAX_AUTO_WORKERS = 4
 _BY_NAME = {o.name: o for o in OPTIONS}
 _BY_ENV = {o.env: o for o in OPTIONS}
 # Room for compression framing: a stored (incompressible) body grows by a few bytes per 16-64 KB block,
@@ -271,7 +280,7 @@ class Config:
     kong_ports: tuple[int, ...] = (8000, 8443)
     upstream_ports: tuple[int, ...] = ()
     interface: str = "any"
-    workers: int = 1
+    workers: int | None = None  # None: auto, see worker_count()
     metrics_addr: str | None = "127.0.0.1:9464"
     log_format: str = "text"
     user: str | None = "nobody"
@@ -307,6 +316,12 @@ class Config:
                 given = " (given as the flag)" if source == opt.flag else ""
                 raise ConfigError(f"{opt.env} / {opt.flag}: {exc}{given}") from None
         return replace(cls(), **values)
+
+    def worker_count(self) -> int:
+        """SNIFFER_WORKERS, or one capture worker per core (at most MAX_AUTO_WORKERS) when unset."""
+        if self.workers is not None:
+            return self.workers
+        return max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
 
     @staticmethod
     def ignored_env(environ: Mapping[str, str]) -> list[str]:

@@ -5,6 +5,10 @@ frames -> `reassembly.Pipeline` (decode, TCP, HTTP) -> `kong.LegJoiner` (one cal
 
 The engine is synchronous and never waits on the network: sinks take events without blocking. Time is
 capture time throughout, so a replayed file and a live capture of the same packets give the same events.
+
+With several capture workers (`sniffer.capture.workers`) each worker runs its own `Pipeline` and the
+engine in the main process is built with `capture=False`: it gets the workers' exchanges through
+`feed_exchanges` and runs only the stages after the core.
 """
 
 from __future__ import annotations
@@ -19,10 +23,15 @@ from sniffer.kong.api_call import ApiCall
 from sniffer.kong.join import LegJoiner
 from sniffer.moesif.event import EventBuilder
 
-__all__ = ["Engine", "EventSink"]
+__all__ = ["Engine", "EventSink", "make_pipeline"]
 
 # Joiner timeouts only need checking about once per capture second (its wait is seconds long).
 JOIN_ADVANCE_INTERVAL_S = 1.0
+
+
+def make_pipeline(config: Config, stats: Stats) -> Pipeline:
+    """The core as the configuration wants it (also what each capture worker runs)."""
+    return Pipeline(config.limits(), server_ports=frozenset(config.ports), stats=stats)
 
 
 class EventSink(Protocol):
@@ -30,9 +39,11 @@ class EventSink(Protocol):
 
 
 class Engine:
-    def __init__(self, config: Config, sink: EventSink, stats: Stats | None = None) -> None:
+    def __init__(
+        self, config: Config, sink: EventSink, stats: Stats | None = None, *, capture: bool = True
+    ) -> None:
         self.stats = stats if stats is not None else Stats()
-        self.pipeline = Pipeline(config.limits(), server_ports=config.ports, stats=self.stats)
+        self.pipeline = make_pipeline(config, self.stats) if capture else None
         self.joiner = LegJoiner(
             config.kong_ports, config.upstream_ports, wait_s=config.leg_wait, stats=self.stats
         )
@@ -45,21 +56,32 @@ class Engine:
         """One captured frame."""
         self.stats["packets"] += 1
         self._last_ts = ts
-        exchanges = self.pipeline.feed(ts, linktype, frame, wire_len)
+        exchanges = self.pipeline.feed(ts, linktype, frame, wire_len)  # type: ignore[union-attr]
         if exchanges:
             self._join(exchanges)
         if ts >= self._next_join_ts:
             self._next_join_ts = ts + JOIN_ADVANCE_INTERVAL_S
             self._emit(self.joiner.advance(ts))
 
+    def feed_exchanges(self, ts: float, exchanges: list[Exchange]) -> None:
+        """Exchanges a capture worker's pipeline completed, by capture time `ts` (capture=False)."""
+        if exchanges:
+            self._join(exchanges)
+        self._last_ts = max(self._last_ts, ts)
+        if ts >= self._next_join_ts:
+            self._next_join_ts = ts + JOIN_ADVANCE_INTERVAL_S
+            self._emit(self.joiner.advance(ts))
+
     def advance(self, ts: float) -> None:
         """Capture time passed with no packets (live capture): run the core's and the joiner's timeouts."""
-        self._join(self.pipeline.advance(ts))
+        if self.pipeline is not None:
+            self._join(self.pipeline.advance(ts))
         self._emit(self.joiner.advance(ts))
 
     def close(self) -> None:
         """End of input: flush every flow, pending leg and event (the sink's owner closes it)."""
-        self._join(self.pipeline.close(self._last_ts))
+        if self.pipeline is not None:
+            self._join(self.pipeline.close(self._last_ts))
         self._emit(self.joiner.close())
 
     def _join(self, exchanges: list[Exchange]) -> None:
