@@ -39,6 +39,16 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("-o", "--output", help="write JSON lines here instead of stdout")
     replay.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
     add_arguments(replay)
+    run = sub.add_parser(
+        "run",
+        help="capture live (AF_PACKET) and emit one Moesif event per API call until stopped",
+        description="The capture daemon: needs root or CAP_NET_RAW to open the capture, then runs as "
+        "SNIFFER_USER with no capabilities. Without an application id events are written as JSON lines. "
+        "SIGTERM/SIGINT stop gracefully (a second one exits at once); SIGHUP reopens --log-file.",
+    )
+    run.add_argument("-o", "--output", help="append JSON lines here instead of stdout (no application id)")
+    run.add_argument("--log-file", help="write logs here instead of stderr (reopened on SIGHUP)")
+    add_arguments(run)
     return parser
 
 
@@ -122,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = Config.load(args, os.environ)
     except ConfigError as exc:
         return _error(str(exc))
+    if args.command == "run":
+        from sniffer.daemon import run
+
+        return run(config, output=args.output, log_file=args.log_file, sender_factory=_make_sender)
     if args.command == "replay":
         try:
             return _cmd_replay(args, config)

@@ -1,0 +1,293 @@
+"""Live capture loops: the rings of one process (`CaptureLoop`) and the PACKET_FANOUT worker processes.
+
+`open_ring_sets` opens every socket up front (as root, before privileges are dropped): for each
+interface, one ring per worker, all in one hash fanout group (symmetric: both directions of a flow reach
+the same worker; IPv4 fragments are reassembled by the kernel before hashing). With one worker the
+rings still join a group of one, for that defragmentation.
+
+With N > 1 workers, `WorkerPool` forks N processes; each walks its own rings into its own
+`reassembly.Pipeline` and sends what the walk completed to the main process over a pipe, one message
+per walk (a walk is one or more whole ring blocks, so messages batch naturally under load):
+- ("x", ts, [Exchange, ...]): completed exchanges, `ts` the capture time reached;
+- ("t", ts, stats, flows): a tick about once a second (counters, live flow count);
+- ("d", ts, stats, flows): the worker drained its rings and closed its pipeline after a stop request.
+A worker ignores SIGINT/SIGTERM (the main process decides when to stop and says so over the pipe) and
+stops on its own when the main process goes away (end of file on the pipe).
+
+Time: packets carry the kernel's capture time. When a ring is idle the pipeline's timeouts are run with
+the wall clock minus `IDLE_LAG_S` (more than a block's retire timeout, so no packet still waiting in a
+partly filled block is older than the time the core was moved to): the only place the wall clock enters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import select
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from reassembly.events import Exchange
+from reassembly.stats import Stats
+from sniffer.capture.afpacket import RETIRE_MS, RingSocket, interface_names
+from sniffer.capture.bpf import tcp_port_filter
+from sniffer.config import Config
+from sniffer.engine import make_pipeline
+from sniffer.errors import CaptureError
+
+__all__ = [
+    "IDLE_LAG_S",
+    "KERNEL_STATS_S",
+    "TICK_S",
+    "CaptureLoop",
+    "WorkerPool",
+    "capture_ports",
+    "open_ring_sets",
+]
+
+log = logging.getLogger("sniffer.capture")
+
+IDLE_LAG_S = 0.5
+TICK_S = 1.0
+KERNEL_STATS_S = 2.0
+DRAIN_S = 3 * RETIRE_MS / 1000
+
+
+def capture_ports(config: Config) -> tuple[int, ...]:
+    """Ports for the kernel filter: SNIFFER_PORTS with the Kong and upstream ports; () is all TCP
+    (an empty SNIFFER_PORTS means the core takes every port, so the filter must too)."""
+    if not config.ports:
+        return ()
+    return tuple(sorted(set(config.ports) | set(config.kong_ports) | set(config.upstream_ports)))
+
+
+def open_ring_sets(config: Config, workers: int) -> list[list[RingSocket]]:
+    """`workers` lists of rings, one ring per interface in each, fanout groups joined."""
+    ports = capture_ports(config)
+    try:
+        program = tcp_port_filter(ports)
+    except ValueError as exc:
+        log.warning("%s; filtering all TCP in the kernel and the ports in the core instead", exc)
+        program = tcp_port_filter(())
+    sets: list[list[RingSocket]] = [[] for _ in range(workers)]
+    try:
+        for name in interface_names(config.interface):
+            group: int | None = None
+            for rings in sets:
+                ring = RingSocket(name, program)
+                rings.append(ring)
+                group = ring.join_fanout(group)
+    except CaptureError:
+        for rings in sets:
+            for ring in rings:
+                ring.close()
+        raise
+    return sets
+
+
+class CaptureLoop:
+    """Poll a process's rings and walk whichever the kernel released blocks in."""
+
+    def __init__(self, rings: list[RingSocket], handle: Callable[[float, int, bytes, int], object]) -> None:
+        self.rings = rings
+        self._handle = handle
+        self._poll = select.poll()
+        for ring in rings:
+            self._poll.register(ring.fileno(), select.POLLIN)
+        self._extra: set[int] = set()
+
+    def watch(self, fd: int) -> None:
+        """Also wake up when `fd` is readable (a control pipe)."""
+        self._poll.register(fd, select.POLLIN | select.POLLHUP)
+        self._extra.add(fd)
+
+    @property
+    def last_ts(self) -> float:
+        return max(ring.last_ts for ring in self.rings)
+
+    def run_once(self, timeout_s: float) -> tuple[int, bool]:
+        """Wait up to `timeout_s`, walk the rings: (packets handed over, a watched fd is readable)."""
+        try:
+            ready = self._poll.poll(int(timeout_s * 1000))
+        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for old interpreters
+            ready = []
+        handle = self._handle
+        n = 0
+        for ring in self.rings:
+            n += ring.walk(handle)
+        return n, any(fd in self._extra for fd, _ in ready)
+
+    def drain(self) -> int:
+        """Stopping: wait until blocks still being filled are retired, walk them all."""
+        n = 0
+        deadline = time.monotonic() + DRAIN_S
+        while (left := deadline - time.monotonic()) > 0:
+            n += self.run_once(left)[0]
+        for ring in self.rings:
+            n += ring.walk(self._handle)
+        return n
+
+    def update_stats(self, stats: Stats) -> None:
+        """Read PACKET_STATISTICS of every ring into `stats` (running totals)."""
+        for ring in self.rings:
+            with contextlib.suppress(OSError):
+                ring.read_kernel_stats()
+        stats["capture_kernel_packets"] = sum(r.kernel_packets for r in self.rings)
+        stats["drop_kernel"] = sum(r.kernel_drops for r in self.rings)
+        stats["capture_kernel_freezes"] = sum(r.kernel_freezes for r in self.rings)
+        stats["capture_loopback_duplicates"] = sum(r.loopback_duplicates for r in self.rings)
+
+    def close(self) -> None:
+        for ring in self.rings:
+            ring.close()
+
+
+def _worker_main(index: int, rings: list[RingSocket], conn: Any, config: Config, others: list[Any]) -> None:
+    """One capture worker: rings -> pipeline -> batches of exchanges to the main process."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    for other in others:  # the main process's ends of other workers' pipes and their rings
+        other.close()
+    stats = Stats()
+    pipeline = make_pipeline(config, stats)
+    feed = pipeline.feed
+    pending: list[Exchange] = []
+
+    def handle(ts: float, linktype: int, frame: bytes, wire_len: int) -> None:
+        out = feed(ts, linktype, frame, wire_len)
+        if out:
+            pending.extend(out)
+
+    loop = CaptureLoop(rings, handle)
+    loop.watch(conn.fileno())
+    clock = 0.0
+    next_tick = next_kstats = time.monotonic()
+    try:
+        while True:
+            n, control = loop.run_once(TICK_S / 4)
+            stats["packets"] += n
+            if pending:
+                conn.send(("x", loop.last_ts, pending))
+                pending = []
+            if control and conn.recv() == "stop":  # EOFError when the main process is gone
+                break
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_S
+                clock = max(clock, loop.last_ts)
+                wall = time.time() - IDLE_LAG_S
+                if wall > clock:
+                    clock = wall
+                    pending.extend(pipeline.advance(wall))
+                if now >= next_kstats:
+                    next_kstats = now + KERNEL_STATS_S
+                    loop.update_stats(stats)
+                if pending:
+                    conn.send(("x", clock, pending))
+                    pending = []
+                conn.send(("t", clock, dict(stats), pipeline.flow_count))
+        stats["packets"] += loop.drain()
+        pending.extend(pipeline.close(loop.last_ts))
+        loop.update_stats(stats)
+        conn.send(("x", loop.last_ts, pending))
+        conn.send(("d", loop.last_ts, dict(stats), 0))
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the main process is gone: nothing to report to
+    finally:
+        loop.close()
+        conn.close()
+
+
+class WorkerPool:
+    """N capture worker processes, each with its own rings; messages from all of them."""
+
+    def __init__(self, ring_sets: list[list[RingSocket]], config: Config) -> None:
+        self._ring_sets = ring_sets
+        self._config = config
+        self.procs: list[multiprocessing.process.BaseProcess] = []
+        self.conns: list[Any] = []
+        self.stats: list[dict[str, int]] = [{} for _ in ring_sets]
+        self.flows: list[int] = [0 for _ in ring_sets]
+        self.last_tick: list[float] = [time.monotonic() for _ in ring_sets]
+        self.done: list[bool] = [False for _ in ring_sets]
+
+    def start(self) -> None:
+        """Fork the workers (no thread may run yet); the main process keeps no ring open."""
+        ctx = multiprocessing.get_context("fork")
+        for i, rings in enumerate(self._ring_sets):
+            parent, child = ctx.Pipe(duplex=True)
+            others: list[Any] = [*self.conns, parent]
+            others += [r for j, rs in enumerate(self._ring_sets) if j != i for r in rs]
+            proc = ctx.Process(
+                target=_worker_main,
+                args=(i, rings, child, self._config, others),
+                name=f"capture-{i}",
+                daemon=True,
+            )
+            proc.start()
+            child.close()
+            self.procs.append(proc)
+            self.conns.append(parent)
+        for rings in self._ring_sets:
+            for ring in rings:
+                ring.close()
+
+    @property
+    def running(self) -> int:
+        return sum(not d for d in self.done)
+
+    def messages(self, timeout_s: float) -> Iterator[tuple[int, tuple[Any, ...]]]:
+        """(worker index, message) for what arrived within `timeout_s`; a dead worker is marked done."""
+        live = [c for c, d in zip(self.conns, self.done, strict=True) if not d]
+        for conn in multiprocessing.connection.wait(live, timeout_s):
+            i = self.conns.index(conn)
+            try:
+                while conn.poll():
+                    msg = conn.recv()
+                    kind = msg[0]
+                    if kind in ("t", "d"):
+                        self.stats[i], self.flows[i] = msg[2], msg[3]
+                        self.last_tick[i] = time.monotonic()
+                        if kind == "d":
+                            self.done[i] = True
+                    yield i, msg
+                    if self.done[i]:
+                        break
+            except (EOFError, OSError):
+                if not self.done[i]:
+                    log.error("capture worker %d exited unexpectedly (exit code %s)", i, self._exitcode(i))
+                self.done[i] = True
+
+    def _exitcode(self, i: int) -> int | None:
+        self.procs[i].join(1.0)
+        return self.procs[i].exitcode
+
+    def stop(self) -> None:
+        """Ask every worker to drain and close; `messages` then yields their last exchanges."""
+        for conn, done in zip(self.conns, self.done, strict=True):
+            if not done:
+                with contextlib.suppress(OSError):
+                    conn.send("stop")
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        for proc in self.procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.warning("capture worker %s did not stop; killing it", proc.name)
+                proc.kill()
+                proc.join(1.0)
+        for conn in self.conns:
+            conn.close()
+
+    def kill(self) -> None:
+        """Immediate exit: no draining."""
+        for proc in self.procs:
+            if proc.is_alive():
+                with contextlib.suppress(OSError):
+                    os.kill(proc.pid or 0, signal.SIGKILL)

@@ -1,0 +1,355 @@
+"""`moesif-sniffer run`: the live capture daemon's life cycle around the engine.
+
+Start-up, in this order (each step needs the previous one and the privileges it still has):
+1. logging, and ONE line with the effective configuration (application id as its last 4 characters);
+2. the capture rings (root / CAP_NET_RAW), the metrics port, the `--output` file;
+3. privileges dropped (`sniffer.privileges`): SNIFFER_USER, no capabilities;
+4. with SNIFFER_WORKERS > 1, the capture workers forked (no thread may exist yet);
+5. threads: the metrics endpoint, the Moesif sender.
+Then the loop: with one worker it walks the rings into the `Engine` itself; with more it takes the
+workers' exchanges (`Engine(capture=False)`) and runs the leg joiner, the event builder and the sink.
+When no packet arrives the engine's timeouts run with the wall clock (see `capture.workers`).
+
+Signals: SIGTERM/SIGINT stop gracefully: capture stops after the rings are drained, in-flight exchanges
+are finished (`Engine.close()`), the sender flushes within MOESIF_FLUSH_TIMEOUT, exit 0. A second
+SIGTERM/SIGINT exits at once (during the sender's flush it ends the flush early instead: what is left
+is spooled or counted as unsent). SIGHUP reopens the log file (see `sniffer.logs`).
+
+Exit status: 0 after a graceful stop; 1 when a capture worker died; 2 when the configuration, the
+capture, the metrics address or the output cannot be set up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import IO, Any
+
+from reassembly.stats import Stats
+from sniffer import __version__
+from sniffer.capture.afpacket import RingSocket
+from sniffer.capture.workers import (
+    IDLE_LAG_S,
+    KERNEL_STATS_S,
+    TICK_S,
+    CaptureLoop,
+    WorkerPool,
+    capture_ports,
+    open_ring_sets,
+)
+from sniffer.config import OPTIONS, Config
+from sniffer.engine import Engine
+from sniffer.errors import CaptureError, ConfigError
+from sniffer.logs import reopen, setup_logging
+from sniffer.metrics import Health, MetricsServer, Snapshot
+from sniffer.moesif.jsonlines import JsonLinesSink
+from sniffer.moesif.transport import mask_app_id, safe_url
+from sniffer.privileges import PrivilegeError, drop_privileges
+
+__all__ = ["run", "startup_line"]
+
+log = logging.getLogger("sniffer.daemon")
+
+SUMMARY_S = 60.0  # a one-line progress summary in the log this often
+STOP_DRAIN_S = 10.0  # how long the workers get to drain and close after a stop request
+
+
+@dataclass
+class _Signals:
+    stop: int = 0
+    hup: bool = False
+
+
+def _preload(config: Config, sender_factory: Callable[[Config], Any]) -> None:
+    """Import now what later steps import lazily: after the privilege drop the interpreter's own files
+    may no longer be readable (here the Python lives under /root), and a half-started daemon is worse
+    than one that refuses to start."""
+    import importlib
+
+    for name in ("multiprocessing.popen_fork", "multiprocessing.connection", "encodings.idna"):
+        importlib.import_module(name)
+    if config.application_id:
+        importlib.import_module("sniffer.moesif.sender")
+
+
+def startup_line(config: Config, workers: int) -> str:
+    """Every option's effective value, one line; the app id as its last 4 characters only."""
+    parts = [f"moesif-sniffer {__version__} starting:"]
+    for opt in OPTIONS:
+        value = getattr(config, opt.name)
+        if opt.name == "application_id":
+            text = mask_app_id(value) if value else "(unset: JSON lines)"
+        elif opt.name == "api_endpoint":
+            text = safe_url(value)
+        elif opt.name == "workers":
+            text = str(workers) if value is not None else f"auto={workers}"
+        elif isinstance(value, tuple):
+            text = ",".join(str(v) for v in value) or "(empty)"
+        else:
+            text = (
+                "(unset)" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+            )
+        parts.append(f"{opt.env}={text}")
+    ports = capture_ports(config)
+    parts.append(f"kernel_filter={'tcp ports ' + ','.join(map(str, ports)) if ports else 'all tcp'}")
+    return " ".join(parts)
+
+
+class _Daemon:
+    def __init__(
+        self, config: Config, out: IO[bytes] | None, sender_factory: Callable[[Config], Any]
+    ) -> None:
+        self.config = config
+        self.out = out
+        self.sender_factory = sender_factory
+        self.signals = _Signals()
+        self.health = Health()
+        self.stats = Stats()
+        self.metrics: MetricsServer | None = None
+        self.pool: WorkerPool | None = None
+        self.loop: CaptureLoop | None = None
+        self.sender: Any = None
+        self.jsonl: JsonLinesSink | None = None
+        self.engine: Engine | None = None
+        self._core: Counter[str] = Counter()
+
+    # ---- signals ----
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.signals.stop += 1
+        if self.signals.stop == 1:
+            log.info(
+                "%s: stopping (drain capture, finish exchanges, flush events)", signal.Signals(signum).name
+            )
+            return
+        log.warning("%s again: exiting now", signal.Signals(signum).name)
+        if self.pool is not None:
+            self.pool.kill()
+        os._exit(128 + signum)
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self.signals.hup = True  # reopened by the loop, never inside the handler (logging locks)
+
+    # ---- periodic ----
+
+    def publish(self) -> None:
+        core: Counter[str] = Counter(self.stats)
+        gauges: dict[str, float] = {"capture_open": float(self.health.capture_open)}
+        engine = self.engine
+        if self.pool is not None:
+            for d in self.pool.stats:
+                core.update(d)
+            gauges["flows_active"] = sum(self.pool.flows)
+            gauges["workers"] = len(self.pool.procs)
+        elif engine is not None and engine.pipeline is not None:
+            gauges["flows_active"] = engine.pipeline.flow_count
+            gauges["workers"] = 1
+        if engine is not None:
+            gauges["legs_pending"] = engine.joiner.pending
+        gauges["last_tick_timestamp_seconds"] = time.time()
+        sender_stats = self.sender.stats if self.sender is not None else None
+        if sender_stats is not None:
+            self.health.observe_sender(sender_stats)
+        if self.metrics is not None:
+            self.metrics.snapshot = Snapshot(core=dict(core), sender=sender_stats, gauges=gauges)
+        self._core = core
+
+    def summary(self) -> None:
+        c = self._core
+        log.info(
+            "%d packets, %d kernel drops, %d flows, %d exchanges, %d events (%d partial)",
+            c["packets"], c["drop_kernel"], c["flows"], c["exchanges"], c["events"], c["events_partial"],
+        )  # fmt: skip
+
+    # ---- loops ----
+
+    def run_single(self, rings: list[RingSocket]) -> None:
+        engine = self.engine
+        assert engine is not None
+        loop = self.loop = CaptureLoop(rings, engine.feed)
+        clock = 0.0
+        now = time.monotonic()
+        next_tick, next_kstats, next_summary = now, now + KERNEL_STATS_S, now + SUMMARY_S
+        while not self.signals.stop:
+            loop.run_once(TICK_S / 4)
+            now = time.monotonic()
+            if now < next_tick:
+                continue
+            next_tick = now + TICK_S
+            clock = max(clock, loop.last_ts)
+            wall = time.time() - IDLE_LAG_S
+            if wall > clock:
+                clock = wall
+                engine.advance(wall)
+            if now >= next_kstats:
+                next_kstats = now + KERNEL_STATS_S
+                loop.update_stats(self.stats)
+            self._housekeeping(now >= next_summary)
+            if now >= next_summary:
+                next_summary = now + SUMMARY_S
+        self.health.capture_open = False
+        loop.drain()
+        loop.update_stats(self.stats)
+        loop.close()
+
+    def run_workers(self, pool: WorkerPool) -> bool:
+        """The main process's loop with capture workers; False when a worker died."""
+        engine = self.engine
+        assert engine is not None
+        now = time.monotonic()
+        next_tick, next_summary = now, now + SUMMARY_S
+        ok = True
+        while not self.signals.stop:
+            self._take(pool, TICK_S / 4)
+            if pool.running < len(pool.procs):
+                ok = False
+                break
+            now = time.monotonic()
+            if now < next_tick:
+                continue
+            next_tick = now + TICK_S
+            self.health.last_tick = min([*pool.last_tick, now])
+            self._housekeeping(now >= next_summary, tick=False)
+            if now >= next_summary:
+                next_summary = now + SUMMARY_S
+        self.health.capture_open = False
+        pool.stop()
+        deadline = time.monotonic() + STOP_DRAIN_S
+        while pool.running and time.monotonic() < deadline:
+            self._take(pool, 0.25)
+        pool.close()
+        return ok
+
+    def _take(self, pool: WorkerPool, timeout_s: float) -> None:
+        feed = self.engine.feed_exchanges  # type: ignore[union-attr]
+        for _, msg in pool.messages(timeout_s):
+            feed(msg[1], msg[2] if msg[0] == "x" else [])
+
+    def _housekeeping(self, summary: bool, tick: bool = True) -> None:
+        if tick:
+            self.health.tick()
+        if self.signals.hup:
+            self.signals.hup = False
+            reopen()
+        if self.out is not None:
+            self.out.flush()
+        self.publish()
+        if summary:
+            self.summary()
+
+
+def run(
+    config: Config,
+    *,
+    output: str | None = None,
+    log_file: str | None = None,
+    sender_factory: Callable[[Config], Any],
+) -> int:
+    """The daemon, until a signal stops it; returns the exit status."""
+    try:
+        setup_logging(config.log_format, log_file, config.debug)
+    except OSError as exc:
+        print(f"moesif-sniffer: error: {log_file}: cannot write: {exc.strerror}", file=sys.stderr)
+        return 2
+    workers = config.worker_count()
+    log.info("%s", startup_line(config, workers))
+    for name in Config.ignored_env(os.environ):
+        log.warning("%s is a Kong plugin option with no meaning for the sniffer; ignored", name)
+    d = _Daemon(config, None, sender_factory)
+    out: IO[bytes] | None = None
+    try:
+        ring_sets = open_ring_sets(config, workers)
+    except CaptureError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        if config.metrics_addr:
+            try:
+                d.metrics = MetricsServer(config.metrics_addr, d.health)
+            except OSError as exc:
+                log.error("SNIFFER_METRICS_ADDR %s: cannot listen: %s", config.metrics_addr, exc.strerror)
+                return 2
+        if not config.application_id:
+            if output:
+                try:
+                    out = open(output, "ab")  # noqa: SIM115 - closed at the end of run()
+                except OSError as exc:
+                    log.error("%s: cannot write: %s", output, exc.strerror)
+                    return 2
+            else:
+                out = sys.stdout.buffer
+            d.out = out
+        _preload(config, sender_factory)
+        user = config.user if os.geteuid() == 0 else None
+        if config.user and user is None:
+            log.info("not root: keeping uid %d, dropping capabilities only", os.geteuid())
+        try:
+            log.info("%s", drop_privileges(user))
+        except (PrivilegeError, ConfigError) as exc:
+            log.error("privilege drop failed: %s", exc)
+            return 2
+        names = ",".join(r.interface for r in ring_sets[0])
+        if workers > 1:
+            d.pool = WorkerPool(ring_sets, config)
+            d.pool.start()
+        signal.signal(signal.SIGTERM, d._on_stop)
+        signal.signal(signal.SIGINT, d._on_stop)
+        signal.signal(signal.SIGHUP, d._on_hup)
+        if d.metrics is not None:
+            d.metrics.start()
+        if config.application_id:
+            d.sender = sender_factory(config)
+            d.sender.start()
+            sink: Any = d.sender
+        else:
+            sink = d.jsonl = JsonLinesSink(out)  # type: ignore[arg-type]
+        d.engine = Engine(config, sink, d.stats, capture=d.pool is None)
+        d.health.capture_open = True
+        d.publish()
+        log.info(
+            "capturing on %s with %d worker%s; metrics on %s",
+            names, workers, "s" if workers > 1 else "", config.metrics_addr or "(off)",
+        )  # fmt: skip
+        status = 0
+        try:
+            if d.pool is not None:
+                if not d.run_workers(d.pool):
+                    status = 1
+            else:
+                d.run_single(ring_sets[0])
+        except BrokenPipeError:  # stdout reader went away: stop as if signalled
+            log.warning("event output closed by its reader; stopping")
+        d.engine.close()
+        d.publish()
+        d.summary()
+        if d.sender is not None:
+            report = d.sender.close()
+            d.sender = None
+            log.info(
+                "delivery: %d sent, %d dropped, %d spooled, %d left unsent",
+                report.sent, sum(report.dropped.values()), report.spooled, report.left_unsent,
+            )  # fmt: skip
+        if d.jsonl is not None:
+            with contextlib.suppress(BrokenPipeError):
+                d.jsonl.close()
+        log.info("stopped")
+        return status
+    finally:
+        if d.pool is None:
+            for rings in ring_sets:
+                for ring in rings:
+                    ring.close()
+        if d.metrics is not None:
+            d.metrics.close()
+        if d.sender is not None:
+            d.sender.close()
+        if out is not None and out is not sys.stdout.buffer:
+            out.close()
