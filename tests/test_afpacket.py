@@ -1,0 +1,197 @@
+"""The TPACKET_V3 ring and its BPF filter on real loopback traffic: kernel filtering (checked with the
+kernel's own counters), loopback duplicates, fanout by flow, PACKET_STATISTICS drops."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from reassembly.decode import Decoder
+from reassembly.limits import Limits
+from reassembly.pipeline import Pipeline
+from reassembly.stats import Stats
+from sniffer.capture.afpacket import LINKTYPE_RAW, RingSocket, interface_names
+from sniffer.capture.bpf import BPF_MAXINSNS, port_ranges, tcp_port_filter
+from sniffer.errors import CaptureError
+
+root = pytest.mark.skipif(os.geteuid() != 0, reason="AF_PACKET capture needs root (CAP_NET_RAW)")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        body = f"hello {self.path}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Server6(ThreadingHTTPServer):
+    import socket as _s
+
+    address_family = _s.AF_INET6
+
+
+@contextmanager
+def http_server(host: str = "127.0.0.1") -> Iterator[int]:
+    cls = _Server6 if ":" in host else ThreadingHTTPServer
+    httpd = cls((host, 0), _Handler)
+    httpd.daemon_threads = True
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield int(httpd.server_address[1])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def get(host: str, port: int, path: str = "/") -> None:
+    """One GET on its own connection."""
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    conn.request("GET", path)
+    assert conn.getresponse().read()
+    conn.close()
+
+
+def walk_all(ring: RingSocket, settle_s: float = 0.25) -> list[tuple[float, bytes, int]]:
+    """Everything the ring holds once its current block was retired."""
+    time.sleep(settle_s)
+    out: list[tuple[float, bytes, int]] = []
+    ring.walk(lambda ts, lt, frame, wire: out.append((ts, frame, wire)))
+    return out
+
+
+def ports_of(frames: list[tuple[float, bytes, int]]) -> list[tuple[int, int]]:
+    dec = Decoder(Limits(), Stats())
+    out = []
+    for ts, frame, wire in frames:
+        seg = dec.decode(ts, LINKTYPE_RAW, frame, wire)
+        assert seg is not None, "only TCP passes the filter"
+        out.append((seg.sport, seg.dport))
+    return out
+
+
+def test_port_ranges_merge_neighbours() -> None:
+    assert port_ranges([80, 8000, 8001, 8002, 443, 81, 8002]) == [(80, 81), (443, 443), (8000, 8002)]
+
+
+def test_filter_sizes_and_the_kernel_cap() -> None:
+    assert len(tcp_port_filter(())) < len(tcp_port_filter([8000])) < len(tcp_port_filter([8000, 9000]))
+    # a contiguous range costs one instruction more than one port, in each of the 4 port checks
+    assert len(tcp_port_filter(range(8000, 9001))) == len(tcp_port_filter([8000])) + 4
+    big = tcp_port_filter(range(1, 1200, 2))  # 600 ranges: jumps must still fit their 8 bits
+    assert len(big) <= BPF_MAXINSNS and all(jt <= 255 and jf <= 255 for _, jt, jf, _ in big)
+    with pytest.raises(ValueError, match="instructions"):
+        tcp_port_filter(range(1, 4000, 2))
+
+
+def test_unknown_interface_is_a_capture_error() -> None:
+    with pytest.raises(CaptureError, match="nosuch0"):
+        interface_names("lo,nosuch0")
+    assert interface_names("any") == [None]
+    assert interface_names("lo, lo") == ["lo"]
+
+
+@root
+def test_ring_captures_only_the_configured_ports_ipv4_and_ipv6() -> None:
+    with http_server() as wanted, http_server() as other, http_server("::1") as wanted6:
+        filtered = RingSocket("lo", tcp_port_filter([wanted, wanted6]))
+        everything = RingSocket("lo", tcp_port_filter(()))
+        try:
+            for i in range(3):
+                get("127.0.0.1", wanted, f"/w{i}")
+                get("127.0.0.1", other, f"/o{i}")
+            for i in range(2):
+                get("::1", wanted6, f"/six{i}")
+            got = walk_all(filtered)
+            seen = walk_all(everything, 0)
+            pipeline = Pipeline()
+            exchanges = [ex for ts, frame, wire in got for ex in pipeline.feed(ts, LINKTYPE_RAW, frame, wire)]
+            exchanges += pipeline.close()
+            packets, _, _ = filtered.read_kernel_stats()
+        finally:
+            filtered.close()
+            everything.close()
+    assert sorted(ex.request.target for ex in exchanges) == [b"/six0", b"/six1", b"/w0", b"/w1", b"/w2"]
+    assert all(ex.response is not None and ex.response.status == 200 for ex in exchanges)
+    mine = {wanted, wanted6}
+    ours = [p for p in ports_of(seen) if mine & set(p)]
+    foreign = [p for p in ports_of(seen) if other in p]
+    assert foreign, "the unfiltered ring saw the other port's traffic"
+    assert len(got) == len(ours), "the filtered ring got exactly the configured ports' packets"
+    # PACKET_STATISTICS counts what passed the filter: both loopback copies of each of our packets, and
+    # not one packet of the other port (dropped in the kernel, before the ring).
+    assert packets == 2 * len(got) == len(got) + filtered.loopback_duplicates
+
+
+@root
+def test_loopback_outgoing_copies_are_skipped_on_lo_and_any() -> None:
+    with http_server() as port:
+        on_lo = RingSocket("lo", tcp_port_filter([port]))
+        on_any = RingSocket(None, tcp_port_filter([port]))
+        try:
+            for i in range(4):
+                get("127.0.0.1", port, f"/{i}")
+            lo_frames = walk_all(on_lo)
+            any_frames = walk_all(on_any, 0)
+        finally:
+            on_lo.close()
+            on_any.close()
+    assert on_lo.loopback_duplicates == len(lo_frames) > 0
+    assert on_any.loopback_duplicates == len(any_frames) == len(lo_frames)
+    assert len({f for _, f, _ in lo_frames}) == len(lo_frames), "no packet twice"
+    assert [f for _, f, _ in lo_frames] == [f for _, f, _ in any_frames]
+
+
+@root
+def test_fanout_gives_each_flow_to_one_socket() -> None:
+    with http_server() as port:
+        program = tcp_port_filter([port])
+        a = RingSocket("lo", program)
+        b = RingSocket("lo", program)
+        try:
+            group = a.join_fanout(None)
+            assert b.join_fanout(group) == group
+            for i in range(40):
+                get("127.0.0.1", port, f"/{i}")
+            flows_a = {frozenset(p) for p in ports_of(walk_all(a))}
+            flows_b = {frozenset(p) for p in ports_of(walk_all(b, 0))}
+        finally:
+            a.close()
+            b.close()
+    assert len(flows_a | flows_b) == 40
+    assert not flows_a & flows_b, "both directions of a flow reach the same socket"
+    assert flows_a and flows_b, f"the hash split 40 flows {len(flows_a)}/{len(flows_b)}"
+
+
+@root
+def test_packet_statistics_report_ring_overflow_drops_and_reset_on_read() -> None:
+    with http_server() as port:
+        ring = RingSocket("lo", tcp_port_filter([port]), block_size=4096, block_count=2, retire_ms=1)
+        try:
+            for i in range(30):
+                get("127.0.0.1", port, f"/{i}")  # nothing walks the ring meanwhile
+            time.sleep(0.05)
+            packets, drops, _ = ring.read_kernel_stats()
+            again = ring.read_kernel_stats()
+            kept = len(walk_all(ring, 0))
+        finally:
+            ring.close()
+    assert drops > 0 and packets > drops
+    assert again[:2] == (0, 0), "the kernel resets its counters on every read"
+    assert (ring.kernel_packets, ring.kernel_drops) == (packets, drops)
+    # what was not dropped is what the two small blocks held (each packet seen twice on lo)
+    assert 0 < kept + ring.loopback_duplicates <= packets - drops
