@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -104,11 +106,11 @@ def daemon_env(port: int, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def running_daemon(tmp: Path, port: int, **extra: str) -> Iterator[Daemon]:
+def running_daemon(tmp: Path, port: int, *args: str, **extra: str) -> Iterator[Daemon]:
     mport = free_port()
     out, err = tmp / "events.jsonl", tmp / "daemon.log"
     env = daemon_env(port, SNIFFER_METRICS_ADDR=f"127.0.0.1:{mport}", **extra)
-    cmd = [sys.executable, "-m", "sniffer", "run", "--output", str(out)]
+    cmd = [sys.executable, "-m", "sniffer", "run", "--output", str(out), *args]
     with open(err, "wb") as errf:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errf, cwd=tmp)
     d = Daemon(proc, f"http://127.0.0.1:{mport}", out, err)
@@ -297,3 +299,36 @@ def test_privileges_are_dropped_after_the_capture_is_open(tmp_path: Path) -> Non
     for fields in status.values():
         assert fields["Uid"] == ["65534"] * 4 and fields["Gid"] == ["65534"] * 4
         assert fields["CapEff"] == fields["CapPrm"] == fields["CapBnd"] == ["0000000000000000"]
+
+
+def _wait_for(path: Path, text: str) -> None:
+    deadline = time.monotonic() + 10
+    while not (path.exists() and text in path.read_text()):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
+        time.sleep(0.05)
+
+
+def test_sighup_reopens_the_log_file_and_is_harmless_on_stderr(tmp_path: Path) -> None:
+    # pytest's tmp_path is private to root; the log directory must be reachable by SNIFFER_USER
+    logdir = Path(tempfile.mkdtemp(prefix="sniffer-logs-"))
+    logdir.chmod(0o755)
+    logfile, rotated = logdir / "sniffer.log", logdir / "sniffer.log.1"
+    try:
+        with http_server() as port:
+            with running_daemon(tmp_path, port, "--log-file", str(logfile), SNIFFER_WORKERS="1") as d:
+                logfile.rename(rotated)  # what logrotate does before it sends SIGHUP
+                d.proc.send_signal(signal.SIGHUP)  # the directory is root's: nobody cannot create the file
+                _wait_for(rotated, "cannot reopen log file")
+                os.chown(logdir, pwd.getpwnam("nobody").pw_uid, -1)
+                d.proc.send_signal(signal.SIGHUP)
+                _wait_for(logfile, "SIGHUP: log file reopened")
+                assert d.stop() == 0
+            assert "starting:" in rotated.read_text() and "starting:" not in logfile.read_text()
+            assert logfile.read_text().rstrip().endswith("stopped")
+            with running_daemon(tmp_path, port, SNIFFER_WORKERS="1") as d:
+                d.proc.send_signal(signal.SIGHUP)
+                _wait_for(d.err, "SIGHUP: logging to stderr, nothing to reopen")
+                assert d.proc.poll() is None
+                assert d.stop() == 0
+    finally:
+        shutil.rmtree(logdir)
