@@ -132,28 +132,34 @@ def test_ring_captures_only_the_configured_ports_ipv4_and_ipv6() -> None:
     foreign = [p for p in ports_of(seen) if other in p]
     assert foreign, "the unfiltered ring saw the other port's traffic"
     assert len(got) == len(ours), "the filtered ring got exactly the configured ports' packets"
-    # PACKET_STATISTICS counts what passed the filter: both loopback copies of each of our packets, and
+    # PACKET_STATISTICS counts what passed the filter: one loopback copy of each of our packets, and
     # not one packet of the other port (dropped in the kernel, before the ring).
-    assert packets == 2 * len(got) == len(got) + filtered.loopback_duplicates
+    assert packets == len(got) and filtered.loopback_duplicates == 0
 
 
 @root
-def test_loopback_outgoing_copies_are_skipped_on_lo_and_any() -> None:
+def test_loopback_outgoing_copies_are_dropped_in_the_kernel_on_lo_and_any() -> None:
     with http_server() as port:
         on_lo = RingSocket("lo", tcp_port_filter([port]))
         on_any = RingSocket(None, tcp_port_filter([port]))
+        both = RingSocket("lo", tcp_port_filter([port], loopback_outgoing=True))  # the walk skips them
         try:
             for i in range(4):
                 get("127.0.0.1", port, f"/{i}")
             lo_frames = walk_all(on_lo)
             any_frames = walk_all(on_any, 0)
+            both_frames = walk_all(both, 0)
+            counts = [r.read_kernel_stats()[0] for r in (on_lo, on_any, both)]
         finally:
             on_lo.close()
             on_any.close()
-    assert on_lo.loopback_duplicates == len(lo_frames) > 0
-    assert on_any.loopback_duplicates == len(any_frames) == len(lo_frames)
-    assert len({f for _, f, _ in lo_frames}) == len(lo_frames), "no packet twice"
-    assert [f for _, f, _ in lo_frames] == [f for _, f, _ in any_frames]
+            both.close()
+    n = len(lo_frames)
+    assert n > 0 and len({f for _, f, _ in lo_frames}) == n, "no packet twice"
+    assert counts == [n, n, 2 * n], "the kernel saw each packet twice and passed one copy"
+    assert on_lo.loopback_duplicates == on_any.loopback_duplicates == 0
+    assert both.loopback_duplicates == n
+    assert [f for _, f, _ in lo_frames] == [f for _, f, _ in any_frames] == [f for _, f, _ in both_frames]
 
 
 @root
@@ -193,5 +199,5 @@ def test_packet_statistics_report_ring_overflow_drops_and_reset_on_read() -> Non
     assert drops > 0 and packets > drops
     assert again[:2] == (0, 0), "the kernel resets its counters on every read"
     assert (ring.kernel_packets, ring.kernel_drops) == (packets, drops)
-    # what was not dropped is what the two small blocks held (each packet seen twice on lo)
-    assert 0 < kept + ring.loopback_duplicates <= packets - drops
+    # what was not dropped is what the two small blocks held
+    assert 0 < kept <= packets - drops

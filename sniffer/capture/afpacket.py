@@ -7,9 +7,9 @@ gives the block back. Setup order matters: the socket is created with protocol 0
 gets its version, ring and BPF filter, and only then is bound, so no packet ever bypasses the filter.
 
 `SOCK_DGRAM` (cooked): frames start at the IP header whatever the link, handed on as link type 101
-(RAW). The `sockaddr_ll` after each packet header says the link type and direction: on a loopback device
-every packet is seen twice, once OUTGOING and once HOST, and the OUTGOING copy is skipped (libpcap does
-the same), on `lo` and on `any` alike.
+(RAW). On a loopback device every packet is seen twice, once OUTGOING and once HOST; the BPF program
+drops the OUTGOING copy in the kernel (libpcap skips it too), on `lo` and on `any` alike, and the walk
+checks the `sockaddr_ll` after each packet header again (any program without that clause still works).
 
 Timestamps are the kernel's receive time truncated to microseconds, computed exactly as the pcap reader
 computes them (`sec + usec / 1e6`), so a live capture and a microsecond pcap of the same packets (what
@@ -128,7 +128,7 @@ class RingSocket:
         self._cur = 0
         self._mm: mmap.mmap | None = None
         self.last_ts = 0.0  # capture time of the last packet walked
-        self.loopback_duplicates = 0  # OUTGOING copies on loopback devices, skipped
+        self.loopback_duplicates = 0  # OUTGOING copies on loopback devices the filter let through
         self.kernel_packets = 0  # PACKET_STATISTICS totals (the kernel resets them on each read)
         self.kernel_drops = 0
         self.kernel_freezes = 0
@@ -165,6 +165,10 @@ class RingSocket:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    @property
+    def block_count(self) -> int:
+        return self._block_count
+
     def join_fanout(self, group: int | None) -> int:
         """Join (group id) or create (None) a hash fanout group with IPv4 defragmentation; its id."""
         flags = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
@@ -183,9 +187,10 @@ class RingSocket:
             raise CaptureError(f"PACKET_FANOUT group {group} on {self.interface}: {exc.strerror}") from None
         return group
 
-    def walk(self, handle: Callable[[float, int, bytes, int], object]) -> int:
-        """Hand every packet of every block the kernel released to `handle(ts, LINKTYPE_RAW, frame,
-        wire_len)`, give the blocks back; returns the number of packets handed over."""
+    def walk(self, handle: Callable[[float, int, bytes, int], object], max_blocks: int = 4) -> int:
+        """Hand every packet of the blocks the kernel released (at most `max_blocks`, so a busy ring
+        cannot keep the caller from its other duties) to `handle(ts, LINKTYPE_RAW, frame, wire_len)`,
+        give the blocks back; returns the number of packets handed over."""
         mm = self._mm
         if mm is None:
             return 0
@@ -195,7 +200,7 @@ class RingSocket:
         handed = 0
         dups = 0
         ts = self.last_ts
-        while True:
+        for _ in range(max_blocks):
             base = cur * bs
             status, num, first = _blk_hdr(mm, base + 8)
             if not status & TP_STATUS_USER:

@@ -56,6 +56,7 @@ IDLE_LAG_S = 0.5
 TICK_S = 1.0
 KERNEL_STATS_S = 2.0
 DRAIN_S = 3 * RETIRE_MS / 1000
+MAX_MESSAGES = 16  # per worker and call of WorkerPool.messages
 
 
 def capture_ports(config: Config) -> tuple[int, ...]:
@@ -129,7 +130,7 @@ class CaptureLoop:
         while (left := deadline - time.monotonic()) > 0:
             n += self.run_once(left)[0]
         for ring in self.rings:
-            n += ring.walk(self._handle)
+            n += ring.walk(self._handle, max_blocks=ring.block_count)
         return n
 
     def update_stats(self, stats: Stats) -> None:
@@ -247,7 +248,9 @@ class WorkerPool:
         for conn in multiprocessing.connection.wait(live, timeout_s):
             i = self.conns.index(conn)
             try:
-                while conn.poll():
+                for _ in range(MAX_MESSAGES):  # then let the caller tick, even under a flood
+                    if not conn.poll():
+                        break
                     msg = conn.recv()
                     kind = msg[0]
                     if kind in ("t", "d"):
