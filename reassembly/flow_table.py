@@ -40,7 +40,7 @@ from reassembly.events import (
 )
 from reassembly.half_stream import RECENT_MAX_BYTES, BufferPool, HalfStream
 from reassembly.limits import Limits
-from reassembly.seq import SEQ_MASK, SEQ_WINDOW, seq_diff
+from reassembly.seq import CONTROL_WINDOW, SEQ_MASK, SEQ_WINDOW, seq_diff
 from reassembly.stats import Stats
 
 __all__ = ["FlowTable"]
@@ -137,10 +137,10 @@ class FlowTable:
         self._lru.move_to_end(flow.flow_id)
         flags = seg.flags
         if not flags & _CONTROL:
-            if flags & _ACK:
+            if flags & _ACK and hs.started:
                 if peer.started:
                     a = (seg.ack - peer.seq_next) & SEQ_MASK
-                    if a and a < SEQ_WINDOW:
+                    if a and a <= CONTROL_WINDOW:
                         return self._process(flow, hs, peer, seg, [])
                 elif peer.need_hint:
                     return self._process(flow, hs, peer, seg, [])
@@ -297,10 +297,12 @@ class FlowTable:
             self._check_end(flow, ts, out)
             return out
         mark = len(out)
-        if flags & _ACK:
+        if flags & _ACK and hs.started:
+            # Only an endpoint seen sending (its SYN, SYN-ACK or data) can acknowledge anything: an ACK
+            # from one we never saw start is a stale or challenge ACK, not proof of loss.
             if peer.started:
                 a = (seg.ack - peer.seq_next) & SEQ_MASK
-                if a and a < SEQ_WINDOW:
+                if a and a <= CONTROL_WINDOW:
                     peer.on_ack(peer.next + a, ts, out)
             elif peer.need_hint:
                 peer.hint = seg.ack & SEQ_MASK

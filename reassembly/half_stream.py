@@ -22,7 +22,7 @@ from collections import OrderedDict
 
 from reassembly.events import Direction, GapReason, StreamData, StreamEvent, StreamGap
 from reassembly.limits import Limits
-from reassembly.seq import SEQ_MASK, SEQ_WINDOW, seq_diff
+from reassembly.seq import CONTROL_WINDOW, SEQ_MASK, SEQ_WINDOW, seq_diff
 from reassembly.stats import Stats
 
 __all__ = ["RECENT_MAX_BYTES", "BufferPool", "HalfStream"]
@@ -218,7 +218,7 @@ class HalfStream:
         if self.end_off >= 0:
             return  # the first FIN/RST position wins
         off = self.next + seq_diff(seq, self.seq_next)
-        if off - self.next > SEQ_WINDOW:
+        if off - self.next > CONTROL_WINDOW:
             self.pool.stats["tcp_bad_fin"] += 1
             return
         nxt = self.next
@@ -227,16 +227,21 @@ class HalfStream:
 
     def on_rst(self, seq: int, ts: float, out: list[StreamEvent]) -> None:
         """RST at sequence number `seq`: the stream ends there once the bytes before it are resolved."""
-        self.end_rst = True
         if self.ignored or not self.started:
-            self.finished = True
+            self.finished = self.end_rst = True
             return
         nxt = self.next
         off = nxt + seq_diff(seq, self.seq_next)
+        if off - nxt > CONTROL_WINDOW:
+            # Not where this sender is: e.g. the RST a client in SYN-SENT sends back to a stale ACK,
+            # which does not end its connection.
+            self.pool.stats["tcp_bad_rst"] += 1
+            return
+        self.end_rst = True
         if self.end_off >= 0:
             off = min(off, self.end_off)
-        if off <= nxt or off - nxt > SEQ_WINDOW:
-            off = nxt  # nothing missing before it (or a RST we cannot place): it applies now
+        if off < nxt:
+            off = nxt  # sent from an older position (a RST answering a late segment): it applies now
         self._set_end(off, ts)
         self._settle(ts, nxt)
 

@@ -411,3 +411,25 @@ def test_idle_close_gaps_holes_before_closing() -> None:
         ("closed", 1, "idle"),
     ]
     assert stats["gap_closed"] == 1 and table._pool.used == 0
+
+
+def test_stale_ack_and_its_rst_before_the_handshake_do_not_end_the_connection() -> None:
+    # From a real capture: a stale ACK answers the SYN, the client RSTs it (seq = that ACK) and
+    # retransmits its SYN; the connection then proceeds normally.
+    k = Conn()
+    stale_ack = (ISN_C + 1 + 976_000_000) & 0xFFFFFFFF
+    table, stats = table_of()
+    events = feed_all(
+        table,
+        [
+            k.syn(0.0),
+            Segment(0.1, SADDR, CADDR, 80, 40000, 123456, stale_ack, A, b""),
+            Segment(0.1, CADDR, SADDR, 40000, 80, stale_ack, 0, RST, b""),
+            k.syn(3.0),
+            k.synack(3.1),
+            k.c(0, b"hello", ts=3.2),
+        ],
+    )
+    assert rows(events) == [("open", 1, 40000, 80, False), ("data", 1, ">", 0, b"hello")]
+    assert stats["tcp_bad_rst"] == 1 and stats["tcp_syn_retrans"] == 1
+    assert not stats.losses()

@@ -190,17 +190,27 @@ def test_sequence_wraparound_is_invisible(isn: int) -> None:
 
 
 def test_stream_longer_than_4gib_keeps_64bit_offsets() -> None:
-    # Walk the sequence space with a gap declared by the peer's ACKs every 512 MiB (within SEQ_WINDOW).
-    step = 1 << 29
-    segs = [*handshake()]
-    for i in range(1, 10):
+    # Walk the sequence space with a gap declared by the peer's ACKs every 32 MiB (within CONTROL_WINDOW).
+    step = 1 << 25
+    n = 130  # 4.06 GiB
+    segs = [*handshake(), c(0, b"x")]
+    for i in range(1, n + 1):
         segs.append(s_ack(i * step))
-    segs.append(c(9 * step, b"after 4.5 GiB"))
+    segs.append(c(n * step, b"after 4 GiB"))
     events, _, _ = run(segs)
     gaps = [e for e in events if isinstance(e, StreamGap)]
-    assert [(g.offset, g.length) for g in gaps] == [(i * step, step) for i in range(9)]
+    assert [(g.offset, g.length) for g in gaps] == [(1, step - 1)] + [(i * step, step) for i in range(1, n)]
     last = events[-1]
-    assert isinstance(last, StreamData) and last.offset == 9 * step and last.data == b"after 4.5 GiB"
+    assert isinstance(last, StreamData) and last.offset == n * step and last.data == b"after 4 GiB"
+
+
+def test_ack_beyond_the_control_window_or_from_an_unstarted_side_is_not_proof_of_loss() -> None:
+    far = (1 << 26) + 10
+    stale = Segment(0.0, SRV[0], CLI[0], SRV[1], CLI[1], 777, (ISN_C + 1 + 5000) & 0xFFFFFFFF, A, b"")
+    segs = [handshake()[0], stale, c(0, b"ab"), handshake()[1], s_ack(far), c(2, b"cd")]
+    events, stats, _ = run(segs)
+    assert compact(events) == [("open",), ("data", 0, b"ab"), ("data", 2, b"cd")]
+    assert not stats.losses()
 
 
 def test_ack_past_a_hole_declares_it_lost_before_later_data() -> None:
