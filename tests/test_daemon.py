@@ -345,3 +345,12 @@ def test_sighup_reopens_the_log_file_and_is_harmless_on_stderr(tmp_path: Path) -
                 assert d.stop() == 0
     finally:
         shutil.rmtree(logdir)
+
+
+def test_a_dead_capture_worker_stops_the_daemon_with_status_1(tmp_path: Path) -> None:
+    with http_server() as port, running_daemon(tmp_path, port, SNIFFER_WORKERS="2") as d:
+        children = subprocess.run(["pgrep", "-P", str(d.proc.pid)], capture_output=True, text=True).stdout
+        os.kill(int(children.split()[0]), signal.SIGKILL)
+        assert d.proc.wait(15) == 1  # a supervisor (kubelet, systemd) restarts it whole
+        log = d.err.read_text()
+    assert "exited unexpectedly (exit code -9)" in log and log.rstrip().endswith("stopped")
