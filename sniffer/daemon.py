@@ -292,7 +292,8 @@ def run(
         if config.user and user is None:
             log.info("not root: keeping uid %d, dropping capabilities only", os.geteuid())
         try:
-            log.info("%s", drop_privileges(user))
+            dropped = drop_privileges(user)
+            (log.warning if dropped.startswith("cannot switch") else log.info)("%s", dropped)
         except (PrivilegeError, ConfigError) as exc:
             log.error("privilege drop failed: %s", exc)
             return 2

@@ -76,7 +76,8 @@ def _last_cap() -> int:
 
 
 def drop_privileges(user: str | None) -> str:
-    """Become `user` (None: keep the uid) with no capabilities; returns a one-line description."""
+    """Become `user` (None: keep the uid) with no capabilities; returns a one-line description, which
+    starts with "cannot switch" when the uid could not be changed (the capabilities are gone anyway)."""
     target = None
     if user:
         try:
@@ -87,13 +88,20 @@ def drop_privileges(user: str | None) -> str:
     for cap in range(_last_cap() + 1):
         if _prctl(PR_CAPBSET_DROP, cap) != 0:
             break  # no CAP_SETPCAP: the bounding set stays, and with it nothing to gain
+    problem = ""
     if target is not None and (os.getuid(), os.geteuid()) != (target.pw_uid, target.pw_uid):
         try:
             os.setgroups([])
             os.setresgid(target.pw_gid, target.pw_gid, target.pw_gid)
             os.setresuid(target.pw_uid, target.pw_uid, target.pw_uid)
         except PermissionError:
-            raise PrivilegeError(f"cannot switch to user {user!r}: not running as root") from None
+            # e.g. a container given only NET_RAW (capabilities drop ALL): no CAP_SETUID/CAP_SETGID.
+            # Root without any capability is still far less than root, so carry on and say so.
+            problem = (
+                f"cannot switch to user {user!r} (no CAP_SETUID/CAP_SETGID: grant them, or start as a "
+                "non-root user holding NET_RAW); "
+            )
+            target = None
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     if _libc.capset(ctypes.byref(header), data) != 0:
@@ -106,4 +114,4 @@ def drop_privileges(user: str | None) -> str:
     uid = int(status["Uid"].split()[1])
     if target is not None and uid != target.pw_uid:
         raise PrivilegeError(f"still uid {uid} after switching to {user!r}")
-    return f"running as uid {uid} gid {os.getgid()} with no capabilities"
+    return f"{problem}running as uid {uid} gid {os.getgid()} with no capabilities"

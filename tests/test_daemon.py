@@ -107,11 +107,13 @@ def daemon_env(port: int, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def running_daemon(tmp: Path, port: int, *args: str, **extra: str) -> Iterator[Daemon]:
+def running_daemon(
+    tmp: Path, port: int, *args: str, wrap: tuple[str, ...] = (), **extra: str
+) -> Iterator[Daemon]:
     mport = free_port()
     out, err = tmp / "events.jsonl", tmp / "daemon.log"
     env = daemon_env(port, SNIFFER_METRICS_ADDR=f"127.0.0.1:{mport}", **extra)
-    cmd = [sys.executable, "-m", "sniffer", "run", "--output", str(out), *args]
+    cmd = [*wrap, sys.executable, "-m", "sniffer", "run", "--output", str(out), *args]
     with open(err, "wb") as errf:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errf, cwd=tmp)
     d = Daemon(proc, f"http://127.0.0.1:{mport}", out, err)
@@ -354,3 +356,17 @@ def test_a_dead_capture_worker_stops_the_daemon_with_status_1(tmp_path: Path) ->
         assert d.proc.wait(15) == 1  # a supervisor (kubelet, systemd) restarts it whole
         log = d.err.read_text()
     assert "exited unexpectedly (exit code -9)" in log and log.rstrip().endswith("stopped")
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv (util-linux) not installed")
+def test_without_cap_setuid_it_stays_uid_0_without_capabilities_and_says_so(tmp_path: Path) -> None:
+    # a container started with `--cap-drop ALL --cap-add NET_RAW` as root
+    wrap = ("setpriv", "--bounding-set=-all,+net_raw", "--")
+    with http_server() as port, running_daemon(tmp_path, port, wrap=wrap, SNIFFER_WORKERS="1") as d:
+        status = Path(f"/proc/{d.proc.pid}/status").read_text()
+        curl(f"http://127.0.0.1:{port}/still-captures")
+        assert d.stop() == 0
+        events = d.events()
+    assert "\nUid:\t0\t0\t0\t0\n" in status and "\nCapEff:\t0000000000000000\n" in status
+    assert "cannot switch to user 'nobody' (no CAP_SETUID/CAP_SETGID" in d.err.read_text()
+    assert [e["request"]["uri"].rsplit("/", 1)[1] for e in events] == ["still-captures"]
