@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import brotli
@@ -25,6 +25,7 @@ __all__ = [
     "BodyCapture",
     "Decoded",
     "capture_body",
+    "capture_body_with",
     "decode_content",
     "encode_body",
     "parse_codings",
@@ -196,11 +197,38 @@ def capture_body(
     decode: bool = True,
 ) -> BodyCapture:
     """Decode, size-check and encode one message body (masks are applied by the caller)."""
-    out = BodyCapture()
+    return capture_body_with(
+        body,
+        content_encoding=_values(headers, b"content-encoding"),
+        content_type=", ".join(_values(headers, b"content-type")) or None,
+        body_size=body_size,
+        body_truncated=body_truncated,
+        limit=limit,
+        decode=decode,
+    )
+
+
+def capture_body_with(
+    body: bytes,
+    *,
+    content_encoding: Sequence[str],
+    content_type: str | None,
+    body_size: int,
+    body_truncated: bool,
+    limit: int,
+    decode: bool = True,
+) -> BodyCapture:
+    """`capture_body` for a caller that already holds the message's Content-Encoding values and its
+    Content-Type (repeated headers joined with ", "), each header value decoded as latin-1."""
     wire_size = max(body_size, len(body))
     if wire_size == 0:
-        return out
-    codings = parse_codings(_values(headers, b"content-encoding")) if decode else []
+        return BodyCapture()
+    codings = parse_codings(content_encoding) if decode and content_encoding else []
+    if not codings and not body_truncated and len(body) <= limit:
+        # The common case, short-cut: nothing to undo and within the limit (decode_content's first case).
+        value, transfer_encoding = encode_body(body, content_type)
+        return BodyCapture(True, value, transfer_encoding)
+    out = BodyCapture()
     if body_truncated:
         # The core kept only a prefix (its cap sits just above the limit): the body is over the limit.
         out.meta.update(omitted="over_limit", wire_size=wire_size)
@@ -218,7 +246,6 @@ def capture_body(
         out.meta.update(omitted="over_limit", wire_size=wire_size)
         out.meta["size" if decoded.size_exact else "size_at_least"] = decoded.size
         return out
-    content_type = None if decoded.failed else ", ".join(_values(headers, b"content-type")) or None
-    out.value, out.transfer_encoding = encode_body(decoded.data, content_type)
+    out.value, out.transfer_encoding = encode_body(decoded.data, None if decoded.failed else content_type)
     out.present = True
     return out

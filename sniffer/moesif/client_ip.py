@@ -11,9 +11,9 @@ IPv4-mapped IPv6 (`::ffff:1.2.3.4`) is reported as the IPv4 address.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-__all__ = ["HEADER_ORDER", "client_ip", "parse_ip"]
+__all__ = ["HEADER_ORDER", "client_ip", "forwarded_ip", "parse_ip"]
 
 HEADER_ORDER = (
     "x-client-ip",
@@ -27,10 +27,26 @@ HEADER_ORDER = (
     "forwarded-for",
     "forwarded",
 )
+_HEADER_NAMES = frozenset(HEADER_ORDER)
+
+# parse_ip is pure and sees the same few texts over and over (a flow's peer, a proxy's X-Forwarded-For),
+# while ipaddress costs microseconds: remember answers, forgetting all when full so memory stays bounded.
+_PARSED: dict[str, str | None] = {}
+_PARSED_MAX = 4096
+_MISSING = object()
 
 
 def parse_ip(text: str) -> str | None:
     """Normalised address text of one candidate (`1.2.3.4`, `1.2.3.4:80`, `[::1]:80`, ...), or None."""
+    found = _PARSED.get(text, _MISSING)
+    if found is _MISSING:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        found = _PARSED[text] = _parse_ip(text)
+    return found  # type: ignore[return-value]
+
+
+def _parse_ip(text: str) -> str | None:
     text = text.strip().strip('"').strip()
     if not text:
         return None
@@ -87,3 +103,13 @@ def client_ip(headers: Mapping[str, str], peer: str | None) -> str | None:
     if peer is None:
         return None
     return parse_ip(peer) or peer
+
+
+def forwarded_ip(headers: Mapping[str, Sequence[str]]) -> str | None:
+    """`client_ip(..., None)` over header lists (name -> values, a repeated header joined with ", ").
+
+    Most requests carry none of the headers, so that case costs one set operation and no joining.
+    """
+    if _HEADER_NAMES.isdisjoint(headers):
+        return None
+    return client_ip({name: ", ".join(headers[name]) for name in HEADER_ORDER if name in headers}, None)

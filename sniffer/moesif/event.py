@@ -19,17 +19,19 @@ Decisions where moesif.md is silent (see also the module docstrings of body, ide
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from reassembly.events import Endpoint, Exchange, ExchangeFlag, HttpMessage, HttpRequest, HttpResponse
 from sniffer.config import Config
-from sniffer.kong.api_call import ApiCall
-from sniffer.moesif.body import BodyCapture, capture_body
-from sniffer.moesif.client_ip import client_ip
-from sniffer.moesif.identify import identify
-from sniffer.moesif.masks import header_mask_set, mask_body, mask_headers, mask_query
+from sniffer.kong.api_call import ApiCall, Legs
+from sniffer.moesif.body import BodyCapture, capture_body_with
+from sniffer.moesif.client_ip import forwarded_ip, parse_ip
+from sniffer.moesif.identify import Identifier
+from sniffer.moesif.masks import header_mask_set, mask_body, mask_query
 
 __all__ = ["IDENTITY_HEADERS", "PLUMBING_HEADERS", "EventBuilder", "iso_time", "transaction_id"]
 
@@ -49,13 +51,33 @@ _NOT_PARTIAL = {ExchangeFlag.REQUEST_BODY_TRUNCATED.value, ExchangeFlag.RESPONSE
 _GAP = {ExchangeFlag.REQUEST_GAP, ExchangeFlag.RESPONSE_GAP}
 
 HeaderLists = dict[str, list[str]]
+_TRANSACTION_HEADER = "x-moesif-transaction-id"
+_KONG_ID_HEADER = "x-kong-request-id"
+_BYTES_WHITESPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips (str.strip() strips more)
+
+# Memo tables of pure functions whose inputs repeat from call to call (header names, capture seconds,
+# Host values, flows). Each is emptied when full, so memory stays bounded whatever the traffic.
+_MEMO_MAX = 4096
+_NAMES: dict[bytes, str] = {}
+_SECONDS: dict[int, str] = {}
+_HOSTS: dict[str, str] = {}
+_URI_MEMO_MAX_TARGET = 512  # longer request targets are parsed each time rather than kept
+_LEGS = {legs: legs.value for legs in Legs}  # Enum.value is a Python-level property: look it up once
+_MILLIS = [f".{milli:03d}Z" for milli in range(1000)]
+# The version-5 UUID's variant digit from the hash's digit at that place (its top two bits become 10).
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def iso_time(ts: float) -> str:
     """ISO 8601 UTC, exactly three digits of milliseconds (truncated) and a Z."""
     ms = round(ts * 1_000_000) // 1000  # via microseconds: pcap times are exact in us, not in float ms
     sec, milli = divmod(ms, 1000)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(sec))}.{milli:03d}Z"
+    prefix = _SECONDS.get(sec)
+    if prefix is None:
+        if len(_SECONDS) >= _MEMO_MAX:
+            _SECONDS.clear()
+        prefix = _SECONDS[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return prefix + _MILLIS[milli]
 
 
 def _text(raw: bytes) -> str:
@@ -66,21 +88,61 @@ def _text(raw: bytes) -> str:
 
 
 def _header_lists(headers: list[tuple[bytes, bytes]]) -> HeaderLists:
+    """Lowercased name -> values as text: the one view of a message's headers every later step reads."""
+    return _read_headers(headers, None)[0]
+
+
+def _read_headers(
+    headers: list[tuple[bytes, bytes]], masks: frozenset[str] | None
+) -> tuple[HeaderLists, dict[str, str | list[str]]]:
+    """`_header_lists` and, when `masks` is given, `_render` of it too, in one pass over the headers."""
     out: HeaderLists = {}
+    shown: dict[str, str | list[str]] = {}
+    names = _NAMES
     for name, value in headers:
-        out.setdefault(name.decode("latin-1").lower(), []).append(_text(value))
-    return out
+        key = names.get(name)
+        if key is None:
+            if len(names) >= _MEMO_MAX:
+                names.clear()
+            key = names[name] = name.decode("latin-1").lower()
+        try:
+            text = value.decode()
+        except UnicodeDecodeError:
+            text = value.decode("latin-1")
+        if key in out:
+            values = out[key]
+            values.append(text)
+            if key in shown:
+                shown[key] = values if key == "set-cookie" else ", ".join(values)
+        else:
+            out[key] = [text]
+            if masks is not None and key not in masks:
+                shown[key] = text
+    return out, shown
 
 
-def _render(headers: HeaderLists) -> dict[str, str | list[str]]:
-    """Repeated headers joined with ", " (the API's form), except set-cookie which stays a list."""
+def _render(headers: HeaderLists, masks: frozenset[str]) -> dict[str, str | list[str]]:
+    """Masked headers in the API's form: repeated ones joined with ", ", except set-cookie (a list).
+
+    The names are lowercase already, so a mask name matches without lowercasing again.
+    """
     return {
-        k: (v[0] if len(v) == 1 else v if k == "set-cookie" else ", ".join(v)) for k, v in headers.items()
+        k: (v[0] if len(v) == 1 else v if k == "set-cookie" else ", ".join(v))
+        for k, v in headers.items()
+        if k not in masks
     }
 
 
-def _first(headers: HeaderLists) -> dict[str, str]:
-    return {k: v[0] for k, v in headers.items()}
+def _latin1_values(headers: HeaderLists, name: str, msg: HttpMessage) -> list[str]:
+    """The values of `name` decoded as latin-1, as the body decoder reads them. For ASCII values that is
+    our UTF-8 text; anything else is decoded again from the wire bytes."""
+    values = headers.get(name)
+    if values is None:
+        return []
+    if (len(values) == 1 and values[0].isascii()) or all(v.isascii() for v in values):
+        return values
+    raw = name.encode("ascii")
+    return [v.decode("latin-1") for k, v in msg.headers if k.lower() == raw]
 
 
 def _endpoint(ep: Endpoint) -> str:
@@ -90,6 +152,15 @@ def _endpoint(ep: Endpoint) -> str:
 
 def _host(value: str) -> str:
     """Lowercased host without port; IPv6 literals keep (or get) their brackets."""
+    host = _HOSTS.get(value)
+    if host is None:
+        if len(_HOSTS) >= _MEMO_MAX:
+            _HOSTS.clear()
+        host = _HOSTS[value] = _parse_host(value)
+    return host
+
+
+def _parse_host(value: str) -> str:
     value = value.strip().lower()
     if value.startswith("["):
         end = value.find("]")
@@ -99,8 +170,24 @@ def _host(value: str) -> str:
     return value.partition(":")[0]
 
 
-def transaction_id(call: ApiCall) -> str:
-    """X-Moesif-Transaction-Id when sent, else a UUID derived from where and when the request was seen."""
+def _id_hasher(client: Endpoint, server: Endpoint) -> hashlib._Hash:
+    """SHA-1 over the namespace and the flow part of a derived id's name: uuid5 is sha1(namespace +
+    name), so a copy of this, fed the rest of the name, gives the same UUID without rehashing."""
+    return hashlib.sha1(_NAMESPACE.bytes + f"{_endpoint(client)}|{_endpoint(server)}|".encode())
+
+
+def _derived_id(flow_hasher: hashlib._Hash, req: HttpRequest | None) -> str:
+    """uuid5(_NAMESPACE, "client|server|offset|microseconds") of where and when the request was seen."""
+    offset, ts = (req.stream_offset, req.ts_start) if req is not None else (-1, 0.0)
+    h = flow_hasher.copy()
+    h.update(f"{offset}|{round(ts * 1_000_000)}".encode())
+    x = h.hexdigest()
+    # As uuid.UUID(bytes=digest[:16], version=5): version digit 5, variant bits 10.
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
+
+
+def _sent_id(call: ApiCall) -> str | None:
+    """X-Moesif-Transaction-Id as a UUID, when a request carries a non-blank one."""
     for leg in (call.client_leg, call.upstream_leg):
         if leg is not None and leg.request is not None:
             sent = leg.request.header(b"x-moesif-transaction-id")
@@ -110,15 +197,46 @@ def transaction_id(call: ApiCall) -> str:
                     return str(uuid.UUID(text))
                 except ValueError:
                     return str(uuid.uuid5(_NAMESPACE, "header:" + text))
+    return None
+
+
+def transaction_id(call: ApiCall) -> str:
+    """X-Moesif-Transaction-Id when sent, else a UUID derived from where and when the request was seen."""
+    sent = _sent_id(call)
+    if sent is not None:
+        return sent
     primary = call.primary
-    req = primary.request
-    offset, ts = (req.stream_offset, req.ts_start) if req is not None else (-1, 0.0)
-    key = f"{_endpoint(primary.client)}|{_endpoint(primary.server)}|{offset}|{round(ts * 1_000_000)}"
-    return str(uuid.uuid5(_NAMESPACE, key))
+    return _derived_id(_id_hasher(primary.client, primary.server), primary.request)
+
+
+@dataclass(frozen=True, slots=True)
+class _Flow:
+    """What an event says about its TCP connection, worked out once per connection, not per call."""
+
+    client: str
+    server: str
+    connection: str
+    peer_ip: str  # the client address as an event's ip_address when no forwarding header names one
+    ids: hashlib._Hash  # see _id_hasher
+
+    @classmethod
+    def of(cls, ex: Exchange) -> _Flow:
+        client, server = _endpoint(ex.client), _endpoint(ex.server)
+        peer = ex.client[0]
+        return cls(
+            client, server, f"{client} -> {server}", parse_ip(peer) or peer, _id_hasher(ex.client, ex.server)
+        )
 
 
 class EventBuilder:
-    """Builds Moesif events; holds the config-derived mask sets so `build` does no setup work."""
+    """Builds Moesif events; holds what the config implies so `build` does no setup work.
+
+    Speed matters here (one build per API call, on the capture's critical path): every message's headers
+    are decoded once into `HeaderLists`, per-connection text is remembered in `_Flow`s, and work that
+    only some calls need (bodies, forwarding headers, ids sent by the client) is skipped when absent.
+    """
+
+    _FLOWS_MAX = 4096
 
     def __init__(self, config: Config) -> None:
         self._config = config
@@ -128,6 +246,19 @@ class EventBuilder:
         self._req_body_masks = frozenset(config.request_body_masks or config.request_masks)
         self._resp_body_masks = frozenset(config.response_body_masks or config.response_masks)
         self._query_masks = frozenset(config.request_query_masks)
+        self._identifier = Identifier(config)
+        self._decode = not config.disable_gzip_payload_decompression
+        self._flows: dict[tuple[Endpoint, Endpoint], _Flow] = {}
+        self._uris: dict[tuple[bytes, str | None, Endpoint], str] = {}
+
+    def _flow(self, ex: Exchange) -> _Flow:
+        key = (ex.client, ex.server)
+        flow = self._flows.get(key)
+        if flow is None:
+            if len(self._flows) >= self._FLOWS_MAX:
+                self._flows.clear()
+            flow = self._flows[key] = _Flow.of(ex)
+        return flow
 
     def build(self, call: ApiCall) -> dict[str, object] | None:
         """The event for `call`, or None for an orphan response (no request to report)."""
@@ -135,38 +266,48 @@ class EventBuilder:
         req = primary.request
         if req is None:
             return None
-        upstream_primary = primary is not call.client_leg
-        raw_up = _header_lists(req.headers) if upstream_primary else {}
-        if upstream_primary:
-            req_headers = self._upstream_request_headers(raw_up)
-            uri = self._upstream_uri(req, raw_up, primary)
-            ip = client_ip({k: ", ".join(v) for k, v in raw_up.items()}, None)
+        config = self._config
+        flow = self._flow(primary)
+        # req_shown: the request headers as the event shows them, when they are just the primary's.
+        req_lists, req_shown = _read_headers(req.headers, self._req_header_masks)
+        up_lists: HeaderLists | None = None
+        if primary is not call.client_leg:  # only the upstream leg was seen
+            req_headers = self._upstream_request_headers(req_lists)
+            req_shown = _render(req_headers, self._req_header_masks)
+            uri = self._upstream_uri(req, req_lists, primary)
+            ip = forwarded_ip(req_lists)
         else:
-            req_headers = _header_lists(req.headers)
-            ip = client_ip({k: ", ".join(v) for k, v in req_headers.items()}, primary.client[0])
-            uri = self._client_uri(req, req_headers, primary)
+            req_headers = req_lists
+            ip = forwarded_ip(req_lists) or flow.peer_ip
+            uri = self._client_uri(req, req_lists, primary)
             up_req = call.upstream_leg.request if call.upstream_leg is not None else None
             if up_req is not None:
-                req_headers = self._with_identity(req_headers, _header_lists(up_req.headers))
+                up_lists = _header_lists(up_req.headers)
+                req_headers = self._with_identity(req_lists, up_lists)
+                req_shown = _render(req_headers, self._req_header_masks)
 
         resp, resp_leg = self._response(call)
-        resp_headers = _header_lists(resp.headers) if resp is not None else {}
-        ident = identify(_first(req_headers), _first(resp_headers), self._config)
+        resp_lists: HeaderLists = {}
+        resp_shown: dict[str, str | list[str]] = {}
+        if resp is not None:
+            resp_lists, resp_shown = _read_headers(resp.headers, self._resp_header_masks)
+        user_id, company_id = self._identifier.identify(req_headers, resp_lists)
 
-        flags: set[str] = {f.value for f in primary.flags}
-        capture: dict[str, object] = {"legs": call.legs.value}
+        flags: set[str] = {f.value for f in primary.flags} if primary.flags else set()
+        capture: dict[str, object] = {"legs": _LEGS[call.legs]}
         request: dict[str, object] = {
             "time": iso_time(req.ts_start),
             "uri": uri,
             "verb": _text(req.method),
-            "headers": _render(mask_headers(req_headers, self._req_header_masks)),
+            "headers": req_shown,
         }
         if ip is not None:
             request["ip_address"] = ip
-        if self._config.api_version:
-            request["api_version"] = self._config.api_version
-        if not self._config.disable_capture_request_body:
-            body = self._body(req, self._config.request_max_body_size_limit, self._req_body_masks)
+        if config.api_version:
+            request["api_version"] = config.api_version
+        # An empty body yields nothing at all (capture_body's first test), so it is not even looked at.
+        if not config.disable_capture_request_body and (req.body or req.body_size > 0):
+            body = self._body(req, req_lists, config.request_max_body_size_limit, self._req_body_masks)
             self._put_body(request, body, "request", capture, flags)
 
         event: dict[str, object] = {"request": request}
@@ -174,28 +315,38 @@ class EventBuilder:
             response: dict[str, object] = {
                 "time": iso_time(resp.ts_end),
                 "status": resp.status,
-                "headers": _render(mask_headers(resp_headers, self._resp_header_masks)),
+                "headers": resp_shown,
             }
-            if not self._config.disable_capture_response_body:
-                body = self._body(resp, self._config.response_max_body_size_limit, self._resp_body_masks)
+            if not config.disable_capture_response_body and (resp.body or resp.body_size > 0):
+                body = self._body(
+                    resp, resp_lists, config.response_max_body_size_limit, self._resp_body_masks
+                )
                 self._put_body(response, body, "response", capture, flags)
             event["response"] = response
             if resp_leg is not primary:
                 flags.add("response_from_upstream")
         else:
             flags.add(ExchangeFlag.UNANSWERED.value)
-        if ident.user_id is not None:
-            event["user_id"] = ident.user_id
-        if ident.company_id is not None:
-            event["company_id"] = ident.company_id
+        if user_id is not None:
+            event["user_id"] = user_id
+        if company_id is not None:
+            event["company_id"] = company_id
         token = req_headers.get("x-credential-identifier")
         if token and token[0].strip() and "x-credential-identifier" not in self._req_header_masks:
             event["session_token"] = token[0].strip()
         event["direction"] = "Incoming"
         event["weight"] = 1
-        self._fill_capture(capture, call, primary, flags)
+        kong_id = call.kong_request_id
+        if not kong_id:
+            known = {id(req): req_lists, id(resp): resp_lists}
+            if up_lists is not None:
+                known[id(call.upstream_leg.request)] = up_lists  # type: ignore[union-attr]
+            kong_id = _kong_request_id(call, known)
+        self._fill_capture(capture, call, primary, flow, flags, kong_id)
         event["metadata"] = {"capture": capture}
-        event["transaction_id"] = transaction_id(call)
+        # Only a request carrying the header can name its own id; any other gets one derived from its flow.
+        sent = _TRANSACTION_HEADER in req_lists or (up_lists is not None and _TRANSACTION_HEADER in up_lists)
+        event["transaction_id"] = transaction_id(call) if sent else _derived_id(flow.ids, req)
         return event
 
     # -- request side -------------------------------------------------------------------------------
@@ -218,8 +369,21 @@ class EventBuilder:
         return out
 
     def _client_uri(self, req: HttpRequest, headers: HeaderLists, leg: Exchange) -> str:
-        target = _text(req.target)
+        """The URI from the request line, Host and the server address: a pure function of the three,
+        which repeat call after call, so short ones are remembered."""
         host_header = headers.get("host")
+        key = (req.target, host_header[0] if host_header else None, leg.server)
+        uri = self._uris.get(key)
+        if uri is None:
+            uri = self._parse_client_uri(req, host_header, leg)
+            if len(req.target) <= _URI_MEMO_MAX_TARGET:
+                if len(self._uris) >= _MEMO_MAX:
+                    self._uris.clear()
+                self._uris[key] = uri
+        return uri
+
+    def _parse_client_uri(self, req: HttpRequest, host_header: list[str] | None, leg: Exchange) -> str:
+        target = _text(req.target)
         host = _host(host_header[0]) if host_header and host_header[0].strip() else ""
         if "://" in target[:8]:
             # absolute-form: nginx's $host prefers the request line's host over the Host header
@@ -256,16 +420,18 @@ class EventBuilder:
                 return leg.response, leg
         return None, None
 
-    def _body(self, msg: HttpMessage, limit: int, masks: frozenset[str]) -> BodyCapture:
-        body = capture_body(
+    def _body(self, msg: HttpMessage, headers: HeaderLists, limit: int, masks: frozenset[str]) -> BodyCapture:
+        content_type = ", ".join(_latin1_values(headers, "content-type", msg)) or None
+        body = capture_body_with(
             msg.body,
-            headers=msg.headers,
+            content_encoding=_latin1_values(headers, "content-encoding", msg),
+            content_type=content_type,
             body_size=msg.body_size,
             body_truncated=msg.body_truncated,
             limit=limit,
-            decode=not self._config.disable_gzip_payload_decompression,
+            decode=self._decode,
         )
-        if body.present and body.transfer_encoding == "json":
+        if masks and body.present and body.transfer_encoding == "json":
             mask_body(body.value, masks)
         return body
 
@@ -276,57 +442,84 @@ class EventBuilder:
         if body.present:
             target["body"] = body.value
             target["transfer_encoding"] = body.transfer_encoding
-        for key, value in body.meta.items():
-            capture[f"{side}_body_{key}"] = value
-        flags.update(f"{side}_{flag}" for flag in body.flags)
+        if body.meta:
+            for key, value in body.meta.items():
+                capture[f"{side}_body_{key}"] = value
+        if body.flags:
+            flags.update(f"{side}_{flag}" for flag in body.flags)
 
     # -- metadata ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def _fill_capture(capture: dict[str, object], call: ApiCall, primary: Exchange, flags: set[str]) -> None:
-        kong_id = call.kong_request_id or _kong_request_id(call)
+    def _fill_capture(
+        self,
+        capture: dict[str, object],
+        call: ApiCall,
+        primary: Exchange,
+        flow: _Flow,
+        flags: set[str],
+        kong_id: str | None,
+    ) -> None:
         if kong_id:
             capture["kong_request_id"] = kong_id
-        capture["connection"] = f"{_endpoint(primary.client)} -> {_endpoint(primary.server)}"
-        capture["client"] = _endpoint(primary.client)
-        capture["server"] = _endpoint(primary.server)
+        capture["connection"] = flow.connection
+        capture["client"] = flow.client
+        capture["server"] = flow.server
         other = call.upstream_leg if primary is call.client_leg else None
         if other is not None:
-            capture["upstream_connection"] = f"{_endpoint(other.client)} -> {_endpoint(other.server)}"
+            capture["upstream_connection"] = self._flow(other).connection
             upstream_flags = {f.value for f in other.flags} - _NOT_PARTIAL
             if upstream_flags:
                 capture["upstream_flags"] = sorted(upstream_flags)
-        flags.update(_message_flags(primary.request, "request"))
-        flags.update(_message_flags(primary.response, "response"))
-        flags -= _NOT_PARTIAL
-        capture["truncated"] = any(f in flags for f in _TRUNCATED)
-        capture["gap"] = any(f in flags for f in _GAP)
+        req, resp = primary.request, primary.response
+        if req is not None and (not req.complete or req.gap):
+            flags.update(_message_flags(req, "request"))
+        if resp is not None and (not resp.complete or resp.gap):
+            flags.update(_message_flags(resp, "response"))
         if flags:
-            capture["flags"] = sorted(flags)
+            flags -= _NOT_PARTIAL
+            capture["truncated"] = any(f in flags for f in _TRUNCATED)
+            capture["gap"] = any(f in flags for f in _GAP)
+            if flags:
+                capture["flags"] = sorted(flags)
+        else:
+            capture["truncated"] = False
+            capture["gap"] = False
 
 
 def _is_identity(name: str) -> bool:
     return name.startswith(IDENTITY_PREFIX) or name in IDENTITY_HEADERS
 
 
-def _message_flags(msg: HttpMessage | None, side: str) -> set[str]:
+def _message_flags(msg: HttpMessage, side: str) -> set[str]:
     """Flags implied by the message itself, in case the producer set the field but not the flag."""
     out: set[str] = set()
-    if msg is not None:
-        if not msg.complete:
-            out.add(f"{side}_incomplete")
-        if msg.gap:
-            out.add(f"{side}_gap")
+    if not msg.complete:
+        out.add(f"{side}_incomplete")
+    if msg.gap:
+        out.add(f"{side}_gap")
     return out
 
 
-def _kong_request_id(call: ApiCall) -> str | None:
+def _kong_request_id(call: ApiCall, known: dict[int, HeaderLists]) -> str | None:
+    """X-Kong-Request-Id of the first message carrying a non-blank one; `known` holds the header lists
+    already made (by id of the message), which tell cheaply when a message has no such header."""
     for leg in (call.client_leg, call.upstream_leg):
         if leg is None:
             continue
         for msg in (leg.response, leg.request):
-            if msg is not None:
-                value = msg.header(b"x-kong-request-id")
-                if value and value.strip():
-                    return _text(value.strip())
+            if msg is None:
+                continue
+            lists = known.get(id(msg))
+            if lists is not None:
+                if _KONG_ID_HEADER not in lists:
+                    continue
+                text = lists[_KONG_ID_HEADER][0]
+                if text.isascii():  # then our text is the wire bytes, and bytes.strip() strips this set
+                    text = text.strip(_BYTES_WHITESPACE)
+                    if text:
+                        return text
+                    continue
+            value = msg.header(b"x-kong-request-id")
+            if value and value.strip():
+                return _text(value.strip())
     return None

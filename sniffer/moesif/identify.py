@@ -1,8 +1,8 @@
 """User and company identification, the Kong plugin's order with moesif.md's deliberate fixes.
 
-Pure functions over header mappings whose keys are lowercased names and whose values are the header's
-first value (the event builder provides that view, unmasked). Order (reference section 5, moesif.md
-"Identification"):
+Over unmasked header mappings keyed by lowercased names: `identify` takes each header's first value,
+`Identifier` (one per configuration, what the event builder uses) takes the value lists.
+Order (reference section 5, moesif.md "Identification"):
 
 user:    user_id_header -> x-consumer-custom-id -> x-consumer-username -> x-consumer-id
          -> token in the first present `authorization_header_name` (Bearer JWT claim, Basic user name,
@@ -28,7 +28,7 @@ import orjson
 
 from sniffer.config import Config
 
-__all__ = ["Identity", "claim_id", "decode_claims", "identify", "token_claims", "token_user"]
+__all__ = ["Identifier", "Identity", "claim_id", "decode_claims", "identify", "token_claims", "token_user"]
 
 _CONSUMER_HEADERS = ("x-consumer-custom-id", "x-consumer-username", "x-consumer-id")
 
@@ -37,20 +37,6 @@ _CONSUMER_HEADERS = ("x-consumer-custom-id", "x-consumer-username", "x-consumer-
 class Identity:
     user_id: str | None = None
     company_id: str | None = None
-
-
-def _header(headers: Mapping[str, str], name: str | None) -> str | None:
-    """A non-blank header value. nginx lookups also map `_` to `-`; so do we."""
-    if not name:
-        return None
-    name = name.strip().lower()
-    value = headers.get(name)
-    if value is None and "_" in name:
-        value = headers.get(name.replace("_", "-"))
-    if value is None:
-        return None
-    value = value.strip()
-    return value or None
 
 
 def _b64decode(segment: str) -> bytes | None:
@@ -146,14 +132,6 @@ def _basic_user(value: str) -> str | None:
     return user if colon and user else None
 
 
-def _token_header(headers: Mapping[str, str], names: tuple[str, ...]) -> str | None:
-    """The first configured token header present (even if it then yields nothing, like the plugin)."""
-    for name in names:
-        if name in headers:
-            return headers[name]
-    return None
-
-
 def token_user(value: str, field: str | None) -> str | None:
     """The user named by one token header value: Basic user name, or the claim `field`."""
     user = _basic_user(value)
@@ -167,25 +145,89 @@ def identify(
     request_headers: Mapping[str, str], response_headers: Mapping[str, str] | None, config: Config
 ) -> Identity:
     """User and company for one call. Headers: lowercased names -> first value, unmasked."""
-    response_headers = response_headers or {}
-    user = _header(request_headers, config.user_id_header)
-    if user is None:
-        for name in _CONSUMER_HEADERS:
-            user = _header(request_headers, name)
-            if user is not None:
-                break
-    token = _token_header(request_headers, config.authorization_header_name)
-    claims = token_claims(token) if token is not None else None
-    if user is None and token is not None:
-        user = _basic_user(token)
-        if user is None and claims:
-            user = claim_id(claims, config.authorization_user_id_field)
-    if user is None:
-        user = _header(response_headers, config.user_id_header)
-
-    company = _header(request_headers, config.company_id_header)
-    if company is None and claims:
-        company = claim_id(claims, config.authorization_company_id_field)
-    if company is None:
-        company = _header(response_headers, config.company_id_header)
+    lists = {k: [v] for k, v in request_headers.items()}
+    user, company = Identifier(config).identify(lists, {k: [v] for k, v in (response_headers or {}).items()})
     return Identity(user, company)
+
+
+class Identifier:
+    """`identify` for one configuration, over header lists (lowercased name -> values, unmasked).
+
+    The header names are normalised once here, and what a token says is remembered per token value:
+    a client sends the same Basic or JWT credential on every call, and decoding it costs more than the
+    rest of identification together.
+    """
+
+    _TOKENS_MAX = 1024
+    _TOKEN_MAX_CHARS = 4096  # longer tokens are decoded each time rather than kept
+
+    def __init__(self, config: Config) -> None:
+        self._user_header = _names(config.user_id_header)
+        self._company_header = _names(config.company_id_header)
+        # Every request header the header steps read: most requests carry none of them.
+        self._named = frozenset((*self._user_header, *self._company_header, *_CONSUMER_HEADERS))
+        self._token_names = config.authorization_header_name
+        self._user_field = config.authorization_user_id_field
+        self._company_field = config.authorization_company_id_field
+        self._tokens: dict[str, tuple[str | None, str | None, str | None]] = {}
+
+    def identify(
+        self, request: Mapping[str, list[str]], response: Mapping[str, list[str]]
+    ) -> tuple[str | None, str | None]:
+        """(user id, company id); a plain tuple, as this runs once per event."""
+        user = company = None
+        if not self._named.isdisjoint(request):
+            user = _first(request, self._user_header)
+            if user is None:
+                for name in _CONSUMER_HEADERS:
+                    user = _first(request, (name,))
+                    if user is not None:
+                        break
+            company = _first(request, self._company_header)
+        for name in self._token_names:
+            if name in request:
+                # The first configured token header present, even if it then yields nothing (the plugin).
+                basic_user, claim_user, claim_company = self._token(request[name][0])
+                if user is None:
+                    user = basic_user if basic_user is not None else claim_user
+                if company is None:
+                    company = claim_company
+                break
+        if user is None and self._user_header:
+            user = _first(response, self._user_header)
+        if company is None and self._company_header:
+            company = _first(response, self._company_header)
+        return user, company
+
+    def _token(self, value: str) -> tuple[str | None, str | None, str | None]:
+        """(Basic user, user claim, company claim) of one token header value."""
+        known = self._tokens.get(value)
+        if known is None:
+            claims = token_claims(value)
+            known = (
+                _basic_user(value),
+                claim_id(claims, self._user_field) if claims else None,
+                claim_id(claims, self._company_field) if claims else None,
+            )
+            if len(value) <= self._TOKEN_MAX_CHARS:
+                if len(self._tokens) >= self._TOKENS_MAX:
+                    self._tokens.clear()
+                self._tokens[value] = known
+        return known
+
+
+def _names(configured: str | None) -> tuple[str, ...]:
+    """The lookup names of a configured header: lowercased, and with `_` as `-` (nginx does both)."""
+    if not configured:
+        return ()
+    name = configured.strip().lower()
+    return (name, name.replace("_", "-")) if "_" in name else (name,)
+
+
+def _first(headers: Mapping[str, list[str]], names: tuple[str, ...]) -> str | None:
+    """The first value of the first of `names` present, stripped; None when absent or blank."""
+    for name in names:
+        values = headers.get(name)
+        if values is not None:
+            return values[0].strip() or None
+    return None

@@ -1,0 +1,140 @@
+"""Event-building speed: `EventBuilder.build` per call, next to `orjson.dumps` of the same events.
+
+Usage: python bench/events.py [CAPTURE] [--runs N] [--profile]
+CAPTURE (default /tmp/bench-100k.pcap, made from the 1M bench capture or with make_capture.sh when
+missing) gives the "wrk" mix: keep-alive GETs with JSON bodies and Basic auth, as `replay` sees them.
+pcaps/kong-demo.pcap gives the "kong" mix: joined legs, JWT/Basic/apikey, gzip, POST bodies.
+The calls are collected once by the real engine (pipeline + leg joiner), so only building is timed.
+The baseline is orjson.dumps of the built events, measured in the same run: the serialisation every
+event costs anyway, so "build / dumps" says how many serialisations one build is worth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from sniffer.capture.pcapfile import open_capture  # noqa: E402
+from sniffer.config import Config  # noqa: E402
+from sniffer.engine import Engine  # noqa: E402
+from sniffer.kong.api_call import ApiCall  # noqa: E402
+from sniffer.moesif.event import EventBuilder  # noqa: E402
+
+TMP = Path(tempfile.gettempdir())
+WRK_CAPTURE = TMP / "bench-100k.pcap"
+BIG_CAPTURE = TMP / "moesif-sniffer-bench-1M.pcap"
+KONG_CAPTURE = ROOT / "pcaps" / "kong-demo.pcap"
+
+
+class _Recorder:
+    """Stands in for the engine's EventBuilder: keeps the calls instead of building them."""
+
+    def __init__(self) -> None:
+        self.calls: list[ApiCall] = []
+
+    def build(self, call: ApiCall) -> None:
+        self.calls.append(call)
+
+
+def collect_calls(capture: Path, config: Config) -> list[ApiCall]:
+    """The ApiCalls `replay` would build events from, in the same order."""
+    engine = Engine(config, sink=None)  # type: ignore[arg-type]  # the recorder never submits
+    recorder = _Recorder()
+    engine.builder = recorder  # type: ignore[assignment]
+    with open_capture(capture) as cap:
+        for ts, linktype, frame, wire_len in cap:
+            engine.feed(ts, linktype, frame, wire_len)
+    engine.close()
+    return recorder.calls
+
+
+def ensure_wrk_capture(path: Path) -> Path:
+    if path.exists():
+        return path
+    if BIG_CAPTURE.exists():
+        cmd = ["tcpdump", "-r", str(BIG_CAPTURE), "-c", "100000", "-w", str(path)]
+    else:
+        cmd = [str(HERE / "make_capture.sh"), str(path), "100000"]
+    print(f"making {path}: {' '.join(cmd)}", file=sys.stderr)
+    subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
+    return path
+
+
+def best_time(fn: Callable[[], object], runs: int) -> float:
+    """Fastest of `runs` wall times: the least disturbed by the rest of the machine."""
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_mix(name: str, calls: list[ApiCall], builder: EventBuilder, runs: int) -> None:
+    build = builder.build
+    events = [e for e in (build(c) for c in calls) if e is not None]
+    dumps = orjson.dumps
+
+    def build_all() -> None:
+        for c in calls:
+            build(c)
+
+    def dump_all() -> None:
+        for e in events:
+            dumps(e)
+
+    t_build = best_time(build_all, runs)
+    t_dump = best_time(dump_all, runs)
+    n = len(calls)
+    print(
+        f"{name:<6} {n:>7,} calls  build {n / t_build:>10,.0f} events/s ({t_build / n * 1e6:6.2f} us)"
+        f"  orjson.dumps {len(events) / t_dump:>10,.0f} events/s ({t_dump / len(events) * 1e6:5.2f} us)"
+        f"  build/dumps {(t_build / n) / (t_dump / len(events)):5.1f}x"
+    )
+
+
+def profile(calls: list[ApiCall], builder: EventBuilder) -> None:
+    prof = cProfile.Profile()
+    prof.enable()
+    for c in calls:
+        builder.build(c)
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("capture", nargs="?", type=Path, default=WRK_CAPTURE)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--profile", action="store_true", help="cProfile the wrk mix instead of timing")
+    args = ap.parse_args()
+    config = Config()
+    builder = EventBuilder(config)
+    wrk = collect_calls(ensure_wrk_capture(args.capture), config)
+    if args.profile:
+        profile(wrk, builder)
+        return 0
+    print(f"best of {args.runs} runs; default configuration")
+    bench_mix("wrk", wrk, builder, args.runs)
+    if KONG_CAPTURE.exists():
+        kong = collect_calls(KONG_CAPTURE, config)
+        # The demo is small: repeat its calls so the timing is not dominated by clock resolution.
+        bench_mix("kong", kong * max(1, 20_000 // max(1, len(kong))), builder, args.runs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
