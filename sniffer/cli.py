@@ -1,7 +1,9 @@
 """The `moesif-sniffer` command line: subcommands, configuration loading, exit statuses.
 
 Exit status: 0 success; 2 bad configuration, or a capture file that is missing, unreadable, not a
-capture, or damaged (for a damaged file every event before the damage is still written).
+capture, or damaged (for a damaged file every event before the damage is still written). `run` (the
+live capture daemon, `sniffer.daemon`): 0 after a graceful stop, 1 when a capture worker died, 2 when
+the capture, metrics address or output cannot be set up.
 """
 
 from __future__ import annotations
