@@ -102,7 +102,8 @@ class Daemon:
 
 def daemon_env(port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MOESIF_", "SNIFFER_"))}
-    env.update(SNIFFER_INTERFACE="lo", SNIFFER_PORTS=str(port), SNIFFER_KONG_PORTS="", **extra)
+    env.update(SNIFFER_INTERFACE="lo", SNIFFER_PORTS=str(port), SNIFFER_KONG_PORTS="")
+    env.update(extra)
     return env
 
 
@@ -112,7 +113,9 @@ def running_daemon(
 ) -> Iterator[Daemon]:
     mport = free_port()
     out, err = tmp / "events.jsonl", tmp / "daemon.log"
-    env = daemon_env(port, SNIFFER_METRICS_ADDR=f"127.0.0.1:{mport}", **extra)
+    extra.setdefault("SNIFFER_METRICS_ADDR", f"127.0.0.1:{mport}")
+    by_log = not extra["SNIFFER_METRICS_ADDR"]  # no endpoint: ready once the log says so
+    env = daemon_env(port, **extra)
     cmd = [*wrap, sys.executable, "-m", "sniffer", "run", "--output", str(out), *args]
     with open(err, "wb") as errf:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errf, cwd=tmp)
@@ -121,8 +124,10 @@ def running_daemon(
         deadline = time.monotonic() + 15
         while True:
             assert proc.poll() is None, err.read_text()
-            with_status = d.get("/readyz") if _listening(mport) else (0, "")
-            if with_status[0] == 200:
+            if by_log:
+                if err.exists() and "capturing on" in err.read_text():
+                    break
+            elif _listening(mport) and d.get("/readyz")[0] == 200:
                 break
             assert time.monotonic() < deadline, "daemon not ready: " + err.read_text()
             time.sleep(0.05)
@@ -370,3 +375,88 @@ def test_without_cap_setuid_it_stays_uid_0_without_capabilities_and_says_so(tmp_
     assert "\nUid:\t0\t0\t0\t0\n" in status and "\nCapEff:\t0000000000000000\n" in status
     assert "cannot switch to user 'nobody' (no CAP_SETUID/CAP_SETGID" in d.err.read_text()
     assert [e["request"]["uri"].rsplit("/", 1)[1] for e in events] == ["still-captures"]
+
+
+NETNS = ("snf-test-cli", "snf-test-srv")
+
+
+@contextmanager
+def two_namespaces() -> Iterator[None]:
+    """cli (10.99.0.1 on veth-c) <-> srv (10.99.0.2 on veth-s, and lo)."""
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+    def down() -> None:
+        for ns in NETNS:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+    down()
+    try:
+        for ns in NETNS:
+            ip("netns", "add", ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+        ip(
+            "link",
+            "add",
+            "veth-c",
+            "netns",
+            NETNS[0],
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth-s",
+            "netns",
+            NETNS[1],
+        )
+        for ns, dev, addr in ((NETNS[0], "veth-c", "10.99.0.1/24"), (NETNS[1], "veth-s", "10.99.0.2/24")):
+            ip("-n", ns, "addr", "add", addr, "dev", dev)
+            ip("-n", ns, "link", "set", dev, "up")
+        yield
+    finally:
+        down()
+
+
+@NEEDS_CURL
+@pytest.mark.skipif(not shutil.which("ip"), reason="iproute2 not installed")
+def test_an_interface_list_captures_on_each_interface(tmp_path: Path) -> None:
+    with two_namespaces():
+        srv = NETNS[1]
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", srv, sys.executable, "-m", "http.server", "8099", "--bind", "0.0.0.0"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp_path,
+        )
+        wrap = ("ip", "netns", "exec", srv)
+        try:
+            with running_daemon(
+                tmp_path, 8099, wrap=wrap, SNIFFER_INTERFACE="veth-s,lo", SNIFFER_WORKERS="2",
+                SNIFFER_METRICS_ADDR="",
+            ) as d:  # fmt: skip
+                for _ in range(50):  # the server is up
+                    if (
+                        subprocess.run(
+                            [*wrap, "curl", "-s", "-o", "/dev/null", "http://127.0.0.1:8099/"]
+                        ).returncode
+                        == 0
+                    ):
+                        break
+                    time.sleep(0.1)
+                for i in range(3):
+                    url = f"http://10.99.0.2:8099/?via=veth{i}"
+                    subprocess.run(
+                        ["ip", "netns", "exec", NETNS[0], "curl", "-sS", "-o", "/dev/null", url], check=True
+                    )
+                subprocess.run(
+                    [*wrap, "curl", "-sS", "-o", "/dev/null", "http://127.0.0.1:8099/?via=lo"], check=True
+                )
+                assert d.stop() == 0
+                events = d.events()
+        finally:
+            server.kill()
+            server.wait(5)
+    uris = sorted(e["request"]["uri"].rsplit("/", 1)[1] for e in events)
+    assert uris[-4:] == ["?via=lo", "?via=veth0", "?via=veth1", "?via=veth2"]
+    assert {e["request"]["ip_address"] for e in events if "veth" in e["request"]["uri"]} == {"10.99.0.1"}
