@@ -51,6 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", help="append JSON lines here instead of stdout (no application id)")
     run.add_argument("--log-file", help="write logs here instead of stderr (reopened on SIGHUP)")
     add_arguments(run)
+    doctor = sub.add_parser(
+        "doctor",
+        help="check this host for `run`: capture privileges, interfaces, traffic, offloads, Moesif",
+        description="One line per check with what to fix; exit status 1 when any check fails. Run it "
+        "with the same environment (and in the same container) as `run`.",
+    )
+    doctor.add_argument(
+        "--seconds", type=float, default=3.0, help="how long to wait for traffic on the Kong ports (3)"
+    )
+    add_arguments(doctor)
     return parser
 
 
@@ -130,6 +140,10 @@ def _cmd_replay(args: argparse.Namespace, config: Config) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(levelname)s %(name)s: %(message)s")
+    if args.command == "doctor":  # reports a bad configuration as one of its checks
+        from sniffer.doctor import main as doctor
+
+        return doctor(args, os.environ)
     try:
         config = Config.load(args, os.environ)
     except ConfigError as exc:
