@@ -11,7 +11,15 @@ from collections.abc import Callable
 import brotli
 import pytest
 
-from sniffer.moesif.body import COUNT_CAP, BodyCapture, capture_body, decode_content, encode_body
+from sniffer.moesif.body import (
+    COUNT_CAP,
+    BodyCapture,
+    capture_body,
+    capture_body_with,
+    decode_content,
+    encode_body,
+    plain_body,
+)
 
 JSON_CT = (b"Content-Type", b"application/json; charset=utf-8")
 DOC = b'{"id": 7, "items": [1, 2, 3], "name": "caf\xc3\xa9"}' * 1
@@ -223,3 +231,55 @@ def test_undecodable_body_over_limit_left_out() -> None:
 def test_empty_body_left_out() -> None:
     out = cap(b"", JSON_CT)
     assert not out.present and out.value is None and out.transfer_encoding is None and not out.meta
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "limit", "truncated"),
+    [
+        (DOC, [JSON_CT], 100_000, False),
+        (b"plain text", [(b"Content-Type", b"text/plain")], 100_000, False),
+        (b"null", [JSON_CT], 100_000, False),
+        (DOC, [JSON_CT], len(DOC), False),  # exactly at the limit
+        (DOC, [JSON_CT], len(DOC) - 1, False),  # one over
+        (DOC, [JSON_CT], 100_000, True),
+        (b"", [JSON_CT], 100_000, False),
+        (gzip.compress(DOC), [JSON_CT, (b"Content-Encoding", b"gzip")], 100_000, False),
+        (DOC, [JSON_CT, (b"Content-Encoding", b"identity")], 100_000, False),
+        (DOC, [(b"Content-Type", b"application/json"), (b"content-type", b"charset=utf-8")], 100_000, False),
+    ],
+    ids=[
+        "json",
+        "text",
+        "null",
+        "at-limit",
+        "over-limit",
+        "truncated",
+        "empty",
+        "gzip",
+        "identity",
+        "two-types",
+    ],
+)
+def test_plain_body_is_capture_body_short_cut(
+    body: bytes, headers: list[tuple[bytes, bytes]], limit: int, truncated: bool
+) -> None:
+    size = len(body) + (5 if truncated else 0)
+    full = capture_body(body, headers=headers, body_size=size, body_truncated=truncated, limit=limit)
+    encodings = [v.decode("latin-1") for k, v in headers if k.lower() == b"content-encoding"]
+    content_type = ", ".join(v.decode("latin-1") for k, v in headers if k.lower() == b"content-type") or None
+    with_values = capture_body_with(
+        body,
+        content_encoding=encodings,
+        content_type=content_type,
+        body_size=size,
+        body_truncated=truncated,
+        limit=limit,
+    )
+    assert with_values == full
+    plain = plain_body(body, content_type, coded=bool(encodings), truncated=truncated, limit=limit)
+    if plain is not None:
+        # Only taken when there is nothing else to say about the body.
+        assert full.present and not full.meta and not full.flags
+        assert plain == (full.value, full.transfer_encoding)
+    else:
+        assert encodings or truncated or not body or len(body) > limit

@@ -5,16 +5,19 @@ from __future__ import annotations
 import base64
 import gzip
 import re
+import time
 import uuid
 from dataclasses import replace
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reassembly.events import Exchange, ExchangeFlag, HttpRequest, HttpResponse
 from sniffer.config import Config
 from sniffer.kong.api_call import ApiCall, Legs
-from sniffer.moesif.client_ip import client_ip, parse_ip
+from sniffer.moesif.client_ip import client_ip, forwarded_ip, parse_ip
 from sniffer.moesif.event import EventBuilder, iso_time, transaction_id
 
 TS = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -549,3 +552,168 @@ def test_body_cut_by_the_core_is_omitted_not_partial() -> None:
     assert "body" not in event["response"]  # type: ignore[operator]
     assert capture["response_body_omitted"] == "over_limit" and capture["response_body_size"] == 250_000
     assert "flags" not in capture and capture["truncated"] is False
+
+
+# -- the fast paths give what the plain definitions give ------------------------------------------
+
+NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://moesif-sniffer/transaction-id")
+IPS = st.sampled_from(["10.0.0.1", "192.168.200.254", "2001:db8::1", "::1", "fe80::a:b"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    client=st.tuples(IPS, st.integers(1, 65535)),
+    server=st.tuples(IPS, st.integers(1, 65535)),
+    offset=st.integers(0, 2**40),
+    ts=st.floats(0, 4e9, allow_nan=False),
+)
+def test_derived_transaction_id_is_uuid5_of_flow_offset_and_time(
+    client: tuple[str, int], server: tuple[str, int], offset: int, ts: float
+) -> None:
+    # The builder hashes with a per-flow SHA-1 prefix and formats the UUID itself: it must be uuid5.
+    call = ApiCall(
+        client_leg=exchange(
+            request([(b"Host", b"h")], ts=ts, offset=offset), None, client=client, server=server
+        ),
+        upstream_leg=None,
+        legs=Legs.SINGLE,
+    )
+
+    def ep(e: tuple[str, int]) -> str:
+        return f"[{e[0]}]:{e[1]}" if ":" in e[0] else f"{e[0]}:{e[1]}"
+
+    expected = str(uuid.uuid5(NAMESPACE, f"{ep(client)}|{ep(server)}|{offset}|{round(ts * 1_000_000)}"))
+    assert transaction_id(call) == expected
+    assert EventBuilder(Config()).build(call)["transaction_id"] == expected  # type: ignore[index]
+
+
+@settings(max_examples=300, deadline=None)
+@given(ts=st.floats(0, 4e9, allow_nan=False))
+def test_iso_time_is_strftime_of_the_truncated_millisecond(ts: float) -> None:
+    ms = round(ts * 1_000_000) // 1000
+    expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+    assert iso_time(ts) == expected
+    assert iso_time(ts) == expected  # again, now from the per-second memo
+
+
+def test_iso_time_memo_stays_right_past_its_size() -> None:
+    # More distinct seconds than the memo holds: it is emptied, never wrong.
+    for sec in range(0, 5000 * 86_399, 86_399):
+        ts = sec + 0.25
+        assert iso_time(ts) == time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + ".250Z"
+
+
+def varied_calls() -> list[ApiCall]:
+    """Calls that differ in every value a builder remembers: flows, Host, targets, tokens, methods."""
+    calls = []
+    for i in range(40):
+        client = (f"10.0.{i % 3}.{i % 7}", 40000 + i % 5)
+        server = ("2001:db8::9", 8000) if i % 4 == 0 else (f"10.1.0.{i % 2}", 8080)
+        headers = [(b"Host", [b"a.example", b"B.example:81", b"[::1]:9"][i % 3])]
+        if i % 2:
+            headers.append((b"Authorization", b"Basic " + base64.b64encode(f"user{i % 6}:pw".encode())))
+        target = [b"/x?page=1", b"/y", b"http://other.example/p?q=2", b"*"][i % 4]
+        req = request(headers, method=[b"GET", b"POST", b"PUT"][i % 3], target=target, offset=i * 100)
+        resp = response(
+            [(b"Content-Type", b"application/json"), (b"X-Kong-Request-Id", f"k{i}".encode())],
+            body=b'{"n": %d}' % i,
+        )
+        calls.append(
+            ApiCall(client_leg=exchange(req, resp, client, server), upstream_leg=None, legs=Legs.SINGLE)
+        )
+    calls.append(kong_call(Legs.CLIENT_AND_UPSTREAM))
+    calls.append(kong_call(Legs.UPSTREAM_ONLY))
+    return calls
+
+
+def test_a_long_lived_builder_gives_what_fresh_builders_give() -> None:
+    # What a builder remembers (flows, URIs, tokens, methods) must never leak from one call into another.
+    config = Config(request_query_masks=("page",))
+    fresh = [orjson.dumps(EventBuilder(config).build(c)) for c in varied_calls()]
+    builder = EventBuilder(config)
+    for _ in range(3):
+        assert [orjson.dumps(builder.build(c)) for c in varied_calls()] == fresh
+    # Builders of other configurations do not share what one of them remembered.
+    other = EventBuilder(Config())
+    first = varied_calls()[0]
+    assert valid(other.build(first))["request"]["uri"] == "http://a.example:8000/x?page=1"  # type: ignore[index]
+    assert orjson.loads(fresh[0])["request"]["uri"] == "http://a.example:8000/x?page=*****"
+
+
+def test_many_flows_past_the_flow_memo() -> None:
+    builder = EventBuilder(Config())
+    for i in range(5000):
+        client = (f"10.{i >> 8}.{i & 255}.1", 1024 + i)
+        call = ApiCall(
+            client_leg=exchange(request([(b"Host", b"h")]), None, client=client),
+            upstream_leg=None,
+            legs=Legs.SINGLE,
+        )
+        capture = valid(builder.build(call))["metadata"]["capture"]  # type: ignore[index]
+        assert capture["connection"] == f"{client[0]}:{client[1]} -> 10.0.0.2:8000"
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [
+        (b"  kreq-1\t", "kreq-1"),
+        (b"\x1ckreq-1\x1c", "\x1ckreq-1\x1c"),  # str.strip() would strip \x1c; the wire rule (bytes) does not
+        (b"\xc2\xa0kreq-1", "\xa0kreq-1"),  # UTF-8 no-break space: not ASCII whitespace, kept
+        (b"kr\xe9q", "kr\xe9q"),  # not UTF-8: read as latin-1
+        (b"   ", "from-request"),  # blank: the next message is looked at
+    ],
+)
+def test_kong_request_id_is_stripped_as_bytes(sent: bytes, expected: str) -> None:
+    call = ApiCall(
+        client_leg=exchange(
+            request([(b"Host", b"h"), (b"X-Kong-Request-Id", b"from-request")]),
+            response([(b"X-Kong-Request-Id", sent)]),
+        ),
+        upstream_leg=None,
+        legs=Legs.SINGLE,
+    )
+    assert valid(EventBuilder(Config()).build(call))["metadata"]["capture"]["kong_request_id"] == expected  # type: ignore[index]
+
+
+def test_content_headers_read_as_latin1_for_bodies() -> None:
+    # Content-Encoding/-Type are read byte for byte (latin-1), as body.capture_body reads them, even
+    # where the header text shown in the event is UTF-8.
+    call = ApiCall(
+        client_leg=exchange(
+            request([(b"Host", b"h")]),
+            response([(b"Content-Encoding", b"gz\xc3\xafp"), JSON_TYPE], body=b'{"a": 1}'),
+        ),
+        upstream_leg=None,
+        legs=Legs.SINGLE,
+    )
+    event = valid(EventBuilder(Config()).build(call))
+    assert event["response"]["headers"]["content-encoding"] == "gz\u00efp"  # type: ignore[index]
+    capture = event["metadata"]["capture"]  # type: ignore[index]
+    assert capture["response_body_undecoded"] == "gz\u00c3\u00afp".lower()
+    assert event["response"]["body"] == base64.b64encode(b'{"a": 1}').decode()  # type: ignore[index]
+
+
+JSON_TYPE = (b"Content-Type", b"application/json")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"accept": ["*/*"]},
+        {"x-forwarded-for": ["junk", "203.0.113.7"]},
+        {"x-real-ip": ["10.9.8.7"], "forwarded": ["for=192.0.2.1"]},
+        {"forwarded": ['for="[2001:db8::3]:80"', "for=1.1.1.1"]},
+    ],
+)
+def test_forwarded_ip_is_client_ip_without_a_peer(headers: dict[str, list[str]]) -> None:
+    joined = {k: ", ".join(v) for k, v in headers.items()}
+    assert forwarded_ip(headers) == client_ip(joined, None)
+
+
+def test_parse_ip_memo_stays_right_past_its_size() -> None:
+    for i in range(6000):
+        text = f"10.{i >> 8}.{i & 255}.2"
+        assert parse_ip(f"{text}:80") == text
+        assert parse_ip(f"[::ffff:{text}]:80") == text
+    assert parse_ip("10.0.0.2:80") == "10.0.0.2" and parse_ip("nope") is None and parse_ip("nope") is None

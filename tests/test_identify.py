@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from sniffer.config import Config
-from sniffer.moesif.identify import Identity, decode_claims, identify
+from sniffer.moesif.identify import Identifier, Identity, decode_claims, identify
 
 BASE = Config()
 
@@ -240,3 +240,49 @@ def test_plugin_decoder_would_fail_where_we_succeed() -> None:
     with pytest.raises(orjson.JSONDecodeError):
         orjson.loads(garbled)
     assert decode_claims(seg) == URL_CLAIMS
+
+
+def test_identifier_remembers_tokens_without_mixing_them() -> None:
+    # One Identifier per configuration remembers what each token says; results must be those of a
+    # fresh identification, call after call, token after token, past the size of what it keeps.
+    config = replace(BASE, authorization_company_id_field="org")
+    ident = Identifier(config)
+    tokens = [f"Basic {basic(f'user{i}:pw')}" for i in range(1500)]
+    tokens += [f"Bearer {jwt({'sub': f'jwt{i}', 'org': f'co{i}'})}" for i in range(50)]
+    tokens += ["Bearer opaque", "Basic !!!", jwt({"sub": 7})]
+    for _ in range(2):
+        for token in tokens:
+            assert Identity(*ident.identify({"authorization": [token]}, {})) == identify(
+                {"authorization": token}, None, config
+            )
+    assert ident.identify({"authorization": [tokens[3]]}, {}) == ("user3", None)
+    assert ident.identify({"authorization": [tokens[1500]]}, {}) == ("jwt0", "co0")
+    # A header naming the user still wins over a remembered token.
+    assert ident.identify({"authorization": [tokens[3]], "x-consumer-id": ["c"]}, {}) == ("c", None)
+
+
+def test_identifiers_of_different_configs_read_the_same_token_differently() -> None:
+    token = f"Bearer {jwt({'sub': 'alice', 'uid': 42, 'org': {'id': 'acme'}})}"
+    by_sub = Identifier(BASE)
+    by_uid = Identifier(
+        replace(BASE, authorization_user_id_field="uid", authorization_company_id_field="org.id")
+    )
+    assert by_sub.identify({"authorization": [token]}, {}) == ("alice", None)
+    assert by_uid.identify({"authorization": [token]}, {}) == ("42", "acme")
+    assert by_sub.identify({"authorization": [token]}, {}) == ("alice", None)
+
+
+def test_huge_token_is_decoded_not_kept() -> None:
+    token = f"Bearer {jwt({'sub': 'big', 'pad': 'x' * 10_000})}"
+    ident = Identifier(BASE)
+    for _ in range(2):
+        assert ident.identify({"authorization": [token]}, {}) == ("big", None)
+
+
+def test_identifier_reads_the_first_of_repeated_headers_and_nginx_underscores() -> None:
+    ident = Identifier(replace(BASE, user_id_header="X_User", company_id_header="X-Co"))
+    request = {"x-user": ["  ", "second"], "x-consumer-id": ["consumer"], "x-co": ["co1", "co2"]}
+    # A blank first value counts as absent (the next step runs), as with a single-valued mapping.
+    assert ident.identify(request, {}) == ("consumer", "co1")
+    assert ident.identify({"x_user": ["u"]}, {"x-user": ["resp"]}) == ("u", None)
+    assert ident.identify({}, {"x-user": ["resp"], "x-co": ["rco"]}) == ("resp", "rco")

@@ -29,6 +29,7 @@ __all__ = [
     "decode_content",
     "encode_body",
     "parse_codings",
+    "plain_body",
 ]
 
 _CHUNK = 64 << 10
@@ -187,6 +188,17 @@ def _values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[str]:
     return [v.decode("latin-1") for k, v in headers if k.lower() == name]
 
 
+def plain_body(
+    body: bytes, content_type: str | None, *, coded: bool, truncated: bool, limit: int
+) -> tuple[object, str] | None:
+    """The common case, short-cut: a body with nothing to undo (`coded`: a Content-Encoding to apply),
+    whole, not empty and within the limit is just `encode_body`, with nothing to report about it.
+    None: the caller needs `capture_body_with`."""
+    if coded or truncated or not body or len(body) > limit:
+        return None
+    return encode_body(body, content_type)
+
+
 def capture_body(
     body: bytes,
     *,
@@ -220,14 +232,15 @@ def capture_body_with(
 ) -> BodyCapture:
     """`capture_body` for a caller that already holds the message's Content-Encoding values and its
     Content-Type (repeated headers joined with ", "), each header value decoded as latin-1."""
+    plain = plain_body(
+        body, content_type, coded=bool(decode and content_encoding), truncated=body_truncated, limit=limit
+    )
+    if plain is not None:
+        return BodyCapture(True, *plain)
     wire_size = max(body_size, len(body))
     if wire_size == 0:
         return BodyCapture()
-    codings = parse_codings(content_encoding) if decode and content_encoding else []
-    if not codings and not body_truncated and len(body) <= limit:
-        # The common case, short-cut: nothing to undo and within the limit (decode_content's first case).
-        value, transfer_encoding = encode_body(body, content_type)
-        return BodyCapture(True, value, transfer_encoding)
+    codings = parse_codings(content_encoding) if decode else []
     out = BodyCapture()
     if body_truncated:
         # The core kept only a prefix (its cap sits just above the limit): the body is over the limit.

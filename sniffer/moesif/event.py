@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from reassembly.events import Endpoint, Exchange, ExchangeFlag, HttpMessage, HttpRequest, HttpResponse
 from sniffer.config import Config
 from sniffer.kong.api_call import ApiCall, Legs
-from sniffer.moesif.body import BodyCapture, capture_body_with
+from sniffer.moesif.body import capture_body_with, plain_body
 from sniffer.moesif.client_ip import forwarded_ip, parse_ip
 from sniffer.moesif.identify import Identifier
 from sniffer.moesif.masks import header_mask_set, mask_body, mask_query
@@ -61,6 +61,7 @@ _MEMO_MAX = 4096
 _NAMES: dict[bytes, str] = {}
 _SECONDS: dict[int, str] = {}
 _HOSTS: dict[str, str] = {}
+_METHODS: dict[bytes, str] = {}
 _URI_MEMO_MAX_TARGET = 512  # longer request targets are parsed each time rather than kept
 _LEGS = {legs: legs.value for legs in Legs}  # Enum.value is a Python-level property: look it up once
 _MILLIS = [f".{milli:03d}Z" for milli in range(1000)]
@@ -78,6 +79,13 @@ def iso_time(ts: float) -> str:
             _SECONDS.clear()
         prefix = _SECONDS[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
     return prefix + _MILLIS[milli]
+
+
+def _method(raw: bytes) -> str:
+    if len(_METHODS) >= _MEMO_MAX:
+        _METHODS.clear()
+    text = _METHODS[raw] = _text(raw)
+    return text
 
 
 def _text(raw: bytes) -> str:
@@ -145,6 +153,17 @@ def _latin1_values(headers: HeaderLists, name: str, msg: HttpMessage) -> list[st
     return [v.decode("latin-1") for k, v in msg.headers if k.lower() == raw]
 
 
+def _ascii_first(headers: HeaderLists, name: str) -> str | None:
+    """`_text(msg.header(name).strip())` when that value is ASCII and not blank, else None.
+
+    For ASCII our text is the wire bytes, char for char, and bytes.strip() strips _BYTES_WHITESPACE.
+    """
+    values = headers.get(name)
+    if values is None or not values[0].isascii():
+        return None
+    return values[0].strip(_BYTES_WHITESPACE) or None
+
+
 def _endpoint(ep: Endpoint) -> str:
     ip, port = ep
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
@@ -176,9 +195,8 @@ def _id_hasher(client: Endpoint, server: Endpoint) -> hashlib._Hash:
     return hashlib.sha1(_NAMESPACE.bytes + f"{_endpoint(client)}|{_endpoint(server)}|".encode())
 
 
-def _derived_id(flow_hasher: hashlib._Hash, req: HttpRequest | None) -> str:
+def _derived_id(flow_hasher: hashlib._Hash, offset: int, ts: float) -> str:
     """uuid5(_NAMESPACE, "client|server|offset|microseconds") of where and when the request was seen."""
-    offset, ts = (req.stream_offset, req.ts_start) if req is not None else (-1, 0.0)
     h = flow_hasher.copy()
     h.update(f"{offset}|{round(ts * 1_000_000)}".encode())
     x = h.hexdigest()
@@ -206,7 +224,9 @@ def transaction_id(call: ApiCall) -> str:
     if sent is not None:
         return sent
     primary = call.primary
-    return _derived_id(_id_hasher(primary.client, primary.server), primary.request)
+    req = primary.request
+    offset, ts = (req.stream_offset, req.ts_start) if req is not None else (-1, 0.0)
+    return _derived_id(_id_hasher(primary.client, primary.server), offset, ts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,16 +282,17 @@ class EventBuilder:
 
     def build(self, call: ApiCall) -> dict[str, object] | None:
         """The event for `call`, or None for an orphan response (no request to report)."""
-        primary = call.primary
+        client_leg = call.client_leg
+        primary = client_leg if client_leg is not None else call.primary
         req = primary.request
         if req is None:
             return None
         config = self._config
-        flow = self._flow(primary)
+        flow = self._flows.get((primary.client, primary.server)) or self._flow(primary)
         # req_shown: the request headers as the event shows them, when they are just the primary's.
         req_lists, req_shown = _read_headers(req.headers, self._req_header_masks)
         up_lists: HeaderLists | None = None
-        if primary is not call.client_leg:  # only the upstream leg was seen
+        if primary is not client_leg:  # only the upstream leg was seen
             req_headers = self._upstream_request_headers(req_lists)
             req_shown = _render(req_headers, self._req_header_masks)
             uri = self._upstream_uri(req, req_lists, primary)
@@ -286,7 +307,10 @@ class EventBuilder:
                 req_headers = self._with_identity(req_lists, up_lists)
                 req_shown = _render(req_headers, self._req_header_masks)
 
-        resp, resp_leg = self._response(call)
+        if client_leg is not None and client_leg.response is not None:
+            resp, resp_leg = client_leg.response, client_leg
+        else:
+            resp, resp_leg = self._response(call)
         resp_lists: HeaderLists = {}
         resp_shown: dict[str, str | list[str]] = {}
         if resp is not None:
@@ -298,7 +322,7 @@ class EventBuilder:
         request: dict[str, object] = {
             "time": iso_time(req.ts_start),
             "uri": uri,
-            "verb": _text(req.method),
+            "verb": _METHODS.get(req.method) or _method(req.method),
             "headers": req_shown,
         }
         if ip is not None:
@@ -307,8 +331,8 @@ class EventBuilder:
             request["api_version"] = config.api_version
         # An empty body yields nothing at all (capture_body's first test), so it is not even looked at.
         if not config.disable_capture_request_body and (req.body or req.body_size > 0):
-            body = self._body(req, req_lists, config.request_max_body_size_limit, self._req_body_masks)
-            self._put_body(request, body, "request", capture, flags)
+            limit = config.request_max_body_size_limit
+            self._put_body(request, req, req_lists, limit, self._req_body_masks, "request", capture, flags)
 
         event: dict[str, object] = {"request": request}
         if resp is not None:
@@ -318,10 +342,10 @@ class EventBuilder:
                 "headers": resp_shown,
             }
             if not config.disable_capture_response_body and (resp.body or resp.body_size > 0):
-                body = self._body(
-                    resp, resp_lists, config.response_max_body_size_limit, self._resp_body_masks
+                limit = config.response_max_body_size_limit
+                self._put_body(
+                    response, resp, resp_lists, limit, self._resp_body_masks, "response", capture, flags
                 )
-                self._put_body(response, body, "response", capture, flags)
             event["response"] = response
             if resp_leg is not primary:
                 flags.add("response_from_upstream")
@@ -337,6 +361,9 @@ class EventBuilder:
         event["direction"] = "Incoming"
         event["weight"] = 1
         kong_id = call.kong_request_id
+        if not kong_id and resp_leg is client_leg:
+            # The client's response is the first place looked at, and where Kong puts the id.
+            kong_id = _ascii_first(resp_lists, _KONG_ID_HEADER)
         if not kong_id:
             known = {id(req): req_lists, id(resp): resp_lists}
             if up_lists is not None:
@@ -345,8 +372,10 @@ class EventBuilder:
         self._fill_capture(capture, call, primary, flow, flags, kong_id)
         event["metadata"] = {"capture": capture}
         # Only a request carrying the header can name its own id; any other gets one derived from its flow.
-        sent = _TRANSACTION_HEADER in req_lists or (up_lists is not None and _TRANSACTION_HEADER in up_lists)
-        event["transaction_id"] = transaction_id(call) if sent else _derived_id(flow.ids, req)
+        if _TRANSACTION_HEADER in req_lists or (up_lists is not None and _TRANSACTION_HEADER in up_lists):
+            event["transaction_id"] = transaction_id(call)
+        else:
+            event["transaction_id"] = _derived_id(flow.ids, req.stream_offset, req.ts_start)
         return event
 
     # -- request side -------------------------------------------------------------------------------
@@ -420,33 +449,49 @@ class EventBuilder:
                 return leg.response, leg
         return None, None
 
-    def _body(self, msg: HttpMessage, headers: HeaderLists, limit: int, masks: frozenset[str]) -> BodyCapture:
-        content_type = ", ".join(_latin1_values(headers, "content-type", msg)) or None
-        body = capture_body_with(
-            msg.body,
-            content_encoding=_latin1_values(headers, "content-encoding", msg),
-            content_type=content_type,
-            body_size=msg.body_size,
-            body_truncated=msg.body_truncated,
-            limit=limit,
-            decode=self._decode,
-        )
-        if masks and body.present and body.transfer_encoding == "json":
-            mask_body(body.value, masks)
-        return body
-
-    @staticmethod
     def _put_body(
-        target: dict[str, object], body: BodyCapture, side: str, capture: dict[str, object], flags: set[str]
+        self,
+        target: dict[str, object],
+        msg: HttpMessage,
+        headers: HeaderLists,
+        limit: int,
+        masks: frozenset[str],
+        side: str,
+        capture: dict[str, object],
+        flags: set[str],
     ) -> None:
-        if body.present:
-            target["body"] = body.value
-            target["transfer_encoding"] = body.transfer_encoding
-        if body.meta:
-            for key, value in body.meta.items():
-                capture[f"{side}_body_{key}"] = value
-        if body.flags:
-            flags.update(f"{side}_{flag}" for flag in body.flags)
+        """The body fields of one side into `target`, what to say about them into `capture` and `flags`."""
+        types = headers.get("content-type")
+        if types is not None and len(types) == 1 and types[0].isascii():
+            content_type = types[0] or None  # the usual case of the line below
+        else:
+            content_type = ", ".join(_latin1_values(headers, "content-type", msg)) or None
+        coded = self._decode and "content-encoding" in headers
+        plain = plain_body(msg.body, content_type, coded=coded, truncated=msg.body_truncated, limit=limit)
+        if plain is not None:
+            value, transfer_encoding = plain
+        else:
+            body = capture_body_with(
+                msg.body,
+                content_encoding=_latin1_values(headers, "content-encoding", msg),
+                content_type=content_type,
+                body_size=msg.body_size,
+                body_truncated=msg.body_truncated,
+                limit=limit,
+                decode=self._decode,
+            )
+            if body.meta:
+                for key, meta in body.meta.items():
+                    capture[f"{side}_body_{key}"] = meta
+            if body.flags:
+                flags.update(f"{side}_{flag}" for flag in body.flags)
+            if not body.present:
+                return
+            value, transfer_encoding = body.value, body.transfer_encoding
+        if masks and transfer_encoding == "json":
+            mask_body(value, masks)
+        target["body"] = value
+        target["transfer_encoding"] = transfer_encoding
 
     # -- metadata ---------------------------------------------------------------------------------
 
@@ -513,12 +558,11 @@ def _kong_request_id(call: ApiCall, known: dict[int, HeaderLists]) -> str | None
             if lists is not None:
                 if _KONG_ID_HEADER not in lists:
                     continue
-                text = lists[_KONG_ID_HEADER][0]
-                if text.isascii():  # then our text is the wire bytes, and bytes.strip() strips this set
-                    text = text.strip(_BYTES_WHITESPACE)
+                if lists[_KONG_ID_HEADER][0].isascii():
+                    text = _ascii_first(lists, _KONG_ID_HEADER)
                     if text:
                         return text
-                    continue
+                    continue  # blank
             value = msg.header(b"x-kong-request-id")
             if value and value.strip():
                 return _text(value.strip())
