@@ -7,7 +7,12 @@ decides who is the client, runs the SYN/FIN/RST lifecycle and feeds the two `Hal
   the side whose port is in `server_ports` is the server, else the lower port. Only a SYN, a SYN-ACK
   or a segment with payload creates a flow (pure ACKs of unknown flows are counted and dropped), and
   `FlowOpened` is emitted lazily, just before a flow's first stream event: a SYN flood or port scan
-  costs a small entry per half-open flow, bounded by `max_flows` (least recently active evicted).
+  costs a small entry per half-open flow, bounded by `max_flows`.
+- Eviction when the table is full: the oldest flow that has not delivered a byte yet (a half-open or
+  handshake-only flow, or one whose only data waits behind a hole) goes first, counted in
+  `evict_flows_half_open` too; only when there is none, the least recently active flow. This is
+  conntrack's early_drop policy: a SYN flood churns through its own entries and never evicts the
+  established keep-alive connections that carry the real calls.
 - A segment's ACK is applied to the opposite direction before its own payload, so bytes the peer
   acknowledged but the capture lost are gapped (ACKED_UNSEEN) before the answer to them is delivered.
 - FIN: the direction ends once everything before it is resolved; both ended -> FlowClosed(FIN). A RST
@@ -118,6 +123,7 @@ class FlowTable:
         # Both directions' keys map to (flow, this direction's stream, the other direction's stream).
         self._flows: dict[_FlowKey, tuple[_Flow, HalfStream, HalfStream]] = {}
         self._lru: OrderedDict[int, _Flow] = OrderedDict()  # flow_id -> flow, least recently active first
+        self._unopened: dict[int, _Flow] = {}  # flows that delivered nothing yet, oldest first
         self._tombs: OrderedDict[_FlowKey, float] = OrderedDict()  # closed flows' keys -> close time
         # Late packets of a closed flow arrive within a few RTTs (or retransmission timeouts).
         self._tomb_s = min(max(2 * limits.reorder_timeout_s, 1.0), limits.idle_timeout_s)
@@ -252,7 +258,12 @@ class FlowTable:
         out: list[StreamEvent] = []
         if len(self._lru) >= self._limits.max_flows and self._lru:
             stats["evict_flows"] += 1
-            self._close_flow(next(iter(self._lru.values())), CloseReason.EVICTED, seg.ts, out)
+            if self._unopened:
+                stats["evict_flows_half_open"] += 1
+                victim = next(iter(self._unopened.values()))
+            else:
+                victim = next(iter(self._lru.values()))
+            self._close_flow(victim, CloseReason.EVICTED, seg.ts, out)
         fid = self._next_id
         self._next_id += 1
         stats["tcp_flows"] += 1
@@ -265,6 +276,7 @@ class FlowTable:
         self._flows[s2c_key] = (flow, flow.s2c, flow.c2s)
         self._flows[c2s_key] = (flow, flow.c2s, flow.s2c)
         self._lru[fid] = flow
+        self._unopened[fid] = flow
         if client_is_src:
             return self._process(flow, flow.c2s, flow.s2c, seg, out)
         return self._process(flow, flow.s2c, flow.c2s, seg, out)
@@ -366,6 +378,7 @@ class FlowTable:
             self._stats["gap_midstream"] += 2
         out[at:at] = events
         flow.opened = True
+        self._unopened.pop(flow.flow_id, None)
         for hs in (flow.c2s, flow.s2c):
             hs.live = True
             hs.refresh()
@@ -396,6 +409,7 @@ class FlowTable:
         for key in flow.keys:
             self._flows.pop(key, None)
         self._lru.pop(flow.flow_id, None)
+        self._unopened.pop(flow.flow_id, None)
         self._stats[_CLOSED_NAMES[reason]] += 1
         if reason is CloseReason.FIN or reason is CloseReason.RST:
             tombs = self._tombs
