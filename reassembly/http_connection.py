@@ -30,7 +30,7 @@ RESPONSE_INCOMPLETE.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import fields
 
 from reassembly.events import (
     Direction,
@@ -57,21 +57,38 @@ _MAX_INTERIM = 16
 UNPROVEN_BYTES_LIMIT = 8 << 20
 
 
-@dataclass(slots=True, eq=False)
+_TO_SERVER = Direction.TO_SERVER
+_REQUEST = Role.REQUEST
+_RESPONSE = Role.RESPONSE
+_PAUSED = State.PAUSED
+_TUNNEL = FramingKind.TUNNEL
+_new = object.__new__
+_EXCHANGE_FIELDS = ("flow_id", "client", "server", "request", "response", "index", "flags")
+if tuple(f.name for f in fields(Exchange)) != _EXCHANGE_FIELDS:
+    # _emit sets every field itself, bypassing the (keyword-only, slower) __init__.
+    raise RuntimeError("HttpConnectionParser._emit does not set every field of Exchange")
+
+
 class _Entry:
     """One exchange being assembled."""
 
-    index: int
-    ts_start: float  # capture time the request began (the response's, for an orphan)
-    request: HttpRequest | None
-    response: HttpResponse | None = None
-    request_done: bool = False
-    response_done: bool = False
-    flags: set[ExchangeFlag] = field(default_factory=set)
+    __slots__ = ("flags", "index", "request", "request_done", "response", "response_done", "ts_start")
+
+    def __init__(self, index: int, ts_start: float, request: HttpRequest | None) -> None:
+        self.index = index
+        self.ts_start = ts_start  # capture time the request began (the response's, for an orphan)
+        self.request = request
+        self.response: HttpResponse | None = None
+        self.request_done = False
+        self.response_done = False
+        self.flags: set[ExchangeFlag] = set()
 
 
 class HttpConnectionParser:
     """HTTP/1.x parser for one TCP connection, fed with the TCP layer's stream events.
+
+    `feed` and `close` return the exchanges completed; pass `out` to have them appended to a list of
+    yours instead (the pipeline does, so no list is built per event).
 
     Args:
         flow_id, client, server: copied into every emitted `Exchange` (swapped if the roles turn out to be
@@ -79,6 +96,31 @@ class HttpConnectionParser:
         mid_stream: the handshake was not seen, so both directions start by scanning for a start line
             and the first one found decides which side is the client.
     """
+
+    __slots__ = (
+        "_client",
+        "_closed",
+        "_dead",
+        "_flow_id",
+        "_from_client",
+        "_from_server",
+        "_had_loss",
+        "_interim",
+        "_max_pending",
+        "_mid_stream",
+        "_next_index",
+        "_out",
+        "_pickup",
+        "_pipelined",
+        "_realign",
+        "_req_entry",
+        "_resp_entry",
+        "_server",
+        "_stats",
+        "_swapped",
+        "_unproven_bytes",
+        "_waiting",
+    )
 
     def __init__(
         self,
@@ -121,8 +163,8 @@ class HttpConnectionParser:
         """True once the flow is not (or no longer) HTTP: feeding it further is pointless."""
         return self._dead
 
-    def feed(self, event: StreamData | StreamGap) -> list[Exchange]:
-        """Take one stream event of this flow; return the exchanges it completed.
+    def feed(self, event: StreamData | StreamGap, out: list[Exchange] | None = None) -> list[Exchange]:
+        """Take one stream event of this flow; return the exchanges it completed (appended to `out`).
 
         Raises:
             RuntimeError: after `close()` (misuse). Bad traffic never raises: an internal error is counted
@@ -130,16 +172,19 @@ class HttpConnectionParser:
         """
         if self._closed:
             raise RuntimeError("HttpConnectionParser.feed() after close()")
+        if out is None:
+            out = []
         if self._dead:
-            return []
-        reader = self._from_client if event.direction == Direction.TO_SERVER else self._from_server
+            return out
+        self._out = out
+        reader = self._from_client if event.direction == _TO_SERVER else self._from_server
         try:
             if type(event) is StreamData:
                 if self._unproven_bytes >= 0:
                     self._unproven_bytes += len(event.data)
                     if self._unproven_bytes > UNPROVEN_BYTES_LIMIT:
                         self.on_not_http(reader)
-                        return []
+                        return out
                 reader.feed(event.data, event.offset, event.ts)
             else:
                 if event.length is None and event.offset == 0:
@@ -147,15 +192,16 @@ class HttpConnectionParser:
                 reader.gap(event.offset, event.length)
         except Exception:
             self._recover(reader)
-        out = self._out
-        self._out = []
         return out
 
-    def close(self, ts: float) -> list[Exchange]:
+    def close(self, ts: float, out: list[Exchange] | None = None) -> list[Exchange]:
         """The flow ended: finish close-delimited bodies and emit everything pending, flagged."""
+        if out is None:
+            out = []
         if self._closed:
-            return []
+            return out
         self._closed = True
+        self._out = out
         try:
             if not self._dead:
                 # Requests first, so a response that was waiting for its request's end can go out.
@@ -169,16 +215,14 @@ class HttpConnectionParser:
                         self._emit(entry)
         except Exception:
             self._stats["http_desync"] += 1
-        out = self._out
-        self._out = []
         return out
 
     # -- reader sink ---------------------------------------------------------------------------------------
 
     def on_head(self, reader: MessageReader, msg: Message) -> Framing:
         self._unproven_bytes = -1
-        if isinstance(msg, HttpRequest):
-            return self._request_head(msg)
+        if type(msg) is HttpRequest:
+            return self._request_head(msg, reader)
         assert isinstance(msg, HttpResponse)
         status = msg.status
         if status < 200 and status != 101:
@@ -193,16 +237,18 @@ class HttpConnectionParser:
             msg.interim = self._interim
             self._interim = []
         request = entry.request
-        framing = body_framing(request.method if request is not None else None, status, msg.headers)
-        requests = self._request_reader()
-        if framing.kind is not FramingKind.TUNNEL and requests.state is State.PAUSED:
+        framing = body_framing(
+            request.method if request is not None else None, status, msg.headers, reader.head_fields
+        )
+        requests = self._from_server if self._swapped else self._from_client
+        if requests.state is _PAUSED and framing.kind is not _TUNNEL:
             # Not a tunnel after all: what the client sent meanwhile is HTTP. Read it now, before the
             # rest of this response, so a response that follows finds its request waiting.
             requests.resume()
         return framing
 
     def on_message(self, reader: MessageReader, msg: Message) -> None:
-        if isinstance(msg, HttpRequest):
+        if type(msg) is HttpRequest:
             entry = self._req_entry
             self._req_entry = None
             if entry is None or entry.request is not msg:
@@ -210,7 +256,11 @@ class HttpConnectionParser:
             entry.request_done = True
             if entry.response_done:
                 self._emit(entry)
-            elif entry.response is None and msg.complete and _may_switch_protocols(msg):
+            elif (
+                entry.response is None
+                and msg.complete
+                and (msg.method == b"CONNECT" or b"upgrade" in reader.head_fields)
+            ):
                 # The next client bytes may be a tunnel's: hold them until the response says which.
                 reader.pause()
             return
@@ -269,14 +319,15 @@ class HttpConnectionParser:
 
     # -- pairing -------------------------------------------------------------------------------------------
 
-    def _request_head(self, msg: HttpRequest) -> Framing:
-        entry = self._new_entry(msg.ts_start, msg)
+    def _request_head(self, msg: HttpRequest, reader: MessageReader) -> Framing:
+        entry = _Entry(self._next_index, msg.ts_start, msg)
+        self._next_index += 1
         if self._waiting and not self._had_loss and not self._pipelined:
             # Another request still waits for its response: this client pipelines.
             self._pipelined = any(e.request is not None for e in self._waiting)
         self._enqueue(entry)
         self._req_entry = entry
-        return body_framing(msg.method, None, msg.headers)
+        return body_framing(msg.method, None, msg.headers, reader.head_fields)
 
     def _enqueue(self, entry: _Entry) -> None:
         waiting = self._waiting
@@ -357,19 +408,20 @@ class HttpConnectionParser:
                 flags.add(ExchangeFlag.RESPONSE_BODY_TRUNCATED)
         if self._mid_stream:
             flags.add(ExchangeFlag.MIDSTREAM)
-        client, server = (self._server, self._client) if self._swapped else (self._client, self._server)
         self._stats["http_exchanges"] += 1
-        self._out.append(
-            Exchange(
-                flow_id=self._flow_id,
-                client=client,
-                server=server,
-                request=request,
-                response=response,
-                index=entry.index,
-                flags=flags,
-            )
-        )
+        exchange = _new(Exchange)
+        exchange.flow_id = self._flow_id
+        if self._swapped:
+            exchange.client = self._server
+            exchange.server = self._client
+        else:
+            exchange.client = self._client
+            exchange.server = self._server
+        exchange.request = request
+        exchange.response = response
+        exchange.index = entry.index
+        exchange.flags = flags
+        self._out.append(exchange)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -408,9 +460,3 @@ class HttpConnectionParser:
             reader.reset()
         except Exception:
             self._kill()
-
-
-def _may_switch_protocols(request: HttpRequest) -> bool:
-    if request.method == b"CONNECT":
-        return True
-    return any(len(name) == 7 and name.lower() == b"upgrade" for name, _ in request.headers)

@@ -12,6 +12,7 @@ caller counts it and resynchronises, because guessing there is exactly how reque
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -48,8 +49,18 @@ UNTIL_CLOSE_WITH_CL = Framing(FramingKind.CLOSE, te_and_cl=True)
 TUNNEL = Framing(FramingKind.TUNNEL)
 DESYNC = Framing(FramingKind.DESYNC)
 
+# Framings are immutable, so the LENGTH ones are shared: small APIs send the same few lengths again and
+# again, and building a frozen dataclass costs more than the rest of the decision. Bounded, first come.
+_MAX_CACHED_LENGTHS = 4096
+_LENGTHS: dict[int, Framing] = {}
 
-def body_framing(method: bytes | None, status: int | None, headers: list[tuple[bytes, bytes]]) -> Framing:
+
+def body_framing(
+    method: bytes | None,
+    status: int | None,
+    headers: list[tuple[bytes, bytes]],
+    fields: Mapping[bytes, list[bytes]] | None = None,
+) -> Framing:
     """Decide how the body of one message is delimited.
 
     Args:
@@ -57,6 +68,8 @@ def body_framing(method: bytes | None, status: int | None, headers: list[tuple[b
             None when that request is unknown (an orphan response is framed as if it answered a GET).
         status: None for a request, the status code for a response.
         headers: the header fields as parsed, in order.
+        fields: the values of Content-Length and Transfer-Encoding by lower-case name, when the head
+            parser already collected them (`http_head.read_head`); then `headers` is not scanned again.
     Returns:
         A `Framing`; DESYNC when the length cannot be trusted.
     """
@@ -70,16 +83,22 @@ def body_framing(method: bytes | None, status: int | None, headers: list[tuple[b
         if status < 200 or status in (204, 304) or method == b"HEAD":
             return NO_BODY
 
-    te_values: list[bytes] = []
-    cl_values: list[bytes] = []
-    for name, value in headers:
-        # Cheap length test first: almost every header is neither of the two.
-        n = len(name)
-        if n == 14:
-            if name.lower() == b"content-length":
-                cl_values.append(value)
-        elif n == 17 and name.lower() == b"transfer-encoding":
-            te_values.append(value)
+    te_values: list[bytes] | None
+    cl_values: list[bytes] | None
+    if fields is not None:
+        te_values = fields.get(b"transfer-encoding")
+        cl_values = fields.get(b"content-length")
+    else:
+        te_values = []
+        cl_values = []
+        for name, value in headers:
+            # Cheap length test first: almost every header is neither of the two.
+            n = len(name)
+            if n == 14:
+                if name.lower() == b"content-length":
+                    cl_values.append(value)
+            elif n == 17 and name.lower() == b"transfer-encoding":
+                te_values.append(value)
 
     if te_values:
         codings = b",".join(te_values).split(b",")
@@ -92,10 +111,21 @@ def body_framing(method: bytes | None, status: int | None, headers: list[tuple[b
         return DESYNC
 
     if cl_values:
-        length = _content_length(cl_values)
+        value = cl_values[0]
+        if len(cl_values) == 1 and value.isdigit() and len(value) <= _MAX_LENGTH_DIGITS:
+            length: int | None = int(value)  # the common case of _content_length: one plain number
+        else:
+            length = _content_length(cl_values)
         if length is None:
             return DESYNC
-        return Framing(FramingKind.LENGTH, length) if length else NO_BODY
+        if not length:
+            return NO_BODY
+        framing = _LENGTHS.get(length)
+        if framing is None:
+            framing = Framing(FramingKind.LENGTH, length)
+            if len(_LENGTHS) < _MAX_CACHED_LENGTHS:
+                _LENGTHS[length] = framing
+        return framing
 
     return UNTIL_CLOSE if is_response else NO_BODY
 

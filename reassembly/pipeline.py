@@ -10,7 +10,7 @@ caller passes in, so replaying a file and capturing live run the same code and g
 from __future__ import annotations
 
 from reassembly.decode import Decoder
-from reassembly.events import Exchange, FlowClosed, FlowOpened, StreamEvent
+from reassembly.events import Exchange, FlowOpened, StreamData, StreamEvent, StreamGap
 from reassembly.flow_table import FlowTable
 from reassembly.http_connection import HttpConnectionParser
 from reassembly.limits import Limits
@@ -82,32 +82,42 @@ class Pipeline:
         end_ts = ts if ts is not None else (self._next_advance_ts or ADVANCE_INTERVAL_S) - ADVANCE_INTERVAL_S
         self._route(self._flows.close(end_ts), out)
         for parser in self._parsers.values():  # flows the table closed without telling us (defensive)
-            out.extend(parser.close(end_ts))
+            parser.close(end_ts, out)
         self._parsers.clear()
         return out
 
     def _route(self, events: list[StreamEvent], out: list[Exchange]) -> None:
         parsers = self._parsers
+        stats = self.stats
         for ev in events:
-            if isinstance(ev, FlowOpened):
-                parsers[ev.flow_id] = HttpConnectionParser(
-                    ev.flow_id, ev.client, ev.server, self.limits, self.stats, mid_stream=ev.mid_stream
-                )
-                self.stats["flows"] += 1
-                continue
-            parser = parsers.get(ev.flow_id)
-            if parser is None:
-                continue  # a flow the HTTP layer already gave up on
-            if isinstance(ev, FlowClosed):
-                del parsers[ev.flow_id]
-                done = parser.close(ev.ts)
-            else:
-                done = parser.feed(ev)
+            kind = type(ev)
+            if kind is StreamData or kind is StreamGap:
+                parser = parsers.get(ev.flow_id)
+                if parser is None:
+                    continue  # a flow the HTTP layer already gave up on
+                before = len(out)
+                parser.feed(ev, out)  # type: ignore[arg-type]
                 if parser.is_dead:
                     # Tunnels and non-HTTP flows: stop reassembling them, it is pure cost from here on.
-                    done.extend(parser.close(ev.ts))
+                    parser.close(ev.ts, out)
                     del parsers[ev.flow_id]
                     self._flows.ignore(ev.flow_id)
-            if done:
-                self.stats["exchanges"] += len(done)
-                out.extend(done)
+            elif kind is FlowOpened:
+                parsers[ev.flow_id] = HttpConnectionParser(
+                    ev.flow_id,
+                    ev.client,  # type: ignore[union-attr]
+                    ev.server,  # type: ignore[union-attr]
+                    self.limits,
+                    stats,
+                    mid_stream=ev.mid_stream,  # type: ignore[union-attr]
+                )
+                stats["flows"] += 1
+                continue
+            else:
+                parser = parsers.pop(ev.flow_id, None)
+                if parser is None:
+                    continue
+                before = len(out)
+                parser.close(ev.ts, out)
+            if len(out) > before:
+                stats["exchanges"] += len(out) - before
