@@ -11,13 +11,20 @@ A `HalfStream` turns segments into `StreamData` / `StreamGap` events in stream-o
   outlives the reorder timeout (`on_timeout`), a buffer cap is hit (per direction
   `max_flow_buffer_bytes`, or all streams' `max_buffer_bytes`: skip to the earliest buffered byte), or
   the flow ends (`flush`).
+- Buffered pieces are budgeted by count too: each costs ~100 bytes of bookkeeping whatever its size, so
+  one-byte segments around one-byte holes would otherwise hold ~100x the byte budget in memory. A
+  direction holds at most max(MIN_CHUNKS, max_flow_buffer_bytes // CHUNK_COST) pieces and all streams
+  max(MIN_CHUNKS, max_buffer_bytes // CHUNK_COST); past either, the hole is skipped the same way
+  (`cap_flow_chunks` / `cap_chunks`). Real reordering holds MSS-sized pieces, far below both.
+- Skipping many holes at once (timeout, ACK, end of flow) is one pass over the pieces, so the cost of a
+  hole-riddled stream stays linear in its pieces.
 - FIN and RST mark the stream's end offset; the direction is `finished` once everything before it has
   been delivered or declared lost, so a FIN behind a hole waits for the hole.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 
 from reassembly.events import Direction, GapReason, StreamData, StreamEvent, StreamGap
@@ -25,11 +32,16 @@ from reassembly.limits import Limits
 from reassembly.seq import CONTROL_WINDOW, SEQ_MASK, SEQ_WINDOW, seq_diff
 from reassembly.stats import Stats
 
-__all__ = ["RECENT_MAX_BYTES", "BufferPool", "HalfStream"]
+__all__ = ["CHUNK_COST", "MIN_CHUNKS", "RECENT_MAX_BYTES", "BufferPool", "HalfStream"]
 
 # Delivered segments up to this size are remembered (a reference, no copy) to detect retransmissions
 # that disagree with what was delivered; bigger ones (GRO/TSO super-segments) are not, to bound memory.
 RECENT_MAX_BYTES = 2048
+# What one buffered piece costs besides its payload (bytes object header, three list slots, a float),
+# rounded up: the byte budgets divided by this are the piece budgets.
+CHUNK_COST = 128
+# Piece budgets never go below this, so tiny byte budgets (tests) still allow some reordering.
+MIN_CHUNKS = 64
 
 _GAP_NAMES = {r: "gap_" + r.value for r in GapReason}
 _INF = float("inf")
@@ -42,12 +54,15 @@ class BufferPool:
     reorder timeout only visits the expired ones.
     """
 
-    __slots__ = ("flow_cap", "holes", "limit", "stats", "used")
+    __slots__ = ("chunk_limit", "chunks", "flow_cap", "flow_chunk_cap", "holes", "limit", "stats", "used")
 
     def __init__(self, limits: Limits, stats: Stats) -> None:
         self.limit = limits.max_buffer_bytes
         self.flow_cap = limits.max_flow_buffer_bytes
         self.used = 0
+        self.chunk_limit = max(MIN_CHUNKS, limits.max_buffer_bytes // CHUNK_COST)
+        self.flow_chunk_cap = max(MIN_CHUNKS, limits.max_flow_buffer_bytes // CHUNK_COST)
+        self.chunks = 0  # pieces buffered over all streams
         self.stats = stats
         self.holes: OrderedDict[HalfStream, None] = OrderedDict()
 
@@ -152,6 +167,8 @@ class HalfStream:
         if self.nbuf:
             self.pool.used -= self.nbuf
             self.nbuf = 0
+        if self.starts:
+            self.pool.chunks -= len(self.starts)
         self.starts = self.chunks = self.arrivals = None
         if self.in_holes:
             self.in_holes = False
@@ -256,29 +273,45 @@ class HalfStream:
             return
         if target == nxt + 1 and not self.nbuf and self.end_off < 0:
             return  # most likely the ACK of a FIN the capture missed; a lost byte shows up later
-        while self.next < target:
-            if self.nbuf and self.starts[0] <= self.next:  # type: ignore[index]
-                self._drain(ts, out)
-                continue
-            hole_end = min(target, self.starts[0]) if self.nbuf else target  # type: ignore[index]
-            self._gap(hole_end - self.next, GapReason.ACKED_UNSEEN, ts, out)
+        if self.nbuf:
+            # every piece beginning before the target: its hole is lost, it is delivered
+            k = bisect_left(self.starts, target) - 1  # type: ignore[arg-type]
+            if k >= 0:
+                self._skip_through(k, GapReason.ACKED_UNSEEN, ts, out)
+        if self.next < target:
+            self._gap(target - self.next, GapReason.ACKED_UNSEEN, ts, out)
             self._drain(ts, out)
         self._settle(ts, nxt)
 
     def on_timeout(self, deadline: float, ts: float, out: list[StreamEvent]) -> None:
         """Skip every hole that appeared at or before `deadline` (capture time)."""
+        # The same as skipping one hole at a time until the oldest piece (or the FIN) still waiting arrived
+        # after the deadline, but in one pass: skip through the last piece that arrived by the deadline
+        # (at least the first, the one that armed the timer), or through all of them if the FIN waits
+        # since before it.
         nxt = self.next
-        while self._has_hole():
-            self._skip_hole(GapReason.TIMEOUT, ts, out)
-            if self._oldest() > deadline:
-                break
+        end_expired = self.end_off > self.next and self.end_ts <= deadline
+        if self.nbuf:
+            arrivals = self.arrivals
+            assert arrivals is not None
+            k = len(arrivals) - 1
+            if not end_expired:
+                while k > 0 and arrivals[k] > deadline:
+                    k -= 1
+            self._skip_through(k, GapReason.TIMEOUT, ts, out)
+            if end_expired and self.end_off > self.next:
+                self._gap(self.end_off - self.next, GapReason.TIMEOUT, ts, out)
+        elif self.end_off > self.next:
+            self._gap(self.end_off - self.next, GapReason.TIMEOUT, ts, out)
         self._settle(ts, nxt)
 
     def flush(self, reason: GapReason, ts: float, out: list[StreamEvent]) -> None:
         """The flow ends: deliver what is buffered, declaring every hole before it (and before a FIN) lost."""
         if self.started and not self.ignored:
-            while self._has_hole():
-                self._skip_hole(reason, ts, out)
+            if self.nbuf:
+                self._skip_through(len(self.starts) - 1, reason, ts, out)  # type: ignore[arg-type]
+            if self.end_off > self.next:
+                self._gap(self.end_off - self.next, reason, ts, out)
         self.release()
 
     # -- internals -----------------------------------------------------------------------------------
@@ -304,6 +337,7 @@ class HalfStream:
             starts.pop()
             arrivals.pop()
             dropped += len(chunks.pop())
+            self.pool.chunks -= 1
         if starts and starts[-1] + len(chunks[-1]) > off:
             keep = off - starts[-1]
             dropped += len(chunks[-1]) - keep
@@ -363,36 +397,62 @@ class HalfStream:
 
     def _skip_hole(self, reason: GapReason, ts: float, out: list[StreamEvent]) -> None:
         if self.nbuf:
-            target = self.starts[0]  # type: ignore[index]
+            self._skip_through(0, reason, ts, out)
         elif self.end_off > self.next:
-            target = self.end_off
-        else:
-            return
-        if target > self.next:
-            self._gap(target - self.next, reason, ts, out)
-        self._drain(ts, out)
+            self._gap(self.end_off - self.next, reason, ts, out)
 
     def _drain(self, ts: float, out: list[StreamEvent]) -> None:
         """Deliver the buffered chunks that are now contiguous with `next`."""
+        if self.starts:
+            self._skip_through(-1, GapReason.OVERFLOW, ts, out)
+
+    def _skip_through(self, k: int, reason: GapReason, ts: float, out: list[StreamEvent]) -> None:
+        """Declare lost the holes before pieces 0..k and deliver those pieces, then every piece that is
+        contiguous after them; one pass and one deletion from the front (k = -1: only drain)."""
         starts, chunks, arrivals = self.starts, self.chunks, self.arrivals
-        if not starts:
-            return
-        assert chunks is not None and arrivals is not None
-        pool = self.pool
-        while starts and starts[0] <= self.next:
-            cs = starts.pop(0)
-            data = chunks.pop(0)
-            arrivals.pop(0)
-            n = len(data)
-            self.nbuf -= n
-            pool.used -= n
-            if cs + n > self.next:
+        assert starts is not None and chunks is not None and arrivals is not None
+        n = len(starts)
+        i = 0
+        removed = 0
+        while i < n:
+            cs = starts[i]
+            if cs > self.next:
+                if i > k:
+                    break
+                self._gap(cs - self.next, reason, ts, out)
+            data = chunks[i]
+            ln = len(data)
+            removed += ln
+            if cs + ln > self.next:
                 self._deliver(data[self.next - cs :] if cs < self.next else data, ts, out)
+            i += 1
+        if i:
+            del starts[:i], chunks[:i], arrivals[:i]
+            self.nbuf -= removed
+            pool = self.pool
+            pool.used -= removed
+            pool.chunks -= i
 
     def _enforce_caps(self, ts: float, out: list[StreamEvent]) -> None:
         pool = self.pool
-        while self.nbuf and (self.nbuf > pool.flow_cap or pool.used > pool.limit):
-            pool.stats["cap_flow_buffer" if self.nbuf > pool.flow_cap else "cap_buffer"] += 1
+        stats = pool.stats
+        while self.nbuf:
+            if self.nbuf > pool.flow_cap:
+                stats["cap_flow_buffer"] += 1
+            elif pool.used > pool.limit:
+                stats["cap_buffer"] += 1
+            else:
+                pieces = len(self.starts)  # type: ignore[arg-type]
+                if pieces > pool.flow_chunk_cap:
+                    stats["cap_flow_chunks"] += 1
+                elif pool.chunks > pool.chunk_limit:
+                    stats["cap_chunks"] += 1
+                else:
+                    return
+                # Too many pieces: skip the holes before the first quarter of them at once, so a stream
+                # of tiny pieces pays one pass per quarter of its pieces, not one per segment.
+                self._skip_through(pieces // 4, GapReason.OVERFLOW, ts, out)
+                continue
             self._skip_hole(GapReason.OVERFLOW, ts, out)
 
     def _insert(self, off: int, data: bytes, ts: float) -> None:
@@ -443,6 +503,7 @@ class HalfStream:
             stats["tcp_retrans_bytes"] += len(data) - added
         self.nbuf += added
         self.pool.used += added
+        self.pool.chunks += len(pieces)
 
     def _compare(self, lo: int, hi: int, data: bytes, doff: int, other: bytes, ooff: int) -> None:
         a = data[lo - doff : hi - doff]

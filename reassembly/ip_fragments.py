@@ -5,8 +5,11 @@ fragment id), so both IP versions share it. Policies, each counted in `Stats`:
 - overlapping bytes: the first copy wins (the RFC 5722 / Linux answer for IPv6; for IPv4 it is what
   most stacks do) -> `drop_ip_fragment_overlap`;
 - a partial datagram older than `Limits.fragment_timeout_s` of capture time -> `drop_ip_fragment_timeout`;
-- more than `Limits.max_fragment_datagrams` partial datagrams: the oldest goes ->
-  `drop_ip_fragment_evicted`;
+- more than `Limits.max_fragment_datagrams` partial datagrams, or more than `max_bytes` held in all
+  (an eighth of `Limits.max_buffer_bytes`, at least one whole datagram): the oldest goes ->
+  `drop_ip_fragment_evicted`. Without the byte cap 1,024 partial 64 KiB datagrams would hold 64 MiB
+  whatever SNIFFER_MAX_BUFFER_BYTES says; TCP traffic is rarely fragmented (path MTU discovery), so
+  an eighth of the budget is plenty;
 - a datagram past 65,535 bytes, in too many pieces, or whose fragments disagree on its end ->
   `drop_ip_fragment_malformed` (the whole datagram is dropped).
 """
@@ -43,6 +46,8 @@ class FragmentReassembler:
         self._limits = limits
         self._stats = stats
         self._partials: dict[Hashable, _Partial] = {}  # insertion order = age order
+        self.max_bytes = max(MAX_DATAGRAM_BYTES, limits.max_buffer_bytes // 8)
+        self.held = 0  # payload bytes of all partial datagrams
 
     def __len__(self) -> int:
         return len(self._partials)
@@ -61,7 +66,7 @@ class FragmentReassembler:
         partial = self._partials.get(key)
         if partial is None:
             if len(self._partials) >= self._limits.max_fragment_datagrams:
-                del self._partials[next(iter(self._partials))]
+                self._drop(next(iter(self._partials)))
                 stats["drop_ip_fragment_evicted"] += 1
             partial = self._partials[key] = _Partial(ts)
         if not more:
@@ -69,20 +74,26 @@ class FragmentReassembler:
                 o + len(d) > end for o, d in partial.pieces
             ):
                 stats["drop_ip_fragment_malformed"] += 1
-                del self._partials[key]
+                self._drop(key)
                 return None
             partial.total = end
         elif partial.total is not None and end > partial.total:
             stats["drop_ip_fragment_malformed"] += 1
-            del self._partials[key]
+            self._drop(key)
             return None
         if not self._add(partial, offset, data):
             stats["drop_ip_fragment_malformed"] += 1
-            del self._partials[key]
+            self._drop(key)
             return None
         if partial.total is None or partial.have != partial.total:
+            while self.held > self.max_bytes:
+                oldest = next(iter(self._partials))
+                self._drop(oldest)
+                stats["drop_ip_fragment_evicted"] += 1
+                if oldest == key:
+                    return None
             return None
-        del self._partials[key]
+        self._drop(key)
         partial.pieces.sort()
         stats["ip_reassembled"] += 1
         return b"".join(d for _, d in partial.pieces)
@@ -108,11 +119,15 @@ class FragmentReassembler:
         if len(partial.pieces) + len(new) > MAX_PIECES:
             return False
         partial.pieces.extend(new)
-        partial.have += sum(len(d) for _, d in new)
+        added = sum(len(d) for _, d in new)
+        partial.have += added
+        self.held += added
         return True
 
     def _drop(self, key: Hashable) -> None:
-        self._partials.pop(key, None)
+        partial = self._partials.pop(key, None)
+        if partial is not None:
+            self.held -= partial.have
 
     def _expire(self, ts: float) -> None:
         deadline = ts - self._limits.fragment_timeout_s
@@ -121,7 +136,7 @@ class FragmentReassembler:
             key = next(iter(partials))
             if partials[key].first_ts >= deadline:
                 break
-            del partials[key]
+            self._drop(key)
             self._stats["drop_ip_fragment_timeout"] += 1
 
     def advance(self, ts: float) -> None:

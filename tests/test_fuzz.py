@@ -314,6 +314,8 @@ def check_decode(items: list[tuple[float, int, bytes]]) -> None:
             assert 0 <= seg.seq <= 0xFFFFFFFF and 0 <= seg.ack <= 0xFFFFFFFF
             assert len(seg.payload) <= max(len(frame), 65535)
         assert dec.fragments_pending <= DECODE_LIMITS.max_fragment_datagrams
+        frags = dec._fragments
+        assert frags.held == sum(p.have for p in frags._partials.values()) <= frags.max_bytes
         dec.advance(ts)
     assert stats["frames"] == len(items)
 
@@ -372,6 +374,9 @@ def check_table(ft: FlowTable, limits: Limits) -> None:
             held += hs.nbuf
     assert all(ft._lru.get(fid) is f and not f.opened for fid, f in ft._unopened.items())
     assert pool.used == held, "the global buffer counter drifted from what the streams hold"
+    pieces = [len(hs.starts or ()) for f in ft._lru.values() for hs in (f.c2s, f.s2c)]
+    assert pool.chunks == sum(pieces), "the piece counter drifted"
+    assert pool.chunks <= pool.chunk_limit and max(pieces, default=0) <= pool.flow_chunk_cap
     assert pool.used <= pool.limit
     assert len(pool.holes) <= 2 * limits.max_flows
     assert len(ft._tombs) <= 2 * limits.max_flows

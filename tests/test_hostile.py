@@ -59,10 +59,11 @@ def run_attack(
     workdir: Path,
     baseline: Replay,
     legit: Legit | None = None,
+    step: float = 10e-6,
 ) -> Replay:
     legit = legit if legit is not None else legit_calls()
     path = workdir / f"{name}.pcap"
-    w = write_capture(path, attack, frames_hint, legit)
+    w = write_capture(path, attack, frames_hint, legit, step=step)
     result = replay_in_child(path, BUDGETS, workdir)
     added = result.peak_rss_mib - baseline.peak_rss_mib
     print(
@@ -104,6 +105,32 @@ def test_unfilled_holes(workdir: Path, baseline: Replay) -> None:
     assert r.stat("evict_flows") == r.stat("evict_flows_half_open") == n - MAX_FLOWS
     assert r.stat("gap_bytes") == n * 100
     assert n <= r.stat("tcp_ooo_segments") <= n * segments
+    assert attack_events(r) == []
+
+
+def test_tiny_out_of_order_pieces(workdir: Path, baseline: Replay) -> None:
+    conns, pieces = 100, 3000
+    attack = attacks.tiny_pieces(conns, pieces)
+    r = run_attack("tiny_pieces", attack, conns * (pieces + 3), workdir, baseline)
+    # 300k one-byte pieces are only 300 KB, far under the byte budgets, but ~100 B of bookkeeping each:
+    # the piece budgets (256 KiB / 128 = 2048 per direction, 8 MiB / 128 = 65,536 in all) give up holes.
+    assert r.stat("cap_flow_chunks") + r.stat("cap_chunks") > 0
+    assert r.stat("cap_flow_buffer") == r.stat("cap_buffer") == 0
+    # Every one-byte hole is declared lost exactly once, whichever way.
+    holes = conns * pieces
+    assert r.stat("gap_overflow") + r.stat("gap_timeout") + r.stat("gap_closed") == holes
+    assert r.stat("gap_bytes") == holes
+    assert attack_events(r) == []
+
+
+def test_fragment_flood(workdir: Path, baseline: Replay) -> None:
+    datagrams = 1000
+    r = run_attack("fragments", attacks.fragment_flood(datagrams), datagrams * 40, workdir, baseline)
+    # 1000 x 59 KB of partial datagrams, never completed: the fragment store keeps at most an eighth of
+    # the 8 MiB budget (1 MiB, ~17 datagrams) and evicts the oldest beyond.
+    assert r.stat("ip_fragments") == datagrams * 40
+    assert r.stat("drop_ip_fragment_evicted") >= datagrams - 20
+    assert r.stat("ip_reassembled") == 0
     assert attack_events(r) == []
 
 

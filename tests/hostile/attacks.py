@@ -8,6 +8,7 @@ Each attack is a generator of Ethernet frames (lazy: a 64 MB capture is streamed
 from __future__ import annotations
 
 import random
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +21,14 @@ __all__ = [
     "Legit",
     "conflicting_retransmissions",
     "endless_chunked_body",
+    "fragment_flood",
     "garbage_and_smuggling",
     "held_header_blocks",
     "huge_header_blocks",
     "legit_calls",
     "slowloris",
     "syn_flood",
+    "tiny_pieces",
     "unfilled_holes",
     "write_capture",
 ]
@@ -185,6 +188,44 @@ def slowloris(conns: int, head_bytes: int) -> Iterator[bytes]:
         for conn in all_conns:
             yield conn.frame(True, ACK | PSH, byte)
             conn.c_seq = (conn.c_seq + 1) & 0xFFFFFFFF
+
+
+def tiny_pieces(conns: int, pieces: int) -> Iterator[bytes]:
+    """`conns` flows in parallel, each sending `pieces` one-byte segments with a one-byte hole before
+    each (offsets 1, 3, 5...): nothing is ever deliverable, every piece must be buffered or given up."""
+    all_conns = [TcpConn(attacker(i), SERVER, i * 100_000, 5000) for i in range(conns)]
+    for conn in all_conns:
+        yield from conn.handshake()
+    for j in range(pieces):
+        for conn in all_conns:
+            yield conn.frame(True, ACK, b"t", seq=conn.c_seq + 1 + 2 * j)
+
+
+def fragment_flood(datagrams: int, fragments: int = 40) -> Iterator[bytes]:
+    """`datagrams` IPv4 datagrams (TCP to port 80) each sent as `fragments` 1480-byte fragments with the
+    last one never sent: ~59 KB per datagram waits for a piece that never comes."""
+    body = bytes(1480)
+    for i in range(datagrams):
+        addr, port = attacker(i)
+        src = ip4(addr)
+        tcp = ipv4_tcp(src, _SERVER_ADDR, port, 80, i, 0, ACK, body)[20:]  # the TCP segment alone
+        ident = i & 0xFFFF
+        for k in range(fragments):
+            piece = tcp[:1480] if k == 0 else body
+            hdr = struct.pack(
+                "!BBHHHBBH4s4s",
+                0x45,
+                0,
+                20 + len(piece),
+                ident,
+                0x2000 | (k * 185),
+                64,
+                6,
+                0,
+                src,
+                _SERVER_ADDR,
+            )
+            yield _ETH + hdr + piece
 
 
 def conflicting_retransmissions(n: int) -> Iterator[bytes]:
