@@ -29,7 +29,7 @@ from reassembly.events import Endpoint, Exchange, ExchangeFlag, HttpMessage, Htt
 from sniffer.config import Config
 from sniffer.kong.api_call import ApiCall, Legs
 from sniffer.moesif.body import capture_body_with, plain_body
-from sniffer.moesif.client_ip import forwarded_ip, parse_ip
+from sniffer.moesif.client_ip import HEADER_ORDER, forwarded_ip, parse_ip
 from sniffer.moesif.identify import Identifier
 from sniffer.moesif.masks import header_mask_set, mask_body, mask_query
 
@@ -63,6 +63,7 @@ _SECONDS: dict[int, str] = {}
 _HOSTS: dict[str, str] = {}
 _METHODS: dict[bytes, str] = {}
 _URI_MEMO_MAX_TARGET = 512  # longer request targets are parsed each time rather than kept
+_FORWARDING = frozenset(HEADER_ORDER)
 _LEGS = {legs: legs.value for legs in Legs}  # Enum.value is a Python-level property: look it up once
 _MILLIS = [f".{milli:03d}Z" for milli in range(1000)]
 # The version-5 UUID's variant digit from the hash's digit at that place (its top two bits become 10).
@@ -233,19 +234,18 @@ def transaction_id(call: ApiCall) -> str:
 class _Flow:
     """What an event says about its TCP connection, worked out once per connection, not per call."""
 
-    client: str
-    server: str
     connection: str
+    capture: dict[str, str]  # connection, client and server, as metadata.capture lists them
     peer_ip: str  # the client address as an event's ip_address when no forwarding header names one
     ids: hashlib._Hash  # see _id_hasher
 
     @classmethod
     def of(cls, ex: Exchange) -> _Flow:
         client, server = _endpoint(ex.client), _endpoint(ex.server)
+        connection = f"{client} -> {server}"
+        capture = {"connection": connection, "client": client, "server": server}
         peer = ex.client[0]
-        return cls(
-            client, server, f"{client} -> {server}", parse_ip(peer) or peer, _id_hasher(ex.client, ex.server)
-        )
+        return cls(connection, capture, parse_ip(peer) or peer, _id_hasher(ex.client, ex.server))
 
 
 class EventBuilder:
@@ -299,7 +299,8 @@ class EventBuilder:
             ip = forwarded_ip(req_lists)
         else:
             req_headers = req_lists
-            ip = forwarded_ip(req_lists) or flow.peer_ip
+            # Most requests carry no forwarding header: one set operation says so.
+            ip = (None if _FORWARDING.isdisjoint(req_lists) else forwarded_ip(req_lists)) or flow.peer_ip
             uri = self._client_uri(req, req_lists, primary)
             up_req = call.upstream_leg.request if call.upstream_leg is not None else None
             if up_req is not None:
@@ -506,9 +507,7 @@ class EventBuilder:
     ) -> None:
         if kong_id:
             capture["kong_request_id"] = kong_id
-        capture["connection"] = flow.connection
-        capture["client"] = flow.client
-        capture["server"] = flow.server
+        capture.update(flow.capture)
         other = call.upstream_leg if primary is call.client_leg else None
         if other is not None:
             capture["upstream_connection"] = self._flow(other).connection

@@ -187,7 +187,8 @@ class Identifier:
         for name in self._token_names:
             if name in request:
                 # The first configured token header present, even if it then yields nothing (the plugin).
-                basic_user, claim_user, claim_company = self._token(request[name][0])
+                value = request[name][0]
+                basic_user, claim_user, claim_company = self._tokens.get(value) or self._token(value)
                 if user is None:
                     user = basic_user if basic_user is not None else claim_user
                 if company is None:
@@ -200,19 +201,17 @@ class Identifier:
         return user, company
 
     def _token(self, value: str) -> tuple[str | None, str | None, str | None]:
-        """(Basic user, user claim, company claim) of one token header value."""
-        known = self._tokens.get(value)
-        if known is None:
-            claims = token_claims(value)
-            known = (
-                _basic_user(value),
-                claim_id(claims, self._user_field) if claims else None,
-                claim_id(claims, self._company_field) if claims else None,
-            )
-            if len(value) <= self._TOKEN_MAX_CHARS:
-                if len(self._tokens) >= self._TOKENS_MAX:
-                    self._tokens.clear()
-                self._tokens[value] = known
+        """(Basic user, user claim, company claim) of one token header value, remembered."""
+        claims = token_claims(value)
+        known = (
+            _basic_user(value),
+            claim_id(claims, self._user_field) if claims else None,
+            claim_id(claims, self._company_field) if claims else None,
+        )
+        if len(value) <= self._TOKEN_MAX_CHARS:
+            if len(self._tokens) >= self._TOKENS_MAX:
+                self._tokens.clear()
+            self._tokens[value] = known
         return known
 
 
