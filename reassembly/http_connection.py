@@ -30,7 +30,6 @@ RESPONSE_INCOMPLETE.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import fields
 
 from reassembly.events import (
     Direction,
@@ -42,6 +41,7 @@ from reassembly.events import (
     StreamData,
     StreamGap,
 )
+from reassembly.http_exchange import PendingExchange, finish_exchange
 from reassembly.http_framing import NO_BODY, Framing, FramingKind, body_framing
 from reassembly.http_reader import Message, MessageReader, Role, State
 from reassembly.limits import Limits
@@ -56,32 +56,9 @@ _MAX_INTERIM = 16
 # feeding it. 8 MiB lets a mid-stream pickup sit out a long download before the next exchange.
 UNPROVEN_BYTES_LIMIT = 8 << 20
 
-
 _TO_SERVER = Direction.TO_SERVER
-_REQUEST = Role.REQUEST
-_RESPONSE = Role.RESPONSE
 _PAUSED = State.PAUSED
 _TUNNEL = FramingKind.TUNNEL
-_new = object.__new__
-_EXCHANGE_FIELDS = ("flow_id", "client", "server", "request", "response", "index", "flags")
-if tuple(f.name for f in fields(Exchange)) != _EXCHANGE_FIELDS:
-    # _emit sets every field itself, bypassing the (keyword-only, slower) __init__.
-    raise RuntimeError("HttpConnectionParser._emit does not set every field of Exchange")
-
-
-class _Entry:
-    """One exchange being assembled."""
-
-    __slots__ = ("flags", "index", "request", "request_done", "response", "response_done", "ts_start")
-
-    def __init__(self, index: int, ts_start: float, request: HttpRequest | None) -> None:
-        self.index = index
-        self.ts_start = ts_start  # capture time the request began (the response's, for an orphan)
-        self.request = request
-        self.response: HttpResponse | None = None
-        self.request_done = False
-        self.response_done = False
-        self.flags: set[ExchangeFlag] = set()
 
 
 class HttpConnectionParser:
@@ -141,9 +118,11 @@ class HttpConnectionParser:
         role_c, role_s = (Role.UNKNOWN, Role.UNKNOWN) if mid_stream else (Role.REQUEST, Role.RESPONSE)
         self._from_client = MessageReader(role_c, limits, stats, self, mid_stream=mid_stream)
         self._from_server = MessageReader(role_s, limits, stats, self, mid_stream=mid_stream)
-        self._waiting: deque[_Entry] = deque()  # requests (or placeholders) whose response has not begun
-        self._req_entry: _Entry | None = None  # the request being read
-        self._resp_entry: _Entry | None = None  # the exchange whose response is being read
+        self._waiting: deque[PendingExchange] = (
+            deque()
+        )  # requests (or placeholders) whose response has not begun
+        self._req_entry: PendingExchange | None = None  # the request being read
+        self._resp_entry: PendingExchange | None = None  # the exchange whose response is being read
         self._interim: list[int] = []
         self._next_index = 0
         self._swapped = False
@@ -320,7 +299,7 @@ class HttpConnectionParser:
     # -- pairing -------------------------------------------------------------------------------------------
 
     def _request_head(self, msg: HttpRequest, reader: MessageReader) -> Framing:
-        entry = _Entry(self._next_index, msg.ts_start, msg)
+        entry = PendingExchange(self._next_index, msg.ts_start, msg)
         self._next_index += 1
         if self._waiting and not self._had_loss and not self._pipelined:
             # Another request still waits for its response: this client pipelines.
@@ -329,7 +308,7 @@ class HttpConnectionParser:
         self._req_entry = entry
         return body_framing(msg.method, None, msg.headers, reader.head_fields)
 
-    def _enqueue(self, entry: _Entry) -> None:
+    def _enqueue(self, entry: PendingExchange) -> None:
         waiting = self._waiting
         waiting.append(entry)
         if len(waiting) > self._max_pending:
@@ -338,7 +317,7 @@ class HttpConnectionParser:
             if oldest.request is not None:
                 self._emit_when_done(oldest)
 
-    def _pick_request(self, ts: float) -> _Entry | None:
+    def _pick_request(self, ts: float) -> PendingExchange | None:
         """The waiting entry a response beginning at capture time ts answers (None: an orphan)."""
         waiting = self._waiting
         if not self._realign:
@@ -367,61 +346,20 @@ class HttpConnectionParser:
         self._realign = bool(waiting)
         return chosen
 
-    def _new_entry(self, ts: float, request: HttpRequest | None) -> _Entry:
-        entry = _Entry(self._next_index, ts, request)
+    def _new_entry(self, ts: float, request: HttpRequest | None) -> PendingExchange:
+        entry = PendingExchange(self._next_index, ts, request)
         self._next_index += 1
         return entry
 
-    def _emit_when_done(self, entry: _Entry) -> None:
+    def _emit_when_done(self, entry: PendingExchange) -> None:
         """Emit an unanswered entry now, or when the request still being read ends."""
         entry.response_done = True
         if entry.request_done or entry is not self._req_entry:
             self._emit(entry)
 
-    def _emit(self, entry: _Entry) -> None:
-        flags = entry.flags
-        request = entry.request
-        response = entry.response
-        if request is None:
-            flags.add(ExchangeFlag.ORPHAN_RESPONSE)
-            self._stats["http_orphan_responses"] += 1
-        else:
-            if not entry.request_done:
-                request.complete = False
-            if not request.complete:
-                flags.add(ExchangeFlag.REQUEST_INCOMPLETE)
-            if request.gap:
-                flags.add(ExchangeFlag.REQUEST_GAP)
-            if request.body_truncated:
-                flags.add(ExchangeFlag.REQUEST_BODY_TRUNCATED)
-        if response is None:
-            flags.add(ExchangeFlag.UNANSWERED)
-            self._stats["http_unanswered"] += 1
-        else:
-            if not entry.response_done:
-                response.complete = False
-            if not response.complete:
-                flags.add(ExchangeFlag.RESPONSE_INCOMPLETE)
-            if response.gap:
-                flags.add(ExchangeFlag.RESPONSE_GAP)
-            if response.body_truncated:
-                flags.add(ExchangeFlag.RESPONSE_BODY_TRUNCATED)
-        if self._mid_stream:
-            flags.add(ExchangeFlag.MIDSTREAM)
-        self._stats["http_exchanges"] += 1
-        exchange = _new(Exchange)
-        exchange.flow_id = self._flow_id
-        if self._swapped:
-            exchange.client = self._server
-            exchange.server = self._client
-        else:
-            exchange.client = self._client
-            exchange.server = self._server
-        exchange.request = request
-        exchange.response = response
-        exchange.index = entry.index
-        exchange.flags = flags
-        self._out.append(exchange)
+    def _emit(self, entry: PendingExchange) -> None:
+        client, server = (self._server, self._client) if self._swapped else (self._client, self._server)
+        self._out.append(finish_exchange(entry, self._flow_id, client, server, self._mid_stream, self._stats))
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 

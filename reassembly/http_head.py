@@ -29,6 +29,7 @@ __all__ = [
     "plausible_request_prefix",
     "plausible_response_prefix",
     "read_head",
+    "read_lines",
     "split_lines",
 ]
 
@@ -46,7 +47,8 @@ _TOKEN_CHARS_NL = TOKEN_CHARS + b"\n"
 # protocols. Everything else is left to the consumers of the message.
 _FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", b"upgrade"))
 NO_FIELDS: Fields = {}  # shared by every head without any of them: never mutated
-# Bounded caches for read_head (first come; never evicted, so a flood of odd heads only stops filling them).
+# Bounded caches for read_head, emptied when full: a long-running capture follows the traffic of the day,
+# and a flood of odd heads costs only the uncached path.
 _MAX_STATUS_LINES = 256
 _MAX_PLANS = 1024
 _MAX_CACHED_LINE = 64
@@ -211,6 +213,16 @@ def read_head(
     lines = block.split(b"\r\n")
     if len(lines) != block.count(b"\n") + 1:
         lines = block.replace(b"\r\n", b"\n").split(b"\n")  # some line ends in a bare LF
+    return read_lines(lines, is_request, ts, offset)
+
+
+def read_lines(
+    lines: list[bytes], is_request: bool, ts: float, offset: int
+) -> tuple[HttpRequest | HttpResponse, Fields]:
+    """`read_head` of a head already split into lines (line ends removed; may end with an empty string).
+
+    The list is consumed (modified).
+    """
     line = lines[0]
     if is_request:
         parts = line.split()
@@ -230,7 +242,9 @@ def read_head(
         parsed = _STATUS_LINES.get(line)
         if parsed is None:
             parsed = parse_status_line(line)
-            if len(_STATUS_LINES) < _MAX_STATUS_LINES and len(line) <= _MAX_CACHED_LINE:
+            if len(line) <= _MAX_CACHED_LINE:
+                if len(_STATUS_LINES) >= _MAX_STATUS_LINES:
+                    _STATUS_LINES.clear()
                 _STATUS_LINES[line] = parsed
         version, status, reason = parsed
         msg = _new(HttpResponse)
@@ -260,7 +274,9 @@ def read_head(
     plan = _PLANS.get(names, _UNPLANNED)
     if plan is _UNPLANNED:
         plan = _plan(names)
-        if len(_PLANS) < _MAX_PLANS and len(names) <= _MAX_CACHED_NAMES:
+        if len(names) <= _MAX_CACHED_NAMES:
+            if len(_PLANS) >= _MAX_PLANS:
+                _PLANS.clear()
             _PLANS[names] = plan
     if plan is None:
         # A name that is not a token, or a folded line: the general loop decides.

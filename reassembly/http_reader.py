@@ -82,8 +82,17 @@ class MessageReader(HeadSteps, BodySteps):
             if type(buf) is bytes:
                 self._buf = buf = bytearray(buf)
             buf += data  # type: ignore[operator]
-        self._run()
-        self._compact()
+        steps = _STEPS
+        while self._pos < len(self._buf) and steps[self.state](self):
+            pass
+        if self._pos >= len(self._buf) and self.state is not _PAUSED:
+            # Everything was consumed (the common case): _compact's first branch, inline.
+            self._buf = b""
+            self._pos = self._scan = 0
+            if self._starts:
+                self._starts = []
+        else:
+            self._compact()
 
     def gap(self, offset: int, length: int | None) -> None:
         """Bytes [offset, offset+length) of this direction were lost (length None: unknown amount)."""

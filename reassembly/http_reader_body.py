@@ -40,9 +40,21 @@ class BodySteps(ReaderBase):
         if framing.te_and_cl:
             self._stats["http_te_and_cl"] += 1
         if kind is _LENGTH:
-            self._remaining = framing.length
+            length = framing.length
+            pos = self._pos
+            end = pos + length
+            buf = self._buf
+            if end <= len(buf) and length <= self._max_body and not self._size and not self._parts:
+                # The whole body followed its head in this chunk and fits the cap (the common case):
+                # what _step_body_length would do, in one slice.
+                self._parts = [buf[pos:end]]
+                self._size = length
+                self._remaining = 0
+                self._pos = end
+                self._finish(True)
+                return True
+            self._remaining = length
             self.state = _BODY_LENGTH
-            # The body usually follows its head in the same chunk: read it now.
             return self._pos < len(self._buf) and self._step_body_length()
         if kind is _NONE:
             self._finish(True)

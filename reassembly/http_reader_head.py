@@ -15,6 +15,7 @@ from reassembly.http_head import (
     plausible_request_prefix,
     plausible_response_prefix,
     read_head,
+    read_lines,
 )
 from reassembly.http_reader_base import ReaderBase, Role, State
 from reassembly.http_resync import find_start_line
@@ -60,12 +61,23 @@ class HeadSteps(ReaderBase):
         # line, whichever of LF LF or LF CR LF comes first (as http_head.find_head_end).
         scan = self._scan
         crlf = buf.find(b"\n\r\n", scan)
+        lines = None
         if crlf >= 0:
-            lf = buf.find(b"\n\n", scan, crlf + 2)
-            if lf >= 0:
-                end, after = lf + 1, lf + 2
+            end = crlf + 1
+            block = buf[pos:end]
+            if type(block) is not bytes:
+                block = bytes(block)
+            lines = block.split(b"\r\n")
+            if len(lines) == block.count(b"\n") + 1:
+                # Every line ends in CRLF, so no LF LF can come before this CRLF CRLF: it is the end.
+                after = crlf + 3
             else:
-                end, after = crlf + 1, crlf + 3
+                lines = None
+                lf = buf.find(b"\n\n", scan, crlf + 2)
+                if lf >= 0:
+                    end, after = lf + 1, lf + 2
+                else:
+                    after = crlf + 3
         else:
             lf = buf.find(b"\n\n", scan)
             if lf < 0:
@@ -73,14 +85,17 @@ class HeadSteps(ReaderBase):
             end, after = lf + 1, lf + 2
         if end - pos > self._max_head and self._head_too_long(end - pos):
             return False
-        block = buf[pos:end]
         try:
-            msg, fields = read_head(
-                block if type(block) is bytes else bytes(block),
-                self.role is _REQUEST,
-                self._msg_ts,
-                self._msg_offset,
-            )
+            if lines is not None:
+                msg, fields = read_lines(lines, self.role is _REQUEST, self._msg_ts, self._msg_offset)
+            else:
+                block = buf[pos:end]
+                msg, fields = read_head(
+                    block if type(block) is bytes else bytes(block),
+                    self.role is _REQUEST,
+                    self._msg_ts,
+                    self._msg_offset,
+                )
         except HeadError:
             return self._bad_start_line(buf.find(b"\n", pos))
         self._pos = after

@@ -26,6 +26,19 @@ ADVANCE_INTERVAL_S = 1.0
 class Pipeline:
     """Frames in, `Exchange`s out. Not thread-safe: one pipeline per capture worker."""
 
+    __slots__ = (
+        "_closed",
+        "_decode",
+        "_decoder",
+        "_flows",
+        "_flows_feed",
+        "_next_advance_ts",
+        "_parsers",
+        "_server_ports",
+        "limits",
+        "stats",
+    )
+
     def __init__(
         self,
         limits: Limits | None = None,
@@ -41,6 +54,9 @@ class Pipeline:
         self._parsers: dict[int, HttpConnectionParser] = {}
         self._next_advance_ts: float | None = None
         self._closed = False
+        # Bound once: these run for every frame.
+        self._decode = self._decoder.decode
+        self._flows_feed = self._flows.feed
 
     @property
     def flow_count(self) -> int:
@@ -57,14 +73,16 @@ class Pipeline:
         elif ts >= next_ts:
             self._next_advance_ts = ts + ADVANCE_INTERVAL_S
             self._route(self._flows.advance(ts), out)
-        seg = self._decoder.decode(ts, linktype, frame, wire_len)
+        seg = self._decode(ts, linktype, frame, wire_len)
         if seg is None:
             return out
         ports = self._server_ports
         if ports and seg.sport not in ports and seg.dport not in ports:
             self.stats["segments_other_ports"] += 1
             return out
-        self._route(self._flows.feed(seg), out)
+        events = self._flows_feed(seg)
+        if events:
+            self._route(events, out)
         return out
 
     def advance(self, ts: float) -> list[Exchange]:

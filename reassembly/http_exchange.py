@@ -1,0 +1,89 @@
+"""One exchange being assembled on a connection, and how it is finished into an `Exchange` with its flags.
+
+The connection (http_connection) decides which request a response answers; this module only holds the
+pair while its messages are read (`PendingExchange`) and, once both are done or given up on, turns it
+into the emitted `Exchange`, flagging what is partial (orphan, unanswered, incomplete, gap, truncated,
+mid-stream) and counting orphans, unanswered requests and exchanges in Stats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from reassembly.events import Endpoint, Exchange, ExchangeFlag, HttpRequest, HttpResponse
+from reassembly.stats import Stats
+
+__all__ = ["PendingExchange", "finish_exchange"]
+
+_new = object.__new__
+if tuple(f.name for f in fields(Exchange)) != (
+    "flow_id",
+    "client",
+    "server",
+    "request",
+    "response",
+    "index",
+    "flags",
+):
+    # finish_exchange sets every field itself, bypassing the (keyword-only, slower) __init__.
+    raise RuntimeError("finish_exchange does not set every field of Exchange")
+
+
+class PendingExchange:
+    """One exchange being assembled."""
+
+    __slots__ = ("flags", "index", "request", "request_done", "response", "response_done", "ts_start")
+
+    def __init__(self, index: int, ts_start: float, request: HttpRequest | None) -> None:
+        self.index = index
+        self.ts_start = ts_start  # capture time the request began (the response's, for an orphan)
+        self.request = request
+        self.response: HttpResponse | None = None
+        self.request_done = False
+        self.response_done = False
+        self.flags: set[ExchangeFlag] = set()
+
+
+def finish_exchange(
+    entry: PendingExchange, flow_id: int, client: Endpoint, server: Endpoint, mid_stream: bool, stats: Stats
+) -> Exchange:
+    """The `Exchange` for an entry whose messages are done (a message not done is marked incomplete)."""
+    flags = entry.flags
+    request = entry.request
+    response = entry.response
+    if request is None:
+        flags.add(ExchangeFlag.ORPHAN_RESPONSE)
+        stats["http_orphan_responses"] += 1
+    else:
+        if not entry.request_done:
+            request.complete = False
+        if not request.complete:
+            flags.add(ExchangeFlag.REQUEST_INCOMPLETE)
+        if request.gap:
+            flags.add(ExchangeFlag.REQUEST_GAP)
+        if request.body_truncated:
+            flags.add(ExchangeFlag.REQUEST_BODY_TRUNCATED)
+    if response is None:
+        flags.add(ExchangeFlag.UNANSWERED)
+        stats["http_unanswered"] += 1
+    else:
+        if not entry.response_done:
+            response.complete = False
+        if not response.complete:
+            flags.add(ExchangeFlag.RESPONSE_INCOMPLETE)
+        if response.gap:
+            flags.add(ExchangeFlag.RESPONSE_GAP)
+        if response.body_truncated:
+            flags.add(ExchangeFlag.RESPONSE_BODY_TRUNCATED)
+    if mid_stream:
+        flags.add(ExchangeFlag.MIDSTREAM)
+    stats["http_exchanges"] += 1
+    exchange = _new(Exchange)
+    exchange.flow_id = flow_id
+    exchange.client = client
+    exchange.server = server
+    exchange.request = request
+    exchange.response = response
+    exchange.index = entry.index
+    exchange.flags = flags
+    return exchange
