@@ -56,6 +56,8 @@ _MAX_CACHED_NAMES = 512
 _STATUS_LINES: dict[bytes, tuple[bytes, int, bytes]] = {}
 _PLANS: dict[bytes, tuple[tuple[bytes, int], ...] | None] = {}
 _UNPLANNED = object()
+# Methods known to be tokens of a valid length, so the check of a request line can skip them.
+_COMMON_METHODS = frozenset((b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"CONNECT"))
 _new = object.__new__
 
 
@@ -229,10 +231,9 @@ def read_lines(
         if len(parts) != 3:
             raise HeadError("request line needs three parts")
         method, target, version = parts
-        if (
-            (version != b"HTTP/1.1" and not _is_http1(version))
-            or len(method) > MAX_METHOD_BYTES
-            or method.translate(None, TOKEN_CHARS)
+        if (version != b"HTTP/1.1" and not _is_http1(version)) or (
+            method not in _COMMON_METHODS
+            and (len(method) > MAX_METHOD_BYTES or method.translate(None, TOKEN_CHARS))
         ):
             raise HeadError("not an HTTP/1.x request line")
         msg: HttpRequest | HttpResponse = _new(HttpRequest)
