@@ -20,8 +20,6 @@ Decisions where moesif.md is silent (see also the module docstrings of body, ide
 from __future__ import annotations
 
 import hashlib
-import time
-import uuid
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -30,7 +28,17 @@ from sniffer.config import Config
 from sniffer.kong.api_call import ApiCall, Legs
 from sniffer.moesif.body import capture_body_with, plain_body
 from sniffer.moesif.client_ip import HEADER_ORDER, forwarded_ip, parse_ip
+from sniffer.moesif.headers import (
+    HeaderLists,
+    ascii_first,
+    header_lists,
+    latin1_values,
+    read_headers,
+    render_headers,
+    text,
+)
 from sniffer.moesif.identify import Identifier
+from sniffer.moesif.ids import derived_id, endpoint_text, id_hasher, iso_time, transaction_id
 from sniffer.moesif.masks import header_mask_set, mask_body, mask_query
 
 __all__ = ["IDENTITY_HEADERS", "PLUMBING_HEADERS", "EventBuilder", "iso_time", "transaction_id"]
@@ -43,131 +51,30 @@ IDENTITY_PREFIX = "x-consumer-"
 PLUMBING_HEADERS = frozenset({"x-real-ip", "via", "x-kong-request-id"})
 PLUMBING_PREFIX = "x-forwarded-"
 
-_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://moesif-sniffer/transaction-id")
 _TRUNCATED = {ExchangeFlag.REQUEST_INCOMPLETE, ExchangeFlag.RESPONSE_INCOMPLETE}
 # The core cuts a body only beyond the size limit, so such a body is left out on purpose and reported
 # as `*_body_omitted: over_limit`: the event is not partial, and these flags would only say so twice.
 _NOT_PARTIAL = {ExchangeFlag.REQUEST_BODY_TRUNCATED.value, ExchangeFlag.RESPONSE_BODY_TRUNCATED.value}
 _GAP = {ExchangeFlag.REQUEST_GAP, ExchangeFlag.RESPONSE_GAP}
 
-HeaderLists = dict[str, list[str]]
 _TRANSACTION_HEADER = "x-moesif-transaction-id"
 _KONG_ID_HEADER = "x-kong-request-id"
-_BYTES_WHITESPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips (str.strip() strips more)
 
-# Memo tables of pure functions whose inputs repeat from call to call (header names, capture seconds,
-# Host values, flows). Each is emptied when full, so memory stays bounded whatever the traffic.
+# Memo tables of pure functions whose inputs repeat from call to call (Host values, methods; the builder
+# has its own for flows and URIs). Each is emptied when full, so memory stays bounded whatever the traffic.
 _MEMO_MAX = 4096
-_NAMES: dict[bytes, str] = {}
-_SECONDS: dict[int, str] = {}
 _HOSTS: dict[str, str] = {}
 _METHODS: dict[bytes, str] = {}
 _URI_MEMO_MAX_TARGET = 512  # longer request targets are parsed each time rather than kept
 _FORWARDING = frozenset(HEADER_ORDER)
 _LEGS = {legs: legs.value for legs in Legs}  # Enum.value is a Python-level property: look it up once
-_MILLIS = [f".{milli:03d}Z" for milli in range(1000)]
-# The version-5 UUID's variant digit from the hash's digit at that place (its top two bits become 10).
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
-
-
-def iso_time(ts: float) -> str:
-    """ISO 8601 UTC, exactly three digits of milliseconds (truncated) and a Z."""
-    ms = round(ts * 1_000_000) // 1000  # via microseconds: pcap times are exact in us, not in float ms
-    sec, milli = divmod(ms, 1000)
-    prefix = _SECONDS.get(sec)
-    if prefix is None:
-        if len(_SECONDS) >= _MEMO_MAX:
-            _SECONDS.clear()
-        prefix = _SECONDS[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    return prefix + _MILLIS[milli]
 
 
 def _method(raw: bytes) -> str:
     if len(_METHODS) >= _MEMO_MAX:
         _METHODS.clear()
-    text = _METHODS[raw] = _text(raw)
-    return text
-
-
-def _text(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
-
-
-def _header_lists(headers: list[tuple[bytes, bytes]]) -> HeaderLists:
-    """Lowercased name -> values as text: the one view of a message's headers every later step reads."""
-    return _read_headers(headers, None)[0]
-
-
-def _read_headers(
-    headers: list[tuple[bytes, bytes]], masks: frozenset[str] | None
-) -> tuple[HeaderLists, dict[str, str | list[str]]]:
-    """`_header_lists` and, when `masks` is given, `_render` of it too, in one pass over the headers."""
-    out: HeaderLists = {}
-    shown: dict[str, str | list[str]] = {}
-    names = _NAMES
-    for name, value in headers:
-        key = names.get(name)
-        if key is None:
-            if len(names) >= _MEMO_MAX:
-                names.clear()
-            key = names[name] = name.decode("latin-1").lower()
-        try:
-            text = value.decode()
-        except UnicodeDecodeError:
-            text = value.decode("latin-1")
-        if key in out:
-            values = out[key]
-            values.append(text)
-            if key in shown:
-                shown[key] = values if key == "set-cookie" else ", ".join(values)
-        else:
-            out[key] = [text]
-            if masks is not None and key not in masks:
-                shown[key] = text
-    return out, shown
-
-
-def _render(headers: HeaderLists, masks: frozenset[str]) -> dict[str, str | list[str]]:
-    """Masked headers in the API's form: repeated ones joined with ", ", except set-cookie (a list).
-
-    The names are lowercase already, so a mask name matches without lowercasing again.
-    """
-    return {
-        k: (v[0] if len(v) == 1 else v if k == "set-cookie" else ", ".join(v))
-        for k, v in headers.items()
-        if k not in masks
-    }
-
-
-def _latin1_values(headers: HeaderLists, name: str, msg: HttpMessage) -> list[str]:
-    """The values of `name` decoded as latin-1, as the body decoder reads them. For ASCII values that is
-    our UTF-8 text; anything else is decoded again from the wire bytes."""
-    values = headers.get(name)
-    if values is None:
-        return []
-    if (len(values) == 1 and values[0].isascii()) or all(v.isascii() for v in values):
-        return values
-    raw = name.encode("ascii")
-    return [v.decode("latin-1") for k, v in msg.headers if k.lower() == raw]
-
-
-def _ascii_first(headers: HeaderLists, name: str) -> str | None:
-    """`_text(msg.header(name).strip())` when that value is ASCII and not blank, else None.
-
-    For ASCII our text is the wire bytes, char for char, and bytes.strip() strips _BYTES_WHITESPACE.
-    """
-    values = headers.get(name)
-    if values is None or not values[0].isascii():
-        return None
-    return values[0].strip(_BYTES_WHITESPACE) or None
-
-
-def _endpoint(ep: Endpoint) -> str:
-    ip, port = ep
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    method = _METHODS[raw] = text(raw)
+    return method
 
 
 def _host(value: str) -> str:
@@ -190,46 +97,6 @@ def _parse_host(value: str) -> str:
     return value.partition(":")[0]
 
 
-def _id_hasher(client: Endpoint, server: Endpoint) -> hashlib._Hash:
-    """SHA-1 over the namespace and the flow part of a derived id's name: uuid5 is sha1(namespace +
-    name), so a copy of this, fed the rest of the name, gives the same UUID without rehashing."""
-    return hashlib.sha1(_NAMESPACE.bytes + f"{_endpoint(client)}|{_endpoint(server)}|".encode())
-
-
-def _derived_id(flow_hasher: hashlib._Hash, offset: int, ts: float) -> str:
-    """uuid5(_NAMESPACE, "client|server|offset|microseconds") of where and when the request was seen."""
-    h = flow_hasher.copy()
-    h.update(f"{offset}|{round(ts * 1_000_000)}".encode())
-    x = h.hexdigest()
-    # As uuid.UUID(bytes=digest[:16], version=5): version digit 5, variant bits 10.
-    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
-
-
-def _sent_id(call: ApiCall) -> str | None:
-    """X-Moesif-Transaction-Id as a UUID, when a request carries a non-blank one."""
-    for leg in (call.client_leg, call.upstream_leg):
-        if leg is not None and leg.request is not None:
-            sent = leg.request.header(b"x-moesif-transaction-id")
-            if sent and sent.strip():
-                text = _text(sent.strip())
-                try:
-                    return str(uuid.UUID(text))
-                except ValueError:
-                    return str(uuid.uuid5(_NAMESPACE, "header:" + text))
-    return None
-
-
-def transaction_id(call: ApiCall) -> str:
-    """X-Moesif-Transaction-Id when sent, else a UUID derived from where and when the request was seen."""
-    sent = _sent_id(call)
-    if sent is not None:
-        return sent
-    primary = call.primary
-    req = primary.request
-    offset, ts = (req.stream_offset, req.ts_start) if req is not None else (-1, 0.0)
-    return _derived_id(_id_hasher(primary.client, primary.server), offset, ts)
-
-
 @dataclass(frozen=True, slots=True)
 class _Flow:
     """What an event says about its TCP connection, worked out once per connection, not per call."""
@@ -237,15 +104,15 @@ class _Flow:
     connection: str
     capture: dict[str, str]  # connection, client and server, as metadata.capture lists them
     peer_ip: str  # the client address as an event's ip_address when no forwarding header names one
-    ids: hashlib._Hash  # see _id_hasher
+    ids: hashlib._Hash  # see ids.id_hasher
 
     @classmethod
     def of(cls, ex: Exchange) -> _Flow:
-        client, server = _endpoint(ex.client), _endpoint(ex.server)
+        client, server = endpoint_text(ex.client), endpoint_text(ex.server)
         connection = f"{client} -> {server}"
         capture = {"connection": connection, "client": client, "server": server}
         peer = ex.client[0]
-        return cls(connection, capture, parse_ip(peer) or peer, _id_hasher(ex.client, ex.server))
+        return cls(connection, capture, parse_ip(peer) or peer, id_hasher(ex.client, ex.server))
 
 
 class EventBuilder:
@@ -290,11 +157,11 @@ class EventBuilder:
         config = self._config
         flow = self._flows.get((primary.client, primary.server)) or self._flow(primary)
         # req_shown: the request headers as the event shows them, when they are just the primary's.
-        req_lists, req_shown = _read_headers(req.headers, self._req_header_masks)
+        req_lists, req_shown = read_headers(req.headers, self._req_header_masks)
         up_lists: HeaderLists | None = None
         if primary is not client_leg:  # only the upstream leg was seen
             req_headers = self._upstream_request_headers(req_lists)
-            req_shown = _render(req_headers, self._req_header_masks)
+            req_shown = render_headers(req_headers, self._req_header_masks)
             uri = self._upstream_uri(req, req_lists, primary)
             ip = forwarded_ip(req_lists)
         else:
@@ -304,9 +171,9 @@ class EventBuilder:
             uri = self._client_uri(req, req_lists, primary)
             up_req = call.upstream_leg.request if call.upstream_leg is not None else None
             if up_req is not None:
-                up_lists = _header_lists(up_req.headers)
+                up_lists = header_lists(up_req.headers)
                 req_headers = self._with_identity(req_lists, up_lists)
-                req_shown = _render(req_headers, self._req_header_masks)
+                req_shown = render_headers(req_headers, self._req_header_masks)
 
         if client_leg is not None and client_leg.response is not None:
             resp, resp_leg = client_leg.response, client_leg
@@ -315,7 +182,7 @@ class EventBuilder:
         resp_lists: HeaderLists = {}
         resp_shown: dict[str, str | list[str]] = {}
         if resp is not None:
-            resp_lists, resp_shown = _read_headers(resp.headers, self._resp_header_masks)
+            resp_lists, resp_shown = read_headers(resp.headers, self._resp_header_masks)
         user_id, company_id = self._identifier.identify(req_headers, resp_lists)
 
         flags: set[str] = {f.value for f in primary.flags} if primary.flags else set()
@@ -364,7 +231,7 @@ class EventBuilder:
         kong_id = call.kong_request_id
         if not kong_id and resp_leg is client_leg:
             # The client's response is the first place looked at, and where Kong puts the id.
-            kong_id = _ascii_first(resp_lists, _KONG_ID_HEADER)
+            kong_id = ascii_first(resp_lists, _KONG_ID_HEADER)
         if not kong_id:
             known = {id(req): req_lists, id(resp): resp_lists}
             if up_lists is not None:
@@ -376,7 +243,7 @@ class EventBuilder:
         if _TRANSACTION_HEADER in req_lists or (up_lists is not None and _TRANSACTION_HEADER in up_lists):
             event["transaction_id"] = transaction_id(call)
         else:
-            event["transaction_id"] = _derived_id(flow.ids, req.stream_offset, req.ts_start)
+            event["transaction_id"] = derived_id(flow.ids, req.stream_offset, req.ts_start)
         return event
 
     # -- request side -------------------------------------------------------------------------------
@@ -413,7 +280,7 @@ class EventBuilder:
         return uri
 
     def _parse_client_uri(self, req: HttpRequest, host_header: list[str] | None, leg: Exchange) -> str:
-        target = _text(req.target)
+        target = text(req.target)
         host = _host(host_header[0]) if host_header and host_header[0].strip() else ""
         if "://" in target[:8]:
             # absolute-form: nginx's $host prefers the request line's host over the Host header
@@ -436,7 +303,7 @@ class EventBuilder:
         host = _host(first("x-forwarded-host") or first("host") or leg.server[0])
         port_text = first("x-forwarded-port")
         port = int(port_text) if port_text and port_text.isdigit() else (443 if scheme == "https" else 80)
-        path, _, query = _text(req.target).partition("?")
+        path, _, query = text(req.target).partition("?")
         path = first("x-forwarded-path") or (path if path.startswith("/") else "/")
         target = path + (f"?{query}" if query else "")
         return f"{scheme}://{host}:{port}{mask_query(target, self._query_masks)}"
@@ -466,7 +333,7 @@ class EventBuilder:
         if types is not None and len(types) == 1 and types[0].isascii():
             content_type = types[0] or None  # the usual case of the line below
         else:
-            content_type = ", ".join(_latin1_values(headers, "content-type", msg)) or None
+            content_type = ", ".join(latin1_values(headers, "content-type", msg)) or None
         coded = self._decode and "content-encoding" in headers
         plain = plain_body(msg.body, content_type, coded=coded, truncated=msg.body_truncated, limit=limit)
         if plain is not None:
@@ -474,7 +341,7 @@ class EventBuilder:
         else:
             body = capture_body_with(
                 msg.body,
-                content_encoding=_latin1_values(headers, "content-encoding", msg),
+                content_encoding=latin1_values(headers, "content-encoding", msg),
                 content_type=content_type,
                 body_size=msg.body_size,
                 body_truncated=msg.body_truncated,
@@ -558,11 +425,11 @@ def _kong_request_id(call: ApiCall, known: dict[int, HeaderLists]) -> str | None
                 if _KONG_ID_HEADER not in lists:
                     continue
                 if lists[_KONG_ID_HEADER][0].isascii():
-                    text = _ascii_first(lists, _KONG_ID_HEADER)
-                    if text:
-                        return text
+                    found = ascii_first(lists, _KONG_ID_HEADER)
+                    if found:
+                        return found
                     continue  # blank
             value = msg.header(b"x-kong-request-id")
             if value and value.strip():
-                return _text(value.strip())
+                return text(value.strip())
     return None

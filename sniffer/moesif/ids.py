@@ -1,0 +1,83 @@
+"""When and which: an event's ISO times and its transaction id (sent by the client, or derived).
+
+A derived id is uuid5 of where and when the request was seen ("client|server|offset|microseconds"), so
+a replay of the same capture gives the same ids. Both are computed per event, so both are fast paths:
+a per-second memo of the time text, and SHA-1 over a per-flow prefix (uuid5 is sha1(namespace + name)).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+
+from reassembly.events import Endpoint
+from sniffer.kong.api_call import ApiCall
+from sniffer.moesif.headers import text
+
+__all__ = ["NAMESPACE", "derived_id", "endpoint_text", "id_hasher", "iso_time", "sent_id", "transaction_id"]
+
+NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://moesif-sniffer/transaction-id")
+_SECONDS_MAX = 4096  # per-second memo of the time text, emptied when full (bounded)
+_SECONDS: dict[int, str] = {}
+_MILLIS = [f".{milli:03d}Z" for milli in range(1000)]
+# The version-5 UUID's variant digit from the hash's digit at that place (its top two bits become 10).
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def iso_time(ts: float) -> str:
+    """ISO 8601 UTC, exactly three digits of milliseconds (truncated) and a Z."""
+    ms = round(ts * 1_000_000) // 1000  # via microseconds: pcap times are exact in us, not in float ms
+    sec, milli = divmod(ms, 1000)
+    prefix = _SECONDS.get(sec)
+    if prefix is None:
+        if len(_SECONDS) >= _SECONDS_MAX:
+            _SECONDS.clear()
+        prefix = _SECONDS[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return prefix + _MILLIS[milli]
+
+
+def endpoint_text(ep: Endpoint) -> str:
+    """`ip:port`, or `[ip]:port` for IPv6."""
+    ip, port = ep
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def id_hasher(client: Endpoint, server: Endpoint) -> hashlib._Hash:
+    """SHA-1 over the namespace and the flow part of a derived id's name: uuid5 is sha1(namespace +
+    name), so a copy of this, fed the rest of the name, gives the same UUID without rehashing."""
+    return hashlib.sha1(NAMESPACE.bytes + f"{endpoint_text(client)}|{endpoint_text(server)}|".encode())
+
+
+def derived_id(flow_hasher: hashlib._Hash, offset: int, ts: float) -> str:
+    """uuid5(NAMESPACE, "client|server|offset|microseconds") of where and when the request was seen."""
+    h = flow_hasher.copy()
+    h.update(f"{offset}|{round(ts * 1_000_000)}".encode())
+    x = h.hexdigest()
+    # As uuid.UUID(bytes=digest[:16], version=5): version digit 5, variant bits 10.
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
+
+
+def sent_id(call: ApiCall) -> str | None:
+    """X-Moesif-Transaction-Id as a UUID, when a request carries a non-blank one."""
+    for leg in (call.client_leg, call.upstream_leg):
+        if leg is not None and leg.request is not None:
+            sent = leg.request.header(b"x-moesif-transaction-id")
+            if sent and sent.strip():
+                value = text(sent.strip())
+                try:
+                    return str(uuid.UUID(value))
+                except ValueError:
+                    return str(uuid.uuid5(NAMESPACE, "header:" + value))
+    return None
+
+
+def transaction_id(call: ApiCall) -> str:
+    """X-Moesif-Transaction-Id when sent, else a UUID derived from where and when the request was seen."""
+    sent = sent_id(call)
+    if sent is not None:
+        return sent
+    primary = call.primary
+    req = primary.request
+    offset, ts = (req.stream_offset, req.ts_start) if req is not None else (-1, 0.0)
+    return derived_id(id_hasher(primary.client, primary.server), offset, ts)
