@@ -9,10 +9,11 @@ serialised with orjson (what a sink would do) and dropped. RSS (/proc/self/statm
 seconds (default 5); printed: RSS after the first minute, at the end, and end / first-minute (target:
 within 10 %), plus the largest sample, flows held at the end and the loss counters.
 
-Result (2026-11-24, 2 vCPU shared with a fuzzing run, /tmp/bench-100k.pcap, --minutes 4):
-  32 passes, 3,175,777 packets, 1,586,006 events in 240 s; flows held at the end 20
-  RSS after 1 min 64.5 MiB, at the end 64.9 MiB, ratio 1.006 (largest sample 64.9 MiB); losses: none
-  (RSS at start, with the 100k frames loaded: 64.0 MiB.)
+Result (2026-11-24, 2 vCPU shared with a 1M-input fuzzing run, /tmp/bench-100k.pcap, --minutes 4, commit
+5a966d8):
+  35 passes, 3,461,441 packets, 1,728,659 events in 240 s; flows held at the end 20
+  RSS after 1 min 64.4 MiB, at the end 64.9 MiB, ratio 1.007 (largest sample 64.9 MiB); losses: none
+  (RSS at start, with the 100k frames loaded: 64.0 MiB; an earlier run before 5a966d8: ratio 1.006.)
 """
 
 from __future__ import annotations

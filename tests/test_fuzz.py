@@ -371,6 +371,10 @@ def check_table(ft: FlowTable, limits: Limits) -> None:
                 assert hs.starts[0] > hs.next, "buffered data must lie beyond a hole"
                 ends = [s + len(c) for s, c in zip(hs.starts, hs.chunks, strict=True)]
                 assert all(e <= s for e, s in zip(ends, hs.starts[1:], strict=False)), "chunks overlap"
+                oldest = min(hs.arrivals or ())
+                if hs.end_off > hs.next and hs.end_ts < oldest:
+                    oldest = hs.end_ts
+                assert hs._oldest() == oldest, "the arrival-order queue lost track of the oldest piece"
             held += hs.nbuf
     assert all(ft._lru.get(fid) is f and not f.opened for fid, f in ft._unopened.items())
     assert pool.used == held, "the global buffer counter drifted from what the streams hold"

@@ -9,6 +9,7 @@ and body; the counters explain what was shed. Each test prints its cost (`pytest
 
 from __future__ import annotations
 
+import dataclasses
 from base64 import b64decode
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,9 @@ from hostile import attacks
 from hostile.attacks import Legit, legit_calls, write_capture
 from hostile.run import Replay, replay_in_child
 
+from reassembly.limits import Limits
 from reassembly.stats import Stats
-from sniffer.config import Config
+from sniffer.config import OPTIONS, Config
 from sniffer.engine import Engine
 
 MAX_FLOWS = 2000
@@ -234,3 +236,37 @@ def test_garbage_and_smuggling(workdir: Path, baseline: Replay) -> None:
 def test_held_header_blocks_stay_within_the_global_budget(workdir: Path, baseline: Replay) -> None:
     n, size = MAX_FLOWS, 48 << 10
     run_attack("held_headers", attacks.held_header_blocks(n, size), n * 40, workdir, baseline)
+
+
+# Limits fields no SNIFFER_* option sets (README lists them with their fixed values).
+UNCONFIGURABLE = {"max_fragment_datagrams", "fragment_timeout_s"}
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _budget_options() -> dict[str, str]:
+    """SNIFFER_* env var -> the Limits field it sets (name, or name + "_s" for seconds)."""
+    fields = {f.name for f in dataclasses.fields(Limits)}
+    out = {}
+    for opt in OPTIONS:
+        for name in (opt.name, opt.name + "_s"):
+            if opt.prefix == "SNIFFER" and name in fields:
+                out[opt.env] = name
+    return out
+
+
+def test_every_budget_is_configurable_and_reaches_the_core() -> None:
+    budgets = _budget_options()
+    reached = set(budgets.values()) | {"max_body_bytes"}  # from MOESIF_*_MAX_BODY_SIZE_LIMIT
+    assert {f.name for f in dataclasses.fields(Limits)} - reached == UNCONFIGURABLE
+    env = {var: str(7 + i) for i, var in enumerate(sorted(budgets))}
+    limits = Config.load(None, env).limits()
+    for var, name in budgets.items():
+        assert getattr(limits, name) == float(env[var]), var
+
+
+def test_every_budget_is_in_the_readme_budgets_table() -> None:
+    text = README.read_text()
+    section = text[text.index("## Budgets") :]
+    section = section[: section.index("\n## ", 3)]
+    missing = [var for var in _budget_options() if f"`{var}`" not in section]
+    assert missing == []
