@@ -32,6 +32,7 @@ class Pipeline:
         "_decoder",
         "_flows",
         "_flows_feed",
+        "_ignored_ports",
         "_next_advance_ts",
         "_parsers",
         "_server_ports",
@@ -44,11 +45,14 @@ class Pipeline:
         limits: Limits | None = None,
         *,
         server_ports: frozenset[int] = frozenset(),
+        ignored_ports: frozenset[int] = frozenset(),
         stats: Stats | None = None,
     ) -> None:
         self.limits = limits if limits is not None else Limits()
         self.stats = stats if stats is not None else Stats()
         self._server_ports = server_ports
+        # Ports never parsed (the daemon's own metrics endpoint), so scrapes never become API events.
+        self._ignored_ports = ignored_ports
         self._decoder = Decoder(self.limits, self.stats)
         self._flows = FlowTable(self.limits, self.stats, server_ports)
         self._parsers: dict[int, HttpConnectionParser] = {}
@@ -79,6 +83,10 @@ class Pipeline:
         ports = self._server_ports
         if ports and seg.sport not in ports and seg.dport not in ports:
             self.stats["segments_other_ports"] += 1
+            return out
+        ignored = self._ignored_ports
+        if ignored and (seg.sport in ignored or seg.dport in ignored):
+            self.stats["segments_ignored_ports"] += 1
             return out
         events = self._flows_feed(seg)
         if events:

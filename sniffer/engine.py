@@ -23,7 +23,7 @@ from sniffer.kong.api_call import ApiCall
 from sniffer.kong.join import LegJoiner
 from sniffer.moesif.event import EventBuilder
 
-__all__ = ["Engine", "EventSink", "make_pipeline"]
+__all__ = ["Engine", "EventSink", "make_pipeline", "own_ports"]
 
 # Joiner timeouts only need checking about once per capture second (its wait is seconds long).
 JOIN_ADVANCE_INTERVAL_S = 1.0
@@ -31,7 +31,19 @@ JOIN_ADVANCE_INTERVAL_S = 1.0
 
 def make_pipeline(config: Config, stats: Stats) -> Pipeline:
     """The core as the configuration wants it (also what each capture worker runs)."""
-    return Pipeline(config.limits(), server_ports=frozenset(config.ports), stats=stats)
+    return Pipeline(
+        config.limits(), server_ports=frozenset(config.ports), ignored_ports=own_ports(config), stats=stats
+    )
+
+
+def own_ports(config: Config) -> frozenset[int]:
+    """The daemon's own HTTP port (metrics, health checks): its scrapes are not API calls. A port the
+    operator listed as an API port is kept."""
+    if not config.metrics_addr:
+        return frozenset()
+    port = int(config.metrics_addr.rsplit(":", 1)[1])
+    listed = set(config.ports) | set(config.kong_ports) | set(config.upstream_ports)
+    return frozenset() if port in listed else frozenset({port})
 
 
 class EventSink(Protocol):

@@ -263,3 +263,18 @@ def test_snaplen_truncated_frames_are_counted_and_never_invent_bytes() -> None:
     # The response's bytes were cut by the snaplen: never completed from nothing, flagged.
     assert last.get("response", {}).get("body") != json.loads(doc(1))
     assert flags_of(last)
+
+
+def test_scrapes_of_the_daemons_own_metrics_port_are_not_api_calls() -> None:
+    scrape = tcp_conversation(
+        [b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9464\r\n\r\n"],
+        [ok(b"{}")],
+        client=("127.0.0.1", 50000),
+        server=("127.0.0.1", 9464),
+    )
+    events, stats = run(scrape + conversation(n=1))
+    assert [e["request"]["uri"] for e in events] == ["http://api.example.com:80/items/0"]
+    assert stats["segments_ignored_ports"] > 0
+    # A port the operator lists as an API port is parsed, and so is any port with metrics off.
+    assert len(run(scrape, SNIFFER_PORTS="9464")[0]) == 1
+    assert len(run(scrape, SNIFFER_METRICS_ADDR="")[0]) == 1
