@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 from hostile import attacks
 from hostile.attacks import Legit, legit_calls, write_capture
+from hostile.frames import TcpConn
 from hostile.run import Replay, replay_in_child
 
+from reassembly.decode import Decoder
+from reassembly.flow_table import FlowTable
 from reassembly.limits import Limits
 from reassembly.stats import Stats
 from sniffer.config import OPTIONS, Config
@@ -236,6 +239,31 @@ def test_garbage_and_smuggling(workdir: Path, baseline: Replay) -> None:
 def test_held_header_blocks_stay_within_the_global_budget(workdir: Path, baseline: Replay) -> None:
     n, size = MAX_FLOWS, 48 << 10
     run_attack("held_headers", attacks.held_header_blocks(n, size), n * 40, workdir, baseline)
+
+
+def test_table_full_evicts_half_open_flows_before_established_ones() -> None:
+    """conntrack's early_drop: with 3 slots, an idle keep-alive connection outlives 1000 SYNs, and once
+    no half-open flow is left, the least recently active established one goes."""
+    stats = Stats()
+    limits = Limits(max_flows=3)
+    table, decoder = FlowTable(limits, stats), Decoder(limits, stats)
+    legit = [TcpConn((f"10.1.0.{i}", 50000), attacks.SERVER) for i in range(2)]
+    ts = 1.0
+    for conn in legit:
+        for frame in conn.handshake() + conn.send(True, b"GET / HTTP/1.1\r\n\r\n"):
+            table.feed(decoder.decode(ts, 1, frame))  # type: ignore[arg-type]
+    for frame in attacks.syn_flood(1000):
+        table.feed(decoder.decode(ts, 1, frame))  # type: ignore[arg-type]
+    assert stats["evict_flows"] == stats["evict_flows_half_open"] == 999
+    assert {f.caddr for f in table._lru.values() if f.opened} == {c.caddr for c in legit}
+    third = TcpConn(("10.1.0.9", 50000), attacks.SERVER)
+    for frame in third.handshake() + third.send(True, b"GET / HTTP/1.1\r\n\r\n"):
+        table.feed(decoder.decode(ts, 1, frame))  # type: ignore[arg-type]
+    # The SYN of the third evicted the last half-open flow; its data made it established; the next new
+    # flow must now evict the least recently active established flow: the first legitimate one.
+    table.feed(decoder.decode(ts, 1, next(attacks.syn_flood(1))))  # type: ignore[arg-type]
+    assert stats["evict_flows"] == 1001 and stats["evict_flows_half_open"] == 1000
+    assert legit[0].caddr not in {f.caddr for f in table._lru.values()}
 
 
 # Limits fields no SNIFFER_* option sets (README lists them with their fixed values).
