@@ -1,7 +1,11 @@
 """When and which: an event's ISO times and its transaction id (sent by the client, or derived).
 
-A derived id is uuid5 of where and when the request was seen ("client|server|offset|microseconds"), so
-a replay of the same capture gives the same ids. Both are computed per event, so both are fast paths:
+A derived id is uuid5 of where and when the request was seen ("client|server|offset|second"), so a
+replay of the same capture gives the same ids. The time is whole seconds on purpose: two capture sockets
+(the daemon's and tcpdump's) may read the kernel clock a microsecond apart for the same packet, and the
+id must not depend on which one saw it; the 4-tuple and the stream offset already tell requests apart,
+and the second only separates reuses of one 4-tuple, which TIME_WAIT keeps far more than a second apart.
+Both are computed per event, so both are fast paths:
 a per-second memo of the time text, and SHA-1 over a per-flow prefix (uuid5 is sha1(namespace + name)).
 """
 
@@ -50,9 +54,9 @@ def id_hasher(client: Endpoint, server: Endpoint) -> hashlib._Hash:
 
 
 def derived_id(flow_hasher: hashlib._Hash, offset: int, ts: float) -> str:
-    """uuid5(NAMESPACE, "client|server|offset|microseconds") of where and when the request was seen."""
+    """uuid5(NAMESPACE, "client|server|offset|second") of where and when the request was seen."""
     h = flow_hasher.copy()
-    h.update(f"{offset}|{round(ts * 1_000_000)}".encode())
+    h.update(f"{offset}|{int(ts)}".encode())
     x = h.hexdigest()
     # As uuid.UUID(bytes=digest[:16], version=5): version digit 5, variant bits 10.
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
