@@ -34,7 +34,7 @@ DEFAULT_FRAGMENT_TIMEOUT_S = 15.0
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_flows: int = DEFAULT_MAX_FLOWS  # when full: evict the least recently active flow
+    max_flows: int = DEFAULT_MAX_FLOWS  # when full: evict a half-open flow, else the least recently active
     max_flow_buffer_bytes: int = DEFAULT_MAX_FLOW_BUFFER_BYTES  # when hit: skip the hole (gap OVERFLOW)
     max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES  # when hit: skip the hole of the flow asking
     reorder_timeout_s: float = DEFAULT_REORDER_TIMEOUT_S  # hole older than this: gap TIMEOUT
