@@ -19,9 +19,7 @@ import argparse
 import cProfile
 import gc
 import pstats
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.captures import WRK_CAPTURE, ensure_capture  # noqa: E402
 from reassembly.decode import Decoder  # noqa: E402
 from reassembly.events import Exchange, Segment, StreamEvent  # noqa: E402
 from reassembly.flow_table import FlowTable  # noqa: E402
@@ -38,23 +37,7 @@ from reassembly.pipeline import ADVANCE_INTERVAL_S, Pipeline  # noqa: E402
 from reassembly.stats import Stats  # noqa: E402
 from sniffer.capture.pcapfile import open_capture  # noqa: E402
 
-TMP = Path(tempfile.gettempdir())
-WRK_CAPTURE = TMP / "bench-100k.pcap"
-BIG_CAPTURE = TMP / "moesif-sniffer-bench-1M.pcap"
-
 Frame = tuple[float, int, bytes, int | None]
-
-
-def ensure_capture(path: Path) -> Path:
-    if path.exists():
-        return path
-    if path == WRK_CAPTURE and BIG_CAPTURE.exists():
-        cmd = ["tcpdump", "-r", str(BIG_CAPTURE), "-c", "100000", "-w", str(path)]
-    else:
-        cmd = [str(HERE / "make_capture.sh"), str(path), "100000"]
-    print(f"making {path}: {' '.join(cmd)}", file=sys.stderr)
-    subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
-    return path
 
 
 def read_frames(path: Path) -> list[Frame]:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,15 +25,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.captures import WRK_CAPTURE, ensure_capture  # noqa: E402
 from sniffer.capture.pcapfile import open_capture  # noqa: E402
 from sniffer.config import Config  # noqa: E402
 from sniffer.engine import Engine  # noqa: E402
 from sniffer.kong.api_call import ApiCall  # noqa: E402
 from sniffer.moesif.event import EventBuilder  # noqa: E402
 
-TMP = Path(tempfile.gettempdir())
-WRK_CAPTURE = TMP / "bench-100k.pcap"
-BIG_CAPTURE = TMP / "moesif-sniffer-bench-1M.pcap"
 KONG_CAPTURE = ROOT / "pcaps" / "kong-demo.pcap"
 
 
@@ -59,18 +55,6 @@ def collect_calls(capture: Path, config: Config) -> list[ApiCall]:
             engine.feed(ts, linktype, frame, wire_len)
     engine.close()
     return recorder.calls
-
-
-def ensure_wrk_capture(path: Path) -> Path:
-    if path.exists():
-        return path
-    if BIG_CAPTURE.exists():
-        cmd = ["tcpdump", "-r", str(BIG_CAPTURE), "-c", "100000", "-w", str(path)]
-    else:
-        cmd = [str(HERE / "make_capture.sh"), str(path), "100000"]
-    print(f"making {path}: {' '.join(cmd)}", file=sys.stderr)
-    subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
-    return path
 
 
 def best_time(fn: Callable[[], object], runs: int) -> float:
@@ -123,7 +107,7 @@ def main() -> int:
     args = ap.parse_args()
     config = Config()
     builder = EventBuilder(config)
-    wrk = collect_calls(ensure_wrk_capture(args.capture), config)
+    wrk = collect_calls(ensure_capture(args.capture), config)
     if args.profile:
         profile(wrk, builder)
         return 0
