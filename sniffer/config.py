@@ -233,6 +233,7 @@ OPTIONS: tuple[Option, ...] = (
     _s("reorder_timeout", _seconds, _L.reorder_timeout_s, "Seconds a hole in a stream is waited for"),
     _s("idle_timeout", _seconds, _L.idle_timeout_s, "Seconds of silence before a flow is closed"),
     _s("leg_wait", _seconds, 5.0, "Seconds to wait for the partner leg of a Kong call"),
+    _s("shed", _bool, True, "Shed load under CPU pressure (bodies, then flows sampled); off: never"),
 )
 
 # Beyond this, one joining/sending process is the bottleneck, not the capture workers.
@@ -292,6 +293,7 @@ class Config:
     reorder_timeout: float = _L.reorder_timeout_s
     idle_timeout: float = _L.idle_timeout_s
     leg_wait: float = 5.0
+    shed: bool = True
 
     @classmethod
     def load(cls, args: argparse.Namespace | None, environ: Mapping[str, str]) -> Config:

@@ -10,6 +10,11 @@ Then the loop: with one worker it walks the rings into the `Engine` itself; with
 workers' exchanges (`Engine(capture=False)`) and runs the leg joiner, the event builder and the sink.
 When no packet arrives the engine's timeouts run with the wall clock (see `capture.workers`).
 
+Load shedding (SNIFFER_SHED, `sniffer.load_shedding`): every tick the ring backlog, the kernel drops and
+the sender's queue fill go to a `ShedPolicy`; its level is applied here (bodies left out by the engine;
+flows sampled by a `FlowSampler` in front of the engine, or in each capture worker), logged once per
+change and exported as `moesif_sniffer_shed_level` with the shed counters.
+
 Signals: SIGTERM/SIGINT stop gracefully: capture stops after the rings are drained, in-flight exchanges
 are finished (`Engine.close()`), the sender flushes within MOESIF_FLUSH_TIMEOUT, exit 0. A second
 SIGTERM/SIGINT exits at once (during the sender's flush it ends the flush early instead: what is left
@@ -48,6 +53,7 @@ from sniffer.capture.workers import (
 from sniffer.config import OPTIONS, Config
 from sniffer.engine import Engine
 from sniffer.errors import CaptureError, ConfigError
+from sniffer.load_shedding import FlowSampler, Pressure, ShedPolicy
 from sniffer.logs import reopen, setup_logging
 from sniffer.metrics import Health, MetricsServer, Snapshot
 from sniffer.moesif.jsonlines import JsonLinesSink
@@ -120,6 +126,10 @@ class _Daemon:
         self.jsonl: JsonLinesSink | None = None
         self.engine: Engine | None = None
         self._core: Counter[str] = Counter()
+        self.policy = ShedPolicy(enabled=config.shed)
+        self.sampler: FlowSampler | None = None  # one worker: sampling in front of the engine
+        self._drops_seen = 0
+        self._sender_stats: dict[str, int] | None = None
 
     # ---- signals ----
 
@@ -154,13 +164,48 @@ class _Daemon:
             gauges["workers"] = 1
         if engine is not None:
             gauges["legs_pending"] = engine.joiner.pending
+        level = self.policy.level
+        gauges["shed_level"] = self.policy.index
+        gauges["shed_sample_1_in"] = level.sample
+        gauges["shed_bodies_off"] = float(not level.bodies)
+        core["shed_level_changes"] = self.policy.changes
         gauges["last_tick_timestamp_seconds"] = time.time()
         sender_stats = self.sender.stats if self.sender is not None else None
         if sender_stats is not None:
             self.health.observe_sender(sender_stats)
+        self._sender_stats = sender_stats
         if self.metrics is not None:
             self.metrics.snapshot = Snapshot(core=dict(core), sender=sender_stats, gauges=gauges)
         self._core = core
+
+    def shed(self, backlog: float) -> None:
+        """One tick of the load-shedding policy, from the counters `publish` just gathered."""
+        drops = self._core["drop_kernel"]
+        delta, self._drops_seen = drops - self._drops_seen, drops
+        queue = (self._sender_stats or {}).get("queue_depth", 0) / max(1, self.config.event_queue_size)
+        before = self.policy.level
+        if self.policy.observe(Pressure(backlog, delta, queue)) is None:
+            return
+        level = self.policy.level
+        (log.warning if level.sample > before.sample or before.bodies else log.info)(
+            "load shedding: level %d (%s): bodies %s, new flows kept 1 in %d "
+            "(ring backlog %.0f%%, %d kernel drops, sender queue %.0f%%)",
+            self.policy.index, level.name, "captured" if level.bodies else "left out", level.sample,
+            backlog * 100, delta, queue * 100,
+        )  # fmt: skip
+        if self.engine is not None:
+            self.engine.shed_bodies = not level.bodies
+        if self.pool is not None:
+            self.pool.sample(level.sample)
+        elif self.sampler is not None:
+            self.sampler.rate = level.sample
+            self._install_sampler()
+
+    def _install_sampler(self) -> None:
+        if self.loop is None or self.sampler is None or self.engine is None:
+            return
+        feed = self.engine.feed
+        self.loop.set_handler(self.sampler.wrap(feed) if self.sampler.active else feed)  # type: ignore[arg-type]
 
     def summary(self) -> None:
         c = self._core
@@ -174,7 +219,13 @@ class _Daemon:
     def run_single(self, rings: list[RingSocket]) -> None:
         engine = self.engine
         assert engine is not None
-        loop = self.loop = CaptureLoop(rings, engine.feed)
+        loop = self.loop = CaptureLoop(rings, engine.feed)  # type: ignore[arg-type]
+        sampler = self.sampler = FlowSampler(
+            self.stats,
+            engine.flow_weights,
+            idle_s=self.config.idle_timeout,
+            max_flows=self.config.max_flows,
+        )
         clock = 0.0
         now = time.monotonic()
         next_tick, next_kstats, next_summary = now, now + KERNEL_STATS_S, now + SUMMARY_S
@@ -189,10 +240,12 @@ class _Daemon:
             if wall > clock:
                 clock = wall
                 engine.advance(wall)
-            if now >= next_kstats:
+            if len(sampler) and sampler.expire(clock) and not sampler.active:
+                self._install_sampler()
+            if now >= next_kstats or self.policy.enabled:  # drops are a pressure signal: every tick
                 next_kstats = now + KERNEL_STATS_S
                 loop.update_stats(self.stats)
-            self._housekeeping(now >= next_summary)
+            self._housekeeping(now >= next_summary, backlog=loop.take_backlog())
             if now >= next_summary:
                 next_summary = now + SUMMARY_S
         self.health.capture_open = False
@@ -217,7 +270,7 @@ class _Daemon:
                 continue
             next_tick = now + TICK_S
             self.health.last_tick = min([*pool.last_tick, now])
-            self._housekeeping(now >= next_summary, tick=False)
+            self._housekeeping(now >= next_summary, tick=False, backlog=pool.take_backlog())
             if now >= next_summary:
                 next_summary = now + SUMMARY_S
         self.health.capture_open = False
@@ -231,9 +284,12 @@ class _Daemon:
     def _take(self, pool: WorkerPool, timeout_s: float) -> None:
         feed = self.engine.feed_exchanges  # type: ignore[union-attr]
         for _, msg in pool.messages(timeout_s):
-            feed(msg[1], msg[2] if msg[0] == "x" else [])
+            if msg[0] == "x":
+                feed(msg[1], msg[2], msg[3])
+            else:
+                feed(msg[1], [])
 
-    def _housekeeping(self, summary: bool, tick: bool = True) -> None:
+    def _housekeeping(self, summary: bool, tick: bool = True, backlog: float = 0.0) -> None:
         if tick:
             self.health.tick()
         if self.signals.hup:
@@ -242,6 +298,7 @@ class _Daemon:
         if self.out is not None:
             self.out.flush()
         self.publish()
+        self.shed(backlog)
         if summary:
             self.summary()
 

@@ -6,6 +6,10 @@ frames -> `reassembly.Pipeline` (decode, TCP, HTTP) -> `kong.LegJoiner` (one cal
 The engine is synchronous and never waits on the network: sinks take events without blocking. Time is
 capture time throughout, so a replayed file and a live capture of the same packets give the same events.
 
+Load shedding (`sniffer.load_shedding`): with `shed_bodies` set, events are built without bodies
+(`metadata.capture.body_shed` says so, `shed_bodies` counts them); `flow_weights` maps the (client,
+server) endpoints of flows kept by flow sampling to their weight, which their events carry.
+
 With several capture workers (`sniffer.capture.workers`) each worker runs its own `Pipeline` and the
 engine in the main process is built with `capture=False`: it gets the workers' exchanges through
 `feed_exchanges` and runs only the stages after the core.
@@ -13,9 +17,10 @@ engine in the main process is built with `capture=False`: it gets the workers' e
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Protocol
 
-from reassembly.events import Exchange
+from reassembly.events import Endpoint, Exchange
 from reassembly.pipeline import Pipeline
 from reassembly.stats import Stats
 from sniffer.config import Config
@@ -25,6 +30,8 @@ from sniffer.moesif.event import EventBuilder
 
 __all__ = ["Engine", "EventSink", "make_pipeline", "own_ports"]
 
+# Weights of sampled flows remembered at most (oldest first): bounded like the flow table.
+MAX_FLOW_WEIGHTS = 1 << 17
 # Joiner timeouts only need checking about once per capture second (its wait is seconds long).
 JOIN_ADVANCE_INTERVAL_S = 1.0
 
@@ -61,6 +68,10 @@ class Engine:
         )
         self.builder = EventBuilder(config)
         self.sink = sink
+        self.config = config
+        self.shed_bodies = False
+        self.flow_weights: dict[tuple[Endpoint, Endpoint], int] = {}
+        self._lean_builder: EventBuilder | None = None
         self._next_join_ts = 0.0
         self._last_ts = 0.0
 
@@ -75,8 +86,18 @@ class Engine:
             self._next_join_ts = ts + JOIN_ADVANCE_INTERVAL_S
             self._emit(self.joiner.advance(ts))
 
-    def feed_exchanges(self, ts: float, exchanges: list[Exchange]) -> None:
-        """Exchanges a capture worker's pipeline completed, by capture time `ts` (capture=False)."""
+    def feed_exchanges(
+        self, ts: float, exchanges: list[Exchange], weights: dict[int, int] | None = None
+    ) -> None:
+        """Exchanges a capture worker's pipeline completed, by capture time `ts` (capture=False);
+        `weights`: index in `exchanges` -> weight, for exchanges of flows kept by flow sampling."""
+        if weights:
+            fw = self.flow_weights
+            for i, w in weights.items():
+                ex = exchanges[i]
+                fw[(ex.client, ex.server)] = w
+            while len(fw) > MAX_FLOW_WEIGHTS:
+                del fw[next(iter(fw))]
         if exchanges:
             self._join(exchanges)
         self._last_ts = max(self._last_ts, ts)
@@ -105,8 +126,11 @@ class Engine:
 
     def _emit(self, calls: list[ApiCall]) -> None:
         stats = self.stats
+        shed = self.shed_bodies
+        builder = self._lean() if shed else self.builder
+        weights = self.flow_weights
         for call in calls:
-            event = self.builder.build(call)
+            event = builder.build(call)
             if event is None:
                 stats["calls_without_request"] += 1
                 continue
@@ -114,4 +138,34 @@ class Engine:
             capture = event.get("metadata", {}).get("capture", {})
             if capture.get("flags"):
                 stats["events_partial"] += 1
+            if shed:
+                n = _bodies(call)
+                if n:
+                    stats["shed_bodies"] += n
+                    capture["body_shed"] = True
+            if weights:
+                ex = call.primary
+                w = weights.get((ex.client, ex.server)) or weights.get((ex.server, ex.client))
+                if w:
+                    event["weight"] = w
+                    capture["sampled_1_in"] = w
+                    stats["shed_events_weighted"] += 1
             self.sink.submit(event)
+
+    def _lean(self) -> EventBuilder:
+        """A builder that leaves bodies out (made on first need: most daemons never shed)."""
+        if self._lean_builder is None:
+            self._lean_builder = EventBuilder(
+                replace(self.config, disable_capture_request_body=True, disable_capture_response_body=True)
+            )
+        return self._lean_builder
+
+
+def _bodies(call: ApiCall) -> int:
+    """Bodies the event would have carried: the primary leg's request and response with any body."""
+    ex = call.primary
+    n = 0
+    for msg in (ex.request, ex.response):
+        if msg is not None and (msg.body or msg.body_size > 0):
+            n += 1
+    return n

@@ -6,7 +6,7 @@ thread); the HTTP thread only ever reads the latest snapshot, so a scrape never 
 Every core `Stats` counter is exported as `moesif_sniffer_core_total{name=...}` and every sender counter
 as `moesif_sniffer_sender_total{name=...}`; the headline figures also get their own families (packets,
 kernel drops, flows, gaps, losses and events dropped by reason, exchanges, events, partial events, send
-failures by reason, queue depth...).
+failures by reason, queue depth, load shedding: `shed_level` gauge and the shed counts...).
 
 `/healthz`: 200 while the capture loop ticked within `tick_timeout_s` (a wedged loop fails it).
 `/readyz`: 200 when the capture is open and the transport has not been failing for longer than
@@ -47,6 +47,11 @@ _CORE = {
     "exchanges": ("exchanges", "HTTP exchanges completed by the core"),
     "events": ("events", "Moesif events built"),
     "events_partial": ("events_partial", "Events flagged as partial (something was not captured)"),
+    "shed_bodies": ("bodies_shed", "Bodies left out of events by load shedding (level >= 1)"),
+    "shed_flows_sampled_out": ("flows_sampled_out", "New flows not captured by load shedding's sampling"),
+    "shed_flows_sampled_in": ("flows_sampled_in", "New flows kept while sampling (their events weigh N)"),
+    "shed_packets_sampled_out": ("packets_sampled_out", "Packets of sampled-out flows, skipped"),
+    "shed_level_changes": ("shed_level_changes", "Load-shedding level changes (each one is logged)"),
 }
 _LOSS_PREFIXES = ("drop_", "evict_", "cap_", "truncated_", "conflict_", "http_desync")
 # Sender values that are levels, not counts.

@@ -223,6 +223,18 @@ class RingSocket:
         self.loopback_duplicates += dups
         return handed - dups
 
+    def backlog(self) -> int:
+        """Blocks the kernel released that no walk took yet (a walk stops at `max_blocks`): how far
+        user space is behind. A few header reads; call once per walk at most."""
+        mm = self._mm
+        if mm is None:
+            return 0
+        bs, nblocks, cur = self._block_size, self._block_count, self._cur
+        n = 0
+        while n < nblocks and _blk_status(mm, ((cur + n) % nblocks) * bs + 8)[0] & TP_STATUS_USER:
+            n += 1
+        return n
+
     def read_kernel_stats(self) -> tuple[int, int, int]:
         """PACKET_STATISTICS since the last read (the kernel resets them): packets that passed the
         filter (drops included), drops for a full ring, freezes; also added to the running totals."""

@@ -8,11 +8,15 @@ rings still join a group of one, for that defragmentation.
 With N > 1 workers, `WorkerPool` forks N processes; each walks its own rings into its own
 `reassembly.Pipeline` and sends what the walk completed to the main process over a pipe, one message
 per walk (a walk is one or more whole ring blocks, so messages batch naturally under load):
-- ("x", ts, [Exchange, ...]): completed exchanges, `ts` the capture time reached;
-- ("t", ts, stats, flows): a tick about once a second (counters, live flow count);
+- ("x", ts, [Exchange, ...], weights): completed exchanges, `ts` the capture time reached, `weights`
+  None or {index: weight} for exchanges of flows kept by flow sampling (`sniffer.load_shedding`);
+- ("t", ts, stats, flows, backlog): a tick about once a second (counters, live flow count, the largest
+  ring backlog fraction seen since the last tick: the load-shedding policy's input);
 - ("d", ts, stats, flows): the worker drained its rings and closed its pipeline after a stop request.
-A worker ignores SIGINT/SIGTERM (the main process decides when to stop and says so over the pipe) and
-stops on its own when the main process goes away (end of file on the pipe).
+The main process sends "stop", or ("shed", N) to sample new flows 1 in N (1: stop sampling; the
+flows already decided keep their fate). A worker ignores SIGINT/SIGTERM (the main process decides
+when to stop and says so over the pipe) and stops on its own when the main process goes away (end of
+file on the pipe).
 
 Time: packets carry the kernel's capture time. When a ring is idle the pipeline's timeouts are run with
 the wall clock minus `IDLE_LAG_S` (more than a block's retire timeout, so no packet still waiting in a
@@ -39,6 +43,7 @@ from sniffer.capture.bpf import tcp_port_filter
 from sniffer.config import Config
 from sniffer.engine import make_pipeline
 from sniffer.errors import CaptureError
+from sniffer.load_shedding import FlowSampler
 
 __all__ = [
     "IDLE_LAG_S",
@@ -57,6 +62,9 @@ TICK_S = 1.0
 KERNEL_STATS_S = 2.0
 DRAIN_S = 3 * RETIRE_MS / 1000
 MAX_MESSAGES = 16  # per worker and call of WorkerPool.messages
+# Test hook: "<block bytes>,<blocks>" for a tiny ring that fills under a small burst (not a SNIFFER_
+# option: operators have no reason to shrink the ring).
+TEST_RING_ENV = "_SNIFFER_TEST_RING"
 
 
 def capture_ports(config: Config) -> tuple[int, ...]:
@@ -76,11 +84,15 @@ def open_ring_sets(config: Config, workers: int) -> list[list[RingSocket]]:
         log.warning("%s; filtering all TCP in the kernel and the ports in the core instead", exc)
         program = tcp_port_filter(())
     sets: list[list[RingSocket]] = [[] for _ in range(workers)]
+    geometry: dict[str, int] = {}
+    if hook := os.environ.get(TEST_RING_ENV):
+        size, count = (int(x) for x in hook.split(","))
+        geometry = {"block_size": size, "block_count": count}
     try:
         for name in interface_names(config.interface):
             group: int | None = None
             for rings in sets:
-                ring = RingSocket(name, program)
+                ring = RingSocket(name, program, **geometry)
                 rings.append(ring)
                 group = ring.join_fanout(group)
     except CaptureError:
@@ -101,6 +113,16 @@ class CaptureLoop:
         for ring in rings:
             self._poll.register(ring.fileno(), select.POLLIN)
         self._extra: set[int] = set()
+        self.backlog = 0.0  # largest fraction of a ring left unwalked after a walk (reset by the reader)
+
+    def set_handler(self, handle: Callable[[float, int, bytes, int], object]) -> None:
+        """Hand packets to `handle` from the next walk on (the flow sampler's filter comes and goes)."""
+        self._handle = handle
+
+    def take_backlog(self) -> float:
+        """The largest backlog fraction since the last call."""
+        b, self.backlog = self.backlog, 0.0
+        return b
 
     def watch(self, fd: int) -> None:
         """Also wake up when `fd` is readable (a control pipe)."""
@@ -119,8 +141,13 @@ class CaptureLoop:
             ready = []
         handle = self._handle
         n = 0
+        backlog = self.backlog
         for ring in self.rings:
             n += ring.walk(handle)
+            left = ring.backlog() / ring.block_count
+            if left > backlog:
+                backlog = left
+        self.backlog = backlog
         return n, any(fd in self._extra for fd, _ in ready)
 
     def drain(self) -> int:
@@ -158,11 +185,21 @@ def _worker_main(index: int, rings: list[RingSocket], conn: Any, config: Config,
     pipeline = make_pipeline(config, stats)
     feed = pipeline.feed
     pending: list[Exchange] = []
+    weights: dict[tuple[Any, Any], int] = {}
+    sampler = FlowSampler(stats, weights, idle_s=config.idle_timeout, max_flows=config.max_flows)
 
     def handle(ts: float, linktype: int, frame: bytes, wire_len: int) -> None:
         out = feed(ts, linktype, frame, wire_len)
         if out:
             pending.extend(out)
+
+    def send(ts: float) -> None:
+        nonlocal pending
+        w = None
+        if weights:
+            w = {i: n for i, ex in enumerate(pending) if (n := weights.get((ex.client, ex.server), 0))}
+        conn.send(("x", ts, pending, w or None))
+        pending = []
 
     loop = CaptureLoop(rings, handle)
     loop.watch(conn.fileno())
@@ -173,10 +210,14 @@ def _worker_main(index: int, rings: list[RingSocket], conn: Any, config: Config,
             n, control = loop.run_once(TICK_S / 4)
             stats["packets"] += n
             if pending:
-                conn.send(("x", loop.last_ts, pending))
-                pending = []
-            if control and conn.recv() == "stop":  # EOFError when the main process is gone
-                break
+                send(loop.last_ts)
+            if control:
+                msg = conn.recv()  # EOFError when the main process is gone
+                if msg == "stop":
+                    break
+                if isinstance(msg, tuple) and msg[0] == "shed":
+                    sampler.rate = msg[1]
+                    loop.set_handler(sampler.wrap(handle) if sampler.active else handle)
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_S
@@ -185,18 +226,19 @@ def _worker_main(index: int, rings: list[RingSocket], conn: Any, config: Config,
                 if wall > clock:
                     clock = wall
                     pending.extend(pipeline.advance(wall))
+                if len(sampler) and sampler.expire(clock) and not sampler.active:
+                    loop.set_handler(handle)
                 if now >= next_kstats:
                     next_kstats = now + KERNEL_STATS_S
                     loop.update_stats(stats)
                 if pending:
-                    conn.send(("x", clock, pending))
-                    pending = []
-                conn.send(("t", clock, dict(stats), pipeline.flow_count))
+                    send(clock)
+                conn.send(("t", clock, dict(stats), pipeline.flow_count, loop.take_backlog()))
         stats["packets"] += loop.drain()
         pending.extend(pipeline.close(loop.last_ts))
         loop.update_stats(stats)
-        conn.send(("x", loop.last_ts, pending))
-        conn.send(("d", loop.last_ts, dict(stats), 0))
+        send(loop.last_ts)
+        conn.send(("d", loop.last_ts, dict(stats), 0, 0.0))
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the main process is gone: nothing to report to
     finally:
@@ -216,6 +258,7 @@ class WorkerPool:
         self.flows: list[int] = [0 for _ in ring_sets]
         self.last_tick: list[float] = [time.monotonic() for _ in ring_sets]
         self.done: list[bool] = [False for _ in ring_sets]
+        self.backlog: list[float] = [0.0 for _ in ring_sets]  # each worker's, from its last tick
 
     def start(self) -> None:
         """Fork the workers (no thread may run yet); the main process keeps no ring open."""
@@ -255,6 +298,7 @@ class WorkerPool:
                     kind = msg[0]
                     if kind in ("t", "d"):
                         self.stats[i], self.flows[i] = msg[2], msg[3]
+                        self.backlog[i] = max(self.backlog[i], msg[4])
                         self.last_tick[i] = time.monotonic()
                         if kind == "d":
                             self.done[i] = True
@@ -269,6 +313,19 @@ class WorkerPool:
     def _exitcode(self, i: int) -> int | None:
         self.procs[i].join(1.0)
         return self.procs[i].exitcode
+
+    def take_backlog(self) -> float:
+        """The largest backlog fraction any worker reported since the last call."""
+        b = max(self.backlog, default=0.0)
+        self.backlog = [0.0 for _ in self.backlog]
+        return b
+
+    def sample(self, rate: int) -> None:
+        """Ask every worker to keep 1 new flow in `rate` (1: no sampling)."""
+        for conn, done in zip(self.conns, self.done, strict=True):
+            if not done:
+                with contextlib.suppress(OSError):
+                    conn.send(("shed", rate))
 
     def stop(self) -> None:
         """Ask every worker to drain and close; `messages` then yields their last exchanges."""
