@@ -1,10 +1,12 @@
 """`moesif-sniffer run` as a real process capturing real loopback traffic: live capture equals the replay
 of tcpdump's pcap of the same packets, SIGTERM drains and flushes (JSON lines and the Moesif sender),
-two fanout workers report every call once, and privileges are dropped after start."""
+two fanout workers report every call once, privileges are dropped after start, and under pressure (a
+tiny ring flooded with uploads) the daemon sheds load, unless SNIFFER_SHED is off."""
 
 from __future__ import annotations
 
 import calendar
+import http.client
 import json
 import os
 import pwd
@@ -263,6 +265,8 @@ def test_two_fanout_workers_report_every_call_once(tmp_path: Path) -> None:
     uris = sorted(e["request"]["uri"] for e in events)
     assert uris == sorted(f"http://127.0.0.1:{port}/call/{i}" for i in range(n))
     assert "moesif_sniffer_workers 2.0" in metrics
+    # no pressure: nothing shed
+    assert "moesif_sniffer_shed_level 0.0" in metrics and "moesif_sniffer_bodies_shed_total 0.0" in metrics
 
 
 def test_privileges_are_dropped_after_the_capture_is_open(tmp_path: Path) -> None:
@@ -423,3 +427,99 @@ def test_an_interface_list_captures_on_each_interface(tmp_path: Path) -> None:
     uris = sorted(e["request"]["uri"].rsplit("/", 1)[1] for e in events)
     assert uris[-4:] == ["?via=lo", "?via=veth0", "?via=veth1", "?via=veth2"]
     assert {e["request"]["ip_address"] for e in events if "veth" in e["request"]["uri"]} == {"10.99.0.1"}
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+@contextmanager
+def upload_flood(port: int, size: int = 200_000, threads: int = 8) -> Iterator[list[int]]:
+    """New connections, each posting a `size`-byte JSON body (echoed back), until the block ends."""
+    body = b'{"k": "' + b"x" * size + b'"}'
+    done = [0]
+    stop = threading.Event()
+
+    def post() -> None:
+        while not stop.is_set():
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                c.request("POST", "/up", body, {"Content-Type": "application/json"})
+                c.getresponse().read()
+                done[0] += 1
+            except OSError:
+                pass
+            finally:
+                c.close()
+
+    workers = [threading.Thread(target=post, daemon=True) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    try:
+        yield done
+    finally:
+        stop.set()
+        for t in workers:
+            t.join(10)
+
+
+# A ring of four 128 KiB blocks: a few 64 KiB loopback segments fill it, so the kernel drops (the
+# pressure signal the daemon cannot miss) while the traffic lasts.
+TINY_RING = "131072,4"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_under_pressure_the_daemon_sheds_bodies_then_samples_flows_and_says_so(
+    tmp_path: Path, workers: str
+) -> None:
+    env = {"SNIFFER_WORKERS": workers, "_SNIFFER_TEST_RING": TINY_RING}
+    with http_server() as port, running_daemon(tmp_path, port, **env) as d:
+        with upload_flood(port) as done:
+            deadline = time.monotonic() + 20
+            while True:
+                metrics = d.get("/metrics")[1]
+                if _metric(metrics, "moesif_sniffer_shed_level") >= 3:
+                    break
+                assert time.monotonic() < deadline, metrics
+                time.sleep(0.25)
+            time.sleep(1.5)  # new flows meet the sampler
+            metrics = d.get("/metrics")[1]
+        assert done[0] > 0
+        assert d.stop() == 0
+        events = d.events()
+    log = d.err.read_text()
+    assert _metric(metrics, "moesif_sniffer_kernel_drops_total") > 0
+    assert _metric(metrics, "moesif_sniffer_bodies_shed_total") > 0
+    assert _metric(metrics, "moesif_sniffer_flows_sampled_out_total") > 0
+    assert _metric(metrics, "moesif_sniffer_shed_bodies_off") == 1.0
+    assert _metric(metrics, "moesif_sniffer_shed_sample_1_in") >= 4
+    for level, name in [(1, "bodies_shed"), (2, "sample_1_in_2"), (3, "sample_1_in_4")]:
+        assert log.count(f"load shedding: level {level} ({name})") == 1, log  # each change logged once
+    shed = [e for e in events if e["metadata"]["capture"].get("body_shed")]
+    assert shed and all("body" not in e["request"] for e in shed)
+    weighted = [e for e in events if e["weight"] > 1]
+    assert weighted and {e["weight"] for e in weighted} <= {2, 4, 8, 16}
+    assert all(e["metadata"]["capture"]["sampled_1_in"] == e["weight"] for e in weighted)
+    assert "Traceback" not in log
+
+
+def test_with_shedding_off_the_same_pressure_sheds_nothing(tmp_path: Path) -> None:
+    env = {"SNIFFER_WORKERS": "1", "_SNIFFER_TEST_RING": TINY_RING, "SNIFFER_SHED": "off"}
+    with http_server() as port, running_daemon(tmp_path, port, **env) as d:
+        with upload_flood(port):
+            deadline = time.monotonic() + 20
+            while _metric(metrics := d.get("/metrics")[1], "moesif_sniffer_kernel_drops_total") == 0:
+                assert time.monotonic() < deadline, metrics
+                time.sleep(0.25)
+            time.sleep(2.5)  # ticks under pressure
+            metrics = d.get("/metrics")[1]
+        assert d.stop() == 0
+        events = d.events()
+    assert _metric(metrics, "moesif_sniffer_shed_level") == 0
+    assert _metric(metrics, "moesif_sniffer_bodies_shed_total") == 0
+    assert _metric(metrics, "moesif_sniffer_flows_sampled_out_total") == 0
+    assert "load shedding" not in d.err.read_text()
+    assert events and all(e["weight"] == 1 and "body_shed" not in e["metadata"]["capture"] for e in events)
