@@ -91,13 +91,17 @@ class Engine:
     ) -> None:
         """Exchanges a capture worker's pipeline completed, by capture time `ts` (capture=False);
         `weights`: index in `exchanges` -> weight, for exchanges of flows kept by flow sampling."""
+        fw = self.flow_weights
         if weights:
-            fw = self.flow_weights
             for i, w in weights.items():
                 ex = exchanges[i]
                 fw[(ex.client, ex.server)] = w
             while len(fw) > MAX_FLOW_WEIGHTS:
                 del fw[next(iter(fw))]
+        if fw:  # endpoints reused by a flow kept whole: its events weigh 1 again
+            for i, ex in enumerate(exchanges):
+                if not weights or i not in weights:
+                    fw.pop((ex.client, ex.server), None)
         if exchanges:
             self._join(exchanges)
         self._last_ts = max(self._last_ts, ts)

@@ -176,8 +176,12 @@ class FlowSampler:
                 return handle(ts, linktype, frame, wire_len)
             key = a + b if a < b else b + a
             fate = fates.get(key)
+            syn = flags & 0x12 == 0x02  # SYN without ACK: a new flow
+            if syn and fate is not None:  # the endpoints were reused: decide again at today's rate
+                self._forget(key)
+                fate = None
             if fate is None:
-                if self.rate <= 1 or flags & 0x12 != 0x02:  # not a new flow (SYN without ACK)
+                if self.rate <= 1 or not syn:
                     return handle(ts, linktype, frame, wire_len)
                 fate = self._decide(key, a, b, ts)
             fate[1] = ts

@@ -13,7 +13,7 @@ from scapy.layers.inet6 import IPv6
 
 from reassembly.stats import Stats
 from sniffer.config import Config
-from sniffer.engine import Engine
+from sniffer.engine import Engine, make_pipeline
 from sniffer.load_shedding import LEVELS, FlowSampler, Pressure, ShedPolicy
 
 HOT = Pressure(kernel_drops=5)
@@ -216,3 +216,31 @@ def test_body_shedding_keeps_the_metadata_and_counts_each_body() -> None:
             a[side].pop("transfer_encoding")
         assert a == b  # everything else identical
     assert eng.stats["shed_bodies"] == 10
+
+
+def test_reused_endpoints_are_decided_again_at_the_current_rate() -> None:
+    first = [raw(conversation(i)) for i in range(40)]
+    again = [raw(conversation(i)) for i in range(40)]  # the same endpoints, new connections
+    for fl in again:
+        fl[:] = [(ts + 10.0, lt, frame, wl) for ts, lt, frame, wl in fl]
+    frames = [f for fl in first for f in fl] + [f for fl in again for f in fl]
+    eng, sampler, sink = run(frames, {0: 2, len(frames) // 2: 1})
+    kept = eng.stats["shed_flows_sampled_in"]
+    assert 0 < kept < 40 and eng.stats["shed_flows_sampled_out"] == 40 - kept
+    late = [e for e in sink.events if e["request"]["time"] >= "2023-11-14T22:13:30"]
+    assert len(late) == 40 and all(e["weight"] == 1 for e in late)  # all kept, none weighted
+    assert len(sink.events) == kept + 40 and not eng.flow_weights and not len(sampler)
+
+
+def test_worker_weights_reach_events_and_a_reused_flow_weighs_1_again() -> None:
+    # the main process's side with capture workers: exchanges arrive with {index: weight}
+    pipeline = make_pipeline(Config(ports=(8080,), kong_ports=()), Stats())
+    exchanges = [ex for f in raw(conversation(1)) + raw(conversation(2)) for ex in pipeline.feed(*f)]
+    assert len(exchanges) == 2
+    sink = ListSink()
+    eng = Engine(Config(ports=(8080,), kong_ports=()), sink, Stats(), capture=False)
+    eng.feed_exchanges(1.0, exchanges, {1: 8})
+    eng.feed_exchanges(2.0, exchanges[1:], None)  # the same endpoints again, a flow kept whole
+    eng.close()
+    assert [e["weight"] for e in sink.events] == [1, 8, 1]
+    assert not eng.flow_weights
