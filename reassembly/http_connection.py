@@ -25,6 +25,12 @@ keeps FIFO order. A head of known position that is dropped (a gap inside it, or 
 Limits.max_header_bytes) keeps its place: on the request side as a request-less placeholder (its response
 becomes an orphan flagged REQUEST_INCOMPLETE); on the response side the front request is emitted with
 RESPONSE_INCOMPLETE.
+
+A request head still unfinished when its flow ends (slowloris, a client that gave up, an eviction) is
+counted (`drop_http_unfinished_head`, by the reader) and not emitted: the server cannot have acted on a
+request it never fully received, and a partial head may lack the very headers (Authorization, the user
+and company ids) the event would be identified by, so an event for it would mislead; a slowloris flood
+would also turn into one event per attacking connection.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from reassembly.events import (
     StreamData,
     StreamGap,
 )
+from reassembly.http_budget import HttpBufferPool
 from reassembly.http_exchange import PendingExchange, finish_exchange
 from reassembly.http_framing import NO_BODY, Framing, FramingKind, body_framing
 from reassembly.http_reader import Message, MessageReader, Role, State
@@ -72,6 +79,8 @@ class HttpConnectionParser:
             the other way round on a mid-stream flow).
         mid_stream: the handshake was not seen, so both directions start by scanning for a start line
             and the first one found decides which side is the client.
+        pool: the HTTP buffer budget shared with the pipeline's other connections (http_budget); by
+            default one of this connection's own, of Limits.max_http_buffer_bytes.
     """
 
     __slots__ = (
@@ -108,6 +117,7 @@ class HttpConnectionParser:
         stats: Stats,
         *,
         mid_stream: bool = False,
+        pool: HttpBufferPool | None = None,
     ) -> None:
         self._flow_id = flow_id
         self._client = client
@@ -116,8 +126,10 @@ class HttpConnectionParser:
         self._max_pending = max(1, limits.max_pending_requests)
         self._mid_stream = mid_stream
         role_c, role_s = (Role.UNKNOWN, Role.UNKNOWN) if mid_stream else (Role.REQUEST, Role.RESPONSE)
-        self._from_client = MessageReader(role_c, limits, stats, self, mid_stream=mid_stream)
-        self._from_server = MessageReader(role_s, limits, stats, self, mid_stream=mid_stream)
+        if pool is None:
+            pool = HttpBufferPool(limits.max_http_buffer_bytes)
+        self._from_client = MessageReader(role_c, limits, stats, self, mid_stream=mid_stream, pool=pool)
+        self._from_server = MessageReader(role_s, limits, stats, self, mid_stream=mid_stream, pool=pool)
         self._waiting: deque[PendingExchange] = (
             deque()
         )  # requests (or placeholders) whose response has not begun
@@ -194,6 +206,8 @@ class HttpConnectionParser:
                         self._emit(entry)
         except Exception:
             self._stats["http_desync"] += 1
+            self._from_client.release()
+            self._from_server.release()
         return out
 
     # -- reader sink ---------------------------------------------------------------------------------------

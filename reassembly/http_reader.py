@@ -11,7 +11,8 @@ gap ends the message incomplete and moves the reader to RESYNC, which scans for 
 
 Buffering: the buffer holds at most one head (<= Limits.max_header_bytes) plus the latest chunk. In body
 states bytes are sliced straight out of the fed chunk (no copy when a chunk is kept whole), the kept body
-stops growing at Limits.max_body_bytes, and nothing is ever re-scanned.
+stops growing at Limits.max_body_bytes, and nothing is ever re-scanned. What is still held when a feed
+returns is charged to the connections' shared `HttpBufferPool` (http_budget), once per feed, not per byte.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = ["Message", "MessageReader", "ReaderSink", "Role", "State"]
 _MAX_STARTS = 64
 
 _START = State.START
+_HEAD = State.HEAD
 _BODY_LENGTH = State.BODY_LENGTH
 _CHUNK_DATA = State.CHUNK_DATA
 _CHUNK_END = State.CHUNK_END
@@ -56,7 +58,7 @@ class MessageReader(HeadSteps, BodySteps):
         expected = self._next
         if offset != expected and expected is not None:
             if offset > expected:
-                self.gap(expected, offset - expected)
+                self._skip(expected, offset - expected)
                 state = self.state
             elif offset + len(data) <= expected:
                 return
@@ -91,11 +93,19 @@ class MessageReader(HeadSteps, BodySteps):
             self._pos = self._scan = 0
             if self._starts:
                 self._starts = []
+            if self._kept != self._held:
+                self._recharge()
         else:
             self._compact()
+            self._recharge()
 
     def gap(self, offset: int, length: int | None) -> None:
         """Bytes [offset, offset+length) of this direction were lost (length None: unknown amount)."""
+        self._skip(offset, length)
+        if self._held:
+            self._recharge()
+
+    def _skip(self, offset: int, length: int | None) -> None:
         state = self.state
         if state is _DEAD:
             return
@@ -151,8 +161,13 @@ class MessageReader(HeadSteps, BodySteps):
         if state is _BODY_CLOSE:
             self._finish(True)
         elif state is not _DEAD and state is not _PAUSED:
+            if state is _HEAD:
+                # A head cut by the end of its flow (slowloris, a client that gave up, an eviction): no
+                # message to emit, but a loss all the same.
+                self._stats["drop_http_unfinished_head"] += 1
             self._lose_current(exact=True)
         self.state = _DEAD
+        self.release()
 
     def pause(self) -> None:
         if self.state is _START:
@@ -168,6 +183,7 @@ class MessageReader(HeadSteps, BodySteps):
             self.state = _START
         self._run()
         self._compact()
+        self._recharge()
 
     def _run(self) -> None:
         steps = _STEPS

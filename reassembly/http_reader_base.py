@@ -12,6 +12,7 @@ from enum import IntEnum, StrEnum
 from typing import Protocol
 
 from reassembly.events import HttpRequest, HttpResponse
+from reassembly.http_budget import HttpBufferPool
 from reassembly.http_framing import Framing
 from reassembly.http_head import NO_FIELDS, Fields
 from reassembly.limits import Limits
@@ -66,9 +67,11 @@ class ReaderBase:
     """Attributes and shared primitives of a message reader (see `MessageReader` for the whole)."""
 
     __slots__ = (
+        "_body_cap",
         "_buf",
         "_first",
         "_gap",
+        "_held",
         "_kept",
         "_line_checked",
         "_line_start",
@@ -79,6 +82,7 @@ class ReaderBase:
         "_msg_ts",
         "_next",
         "_parts",
+        "_pool",
         "_pos",
         "_remaining",
         "_resync_on_resume",
@@ -95,13 +99,24 @@ class ReaderBase:
     )
 
     def __init__(
-        self, role: Role, limits: Limits, stats: Stats, sink: ReaderSink, *, mid_stream: bool
+        self,
+        role: Role,
+        limits: Limits,
+        stats: Stats,
+        sink: ReaderSink,
+        *,
+        mid_stream: bool,
+        pool: HttpBufferPool | None = None,
     ) -> None:
         self.role = role
         self._sink = sink
         self._stats = stats
         self._max_head = limits.max_header_bytes
         self._max_body = limits.max_body_bytes
+        self._body_cap = self._max_body  # body bytes kept for the message in flight (0 once shed)
+        # Shared by every reader of a pipeline; a reader made alone gets its own.
+        self._pool = pool if pool is not None else HttpBufferPool(limits.max_http_buffer_bytes)
+        self._held = 0  # bytes this reader has charged to the pool
         self._buf: bytes | bytearray = b""
         self._pos = 0
         self._next: int | None = 0  # stream offset expected next; None after a gap of unknown length
@@ -130,12 +145,71 @@ class ReaderBase:
         self._drop_buffer()
         self._clear_message()
         self.state = State.DEAD
+        self.release()
 
     def reset(self) -> None:
         """After an internal error: forget everything buffered and look for the next start line."""
         self._drop_buffer()
         self._clear_message()
         self._enter_resync(False)
+        self.release()
+
+    def release(self) -> None:
+        """Give back everything this reader charged to the pool (it is closed or holds nothing)."""
+        if self._held:
+            self._pool.used -= self._held
+            self._held = 0
+
+    def _recharge(self) -> None:
+        """Charge the pool for what this reader holds now; shed it if that takes the pool over its limit.
+
+        Called where the buffer may have changed size (the end of a feed, a gap, a resume), never per byte.
+        """
+        held = len(self._buf) - self._pos + self._kept
+        grew = held > self._held
+        pool = self._pool
+        pool.used += held - self._held
+        self._held = held
+        if grew and pool.used > pool.limit:
+            self._shed()
+            held = len(self._buf) - self._pos + self._kept
+            pool.used += held - self._held
+            self._held = held
+
+    def _shed(self) -> None:
+        """The pool is over its limit and this reader asked for more: give up what it holds (http_budget)."""
+        stats = self._stats
+        if self._kept:
+            # Stop keeping this body; its size is still counted and the message is flagged truncated.
+            stats["cap_http_buffer_body"] += 1
+            stats["drop_http_buffer_body_bytes"] += self._kept
+            self._parts = []
+            self._kept = 0
+            self._body_cap = 0
+            self._truncated = True
+            return
+        size = len(self._buf) - self._pos
+        if self.state is State.HEAD:
+            # As a head over max_header_bytes: the message is lost where it stands, then resync.
+            stats["cap_http_buffer_head"] += 1
+            stats["drop_http_buffer_head_bytes"] += size
+            self._first = False
+            self._drop_buffer()
+            self._sink.on_lost(self, True, True)
+            self._enter_resync(False)
+            return
+        stats["cap_http_buffer_other"] += 1
+        stats["drop_http_buffer_other_bytes"] += size
+        self._drop_buffer()
+        state = self.state
+        if state is State.PAUSED:
+            self._resync_on_resume = True
+        elif state is RESYNC:
+            self._line_start = False
+        else:
+            # A chunk-size or trailer line of a message in flight: its framing is lost with the bytes.
+            self._finish(False)
+            self._enter_resync(False)
 
     @property
     def buffered_bytes(self) -> int:
@@ -190,6 +264,7 @@ class ReaderBase:
             self._parts = []
         self._kept = self._size = 0
         self._gap = self._truncated = False
+        self._body_cap = self._max_body
 
     def _finish(self, complete: bool) -> None:
         msg = self._msg
@@ -210,6 +285,7 @@ class ReaderBase:
             msg.body_truncated = True
             self._stats["truncated_http_body"] += 1
             self._truncated = False
+            self._body_cap = self._max_body  # the pool may have shed this body; the next one starts whole
         else:
             msg.body_truncated = False
         msg.gap = self._gap

@@ -73,7 +73,7 @@ class BodySteps(ReaderBase):
         """Account n body bytes at pos; keep them while under the body cap."""
         pos = self._pos
         self._size += n
-        room = self._max_body - self._kept
+        room = self._body_cap - self._kept
         if n > room:
             self._truncated = True
         if room > 0:

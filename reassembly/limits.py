@@ -17,6 +17,9 @@ DEFAULT_MAX_FLOWS = 65_536
 DEFAULT_MAX_FLOW_BUFFER_BYTES = 1 << 20
 # All out-of-order bytes held across flows.
 DEFAULT_MAX_BUFFER_BYTES = 128 << 20
+# Bytes the HTTP layer holds across flows (partial heads, bodies spanning segments); the daemon sets it to
+# max_buffer_bytes unless configured, so one setting bounds both layers.
+DEFAULT_MAX_HTTP_BUFFER_BYTES = DEFAULT_MAX_BUFFER_BYTES
 # Live captures reorder within milliseconds; replayed captures are ordered. 5 s is generous for both.
 DEFAULT_REORDER_TIMEOUT_S = 5.0
 # Kong's own idle keep-alive timeout is 60 s; nginx keepalive_timeout defaults to 75 s.
@@ -44,3 +47,5 @@ class Limits:
     max_pending_requests: int = DEFAULT_MAX_PENDING_REQUESTS  # oldest emitted unanswered
     max_fragment_datagrams: int = DEFAULT_MAX_FRAGMENT_DATAGRAMS  # oldest partial datagram dropped
     fragment_timeout_s: float = DEFAULT_FRAGMENT_TIMEOUT_S
+    # when hit: the reader asking sheds its kept body, else its partial head (see http_budget)
+    max_http_buffer_bytes: int = DEFAULT_MAX_HTTP_BUFFER_BYTES

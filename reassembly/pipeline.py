@@ -12,6 +12,7 @@ from __future__ import annotations
 from reassembly.decode import Decoder
 from reassembly.events import Exchange, FlowOpened, StreamData, StreamEvent, StreamGap
 from reassembly.flow_table import FlowTable
+from reassembly.http_budget import HttpBufferPool
 from reassembly.http_connection import HttpConnectionParser
 from reassembly.limits import Limits
 from reassembly.stats import Stats
@@ -32,6 +33,7 @@ class Pipeline:
         "_decoder",
         "_flows",
         "_flows_feed",
+        "_http_pool",
         "_ignored_ports",
         "_next_advance_ts",
         "_parsers",
@@ -56,6 +58,8 @@ class Pipeline:
         self._decoder = Decoder(self.limits, self.stats)
         self._flows = FlowTable(self.limits, self.stats, server_ports)
         self._parsers: dict[int, HttpConnectionParser] = {}
+        # One HTTP buffer budget for all connections: what thousands of open heads may hold in all.
+        self._http_pool = HttpBufferPool(self.limits.max_http_buffer_bytes)
         self._next_advance_ts: float | None = None
         self._closed = False
         # Bound once: these run for every frame.
@@ -65,6 +69,11 @@ class Pipeline:
     @property
     def flow_count(self) -> int:
         return len(self._flows)
+
+    @property
+    def http_buffer_bytes(self) -> int:
+        """Bytes the HTTP layer holds now (partial heads, bodies spanning segments)."""
+        return self._http_pool.used
 
     def feed(self, ts: float, linktype: int, frame: bytes, wire_len: int | None = None) -> list[Exchange]:
         """One captured frame; returns the exchanges it completed (usually none)."""
@@ -136,6 +145,7 @@ class Pipeline:
                     self.limits,
                     stats,
                     mid_stream=ev.mid_stream,  # type: ignore[union-attr]
+                    pool=self._http_pool,
                 )
                 stats["flows"] += 1
                 continue

@@ -228,6 +228,12 @@ OPTIONS: tuple[Option, ...] = (
     _s("max_flows", _count, _L.max_flows, "Concurrent TCP flows tracked"),
     _s("max_buffer_bytes", _bytes, _L.max_buffer_bytes, "Out-of-order bytes held across all flows"),
     _s("max_flow_buffer_bytes", _bytes, _L.max_flow_buffer_bytes, "Out-of-order bytes held per direction"),
+    _s(
+        "max_http_buffer_bytes",
+        _bytes,
+        None,
+        "HTTP bytes held across all flows (open heads, bodies in flight); unset: SNIFFER_MAX_BUFFER_BYTES",
+    ),
     _s("max_header_bytes", _count, _L.max_header_bytes, "Largest HTTP header block parsed"),
     _s("max_pending_requests", _count, _L.max_pending_requests, "Pipelined requests awaiting a response"),
     _s("reorder_timeout", _seconds, _L.reorder_timeout_s, "Seconds a hole in a stream is waited for"),
@@ -288,6 +294,7 @@ class Config:
     max_flows: int = _L.max_flows
     max_buffer_bytes: int = _L.max_buffer_bytes
     max_flow_buffer_bytes: int = _L.max_flow_buffer_bytes
+    max_http_buffer_bytes: int | None = None  # None: max_buffer_bytes (one setting bounds both layers)
     max_header_bytes: int = _L.max_header_bytes
     max_pending_requests: int = _L.max_pending_requests
     reorder_timeout: float = _L.reorder_timeout_s
@@ -347,6 +354,9 @@ class Config:
             max_flows=self.max_flows,
             max_buffer_bytes=self.max_buffer_bytes,
             max_flow_buffer_bytes=self.max_flow_buffer_bytes,
+            max_http_buffer_bytes=(
+                self.max_buffer_bytes if self.max_http_buffer_bytes is None else self.max_http_buffer_bytes
+            ),
             max_header_bytes=self.max_header_bytes,
             max_pending_requests=self.max_pending_requests,
             reorder_timeout_s=self.reorder_timeout,
