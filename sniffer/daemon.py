@@ -242,7 +242,7 @@ class _Daemon:
                 engine.advance(wall)
             if len(sampler) and sampler.expire(clock) and not sampler.active:
                 self._install_sampler()
-            if now >= next_kstats or self.policy.enabled:  # drops are a pressure signal: every tick
+            if now >= next_kstats:
                 next_kstats = now + KERNEL_STATS_S
                 loop.update_stats(self.stats)
             self._housekeeping(now >= next_summary, backlog=loop.take_backlog())
