@@ -267,6 +267,22 @@ def test_sampling_half_arrives_with_weight_2(collector: CollectorThread) -> None
     assert report.stats["config_fetches"] >= 1
 
 
+def test_capture_side_weight_multiplies_with_the_sampling_weight(collector: CollectorThread) -> None:
+    # An event from a flow the daemon sampled 1 in 4 under load stands for 4 calls; kept again by a
+    # 50 % app config, it stands for 8.
+    c = collector.collector
+    c.set_config({"sample_rate": 50})
+    s = make_sender(collector.url, batch_size=100, rng=random.Random(99))
+    s.start()
+    for i in range(200):
+        ev = make_event(i)
+        ev["weight"] = 4
+        s.submit(ev)
+    s.close()
+    assert c.event_count > 0
+    assert {e["weight"] for e in c.events()} == {8}
+
+
 def test_user_rate_zero_drops_exactly_that_user(collector: CollectorThread) -> None:
     c = collector.collector
     c.set_config({"sample_rate": 100, "user_sample_rate": {"alice": 0}})

@@ -139,7 +139,8 @@ class MoesifSender:
             with self._lock:
                 self._sampled_out += 1
             return
-        event["weight"] = weight
+        # The capture may already stand for several calls (flow sampling under load): weights multiply.
+        event["weight"] = weight * event.get("weight", 1)
         self._queue.put(event)
 
     def close(self, timeout_s: float | None = None) -> SendReport:
