@@ -98,6 +98,7 @@ class HttpConnectionParser:
         "_out",
         "_pickup",
         "_pipelined",
+        "_pool",
         "_realign",
         "_req_entry",
         "_resp_entry",
@@ -128,6 +129,7 @@ class HttpConnectionParser:
         role_c, role_s = (Role.UNKNOWN, Role.UNKNOWN) if mid_stream else (Role.REQUEST, Role.RESPONSE)
         if pool is None:
             pool = HttpBufferPool(limits.max_http_buffer_bytes)
+        self._pool = pool
         self._from_client = MessageReader(role_c, limits, stats, self, mid_stream=mid_stream, pool=pool)
         self._from_server = MessageReader(role_s, limits, stats, self, mid_stream=mid_stream, pool=pool)
         self._waiting: deque[PendingExchange] = (
@@ -208,6 +210,7 @@ class HttpConnectionParser:
             self._stats["http_desync"] += 1
             self._from_client.release()
             self._from_server.release()
+            self._release_entries()
         return out
 
     # -- reader sink ---------------------------------------------------------------------------------------
@@ -249,7 +252,10 @@ class HttpConnectionParser:
             entry.request_done = True
             if entry.response_done:
                 self._emit(entry)
-            elif (
+                return
+            if msg.body:
+                self._hold_body(entry, msg)
+            if (
                 entry.response is None
                 and msg.complete
                 and (msg.method == b"CONNECT" or b"upgrade" in reader.head_fields)
@@ -371,7 +377,24 @@ class HttpConnectionParser:
         if entry.request_done or entry is not self._req_entry:
             self._emit(entry)
 
+    def _hold_body(self, entry: PendingExchange, msg: HttpRequest) -> None:
+        """A finished request waits for its response with its body: charge it to the pool (http_budget)."""
+        pool = self._pool
+        size = len(msg.body)
+        if pool.used + size > pool.limit:
+            # Over the budget: the body is let go (size still known, flagged truncated), not the request.
+            self._stats["cap_http_buffer_pending"] += 1
+            self._stats["drop_http_buffer_body_bytes"] += size
+            msg.body = b""
+            msg.body_truncated = True
+            return
+        pool.used += size
+        entry.held = size
+
     def _emit(self, entry: PendingExchange) -> None:
+        if entry.held:
+            self._pool.used -= entry.held
+            entry.held = 0
         client, server = (self._server, self._client) if self._swapped else (self._client, self._server)
         self._out.append(finish_exchange(entry, self._flow_id, client, server, self._mid_stream, self._stats))
 
@@ -387,8 +410,16 @@ class HttpConnectionParser:
         self._dead = True
         self._from_client.kill()
         self._from_server.kill()
+        self._release_entries()
         self._waiting.clear()
         self._req_entry = self._resp_entry = None
+
+    def _release_entries(self) -> None:
+        """Give back the pool charges of entries that will never be emitted."""
+        for entry in (*self._waiting, self._resp_entry):
+            if entry is not None and entry.held:
+                self._pool.used -= entry.held
+                entry.held = 0
 
     def _recover(self, reader: MessageReader) -> None:
         """An internal error while reading: count it, end what that direction had in flight, resync."""

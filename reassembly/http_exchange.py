@@ -32,7 +32,7 @@ if tuple(f.name for f in fields(Exchange)) != (
 class PendingExchange:
     """One exchange being assembled."""
 
-    __slots__ = ("flags", "index", "request", "request_done", "response", "response_done", "ts_start")
+    __slots__ = ("flags", "held", "index", "request", "request_done", "response", "response_done", "ts_start")
 
     def __init__(self, index: int, ts_start: float, request: HttpRequest | None) -> None:
         self.index = index
@@ -42,6 +42,7 @@ class PendingExchange:
         self.request_done = False
         self.response_done = False
         self.flags: set[ExchangeFlag] = set()
+        self.held = 0  # request body bytes charged to the HTTP buffer pool while the response is awaited
 
 
 def finish_exchange(

@@ -41,8 +41,11 @@ class Conn:
         return self
 
     def held(self) -> int:
+        """What this connection should have charged: its readers' buffers and its waiting request bodies."""
         p = self.parser
-        return p._from_client.buffered_bytes + p._from_server.buffered_bytes
+        entries = [*p._waiting, p._resp_entry]
+        pending = sum(e.held for e in entries if e is not None)
+        return p._from_client.buffered_bytes + p._from_server.buffered_bytes + pending
 
 
 def setup(limit: int, n: int = 2) -> tuple[HttpBufferPool, Stats, list[Conn]]:
@@ -156,6 +159,7 @@ def test_the_pool_always_equals_what_the_readers_hold() -> None:
                 assert pool.used == sum(c.held() for c in conns)
                 assert 0 <= pool.used <= limit + 3100
     assert stats["cap_http_buffer_head"] > 0 and stats["cap_http_buffer_body"] > 0
+    assert stats["cap_http_buffer_pending"] > 0
     for conn in conns:
         conn.parser.close(9.0, conn.out)
     assert pool.used == 0
@@ -182,3 +186,31 @@ def test_the_http_budget_defaults_to_the_global_buffer_budget() -> None:
     env = {"SNIFFER_MAX_BUFFER_BYTES": "5000", "SNIFFER_MAX_HTTP_BUFFER_BYTES": "7000"}
     assert Config.load(None, env).limits().max_http_buffer_bytes == 7000
     assert Limits().max_http_buffer_bytes == Limits().max_buffer_bytes
+
+
+def test_request_bodies_awaiting_their_responses_are_charged_until_emitted() -> None:
+    pool, stats, (a, b) = setup(1000)
+    body = b"x" * 400
+    post = b"POST /p HTTP/1.1\r\nContent-Length: 400\r\n\r\n" + body
+    # Two pipelined requests on A wait with their bodies; a third would take the pool over: it waits
+    # without its body (its size still known), flagged, counted.
+    a.send(C, post).send(C, post)
+    assert pool.used == a.held() == 800
+    a.send(C, post)
+    assert stats["cap_http_buffer_pending"] == 1 and stats["drop_http_buffer_body_bytes"] == 400
+    assert pool.used == 800
+    a.send(S, OK)
+    assert pool.used == 400
+    a.send(S, OK).send(S, OK)
+    assert pool.used == 0
+    assert [(x.request and x.request.body_size, sorted(x.flags)) for x in a.out] == [
+        (400, []),
+        (400, []),
+        (400, [F.REQUEST_BODY_TRUNCATED]),
+    ]
+    assert [x.request and x.request.body for x in a.out] == [body, body, b""]
+    # Bodies still waiting when the flow ends go out unanswered and give their charge back.
+    b.send(C, post)
+    assert pool.used == 400
+    b.parser.close(3.0, b.out)
+    assert pool.used == 0 and [sorted(x.flags) for x in b.out] == [[F.UNANSWERED]]
