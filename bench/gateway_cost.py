@@ -1,0 +1,260 @@
+"""Gateway cost: nginx's throughput and p99 latency under load, without and with the daemon capturing.
+
+Usage: python bench/gateway_cost.py [--seconds 10] [--runs 1]
+Needs root (AF_PACKET on lo), nginx, wrk and hey (`apt-get install -y hey`).
+
+nginx (worker_processes 1, access_log off, keep-alive, a 56-byte JSON answer like make_capture.sh) on
+127.0.0.1:<free port>, on the same 2 vCPUs as the load and the daemon. Two loads:
+- saturation: `wrk -t1 -c20 -d<seconds>s --latency`: requests/s (and its p99);
+- fixed rate: `hey -z <seconds>s -c 20 -q <rate/20>` (hey's -q is per connection) at 50 % of the
+  baseline's saturated requests/s: p99 latency from hey's latency distribution.
+Each load runs with no capture (baseline), then with `moesif-sniffer run` on lo, SNIFFER_PORTS=<nginx
+port>, JSON lines to /dev/null, SNIFFER_WORKERS=1 and then 2, load shedding as shipped (on; whether
+it changed level is shown). "loss" is the throughput lost and the p99 added, relative to the baseline.
+
+Measured on 2026-11-24, 2 vCPU (Firecracker VM), 10 s per load, one run:
+
+    nginx on 127.0.0.1, 10 s per load, median of 1; fixed rate 18,987 req/s = 19 % of capacity
+                | wrk req/s | thr. loss |  wrk p99 | hey req/s |  hey p99 | p99 added
+    ---------------------------------------------------------------------------------
+    baseline    |   100,631 |      0.0% |  0.26 ms |    18,689 |  0.90 ms |      0.0%
+    daemon w=1  |    43,062 |     57.2% |  1.89 ms |    17,116 |  2.40 ms |    166.7%
+    daemon w=2  |    42,256 |     58.0% |  7.23 ms |    14,666 |  4.10 ms |    355.6%
+    daemon (packets/s it got, kernel drops, CPU cores used, shedding):
+      daemon w=1, wrk saturation: 60,246 pkt/s, 259,386 kernel drops, shed levels 1,2,3,4,5, 1.08 CPU
+      daemon w=2, wrk saturation: 34,126 pkt/s, 506,752 kernel drops, shed levels 1,2,3,4,5, 1.25 CPU
+      daemon w=1, hey fixed rate: 34,258 pkt/s, 0 kernel drops, no shedding, 0.77 CPU
+      daemon w=2, hey fixed rate: 29,361 pkt/s, 0 kernel drops, no shedding, 1.05 CPU
+
+The fixed rate: hey could not hold 50 % of capacity (50,316 req/s asked, 39,771 reached without the
+daemon; then 23,733 of 31,817), so the script lowered it to 19 % (18,987 req/s); a first run the same
+day had reached 44,400 of 63,057 and measured 126,114 req/s at saturation baseline -> 44,495 (w=1) and
+40,475 (w=2): the same ~65 % loss. Even at 19 % the daemon cannot hold the rate with 2 workers (14,666
+of 18,987 req/s). Reading: the daemon's cost is CPU, not the capture mechanism (the bare ring walk
+cost 2 % in platform.md): it takes ~1 core of the 2 that nginx and the load share, so target 3 of
+issue 6 (<= 3 % throughput, <= 5 % p99) is NOT met, by more than an order of magnitude.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "secs": 1e3}
+
+NGINX_CONF = """worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      default_type application/json;
+      return 200 '{{"id":42,"name":"widget","price":9.99,"tags":["a","b"]}}';
+    }}
+  }}
+}}
+"""
+
+
+@dataclass
+class Load:
+    rps: float
+    p99_ms: float
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def nginx() -> Iterator[int]:
+    port = free_port()
+    d = Path(tempfile.mkdtemp(prefix="bench-gw-"))
+    (d / "nginx.conf").write_text(NGINX_CONF.format(dir=d, port=port))
+    subprocess.run(["nginx", "-p", str(d), "-c", str(d / "nginx.conf")], check=True, timeout=30)
+    try:
+        time.sleep(0.3)
+        yield port
+    finally:
+        pid = int((d / "nginx.pid").read_text())
+        os.kill(pid, signal.SIGQUIT)
+        for _ in range(50):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@dataclass
+class DaemonRun:
+    log: str = ""
+    cpu_s: float = 0.0  # user + system seconds of the daemon and its workers
+
+
+@contextmanager
+def daemon(port: int, workers: int | None) -> Iterator[DaemonRun]:
+    """The daemon capturing lo for `port` while the body runs (None: no daemon); its log and CPU time
+    are filled in when it has stopped."""
+    run = DaemonRun()
+    if workers is None:
+        yield run
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gw-daemon-"))
+    log = tmp / "daemon.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MOESIF_", "SNIFFER_"))}
+    env.update(
+        SNIFFER_INTERFACE="lo", SNIFFER_PORTS=str(port), SNIFFER_KONG_PORTS="",
+        SNIFFER_WORKERS=str(workers), SNIFFER_METRICS_ADDR=f"127.0.0.1:{free_port()}",
+    )  # fmt: skip
+    cmd = [sys.executable, "-m", "sniffer", "run", "--output", "/dev/null"]
+    with open(log, "wb") as errf:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errf)
+    try:
+        deadline = time.monotonic() + 20
+        while "capturing on" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("daemon did not start: " + log.read_text())
+            time.sleep(0.05)
+        time.sleep(0.5)
+        yield run
+        proc.send_signal(signal.SIGTERM)
+        # wait4's usage of a child includes the children it reaped itself (the capture workers)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                run.cpu_s = usage.ru_utime + usage.ru_stime
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        run.log = log.read_text()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def wrk(port: int, seconds: float) -> Load:
+    cmd = ["wrk", "-t1", "-c20", f"-d{seconds:g}s", "--latency", f"http://127.0.0.1:{port}/api/items?page=1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    m = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+    assert m, out
+    return Load(rps, float(m.group(1)) * UNITS[m.group(2)])
+
+
+def hey(port: int, seconds: float, rate: float) -> Load:
+    conns = 20
+    cmd = ["hey", "-z", f"{seconds:g}s", "-c", str(conns), "-q", f"{rate / conns:.0f}",
+           f"http://127.0.0.1:{port}/api/items?page=1"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    m = re.search(r"99%+ in ([\d.]+) secs", out)
+    assert m, out
+    return Load(rps, float(m.group(1)) * 1e3)
+
+
+def median(runs: list[Load]) -> Load:
+    return Load(statistics.median(r.rps for r in runs), statistics.median(r.p99_ms for r in runs))
+
+
+def daemon_note(run: DaemonRun, seconds: float) -> str:
+    """What the daemon did: packets, kernel drops, CPU, whether it shed load."""
+    levels = re.findall(r"load shedding: level (\d+)", run.log)
+    found = re.findall(r"(\d+) packets, (\d+) kernel drops", run.log)
+    note = f"shed levels {','.join(levels)}" if levels else "no shedding"
+    if found:
+        packets, drops = (int(x) for x in found[-1])
+        note = f"{packets / seconds:,.0f} pkt/s, {drops:,} kernel drops, {note}"
+    return f"{note}, {run.cpu_s / seconds:.2f} CPU"
+
+
+def measure(port: int, workers: int | None, runs: int, load: Callable[[], Load]) -> tuple[Load, DaemonRun]:
+    with daemon(port, workers) as run:
+        loads = [load() for _ in range(runs)]
+    return median(loads), run
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--runs", type=int, default=1, help="median of N runs of each load")
+    ap.add_argument("--fraction", type=float, default=0.5, help="fixed rate as a fraction of capacity")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("needs root (AF_PACKET on lo)")
+    for tool in ("nginx", "wrk", "hey"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not installed (apt-get install -y {tool})")
+    secs = args.seconds * args.runs
+    configs: list[tuple[str, int | None]] = [("baseline", None), ("daemon w=1", 1), ("daemon w=2", 2)]
+    sat: dict[str, Load] = {}
+    fixed: dict[str, Load] = {}
+    notes: list[str] = []
+    with nginx() as port:
+        wrk(port, 2)  # warm-up
+        for name, workers in configs:
+            sat[name], run = measure(port, workers, args.runs, partial(wrk, port, args.seconds))
+            if workers:
+                notes.append(f"  {name}, wrk saturation: {daemon_note(run, secs)}")
+            print(f"saturation {name}: {sat[name].rps:,.0f} req/s", file=sys.stderr, flush=True)
+        # hey's Go client costs more CPU per request than wrk: when it cannot deliver the asked rate
+        # on this machine even without the daemon, the rate is lowered until it can (a fixed rate
+        # the client cannot hold would measure the client's saturation, not nginx's latency).
+        rate = sat["baseline"].rps * args.fraction
+        for _ in range(4):
+            fixed["baseline"], _run = measure(port, None, args.runs, partial(hey, port, args.seconds, rate))
+            if fixed["baseline"].rps >= 0.95 * rate:
+                break
+            print(f"hey reached {fixed['baseline'].rps:,.0f} of {rate:,.0f} req/s: lowering the rate",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            rate = 0.8 * fixed["baseline"].rps
+        for name, workers in configs[1:]:
+            fixed[name], run = measure(port, workers, args.runs, partial(hey, port, args.seconds, rate))
+            notes.append(f"  {name}, hey fixed rate: {daemon_note(run, secs)}")
+            print(f"fixed {name}: {fixed[name].rps:,.0f} req/s", file=sys.stderr, flush=True)
+    base_s, base_f = sat["baseline"], fixed["baseline"]
+    share = 100 * rate / base_s.rps
+    print(f"nginx on 127.0.0.1, {args.seconds:g} s per load, median of {args.runs}; fixed rate "
+          f"{rate:,.0f} req/s = {share:.0f} % of capacity (hey -c 20 -q {rate / 20:.0f})")  # fmt: skip
+    header = (f"{'':<11} | {'wrk req/s':>9} | {'thr. loss':>9} | {'wrk p99':>8} | {'hey req/s':>9} | "
+              f"{'hey p99':>8} | {'p99 added':>9}")  # fmt: skip
+    print(header)
+    print("-" * len(header))
+    for name, _ in configs:
+        s, f = sat[name], fixed[name]
+        loss = 100 * (1 - s.rps / base_s.rps)
+        added = 100 * (f.p99_ms / base_f.p99_ms - 1)
+        print(f"{name:<11} | {s.rps:>9,.0f} | {loss:>8.1f}% | {s.p99_ms:>5.2f} ms | {f.rps:>9,.0f} | "
+              f"{f.p99_ms:>5.2f} ms | {added:>8.1f}%")  # fmt: skip
+    print("daemon (packets/s it got, kernel drops, CPU cores used, shedding):")
+    print("\n".join(notes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
