@@ -45,7 +45,8 @@ through the full pipeline; the 16 MiB ring absorbs the first ~50k packets of a b
 flatter the drop %). Two workers do worse than one here: with tcpreplay and the veth softirq on one of
 the 2 vCPUs, two workers plus the main process (join, events, output) share what is left. tcpdump
 drops nothing up to 150k. Target 2 of issue 6 (no drops to >= 150k per worker) is NOT met: 2.5x short
-with one worker. (The 5 extra packets of the first w=1 row were not investigated.)
+with one worker. (The 5 extra packets of the first w=1 row are most likely the inner veth's
+IPv6 MLD reports after link-up: hop-by-hop headers pass the kernel filter by design, see capture/bpf.py.)
 """
 
 from __future__ import annotations
