@@ -45,6 +45,36 @@ class PendingExchange:
         self.held = 0  # request body bytes charged to the HTTP buffer pool while the response is awaited
 
 
+# (incomplete, gap, truncated) flags of each side of an exchange.
+_REQUEST_FLAGS = (
+    ExchangeFlag.REQUEST_INCOMPLETE,
+    ExchangeFlag.REQUEST_GAP,
+    ExchangeFlag.REQUEST_BODY_TRUNCATED,
+)
+_RESPONSE_FLAGS = (
+    ExchangeFlag.RESPONSE_INCOMPLETE,
+    ExchangeFlag.RESPONSE_GAP,
+    ExchangeFlag.RESPONSE_BODY_TRUNCATED,
+)
+
+
+def _flag_message(
+    message: HttpRequest | HttpResponse,
+    done: bool,
+    flags: set[ExchangeFlag],
+    names: tuple[ExchangeFlag, ExchangeFlag, ExchangeFlag],
+) -> None:
+    """Mark a message not read to its end incomplete, and add its side's partial-message flags."""
+    if not done:
+        message.complete = False
+    if not message.complete:
+        flags.add(names[0])
+    if message.gap:
+        flags.add(names[1])
+    if message.body_truncated:
+        flags.add(names[2])
+
+
 def finish_exchange(
     entry: PendingExchange, flow_id: int, client: Endpoint, server: Endpoint, mid_stream: bool, stats: Stats
 ) -> Exchange:
@@ -56,26 +86,12 @@ def finish_exchange(
         flags.add(ExchangeFlag.ORPHAN_RESPONSE)
         stats["http_orphan_responses"] += 1
     else:
-        if not entry.request_done:
-            request.complete = False
-        if not request.complete:
-            flags.add(ExchangeFlag.REQUEST_INCOMPLETE)
-        if request.gap:
-            flags.add(ExchangeFlag.REQUEST_GAP)
-        if request.body_truncated:
-            flags.add(ExchangeFlag.REQUEST_BODY_TRUNCATED)
+        _flag_message(request, entry.request_done, flags, _REQUEST_FLAGS)
     if response is None:
         flags.add(ExchangeFlag.UNANSWERED)
         stats["http_unanswered"] += 1
     else:
-        if not entry.response_done:
-            response.complete = False
-        if not response.complete:
-            flags.add(ExchangeFlag.RESPONSE_INCOMPLETE)
-        if response.gap:
-            flags.add(ExchangeFlag.RESPONSE_GAP)
-        if response.body_truncated:
-            flags.add(ExchangeFlag.RESPONSE_BODY_TRUNCATED)
+        _flag_message(response, entry.response_done, flags, _RESPONSE_FLAGS)
     if mid_stream:
         flags.add(ExchangeFlag.MIDSTREAM)
     stats["http_exchanges"] += 1
