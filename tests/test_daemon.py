@@ -433,7 +433,7 @@ def _metric(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
-    return 0.0
+    raise KeyError(f"{name} not in /metrics")
 
 
 @contextmanager
