@@ -389,13 +389,11 @@ class FlowTable:
         return (c.finished and c.end_rst) or (s.finished and s.end_rst) or (c.finished and s.finished)
 
     def _check_end(self, flow: _Flow, ts: float, out: list[StreamEvent]) -> None:
-        c, s = flow.c2s, flow.s2c
-        if not (c.finished or s.finished) or flow.closed:
+        if flow.closed or not self._has_ended(flow):
             return
-        if (c.finished and c.end_rst) or (s.finished and s.end_rst):
-            self._close_flow(flow, CloseReason.RST, ts, out)
-        elif c.finished and s.finished:
-            self._close_flow(flow, CloseReason.FIN, ts, out)
+        c, s = flow.c2s, flow.s2c
+        rst = (c.finished and c.end_rst) or (s.finished and s.end_rst)
+        self._close_flow(flow, CloseReason.RST if rst else CloseReason.FIN, ts, out)
 
     def _close_flow(self, flow: _Flow, reason: CloseReason, ts: float, out: list[StreamEvent]) -> None:
         mark = len(out)

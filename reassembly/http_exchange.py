@@ -94,7 +94,7 @@ def finish_exchange(
         _flag_message(response, entry.response_done, flags, _RESPONSE_FLAGS)
     if mid_stream:
         flags.add(ExchangeFlag.MIDSTREAM)
-    stats["http_exchanges"] += 1
+    stats["exchanges"] += 1  # the one place every Exchange is made: the count
     exchange = _new(Exchange)
     exchange.flow_id = flow_id
     exchange.client = client

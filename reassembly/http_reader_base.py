@@ -165,14 +165,14 @@ class ReaderBase:
 
         Called where the buffer may have changed size (the end of a feed, a gap, a resume), never per byte.
         """
-        held = len(self._buf) - self._pos + self._kept
+        held = self.buffered_bytes
         grew = held > self._held
         pool = self._pool
         pool.used += held - self._held
         self._held = held
         if grew and pool.used > pool.limit:
             self._shed()
-            held = len(self._buf) - self._pos + self._kept
+            held = self.buffered_bytes
             pool.used += held - self._held
             self._held = held
 

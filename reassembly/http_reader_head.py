@@ -47,7 +47,7 @@ class HeadSteps(ReaderBase):
         self._pos = pos
         if pos >= n:
             return False
-        self._msg_offset = (self._next or 0) - n + pos
+        self._msg_offset = self._offset_at(pos)
         self._msg_ts = self._ts
         self._scan = pos
         self._line_checked = False

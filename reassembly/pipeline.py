@@ -130,7 +130,6 @@ class Pipeline:
                 parser = parsers.get(ev.flow_id)
                 if parser is None:
                     continue  # a flow the HTTP layer already gave up on
-                before = len(out)
                 parser.feed(ev, out)  # type: ignore[arg-type]
                 if parser.is_dead:
                     # Tunnels and non-HTTP flows: stop reassembling them, it is pure cost from here on.
@@ -148,12 +147,7 @@ class Pipeline:
                     pool=self._http_pool,
                 )
                 stats["flows"] += 1
-                continue
             else:
                 parser = parsers.pop(ev.flow_id, None)
-                if parser is None:
-                    continue
-                before = len(out)
-                parser.close(ev.ts, out)
-            if len(out) > before:
-                stats["exchanges"] += len(out) - before
+                if parser is not None:
+                    parser.close(ev.ts, out)

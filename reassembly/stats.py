@@ -2,7 +2,8 @@
 
 One flat `Stats` object is shared by every stage of a `Pipeline`; each stage increments the names it
 owns. Names are stable, lowercase words: they become Prometheus metric labels and the lines of the replay
-summary. Loss counters are the ones listed in `LOSS_COUNTERS`: a summary prints each that is not zero.
+summary. Loss counters are the ones whose names start with one of `LOSS_PREFIXES`: a summary prints
+each that is not zero.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def test_one_exchange_fields_and_emitted_when_the_response_completes() -> None:
         3.0,
     )
     assert parser.close(4.0) == []
-    assert stats["http_exchanges"] == 1
+    assert stats["exchanges"] == 1
 
 
 def test_pipelined_head_then_get() -> None:
