@@ -40,6 +40,8 @@ from sniffer.capture.afpacket import RingSocket
 from sniffer.capture.bpf import SNAPLEN, tcp_port_filter
 from sniffer.config import Config
 from sniffer.errors import CaptureError, ConfigError
+from sniffer.moesif.transport import mask_app_id, safe_url
+from sniffer.privileges import process_status
 
 __all__ = [
     "Check",
@@ -86,18 +88,9 @@ class Check:
         return f"{self.status:<4} {self.name}: {self.message}{fix}"
 
 
-def _mask(app_id: str) -> str:
-    return "..." + app_id[-4:] if len(app_id) > 4 else "****"
-
-
-def _status() -> dict[str, str]:
-    with open("/proc/self/status") as f:
-        return {k: v.strip() for k, _, v in (line.partition(":") for line in f)}
-
-
 def has_capability(cap: int) -> bool:
     """Whether capability number `cap` is in this process's effective set."""
-    return bool(int(_status().get("CapEff", "0"), 16) >> cap & 1)
+    return bool(int(process_status().get("CapEff", "0"), 16) >> cap & 1)
 
 
 def check_config(args: argparse.Namespace | None, environ: Mapping[str, str]) -> tuple[Check, Config | None]:
@@ -107,7 +100,7 @@ def check_config(args: argparse.Namespace | None, environ: Mapping[str, str]) ->
         return Check("config", "FAIL", str(exc), "correct or remove that variable or flag"), None
     ports = ",".join(map(str, config.ports)) or "any"
     kong = ",".join(map(str, config.kong_ports)) or "none"
-    app = _mask(config.application_id) if config.application_id else "unset (JSON lines)"
+    app = mask_app_id(config.application_id) if config.application_id else "unset (JSON lines)"
     return (
         Check(
             "config",
@@ -356,7 +349,8 @@ def check_moesif(config: Config, timeout_s: float = MOESIF_TIMEOUT_S) -> Check:
             "User-Agent": f"moesif-sniffer/{__version__} doctor",
         },
     )
-    app = _mask(config.application_id)
+    app = mask_app_id(config.application_id)
+    endpoint = safe_url(config.api_endpoint)  # never print a user:password@ part of the URL
     opener = urllib.request.build_opener(_NoRedirect)
     try:
         with opener.open(req, timeout=timeout_s) as resp:
@@ -368,23 +362,23 @@ def check_moesif(config: Config, timeout_s: float = MOESIF_TIMEOUT_S) -> Check:
         return Check(
             "moesif",
             "FAIL",
-            f"{config.api_endpoint} is unreachable: {reason}",
+            f"{endpoint} is unreachable: {reason}",
             "allow outbound HTTPS from the node to the endpoint (DNS, firewall, proxy), or correct "
             "MOESIF_API_ENDPOINT",
         )
     if 200 <= status < 300:
-        return Check("moesif", "ok", f"{config.api_endpoint} accepts application id {app} (HTTP {status})")
+        return Check("moesif", "ok", f"{endpoint} accepts application id {app} (HTTP {status})")
     if status in (401, 403):
         return Check(
             "moesif",
             "FAIL",
-            f"{config.api_endpoint} rejects application id {app} (HTTP {status})",
+            f"{endpoint} rejects application id {app} (HTTP {status})",
             "set MOESIF_APPLICATION_ID to the id shown in Moesif under API Keys",
         )
     return Check(
         "moesif",
         "FAIL",
-        f"{url} answered HTTP {status}",
+        f"{safe_url(url)} answered HTTP {status}",
         "check MOESIF_API_ENDPOINT: it is the collector's base URL, e.g. https://api.moesif.net",
     )
 

@@ -241,6 +241,9 @@ def test_unreachable_endpoint_and_no_app_id() -> None:
     down = check_moesif(Config(application_id=APP_ID, api_endpoint=f"http://127.0.0.1:{port}"))
     assert down.status == "FAIL" and "is unreachable" in down.message and "refused" in down.message.lower()
     assert check_moesif(Config()).status == "skip"
+    # Credentials in the endpoint URL are never printed.
+    secret = check_moesif(Config(application_id=APP_ID, api_endpoint=f"http://user:s3cret@127.0.0.1:{port}"))
+    assert secret.status == "FAIL" and "s3cret" not in str(secret) and "***@127.0.0.1" in secret.message
 
 
 def test_cli_wrong_app_id_exits_1(

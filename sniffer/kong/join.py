@@ -68,6 +68,7 @@ class _Leg:
     ex: Exchange
     kind: LegKind
     headers: dict[bytes, bytes]  # request headers, first values, lowercased names
+    resp_headers: dict[bytes, bytes]  # the same for the response (client legs only; else empty)
     rid: str | None
     method: bytes
     path: bytes
@@ -155,12 +156,12 @@ def _fit(c: _Leg, u: _Leg) -> float | None:
     return penalty + (u.start - c.start) + max(c.end - u.end, 0.0)
 
 
-def _kong_answered(ex: Exchange) -> bool:
+def _kong_answered(leg: _Leg) -> bool:
     """Kong made this response itself (auth failure, rate limit, no route): no upstream leg will come."""
-    resp = ex.response
+    resp = leg.ex.response
     if resp is None or resp.status >= 500:  # 502/504 follow an upstream attempt: wait for that leg
         return False
-    h = first_headers(resp)
+    h = leg.resp_headers
     if is_kong_via(h.get(b"via")):
         return False
     return b"x-kong-response-latency" in h or h.get(b"server", b"").lower().startswith(b"kong/")
@@ -256,22 +257,22 @@ class LegJoiner:
         self, ex: Exchange, kind: LegKind, headers: dict[bytes, bytes], start: float, end: float
     ) -> _Leg:
         req, resp = ex.request, ex.response
-        if kind is LegKind.CLIENT:
-            raw_rid = first_headers(resp).get(KONG_REQUEST_ID) if resp is not None else None
-        else:
-            raw_rid = headers.get(KONG_REQUEST_ID)
+        resp_headers = first_headers(resp) if kind is LegKind.CLIENT and resp is not None else {}
+        raw_rid = (resp_headers if kind is LegKind.CLIENT else headers).get(KONG_REQUEST_ID)
         rid = (raw_rid.decode("latin-1").strip() or None) if raw_rid is not None else None
         method = req.method if req is not None else b""
         path, query = _split_target(req.target) if req is not None else (b"", b"")
         seen = headers.get(b"x-forwarded-path", path) if kind is LegKind.UPSTREAM else path
         size = (len(req.body) if req is not None else 0) + (len(resp.body) if resp is not None else 0)
-        return _Leg(ex, kind, headers, rid, method, path, query, (method, _tail(seen)), start, end, size)
+        return _Leg(
+            ex, kind, headers, resp_headers, rid, method, path, query, (method, _tail(seen)), start, end, size
+        )
 
     def _feed_client(self, c: _Leg, out: list[ApiCall]) -> None:
         if c.ex.request is None and c.rid is None:
             out.append(self._alone(c))  # an orphan response: nothing to join it by
             return
-        answered = _kong_answered(c.ex)
+        answered = _kong_answered(c)
         if answered:
             # No upstream leg exists; only a leg with this very request id may claim it (it never should).
             same = self._by_rid[LegKind.UPSTREAM].get(c.rid, []) if c.rid is not None else []

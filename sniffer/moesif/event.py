@@ -156,8 +156,11 @@ class EventBuilder:
             return None
         config = self._config
         flow = self._flows.get((primary.client, primary.server)) or self._flow(primary)
-        # req_shown: the request headers as the event shows them, when they are just the primary's.
-        req_lists, req_shown = read_headers(req.headers, self._req_header_masks)
+        # req_shown: the request headers as the event shows them, rendered in the same pass only when
+        # they are just the primary's (with an upstream leg they are merged first, then rendered once).
+        up_req = call.upstream_leg.request if call.upstream_leg is not None else None
+        merged = primary is not client_leg or up_req is not None
+        req_lists, req_shown = read_headers(req.headers, None if merged else self._req_header_masks)
         up_lists: HeaderLists | None = None
         if primary is not client_leg:  # only the upstream leg was seen
             req_headers = self._upstream_request_headers(req_lists)
@@ -169,7 +172,6 @@ class EventBuilder:
             # Most requests carry no forwarding header: one set operation says so.
             ip = (None if _FORWARDING.isdisjoint(req_lists) else forwarded_ip(req_lists)) or flow.peer_ip
             uri = self._client_uri(req, req_lists, primary)
-            up_req = call.upstream_leg.request if call.upstream_leg is not None else None
             if up_req is not None:
                 up_lists = header_lists(up_req.headers)
                 req_headers = self._with_identity(req_lists, up_lists)
