@@ -337,6 +337,13 @@ class Config:
         """The allowlisted plugin-only variables present in `environ`, for a startup warning."""
         return sorted(k for k in environ if k in IGNORED_ENV)
 
+    def capture_ports(self) -> tuple[int, ...]:
+        """Ports for the kernel filter: SNIFFER_PORTS with the Kong and upstream ports; () is all TCP
+        (an empty SNIFFER_PORTS means the core takes every port, so the filter must too)."""
+        if not self.ports:
+            return ()
+        return tuple(sorted(set(self.ports) | set(self.kong_ports) | set(self.upstream_ports)))
+
     def limits(self) -> Limits:
         """The core's budgets: the SNIFFER_* values, and a body cap just above the larger body limit."""
         wanted = [

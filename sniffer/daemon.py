@@ -47,7 +47,6 @@ from sniffer.capture.workers import (
     TICK_S,
     CaptureLoop,
     WorkerPool,
-    capture_ports,
     open_ring_sets,
 )
 from sniffer.config import OPTIONS, Config
@@ -104,7 +103,7 @@ def startup_line(config: Config, workers: int) -> str:
                 "(unset)" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
             )
         parts.append(f"{opt.env}={text}")
-    ports = capture_ports(config)
+    ports = config.capture_ports()
     parts.append(f"kernel_filter={'tcp ports ' + ','.join(map(str, ports)) if ports else 'all tcp'}")
     return " ".join(parts)
 

@@ -251,11 +251,8 @@ def _listening(ports: tuple[int, ...]) -> set[int]:
 
 
 def check_traffic(config: Config, seconds: float) -> Check:
-    # The Kong ports, else what the daemon's kernel filter passes (capture.workers.capture_ports; not
-    # imported: it brings the whole engine, and doctor must start where the engine cannot).
-    ports = config.kong_ports or (
-        tuple(sorted({*config.ports, *config.upstream_ports})) if config.ports else ()
-    )
+    # The Kong ports, else what the daemon's kernel filter passes.
+    ports = config.kong_ports or config.capture_ports()
     label = f"ports {','.join(map(str, ports))}" if ports else "any TCP port"
     rings: list[RingSocket] = []
     seen = 0

@@ -51,7 +51,6 @@ __all__ = [
     "TICK_S",
     "CaptureLoop",
     "WorkerPool",
-    "capture_ports",
     "open_ring_sets",
 ]
 
@@ -67,17 +66,9 @@ MAX_MESSAGES = 16  # per worker and call of WorkerPool.messages
 TEST_RING_ENV = "_SNIFFER_TEST_RING"
 
 
-def capture_ports(config: Config) -> tuple[int, ...]:
-    """Ports for the kernel filter: SNIFFER_PORTS with the Kong and upstream ports; () is all TCP
-    (an empty SNIFFER_PORTS means the core takes every port, so the filter must too)."""
-    if not config.ports:
-        return ()
-    return tuple(sorted(set(config.ports) | set(config.kong_ports) | set(config.upstream_ports)))
-
-
 def open_ring_sets(config: Config, workers: int) -> list[list[RingSocket]]:
     """`workers` lists of rings, one ring per interface in each, fanout groups joined."""
-    ports = capture_ports(config)
+    ports = config.capture_ports()
     try:
         program = tcp_port_filter(ports)
     except ValueError as exc:

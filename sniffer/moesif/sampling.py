@@ -44,14 +44,6 @@ class AppConfig:
 
     KEEP_ALL: ClassVar[AppConfig]
 
-    @property
-    def samples_everything(self) -> bool:
-        return (
-            self.sample_rate >= 100
-            and not self.regex_rules
-            and all(r >= 100 for r in self.user_rates.values())
-            and all(r >= 100 for r in self.company_rates.values())
-        )
 
 
 AppConfig.KEEP_ALL = AppConfig()
