@@ -16,7 +16,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinux, Ether, Loopback
 from scapy.packet import Packet
 
-__all__ = ["frames", "linktype_of", "tcp_conversation", "write_pcap", "write_pcapng"]
+__all__ = ["ListSink", "frames", "linktype_of", "tcp_conversation", "write_pcap", "write_pcapng"]
 
 Frame = tuple[float, int, bytes, int]
 
@@ -183,6 +183,16 @@ def write_pcapng(
         out.append(_block(e, 6, head + data))
     with open(path, "wb") as f:
         f.write(b"".join(out))
+
+
+class ListSink:
+    """An event sink (the engine's `EventSink`) that keeps what it is given, for assertions."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def submit(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
 
 
 def frames(packets: Iterable[Packet]) -> list[Frame]:

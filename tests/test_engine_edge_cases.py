@@ -11,7 +11,7 @@ import json
 import random
 from typing import Any
 
-from helpers import frames, tcp_conversation
+from helpers import ListSink, frames, tcp_conversation
 from scapy.layers.inet import TCP
 from scapy.packet import Packet
 
@@ -20,14 +20,6 @@ from sniffer.config import Config
 from sniffer.engine import Engine
 
 JSON_HEADERS = b"Content-Type: application/json\r\n"
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def submit(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
 
 
 def run(packets: list[Packet], **env: str) -> tuple[list[dict[str, Any]], Stats]:

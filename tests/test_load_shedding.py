@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import tcp_conversation
+from helpers import ListSink, tcp_conversation
 from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6
 
@@ -19,14 +19,6 @@ from sniffer.load_shedding import LEVELS, FlowSampler, Pressure, ShedPolicy
 HOT = Pressure(kernel_drops=5)
 CALM = Pressure()
 MIDDLE = Pressure(ring_backlog=0.25)  # neither pressured nor calm
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def submit(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
 
 
 def raw(packets: list[Any]) -> list[tuple[float, int, bytes, int]]:

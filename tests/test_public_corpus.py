@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers import ListSink
 
 from reassembly.pipeline import Pipeline
 from sniffer.capture.pcapfile import open_capture
@@ -64,16 +65,8 @@ def _capture_path(name: str) -> Path:
     raise FileNotFoundError(name)
 
 
-class _ListSink:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def submit(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-
-
 def _replay(name: str) -> list[dict[str, Any]]:
-    sink = _ListSink()
+    sink = ListSink()
     config = Config.load(None, {})
     result = replay_file(str(_capture_path(name)), config, sink)
     assert result.error is None, result.error
