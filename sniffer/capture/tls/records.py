@@ -1,0 +1,48 @@
+"""The records the TLS uprobes hand to user space: the interface between the kernel side
+(`sniffer.capture.tls` probes and ring buffer) and the stages after it (plaintext streams, Kong join).
+
+One SSL object (`ssl`, an address in process `pid`) is one TLS connection: its reads and writes are
+already in order, decrypted and free of retransmissions, so they feed the HTTP parser without TCP
+reassembly. Timestamps are the kernel's `bpf_ktime_get_ns()` (CLOCK_MONOTONIC); user space turns them
+into capture time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["TlsBound", "TlsData", "TlsFreed", "TlsRecord"]
+
+
+@dataclass(slots=True, frozen=True)
+class TlsData:
+    """Plaintext one SSL_read/SSL_read_ex (is_read) or SSL_write/SSL_write_ex call moved."""
+
+    pid: int  # the process (tgid)
+    ssl: int  # the SSL* in that process: identifies the connection
+    is_read: bool  # True: bytes the process received; False: bytes it sent
+    ts_ns: int  # CLOCK_MONOTONIC when the call returned
+    total_len: int  # bytes the call moved
+    data: bytes  # the first min(total_len, per-call cap) of them; fewer than total_len means loss
+
+
+@dataclass(slots=True, frozen=True)
+class TlsBound:
+    """SSL_set_fd(ssl, fd): the socket under this SSL object (its addresses come from /proc)."""
+
+    pid: int
+    ssl: int
+    fd: int
+    ts_ns: int
+
+
+@dataclass(slots=True, frozen=True)
+class TlsFreed:
+    """SSL_free(ssl): the connection is over; the same address may be reused for a new one."""
+
+    pid: int
+    ssl: int
+    ts_ns: int
+
+
+TlsRecord = TlsData | TlsBound | TlsFreed
