@@ -1,0 +1,454 @@
+"""The eBPF programs on OpenSSL's SSL_* functions, their maps, and the record format they emit.
+
+Data path: an entry uprobe on SSL_read/SSL_read_ex/SSL_write/SSL_write_ex saves (ssl, buf, out pointer)
+per thread; the return uprobe reads how many bytes moved, copies them from the process's buffer with
+bpf_probe_read_user straight into a ring-buffer record (no scratch map, no second copy) and submits it.
+SSL_set_fd and SSL_free entry probes emit a bare header (connection bound to a socket / connection over).
+
+Bounds, all enforced in the kernel:
+- only processes whose tgid is in the `watched` hash map (filled by user space) cost more than one
+  map lookup: curl or anything else mapping the same libssl never produces a record;
+- a per-process rate limit (calls per second, window in the watched map's value) drops whole calls,
+  counted;
+- a call is emitted as up to `max_chunks` records of at most `chunk_bytes` (the chunk loop is unrolled
+  here in Python, so the verifier sees straight-line code on any kernel); beyond the per-call cap the last
+  record's total_len exceeds its data and the lost bytes are counted (truncated_bytes);
+- a record reserves one of a few size classes (256 B .. chunk_bytes) so small reads do not take 16 KiB of
+  ring space each; the ring being full drops the record, counted (ring_full).
+
+x86_64 only: the programs read arguments and return values at the x86_64 `struct pt_regs` offsets.
+Record header ("<IIQQII", 32 bytes): kind, tgid, ssl, ts_ns, total_len (fd for BOUND), captured_len.
+"""
+
+from __future__ import annotations
+
+import platform
+import struct
+from dataclasses import dataclass, field
+
+from sniffer.capture.tls import bpf_sys
+from sniffer.capture.tls.bpf_asm import R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Helper, Program
+from sniffer.capture.tls.records import TlsBound, TlsData, TlsFreed, TlsRecord
+
+__all__ = [
+    "COUNTER_NAMES",
+    "HEADER",
+    "SYMBOLS",
+    "LoadedProbes",
+    "ProbeConfig",
+    "decode_record",
+    "load_probes",
+    "read_counters",
+]
+
+# struct pt_regs offsets on x86_64 (arch/x86/include/uapi/asm/ptrace.h)
+_PT_REGS = {"x86_64": {"rdi": 112, "rsi": 104, "rdx": 96, "rcx": 88, "rax": 80}}
+
+HEADER = struct.Struct("<IIQQII")
+KIND_READ, KIND_WRITE, KIND_BOUND, KIND_FREED = 1, 2, 3, 4
+
+COUNTER_NAMES = (
+    "records",
+    "ring_full",
+    "rate_limited",
+    "truncated_bytes",
+    "return_without_entry",
+    "read_errors",
+)
+_C_RECORDS, _C_RING_FULL, _C_RATE_LIMITED, _C_TRUNCATED, _C_NO_ENTRY, _C_READ_ERRORS = range(6)
+
+# symbol -> (kind, is the length written through a size_t* 4th argument)
+_DATA_SYMBOLS = {
+    "SSL_read": (KIND_READ, False),
+    "SSL_read_ex": (KIND_READ, True),
+    "SSL_write": (KIND_WRITE, False),
+    "SSL_write_ex": (KIND_WRITE, True),
+}
+_EVENT_SYMBOLS = {"SSL_set_fd": KIND_BOUND, "SSL_free": KIND_FREED}
+SYMBOLS = (*_DATA_SYMBOLS, *_EVENT_SYMBOLS)
+
+_ONE_SECOND_NS = 1_000_000_000
+_MAX_CALL_LEN = 1 << 30  # a length beyond this is a garbage out-pointer read, not a real call
+
+# stack slots (offsets from r10, the frame pointer)
+_S_TGID, _S_CTR, _S_KEY, _S_ARGS, _S_TS, _S_TMP = -4, -8, -16, -40, -48, -56  # _S_ARGS: ssl, buf, out
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeConfig:
+    """The kernel-side budgets; every one has a default."""
+
+    per_call_cap: int = 64 * 1024  # bytes of one SSL_read/SSL_write call that are copied
+    chunk_bytes: int = 16 * 1024  # the largest record; nginx never moves more than 16 KiB per call
+    rate_limit: int = 0  # calls per second per process; 0 = no limit
+    ring_bytes: int = 8 << 20  # ring buffer size (power of two, multiple of the page size)
+    max_watched: int = 4096  # processes
+    max_threads_in_call: int = 16384  # threads inside an SSL call at once
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.chunk_bytes <= 65536:
+            raise ValueError("chunk_bytes must be 1..65536")
+        if not 1 <= self.per_call_cap <= 16 * self.chunk_bytes:
+            raise ValueError("per_call_cap must be 1..16 chunks")
+        if self.ring_bytes < 4096 or self.ring_bytes & (self.ring_bytes - 1):
+            raise ValueError("ring_bytes must be a power of two >= 4096")
+        if self.rate_limit < 0 or self.rate_limit >= 1 << 31:
+            raise ValueError("rate_limit must be 0..2^31-1")
+
+    @property
+    def chunk_limits(self) -> list[int]:
+        """Bytes each successive record of one call may carry (their sum is per_call_cap)."""
+        limits, left = [], self.per_call_cap
+        while left > 0:
+            limits.append(min(left, self.chunk_bytes))
+            left -= limits[-1]
+        return limits
+
+    def size_classes(self, limit: int) -> list[int]:
+        """Data sizes a record may reserve for a chunk of at most `limit` bytes, ascending."""
+        classes, size = [limit], limit // 4
+        while size >= 256:
+            classes.append(size)
+            size //= 4
+        return sorted(classes)
+
+
+@dataclass
+class LoadedProbes:
+    """The maps and programs in the kernel; `programs` maps (symbol, is_return) to a program fd."""
+
+    config: ProbeConfig
+    watched_fd: int
+    counters_fd: int
+    ring_fd: int
+    args_fds: list[int]
+    programs: dict[tuple[str, bool], int] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for fd in (*self.programs.values(), *self.args_fds, self.watched_fd, self.counters_fd, self.ring_fd):
+            bpf_sys.close_fd(fd)
+        self.programs.clear()
+        self.args_fds.clear()
+
+
+class _Builder:
+    """Emits one program; owns the label counter and the shared snippets (watched check, counters)."""
+
+    def __init__(self, regs: dict[str, int], probes: LoadedProbes) -> None:
+        self.p = Program()
+        self.regs = regs
+        self.probes = probes
+        self._labels = 0
+
+    def fresh(self, stem: str) -> str:
+        self._labels += 1
+        return f"{stem}_{self._labels}"
+
+    def arg(self, dst: int, ctx: int, reg: str) -> None:
+        self.p.ldx(8, dst, ctx, self.regs[reg])
+
+    def lookup(self, map_fd: int, key_slot: int) -> None:
+        """r0 = bpf_map_lookup_elem(map, fp+key_slot)"""
+        self.p.ld_map_fd(R1, map_fd)
+        self.p.movr(R2, R10)
+        self.p.alu(R2, "+", key_slot)
+        self.p.call(Helper.map_lookup_elem)
+
+    def count(self, counter: int, value_reg: int | None = None) -> None:
+        """counters[counter] += value_reg (a callee-saved register) or 1; clobbers r0-r5."""
+        skip = self.fresh("count_done")
+        self.p.st(4, R10, _S_CTR, counter)
+        self.lookup(self.probes.counters_fd, _S_CTR)
+        self.p.jif(R0, "==", 0, skip)
+        if value_reg is None:
+            self.p.mov(R1, 1)
+        else:
+            self.p.movr(R1, value_reg)
+        self.p.atomic_add(8, R0, 0, R1)
+        self.p.label(skip)
+
+    def tgid_watched(self, miss: str) -> None:
+        """Store the tgid at _S_TGID; r0 = its watched-map value, or jump to `miss`. Needs r7 = pid_tgid."""
+        self.p.movr(R1, R7)
+        self.p.alu(R1, ">>", 32)
+        self.p.stx(4, R10, _S_TGID, R1)
+        self.lookup(self.probes.watched_fd, _S_TGID)
+        self.p.jif(R0, "==", 0, miss)
+
+
+def _entry_program(b: _Builder, args_fd: int) -> None:
+    """Entry of a data call: remember (ssl, buf, out pointer) for this thread, watched processes only."""
+    p = b.p
+    p.movr(R6, R1)
+    p.call(Helper.get_current_pid_tgid)
+    p.movr(R7, R0)
+    b.tgid_watched("out")
+    p.stx(8, R10, _S_KEY, R7)
+    for slot, reg in ((0, "rdi"), (8, "rsi"), (16, "rcx")):  # rcx: the size_t* of the _ex variants
+        b.arg(R1, R6, reg)
+        p.stx(8, R10, _S_ARGS + slot, R1)
+    p.ld_map_fd(R1, args_fd)
+    p.movr(R2, R10)
+    p.alu(R2, "+", _S_KEY)
+    p.movr(R3, R10)
+    p.alu(R3, "+", _S_ARGS)
+    p.mov(R4, 0)
+    p.call(Helper.map_update_elem)
+    p.label("out")
+    p.mov(R0, 0)
+    p.exit()
+
+
+def _return_program(b: _Builder, args_fd: int, kind: int, length_via_pointer: bool) -> None:
+    """Return of a data call: how many bytes moved, then the bytes, as one record per chunk."""
+    p, cfg = b.p, b.probes.config
+    p.movr(R6, R1)
+    p.call(Helper.get_current_pid_tgid)
+    p.movr(R7, R0)
+    p.stx(8, R10, _S_KEY, R7)
+    b.lookup(args_fd, _S_KEY)
+    p.jif(R0, "==", 0, "no_entry")
+    for slot in (0, 8, 16):
+        p.ldx(8, R1, R0, slot)
+        p.stx(8, R10, _S_ARGS + slot, R1)
+    p.ld_map_fd(R1, args_fd)
+    p.movr(R2, R10)
+    p.alu(R2, "+", _S_KEY)
+    p.call(Helper.map_delete_elem)
+
+    # r9 = bytes moved. The return value is a C int: only its low 32 bits are defined.
+    b.arg(R9, R6, "rax")
+    p.alu(R9, "<<", 32)
+    p.alu(R9, "s>>", 32)
+    p.jif(R9, "s<=", 0, "out")
+    if length_via_pointer:  # SSL_*_ex returned 1: the count is in *out
+        p.movr(R1, R10)
+        p.alu(R1, "+", _S_TMP)
+        p.mov(R2, 8)
+        p.ldx(8, R3, R10, _S_ARGS + 16)
+        p.call(Helper.probe_read_user)
+        p.jif(R0, "!=", 0, "out")
+        p.ldx(8, R9, R10, _S_TMP)
+        p.jif(R9, "==", 0, "out")
+    p.jif(R9, ">", _MAX_CALL_LEN, "out")
+
+    p.call(Helper.ktime_get_ns)
+    p.stx(8, R10, _S_TS, R0)
+    b.tgid_watched("out")
+    if cfg.rate_limit:
+        # a one-second window per process, kept in its watched-map value: [window start, calls in it]
+        p.ldx(8, R1, R0, 0)
+        p.ldx(8, R2, R10, _S_TS)
+        p.alu(R2, "-", R1, reg=True)
+        p.jif(R2, "<", _ONE_SECOND_NS, "same_window")
+        p.ldx(8, R2, R10, _S_TS)
+        p.stx(8, R0, 0, R2)
+        p.st(8, R0, 8, 0)
+        p.label("same_window")
+        p.ldx(8, R1, R0, 8)
+        p.jif(R1, ">=", cfg.rate_limit, "limited")
+        p.alu(R1, "+", 1)
+        p.stx(8, R0, 8, R1)
+
+    offset = 0
+    limits = cfg.chunk_limits
+    for index, limit in enumerate(limits):
+        last = index == len(limits) - 1
+        if index:
+            p.jif(R9, "<=", offset, "out")
+        # r6 = bytes in this record
+        p.movr(R6, R9)
+        p.alu(R6, "-", offset)
+        fits = b.fresh("fits")
+        p.jif(R6, "<=", limit, fits)
+        p.mov(R6, limit)
+        p.label(fits)
+        _reserve_sized(b, cfg.size_classes(limit))
+        full = b.fresh("ring_full")
+        p.jif(R0, "==", 0, full)
+        p.movr(R7, R0)
+        _header(b, kind)
+        if last:  # total_len > captured_len tells user space how much of the call is missing
+            p.movr(R1, R9)
+            p.alu(R1, "-", offset)
+            p.stx(4, R7, 24, R1)
+        else:
+            p.stx(4, R7, 24, R6)
+        p.stx(4, R7, 28, R6)
+        p.movr(R1, R7)
+        p.alu(R1, "+", HEADER.size)
+        p.movr(R2, R6)
+        p.ldx(8, R3, R10, _S_ARGS + 8)
+        p.alu(R3, "+", offset)
+        p.call(Helper.probe_read_user)
+        copied = b.fresh("copied")
+        p.jif(R0, "==", 0, copied)
+        p.st(4, R7, 28, 0)  # an empty record still tells user space these bytes are missing
+        b.count(_C_READ_ERRORS)
+        p.label(copied)
+        p.movr(R1, R7)
+        p.mov(R2, 0)
+        p.call(Helper.ringbuf_submit)
+        b.count(_C_RECORDS)
+        if last:
+            p.movr(R8, R9)
+            p.alu(R8, "-", offset)
+            p.alu(R8, "-", R6, reg=True)
+            p.jif(R8, "==", 0, "out")
+            b.count(_C_TRUNCATED, R8)
+        following = b.fresh("next")
+        p.jmp("out" if last else following)
+        p.label(full)
+        b.count(_C_RING_FULL)
+        p.jmp("out")  # later chunks would leave a hole inside the call: stop here
+        p.label(following)
+        offset += limit
+
+    if cfg.rate_limit:
+        p.label("limited")
+        b.count(_C_RATE_LIMITED)
+        p.jmp("out")
+    p.label("no_entry")
+    b.tgid_watched("out")  # unwatched processes return here all the time: not worth counting
+    b.count(_C_NO_ENTRY)
+    p.label("out")
+    p.mov(R0, 0)
+    p.exit()
+
+
+def _reserve_sized(b: _Builder, classes: list[int]) -> None:
+    """r0 = bpf_ringbuf_reserve(header + the smallest class >= r6). r6 must be within classes[-1]."""
+    p = b.p
+    targets = [b.fresh("class") for _ in classes]
+    for size, target in zip(classes[:-1], targets[:-1], strict=True):
+        p.jif(R6, "<=", size, target)
+    done = b.fresh("reserved")
+    for size, target in reversed(list(zip(classes, targets, strict=True))):
+        p.label(target)
+        p.ld_map_fd(R1, b.probes.ring_fd)
+        p.mov(R2, HEADER.size + size)  # a constant per path, as the verifier requires
+        p.mov(R3, 0)
+        p.call(Helper.ringbuf_reserve)
+        p.jmp(done)
+    p.label(done)
+
+
+def _header(b: _Builder, kind: int) -> None:
+    """kind, tgid, ssl and ts into the record at r7 (total_len and captured_len are the caller's)."""
+    p = b.p
+    p.st(4, R7, 0, kind)
+    p.ldx(4, R1, R10, _S_TGID)
+    p.stx(4, R7, 4, R1)
+    p.ldx(8, R1, R10, _S_ARGS)
+    p.stx(8, R7, 8, R1)
+    p.ldx(8, R1, R10, _S_TS)
+    p.stx(8, R7, 16, R1)
+
+
+def _event_program(b: _Builder, kind: int) -> None:
+    """SSL_set_fd(ssl, fd) / SSL_free(ssl) entry: a header-only record."""
+    p = b.p
+    p.movr(R6, R1)
+    p.call(Helper.get_current_pid_tgid)
+    p.movr(R7, R0)
+    b.tgid_watched("out")
+    p.call(Helper.ktime_get_ns)
+    p.stx(8, R10, _S_TS, R0)
+    b.arg(R1, R6, "rdi")
+    p.stx(8, R10, _S_ARGS, R1)
+    b.arg(R8, R6, "rsi")
+    p.ld_map_fd(R1, b.probes.ring_fd)
+    p.mov(R2, HEADER.size)
+    p.mov(R3, 0)
+    p.call(Helper.ringbuf_reserve)
+    p.jif(R0, "==", 0, "full")
+    p.movr(R7, R0)
+    _header(b, kind)
+    if kind == KIND_BOUND:
+        p.stx(4, R7, 24, R8)
+    else:
+        p.st(4, R7, 24, 0)
+    p.st(4, R7, 28, 0)
+    p.movr(R1, R7)
+    p.mov(R2, 0)
+    p.call(Helper.ringbuf_submit)
+    b.count(_C_RECORDS)
+    p.jmp("out")
+    p.label("full")
+    b.count(_C_RING_FULL)
+    p.label("out")
+    p.mov(R0, 0)
+    p.exit()
+
+
+def _check_arch() -> dict[str, int]:
+    regs = _PT_REGS.get(platform.machine())
+    if regs is None:
+        raise OSError(f"the TLS probes read x86_64 registers; this machine is {platform.machine()}")
+    return regs
+
+
+def load_probes(config: ProbeConfig) -> LoadedProbes:
+    """Create the maps and load every program; raises bpf_sys.BpfError (or OSError on another arch)."""
+    regs = _check_arch()
+    fds: list[int] = []
+
+    def new_map(map_type: int, key: int, value: int, entries: int, name: str) -> int:
+        fds.append(bpf_sys.map_create(map_type, key, value, entries, name))
+        return fds[-1]
+
+    try:
+        probes = LoadedProbes(
+            config=config,
+            watched_fd=new_map(bpf_sys.MAP_HASH, 4, 16, config.max_watched, "tls_watched"),
+            counters_fd=new_map(bpf_sys.MAP_PERCPU_ARRAY, 4, 8, len(COUNTER_NAMES), "tls_counters"),
+            ring_fd=new_map(bpf_sys.MAP_RINGBUF, 0, 0, config.ring_bytes, "tls_ring"),
+            args_fds=[],
+        )
+        for symbol, (kind, via_pointer) in _DATA_SYMBOLS.items():
+            name = f"tls_args_{kind}{via_pointer:d}"
+            args_fd = new_map(bpf_sys.MAP_HASH, 8, 24, config.max_threads_in_call, name)
+            probes.args_fds.append(args_fd)
+            entry = _Builder(regs, probes)
+            _entry_program(entry, args_fd)
+            fds.append(bpf_sys.prog_load(bpf_sys.PROG_KPROBE, entry.p.assemble(), f"{symbol}_in"[:15]))
+            probes.programs[(symbol, False)] = fds[-1]
+            ret = _Builder(regs, probes)
+            _return_program(ret, args_fd, kind, via_pointer)
+            fds.append(bpf_sys.prog_load(bpf_sys.PROG_KPROBE, ret.p.assemble(), f"{symbol}_out"[:15]))
+            probes.programs[(symbol, True)] = fds[-1]
+        for symbol, kind in _EVENT_SYMBOLS.items():
+            event = _Builder(regs, probes)
+            _event_program(event, kind)
+            fds.append(bpf_sys.prog_load(bpf_sys.PROG_KPROBE, event.p.assemble(), symbol[:15]))
+            probes.programs[(symbol, False)] = fds[-1]
+    except BaseException:
+        for fd in fds:
+            bpf_sys.close_fd(fd)
+        raise
+    return probes
+
+
+def read_counters(probes: LoadedProbes) -> dict[str, int]:
+    """The kernel counters, summed over CPUs."""
+    ncpu = bpf_sys.possible_cpus()
+    out: dict[str, int] = {}
+    for index, name in enumerate(COUNTER_NAMES):
+        raw = bpf_sys.map_lookup(probes.counters_fd, struct.pack("<I", index), 8 * ncpu)
+        out[name] = sum(struct.unpack(f"<{ncpu}Q", raw)) if raw else 0
+    return out
+
+
+def decode_record(raw: memoryview | bytes) -> TlsRecord | None:
+    """One ring-buffer record as a TlsRecord; None for a record too short or of an unknown kind."""
+    if len(raw) < HEADER.size:
+        return None
+    kind, pid, ssl, ts_ns, total_len, captured = HEADER.unpack_from(raw)
+    if kind in (KIND_READ, KIND_WRITE):
+        data = bytes(raw[HEADER.size : HEADER.size + captured])
+        return TlsData(pid, ssl, kind == KIND_READ, ts_ns, total_len, data)
+    if kind == KIND_BOUND:
+        return TlsBound(pid, ssl, total_len, ts_ns)
+    if kind == KIND_FREED:
+        return TlsFreed(pid, ssl, ts_ns)
+    return None
