@@ -184,17 +184,17 @@ class FlowTable:
                     break
                 expired.append(hs)
             for hs in expired:
-                flow = self._lru.get(hs.flow_id)
-                if flow is None:
+                owner = self._lru.get(hs.flow_id)
+                if owner is None:
                     hs.release()
                     continue
                 if not hs.in_holes:
                     continue
                 mark = len(out)
                 hs.on_timeout(deadline, ts, out)
-                if len(out) > mark and not flow.opened:
-                    self._open(flow, ts, out, mark)
-                self._check_end(flow, ts, out)
+                if len(out) > mark and not owner.opened:
+                    self._open(owner, ts, out, mark)
+                self._check_end(owner, ts, out)
         lru = self._lru
         idle_deadline = ts - self._limits.idle_timeout_s
         while lru:

@@ -320,7 +320,8 @@ class HalfStream:
         return bool(self.nbuf) or self.end_off > self.next
 
     def _oldest(self) -> float:
-        t = min(self.arrivals) if self.nbuf else _INF  # type: ignore[type-var]
+        arrivals = self.arrivals
+        t = min(arrivals) if self.nbuf and arrivals else _INF
         if self.end_ts < t and self.end_off > self.next:
             t = self.end_ts
         return t

@@ -36,6 +36,7 @@ would also turn into one event per attacking connection.
 from __future__ import annotations
 
 from collections import deque
+from typing import cast
 
 from reassembly.events import (
     Direction,
@@ -180,9 +181,10 @@ class HttpConnectionParser:
                         return out
                 reader.feed(event.data, event.offset, event.ts)
             else:
-                if event.length is None and event.offset == 0:
+                gap = cast(StreamGap, event)
+                if gap.length is None and gap.offset == 0:
                     self._pickup = True
-                reader.gap(event.offset, event.length)
+                reader.gap(gap.offset, gap.length)
         except Exception:
             self._recover(reader)
         return out

@@ -74,7 +74,7 @@ def body_framing(
         A `Framing`; DESYNC when the length cannot be trusted.
     """
     is_response = status is not None
-    if is_response:
+    if status is not None:
         # RFC 9112 §6.3 rules 1 and 2, in the order the RFC gives them.
         if status == 101:
             return TUNNEL

@@ -54,8 +54,9 @@ _MAX_PLANS = 1024
 _MAX_CACHED_LINE = 64
 _MAX_CACHED_NAMES = 512
 _STATUS_LINES: dict[bytes, tuple[bytes, int, bytes]] = {}
-_PLANS: dict[bytes, tuple[tuple[bytes, int], ...] | None] = {}
-_UNPLANNED = object()
+_Plan = tuple[tuple[bytes, int], ...]
+_PLANS: dict[bytes, _Plan | None] = {}
+_UNPLANNED: _Plan = ((b"", -1),)  # a sentinel of the plans' own type, compared by identity
 # Methods known to be tokens of a valid length, so the check of a request line can skip them.
 _COMMON_METHODS = frozenset((b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"CONNECT"))
 _new = object.__new__
@@ -289,7 +290,7 @@ def read_lines(
     if not plan:
         return msg, NO_FIELDS
     fields: Fields = {}
-    for key, index in plan:  # type: ignore[union-attr]
+    for key, index in plan:
         _, sep, value = pairs[index]
         if sep:  # a line without a colon is no field
             values = fields.get(key)

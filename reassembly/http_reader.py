@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from reassembly.http_reader_base import Message, ReaderSink, Role, State
-from reassembly.http_reader_body import BodySteps
 from reassembly.http_reader_head import HeadSteps
 
 __all__ = ["Message", "MessageReader", "ReaderSink", "Role", "State"]
@@ -39,7 +38,7 @@ _PAUSED = State.PAUSED
 _DEAD = State.DEAD
 
 
-class MessageReader(HeadSteps, BodySteps):
+class MessageReader(HeadSteps):
     """Reads the messages of one direction of one connection.
 
     Args:

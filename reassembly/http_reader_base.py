@@ -1,15 +1,16 @@
 """The state of one direction's HTTP/1.x message reader, and the bookkeeping every step of it shares.
 
-`MessageReader` (http_reader) is assembled from this base, the head steps (http_reader_head) and the body
-steps (http_reader_body); this module holds what they all touch: the roles and states, the sink protocol
-the reader reports to, the attributes (slots) and the primitives that end a message (`_finish`), give up
-on one (`_lose_current`, `_desync`) or start looking for the next one (`_enter_resync`).
+`MessageReader` (http_reader) is one chain of single inheritance, a shape mypyc can compile: this base,
+then the body steps (http_reader_body), the head steps (http_reader_head) and the reader's input side.
+This module holds what they all touch: the roles and states, the sink protocol the reader reports to,
+the attributes (slots) and the primitives that end a message (`_finish`), give up on one
+(`_lose_current`, `_desync`) or start looking for the next one (`_enter_resync`).
 """
 
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from reassembly.events import HttpRequest, HttpResponse
 from reassembly.http_budget import HttpBufferPool
@@ -50,17 +51,17 @@ RESYNC = State.RESYNC
 
 
 class ReaderSink(Protocol):
-    """What a reader reports to; the connection implements it."""
+    """What a reader reports to; the connection implements it (`reader` is the `MessageReader` reporting)."""
 
-    def on_head(self, reader: ReaderBase, msg: Message) -> Framing: ...
+    def on_head(self, reader: Any, msg: Message) -> Framing: ...
 
-    def on_message(self, reader: ReaderBase, msg: Message) -> None: ...
+    def on_message(self, reader: Any, msg: Message) -> None: ...
 
-    def on_lost(self, reader: ReaderBase, started: bool, exact: bool) -> None: ...
+    def on_lost(self, reader: Any, started: bool, exact: bool) -> None: ...
 
-    def on_role(self, reader: ReaderBase, role: Role) -> None: ...
+    def on_role(self, reader: Any, role: Role) -> None: ...
 
-    def on_not_http(self, reader: ReaderBase) -> None: ...
+    def on_not_http(self, reader: Any) -> None: ...
 
 
 class ReaderBase:

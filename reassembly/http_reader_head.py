@@ -17,7 +17,8 @@ from reassembly.http_head import (
     read_head,
     read_lines,
 )
-from reassembly.http_reader_base import ReaderBase, Role, State
+from reassembly.http_reader_base import Role, State
+from reassembly.http_reader_body import BodySteps
 from reassembly.http_resync import find_start_line
 
 __all__ = ["HeadSteps"]
@@ -33,7 +34,7 @@ _HEAD = State.HEAD
 _START = State.START
 
 
-class HeadSteps(ReaderBase):
+class HeadSteps(BodySteps):
     """Steps of `MessageReader` up to the end of a head; each returns True when it may be called again."""
 
     __slots__ = ()
@@ -102,7 +103,7 @@ class HeadSteps(ReaderBase):
         self._first = False
         self._msg = msg
         self.head_fields = fields
-        return self._begin_body(self._sink.on_head(self, msg))  # type: ignore[arg-type, attr-defined]
+        return self._begin_body(self._sink.on_head(self, msg))
 
     def _wait_for_head(self, buf: bytes | bytearray, pos: int) -> bool:
         """A partial head: judge its start line as soon as it is whole, and bound the buffer."""
