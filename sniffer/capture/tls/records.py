@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TlsBound", "TlsData", "TlsFreed", "TlsRecord"]
+from sniffer.errors import CaptureError
+
+__all__ = ["TlsBound", "TlsData", "TlsFreed", "TlsRecord", "TlsUnavailable"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -46,3 +48,8 @@ class TlsFreed:
 
 
 TlsRecord = TlsData | TlsBound | TlsFreed
+
+
+class TlsUnavailable(CaptureError):
+    """TLS capture cannot work on this host; the message says why in plain words (permission, kernel,
+    architecture). The daemon reports it once and carries on with packet capture."""
