@@ -1,0 +1,134 @@
+"""TlsStreams: TLS records -> exchanges -> the engine's Kong join, next to a packet-captured upstream leg.
+
+The records are what the uprobes emit for nginx terminating client TLS on 10.77.1.2:8443; the socket
+under each SSL object is resolved through a /proc tree laid out as the kernel does (fd symlink to
+`socket:[inode]`, net/tcp lines). The upstream leg is real packets (scapy) through the real pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from helpers import ListSink, frames, tcp_conversation
+
+from reassembly.stats import Stats
+from sniffer.capture.tls.records import TlsBound, TlsData, TlsFreed, TlsRecord
+from sniffer.capture.tls.sockets import SocketResolver
+from sniffer.capture.tls.streams import TlsStreams, monotonic_to_epoch_offset
+from sniffer.config import Config
+from sniffer.engine import Engine
+
+PID = 31337
+T0 = 1_764_000_000.0
+OFFSET = T0 - 1000.0  # epoch = monotonic + OFFSET; monotonic 1000 s is T0
+
+
+def hexaddr(ip: str, port: int) -> str:
+    return "".join(f"{int(b):02X}" for b in reversed(ip.split("."))) + f":{port:04X}"
+
+
+def fake_proc(
+    root: Path, sockets: dict[int, tuple[tuple[str, int], tuple[str, int]]], stats: Stats
+) -> SocketResolver:
+    """/proc/PID/fd/<fd> -> socket:[<inode>] and /proc/PID/net/tcp listing them (inode = 7000 + fd)."""
+    (root / str(PID) / "fd").mkdir(parents=True)
+    (root / str(PID) / "net").mkdir()
+    lines = [
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode"
+    ]
+    for i, (fd, (local, remote)) in enumerate(sockets.items()):
+        os.symlink(f"socket:[{7000 + fd}]", root / str(PID) / "fd" / str(fd))
+        lines.append(
+            f"  {i}: {hexaddr(*local)} {hexaddr(*remote)} 01 00000000:00000000 00:00000000 00000000"
+            f"     0        0 {7000 + fd} 1 0000000000000000 20 4 30 10 -1"
+        )
+    (root / str(PID) / "net" / "tcp").write_text("\n".join(lines) + "\n")
+    (root / str(PID) / "net" / "tcp6").write_text(lines[0] + "\n")
+    return SocketResolver(str(root), stats=stats)
+
+
+def ns(t: float) -> int:
+    """Epoch capture time `t` as the probes' CLOCK_MONOTONIC nanoseconds."""
+    return round((t - OFFSET) * 1e9)
+
+
+def tls_call(ssl: int, fd: int, t: float, request: bytes, response: bytes) -> list[TlsRecord]:
+    return [
+        TlsBound(PID, ssl, fd, ns(t)),
+        TlsData(PID, ssl, True, ns(t + 0.001), len(request), request),
+        TlsData(PID, ssl, False, ns(t + 0.010), len(response), response),
+        TlsFreed(PID, ssl, ns(t + 0.011)),
+    ]
+
+
+GW = ("10.77.1.2", 8443)
+ALICE = ("10.77.1.1", 50001)
+MALLORY = ("10.77.1.1", 50002)
+
+
+def test_offset_matches_the_clocks() -> None:
+    offset = monotonic_to_epoch_offset()
+    assert abs(time.monotonic() + offset - time.time()) < 0.01
+
+
+def test_tls_client_leg_joins_packet_upstream_leg_and_401_stands_alone(tmp_path: Path) -> None:
+    stats = Stats()
+    resolver = fake_proc(tmp_path, {7: (GW, ALICE), 9: (GW, MALLORY)}, stats)
+    tls = TlsStreams(stats=stats, resolver=resolver, epoch_offset=OFFSET)
+    sink = ListSink()
+    engine = Engine(Config(), sink, stats)
+
+    rid = "5a1c0e2e7b0d4c3b9b5e000000000001"
+    client_req = (
+        b"GET /api/orders?page=2 HTTP/1.1\r\nHost: gw\r\napikey: key-alice-123\r\nUser-Agent: curl/8\r\n\r\n"
+    )
+    client_resp = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n"
+        b"Via: 1.1 kong/3.9.0\r\nX-Kong-Request-Id: " + rid.encode() + b'\r\n\r\n{"ok":true}'
+    )
+    upstream_req = (
+        b"GET /api/orders?page=2 HTTP/1.1\r\nHost: upstream\r\n"
+        b"apikey: key-alice-123\r\nUser-Agent: curl/8\r\n"
+        b"X-Forwarded-For: 10.77.1.1\r\nX-Forwarded-Port: 8443\r\nX-Real-IP: 10.77.1.1\r\n"
+        b"Via: 1.1 kong/3.9.0\r\nX-Kong-Request-Id: " + rid.encode() + b"\r\n"
+        b"X-Consumer-ID: 6f1f\r\nX-Consumer-Username: alice\r\nX-Consumer-Custom-ID: cust-alice-01\r\n\r\n"
+    )
+    upstream_resp = (
+        b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+    )
+    denied_req = b"GET /api/orders HTTP/1.1\r\nHost: gw\r\napikey: wrong\r\n\r\n"
+    denied_resp = (
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 48\r\n"
+        b'X-Kong-Response-Latency: 0\r\n\r\n{"message":"Invalid authentication credentials"}'
+    )
+    # The upstream leg on the wire, inside the client leg in time (T0+0.002 .. T0+0.008).
+    packets = tcp_conversation(
+        [upstream_req],
+        [upstream_resp],
+        client=("10.77.2.1", 41000),
+        server=("10.77.2.2", 9000),
+        ts0=T0 + 0.002,
+    )
+    for ts, linktype, frame, wire_len in frames(packets):
+        engine.feed(ts, linktype, frame, wire_len)
+    records = tls_call(0x5500AA, 7, T0, client_req, client_resp) + tls_call(
+        0x5500AA, 9, T0 + 0.1, denied_req, denied_resp
+    )
+    exchanges = tls.feed(records)
+    assert [(e.client, e.server, e.response.status) for e in exchanges] == [  # type: ignore[union-attr]
+        (ALICE, GW, 200),
+        (MALLORY, GW, 401),
+    ]
+    engine.feed_exchanges(tls.last_ts, exchanges)
+    engine.advance(T0 + 60)
+    engine.close()
+
+    assert len(sink.events) == 2
+    ok, denied = sorted(sink.events, key=lambda e: e["response"]["status"])
+    assert ok["user_id"] == "cust-alice-01"
+    assert ok["request"]["uri"].endswith("/api/orders?page=2")
+    assert denied["response"]["status"] == 401 and "user_id" not in denied
+    assert stats["kong_join_request_id"] == 1
+    assert stats["tls_socket_resolved"] == 2 and stats["tls_closed_freed"] == 2
