@@ -1,0 +1,318 @@
+"""The kernel side of TLS capture on real bytes: eBPF uprobes on a real nginx's OpenSSL, driven by curl.
+
+Needs root, the uprobe PMU and nginx/openssl/curl; skips with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from tls.https_gateway import HttpsGateway, missing_tools
+
+from sniffer.capture.tls import (
+    ProbeConfig,
+    TlsBound,
+    TlsData,
+    TlsFreed,
+    TlsRecord,
+    TlsTap,
+    TlsUnavailable,
+    bpf_sys,
+)
+from sniffer.capture.tls.bpf_asm import R0, Program
+from sniffer.capture.tls.ssl_probes import SYMBOLS, load_probes
+from sniffer.capture.tls.uprobes import elf_symbol_offsets
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _why_not() -> str | None:
+    if platform.machine() != "x86_64":
+        return "the TLS probes are x86_64 only"
+    if os.geteuid() != 0:
+        return "loading eBPF programs needs root (CAP_BPF + CAP_PERFMON)"
+    if not Path("/sys/bus/event_source/devices/uprobe/type").exists():
+        return "the kernel has no uprobe PMU"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
+
+
+def _needs_gateway() -> None:
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpsGateway]:
+    _needs_gateway()
+    with HttpsGateway(tmp_path_factory.mktemp("nginx-https")) as gw:
+        yield gw
+
+
+def collect(tap: TlsTap, done: Callable[[list[TlsRecord]], bool], timeout: float = 3.0) -> list[TlsRecord]:
+    """Records until `done(records)` or the timeout, waiting on the tap's fd as a daemon would."""
+    records: list[TlsRecord] = []
+    poller = select.poll()
+    poller.register(tap.fileno(), select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while not done(records) and time.monotonic() < deadline:
+        poller.poll(100)
+        records += tap.read()
+    return records + tap.read()
+
+
+def of(records: list[TlsRecord], pids: set[int]) -> list[TlsRecord]:
+    return [r for r in records if r.pid in pids]
+
+
+def stream(records: list[TlsRecord], ssl: int, is_read: bool) -> bytes:
+    return b"".join(
+        r.data for r in records if isinstance(r, TlsData) and r.ssl == ssl and r.is_read == is_read
+    )
+
+
+# --- programs and symbols, no gateway needed ---
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ProbeConfig(),
+        ProbeConfig(rate_limit=1000),
+        ProbeConfig(per_call_cap=1, chunk_bytes=1),
+        ProbeConfig(per_call_cap=300, chunk_bytes=256, rate_limit=5),
+        ProbeConfig(per_call_cap=16 * 65536, chunk_bytes=65536),
+    ],
+    ids=["default", "rate-limited", "one-byte", "small-chunks", "largest"],
+)
+def test_verifier_accepts_every_program(config: ProbeConfig) -> None:
+    probes = load_probes(config)
+    try:
+        assert sorted(probes.programs) == sorted(
+            [(s, False) for s in SYMBOLS]
+            + [(s, True) for s in ("SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex")]
+        )
+        assert all(fd > 2 for fd in probes.programs.values())
+    finally:
+        probes.close()
+
+
+def test_rejected_program_carries_the_verifier_log() -> None:
+    program = Program()
+    program.exit()  # r0 never set: the verifier must refuse
+    with pytest.raises(bpf_sys.BpfError) as info:
+        bpf_sys.prog_load(bpf_sys.PROG_KPROBE, program.assemble(), "bad")
+    assert "R0 !read_ok" in str(info.value)
+    program = Program()
+    program.mov(R0, 0)
+    program.exit()
+    fd = bpf_sys.prog_load(bpf_sys.PROG_KPROBE, program.assemble(), "good")
+    os.close(fd)
+
+
+def test_symbol_offsets_match_the_dynamic_loader() -> None:
+    """Our ELF reader's file offsets equal where ld.so put the functions, minus the mapping's base."""
+    library = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+    if not Path(library).exists():
+        pytest.skip("libssl.so.3 is not installed")
+    offsets = elf_symbol_offsets(library, set(SYMBOLS) | {"No_such_function"})
+    assert set(offsets) == set(SYMBOLS)
+    lib = ctypes.CDLL(library)
+    real = os.path.realpath(library)
+    maps = [line.split() for line in Path("/proc/self/maps").read_text().splitlines()]
+    for symbol, offset in offsets.items():
+        address = ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value
+        assert address is not None
+        for fields in maps:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if len(fields) == 6 and os.path.realpath(fields[5]) == real and start <= address < end:
+                assert address - start + int(fields[2], 16) == offset, symbol
+                break
+        else:
+            pytest.fail(f"{symbol} at {address:#x} is in no mapping of {library}")
+
+
+def test_unavailable_on_another_architecture(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    with pytest.raises(TlsUnavailable, match="x86_64, this host is aarch64"):
+        TlsTap.open()
+
+
+def test_unavailable_without_capabilities_is_one_plain_sentence() -> None:
+    if not Path("/usr/bin/setpriv").exists():
+        pytest.skip("setpriv (util-linux) is not installed")
+    code = (
+        "import sys\n"
+        "from sniffer.capture.tls import TlsTap, TlsUnavailable\n"
+        "try:\n    TlsTap.open()\n"
+        "except TlsUnavailable as exc:\n    print(exc)\n    sys.exit(3)\n"
+    )
+    result = subprocess.run(
+        ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    message = result.stdout.strip()
+    assert message.startswith("TLS capture unavailable: loading the eBPF programs not permitted")
+    assert "CAP_BPF" in message and "CAP_PERFMON" in message
+    assert "\n" not in message
+
+
+# --- a real nginx over HTTPS ---
+
+
+def test_nginx_plaintext_both_ways_and_only_nginx(gateway: HttpsGateway) -> None:
+    workers = set(gateway.worker_pids())
+    before = time.monotonic_ns()
+    with TlsTap.open() as tap:
+        assert workers <= set(tap.watched_pids())
+        curl_pid, result = gateway.curl("/api/orders?page=2", "apikey: key-alice-123")
+        assert result.stdout.endswith(b"\n200")
+
+        def finished(records: list[TlsRecord]) -> bool:
+            return any(isinstance(r, TlsFreed) for r in of(records, workers))
+
+        records = collect(tap, finished)
+        after = time.monotonic_ns()
+        counters = tap.counters()
+
+    assert not [r for r in records if r.pid == curl_pid], "curl maps the same libssl but is not watched"
+    mine = of(records, workers)
+    bound = [r for r in mine if isinstance(r, TlsBound)]
+    assert len(bound) == 1 and bound[0].fd > 2
+    ssl = bound[0].ssl
+    assert next(type(r) for r in mine if r.ssl == ssl) is TlsBound
+    assert isinstance(mine[-1], TlsFreed) and mine[-1].ssl == ssl
+    request = stream(mine, ssl, is_read=True)
+    assert request.startswith(b"GET /api/orders?page=2 HTTP/1.1\r\n")
+    assert b"\r\napikey: key-alice-123\r\n" in request and request.endswith(b"\r\n\r\n")
+    response = stream(mine, ssl, is_read=False)
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n") and response.endswith(b'{"path":"/api/orders"}')
+    for record in mine:
+        assert before <= record.ts_ns <= after  # CLOCK_MONOTONIC, as records.py promises
+        if isinstance(record, TlsData):
+            assert record.total_len == len(record.data) > 0
+    assert counters["records"] >= len(mine)
+    assert counters["ring_full"] == counters["truncated_bytes"] == counters["read_errors"] == 0
+
+
+def test_a_call_nginx_answers_itself(gateway: HttpsGateway) -> None:
+    workers = set(gateway.worker_pids())
+    with TlsTap.open() as tap:
+        _, result = gateway.curl("/local401")
+        assert result.stdout.endswith(b"\n401")
+        records = of(collect(tap, lambda rs: any(isinstance(r, TlsFreed) for r in of(rs, workers))), workers)
+    ssl = next(r.ssl for r in records if isinstance(r, TlsBound))
+    assert stream(records, ssl, is_read=True).startswith(b"GET /local401 HTTP/1.1\r\n")
+    response = stream(records, ssl, is_read=False)
+    assert response.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+    assert response.endswith(b'{"message":"No API key found in request"}')
+
+
+def test_watching_decides_not_the_library(gateway: HttpsGateway) -> None:
+    """openssl s_client maps the same libssl as nginx: a tap watching "openssl" sees its writes, a tap
+    watching only "nginx" (attached to the same file at the same time) does not."""
+    client = subprocess.Popen(
+        ["openssl", "s_client", "-quiet", "-connect", f"127.0.0.1:{gateway.port}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with TlsTap.open(("nginx", "openssl")) as both, TlsTap.open(("nginx",)) as nginx_only:
+            assert client.pid in both.watched_pids() and client.pid not in nginx_only.watched_pids()
+            assert client.stdin is not None and client.stdout is not None
+            client.stdin.write(b"GET /from-s-client HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            client.stdin.flush()
+            assert client.stdout.read().startswith(b"HTTP/1.1 200 OK")
+            seen_both = collect(both, lambda rs: any(r.pid == client.pid for r in rs))
+            seen_nginx = collect(
+                nginx_only, lambda rs: any(b"/from-s-client" in getattr(r, "data", b"") for r in rs)
+            )
+    finally:
+        client.kill()
+        client.wait()
+    sent = [r for r in seen_both if r.pid == client.pid and isinstance(r, TlsData) and not r.is_read]
+    assert any(r.data.startswith(b"GET /from-s-client") for r in sent)
+    assert not [r for r in seen_nginx if r.pid == client.pid]
+    assert any(b"GET /from-s-client" in getattr(r, "data", b"") for r in seen_nginx)
+
+
+def test_large_calls_come_in_chunks_and_the_cap_counts_the_rest(gateway: HttpsGateway) -> None:
+    workers = set(gateway.worker_pids())
+    body = 50_000
+    small = ProbeConfig(per_call_cap=1000, chunk_bytes=512)
+    with TlsTap.open() as whole, TlsTap.open(config=small) as capped:
+        gateway.curl(f"/big?n={body}")
+
+        def freed(records: list[TlsRecord]) -> bool:
+            return any(isinstance(r, TlsFreed) for r in of(records, workers))
+
+        full = of(collect(whole, freed), workers)
+        cut = of(collect(capped, freed), workers)
+        cut_counters = capped.counters()
+    ssl = next(r.ssl for r in full if isinstance(r, TlsBound))
+    response = stream(full, ssl, is_read=False)
+    head, _, payload = response.partition(b"\r\n\r\n")
+    assert f"Content-Length: {body}".encode() in head and payload == b"x" * body
+
+    writes = [r for r in cut if isinstance(r, TlsData) and not r.is_read]
+    assert sum(r.total_len for r in writes) == len(response)  # every byte accounted for
+    lost = sum(r.total_len - len(r.data) for r in writes)
+    assert lost > 0 and cut_counters["truncated_bytes"] == lost
+    assert max(len(r.data) for r in writes) <= 512
+    # the records of one call are its first 1000 bytes, in order
+    assert response.startswith(writes[0].data + writes[1].data)
+
+
+def test_rate_limit_drops_whole_calls_and_counts_them(gateway: HttpsGateway) -> None:
+    workers = set(gateway.worker_pids())
+    calls = 8
+    with TlsTap.open() as unlimited, TlsTap.open(config=ProbeConfig(rate_limit=3)) as limited:
+        for i in range(calls):
+            gateway.curl(f"/n/{i}")
+
+        def all_freed(records: list[TlsRecord]) -> bool:
+            return sum(isinstance(r, TlsFreed) for r in of(records, workers)) >= calls
+
+        every = [r for r in of(collect(unlimited, all_freed), workers) if isinstance(r, TlsData)]
+        kept = [r for r in of(collect(limited, all_freed), workers) if isinstance(r, TlsData)]
+        dropped = limited.counters()["rate_limited"]
+    assert len(every) >= 2 * calls  # at least a read and a write per call
+    assert 3 <= len(kept) < len(every)
+    assert len(kept) + dropped == len(every)
+
+
+def test_refresh_follows_restarted_workers(gateway: HttpsGateway) -> None:
+    old = set(gateway.worker_pids())
+    with TlsTap.open() as tap:
+        assert old <= set(tap.watched_pids())
+        gateway.restart()
+        new = set(gateway.worker_pids())
+        assert new and not new & old
+        tap.refresh()
+        watched = set(tap.watched_pids())
+        assert new <= watched and not old & watched
+        assert tap.counters()["libraries"] == 1  # the same libssl file: attached once
+        gateway.curl("/after-restart")
+        records = collect(tap, lambda rs: any(b"/after-restart" in getattr(r, "data", b"") for r in rs))
+    assert any(r.pid in new and b"GET /after-restart" in getattr(r, "data", b"") for r in records)
+
+
+def test_close_detaches_and_is_idempotent(gateway: HttpsGateway) -> None:
+    tap = TlsTap.open()
+    tap.close()
+    tap.close()
+    assert tap.read() == [] and tap.counters() == {}
+    tap.refresh()  # a closed tap ignores refresh instead of failing
