@@ -39,6 +39,8 @@ IGNORED_ENV = frozenset(
 )
 
 _L = Limits()
+# The probes copy one call in at most 16 records of 16 KiB (sniffer.capture.tls.ssl_probes.ProbeConfig).
+TLS_MAX_CALL_BYTES = 16 * 16 * 1024
 
 
 class _Bad(ValueError):
@@ -126,6 +128,18 @@ def _ports(raw: str) -> tuple[int, ...]:
             raise _Bad(f"port range {item!r} is reversed or wider than 1024 ports, in {raw!r}")
         out.extend(range(a, b + 1))
     return tuple(sorted(set(out)))
+
+
+def _int_range(minimum: int, maximum: int) -> Callable[[str], int]:
+    low = _int_min(minimum)
+
+    def parse(raw: str) -> int:
+        value = low(raw)
+        if value > maximum:
+            raise _Bad(f"expected a whole number {minimum}..{maximum}, got {raw!r}")
+        return value
+
+    return parse
 
 
 def _workers(raw: str) -> int | None:
@@ -240,6 +254,25 @@ OPTIONS: tuple[Option, ...] = (
     _s("idle_timeout", _seconds, _L.idle_timeout_s, "Seconds of silence before a flow is closed"),
     _s("leg_wait", _seconds, 5.0, "Seconds to wait for the partner leg of a Kong call"),
     _s("shed", _bool, True, "Shed load under CPU pressure (bodies, then flows sampled); off: never"),
+    _s(
+        "tls",
+        _choice("off", "uprobe"),
+        "off",
+        "HTTPS in plaintext: off, or uprobe (eBPF uprobes on the gateway's OpenSSL; see TLS capture)",
+    ),
+    _s("tls_process", _list, ("nginx",), "Process names (comm) whose OpenSSL calls are captured"),
+    _s(
+        "tls_max_call_bytes",
+        _int_range(1, TLS_MAX_CALL_BYTES),
+        64 << 10,
+        "Bytes of one SSL_read/SSL_write call copied; the rest is a counted gap",
+    ),
+    _s(
+        "tls_rate_limit",
+        _int_min(0),
+        0,
+        "SSL calls per second per process captured (kernel side); 0: no limit",
+    ),
 )
 
 # Beyond this, one joining/sending process is the bottleneck, not the capture workers.
@@ -301,6 +334,10 @@ class Config:
     idle_timeout: float = _L.idle_timeout_s
     leg_wait: float = 5.0
     shed: bool = True
+    tls: str = "off"
+    tls_process: tuple[str, ...] = ("nginx",)
+    tls_max_call_bytes: int = 64 << 10
+    tls_rate_limit: int = 0
 
     @classmethod
     def load(cls, args: argparse.Namespace | None, environ: Mapping[str, str]) -> Config:
