@@ -21,7 +21,14 @@ from reassembly.ip_fragments import FragmentReassembler
 from reassembly.limits import Limits
 from reassembly.stats import Stats
 
-__all__ = ["LINKTYPES", "MAX_IPV6_EXTENSIONS", "MAX_VLAN_TAGS", "Decoder"]
+__all__ = [
+    "IPV4_AT",
+    "LINKTYPES",
+    "MAX_IPV6_EXTENSIONS",
+    "MAX_VLAN_TAGS",
+    "Decoder",
+    "unpack_ipv4_tcp",
+]
 
 LINKTYPE_NULL = 0
 LINKTYPE_ETHERNET = 1
@@ -49,6 +56,16 @@ LINKTYPES = frozenset(
 )
 
 ETH_IPV4 = 0x0800
+# Where an untagged IPv4 packet starts, by link type: (index of the big-endian EtherType that must say
+# IPv4, or -1 when the link type carries IP only; offset of the IP header). The link types a fast path
+# can take without `decode`'s walk: Ethernet, Linux cooked v1/v2, raw IP (live AF_PACKET capture).
+IPV4_AT: dict[int, tuple[int, int]] = {
+    LINKTYPE_ETHERNET: (12, 14),
+    LINKTYPE_LINUX_SLL: (14, 16),
+    LINKTYPE_LINUX_SLL2: (0, 20),
+    LINKTYPE_RAW: (-1, 0),
+    LINKTYPE_IPV4: (-1, 0),
+}
 ETH_IPV6 = 0x86DD
 VLAN_ETHERTYPES = frozenset({0x8100, 0x88A8, 0x9100, 0x9200})
 # QinQ stacks two tags, carrier setups three; past 8 it is a loop of garbage, not a network.
@@ -69,8 +86,9 @@ _u16 = struct.Struct("!H").unpack_from
 _u32 = struct.Struct("!I").unpack_from
 _u32le = struct.Struct("<I").unpack_from
 _ipv4_hdr = struct.Struct("!BxHHHxB").unpack_from  # ver/ihl, total length, id, flags/offset, proto
-# IPv4 without options then TCP: ver/ihl, total length, flags/offset, proto, src, dst, then as _tcp_hdr
-_eth_ipv4_tcp = struct.Struct("!BxHxxHxBxx4s4sHHIIHH").unpack_from
+# IPv4 without options then TCP: ver/ihl, total length, flags/offset, proto, src, dst, then as _tcp_hdr.
+# Public: the pipeline's fused fast path unpacks the common frame itself, at IPV4_AT's offset.
+unpack_ipv4_tcp = _eth_ipv4_tcp = struct.Struct("!BxHxxHxBxx4s4sHHIIHH").unpack_from
 _tcp_hdr = struct.Struct("!HHIIHH").unpack_from  # ports, seq, ack, offset/flags, window
 
 

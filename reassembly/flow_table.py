@@ -48,7 +48,7 @@ from reassembly.limits import Limits
 from reassembly.seq import CONTROL_WINDOW, SEQ_MASK, SEQ_WINDOW, seq_diff
 from reassembly.stats import Stats
 
-__all__ = ["FlowTable"]
+__all__ = ["FlowEntry", "FlowTable"]
 
 _FIN = int(TcpFlags.FIN)
 _SYN = int(TcpFlags.SYN)
@@ -112,6 +112,10 @@ class _Flow:
         return (_ntop(self.caddr), self.cport), (_ntop(self.saddr), self.sport)
 
 
+FlowEntry = tuple[_Flow, HalfStream, HalfStream]
+"""A live flow as the index holds it: (flow, the direction a key names, the other direction)."""
+
+
 class FlowTable:
     """All live TCP connections; see the module docstring for the policies."""
 
@@ -121,7 +125,7 @@ class FlowTable:
         self._server_ports = server_ports
         self._pool = BufferPool(limits, stats)
         # Both directions' keys map to (flow, this direction's stream, the other direction's stream).
-        self._flows: dict[_FlowKey, tuple[_Flow, HalfStream, HalfStream]] = {}
+        self._flows: dict[_FlowKey, FlowEntry] = {}
         self._lru: OrderedDict[int, _Flow] = OrderedDict()  # flow_id -> flow, least recently active first
         self._unopened: dict[int, _Flow] = {}  # flows that delivered nothing yet, oldest first
         self._tombs: OrderedDict[_FlowKey, float] = OrderedDict()  # closed flows' keys -> close time
@@ -132,6 +136,18 @@ class FlowTable:
 
     def __len__(self) -> int:
         return len(self._lru)
+
+    @property
+    def index(self) -> dict[_FlowKey, FlowEntry]:
+        """Live flows by (src, sport, dst, dport) of either direction -> (flow, that direction's stream,
+        the other's). For the pipeline's fused fast path, which reads it and does `feed`'s in-order step
+        itself (see `Pipeline.feed`); never modified outside this class, and never replaced."""
+        return self._flows
+
+    @property
+    def lru(self) -> OrderedDict[int, _Flow]:
+        """flow_id -> flow, least recently active first (the fast path moves a flow to the end)."""
+        return self._lru
 
     def feed(self, seg: Segment) -> list[StreamEvent]:
         """One decoded TCP segment, in capture order."""

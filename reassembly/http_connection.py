@@ -164,30 +164,43 @@ class HttpConnectionParser:
             RuntimeError: after `close()` (misuse). Bad traffic never raises: an internal error is counted
             as `http_desync` and the direction concerned resynchronises.
         """
-        if self._closed:
-            raise RuntimeError("HttpConnectionParser.feed() after close()")
         if out is None:
             out = []
+        if type(event) is StreamData:
+            self.feed_data(event.direction == _TO_SERVER, event.data, event.offset, event.ts, out)
+            return out
+        if self._closed:
+            raise RuntimeError("HttpConnectionParser.feed() after close()")
         if self._dead:
             return out
         self._out = out
-        reader = self._from_client if event.direction == _TO_SERVER else self._from_server
+        gap = cast(StreamGap, event)
+        reader = self._from_client if gap.direction == _TO_SERVER else self._from_server
         try:
-            if type(event) is StreamData:
-                if self._unproven_bytes >= 0:
-                    self._unproven_bytes += len(event.data)
-                    if self._unproven_bytes > UNPROVEN_BYTES_LIMIT:
-                        self.on_not_http(reader)
-                        return out
-                reader.feed(event.data, event.offset, event.ts)
-            else:
-                gap = cast(StreamGap, event)
-                if gap.length is None and gap.offset == 0:
-                    self._pickup = True
-                reader.gap(gap.offset, gap.length)
+            if gap.length is None and gap.offset == 0:
+                self._pickup = True
+            reader.gap(gap.offset, gap.length)
         except Exception:
             self._recover(reader)
         return out
+
+    def feed_data(self, to_server: bool, data: bytes, offset: int, ts: float, out: list[Exchange]) -> None:
+        """`feed` of a StreamData by its fields (the pipeline's fast path makes no event object)."""
+        if self._closed:
+            raise RuntimeError("HttpConnectionParser.feed() after close()")
+        if self._dead:
+            return
+        self._out = out
+        reader = self._from_client if to_server else self._from_server
+        try:
+            if self._unproven_bytes >= 0:
+                self._unproven_bytes += len(data)
+                if self._unproven_bytes > UNPROVEN_BYTES_LIMIT:
+                    self.on_not_http(reader)
+                    return
+            reader.feed(data, offset, ts)
+        except Exception:
+            self._recover(reader)
 
     def close(self, ts: float, out: list[Exchange] | None = None) -> list[Exchange]:
         """The flow ended: finish close-delimited bodies and emit everything pending, flagged."""

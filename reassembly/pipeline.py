@@ -9,12 +9,14 @@ caller passes in, so replaying a file and capturing live run the same code and g
 
 from __future__ import annotations
 
-from reassembly.decode import Decoder
-from reassembly.events import Exchange, FlowOpened, StreamData, StreamEvent, StreamGap
-from reassembly.flow_table import FlowTable
+from reassembly.decode import IPV4_AT, Decoder, unpack_ipv4_tcp
+from reassembly.events import Direction, Exchange, FlowOpened, StreamData, StreamEvent, StreamGap, TcpFlags
+from reassembly.flow_table import FlowEntry, FlowTable
+from reassembly.half_stream import RECENT_MAX_BYTES
 from reassembly.http_budget import HttpBufferPool
 from reassembly.http_connection import HttpConnectionParser
 from reassembly.limits import Limits
+from reassembly.seq import CONTROL_WINDOW, SEQ_MASK
 from reassembly.stats import Stats
 
 __all__ = ["Pipeline"]
@@ -22,6 +24,10 @@ __all__ = ["Pipeline"]
 # How often (in capture seconds) timeouts are checked. Finer adds cost per packet for no visible gain:
 # the reorder and idle timeouts it serves are measured in seconds.
 ADVANCE_INTERVAL_S = 1.0
+
+_CONTROL = int(TcpFlags.SYN | TcpFlags.FIN | TcpFlags.RST)
+_ACK = int(TcpFlags.ACK)
+_TO_SERVER = Direction.TO_SERVER
 
 
 class Pipeline:
@@ -35,6 +41,8 @@ class Pipeline:
         "_flows_feed",
         "_http_pool",
         "_ignored_ports",
+        "_index",
+        "_lru",
         "_next_advance_ts",
         "_parsers",
         "_server_ports",
@@ -65,6 +73,8 @@ class Pipeline:
         # Bound once: these run for every frame.
         self._decode = self._decoder.decode
         self._flows_feed = self._flows.feed
+        self._index = self._flows.index
+        self._lru = self._flows.lru
 
     @property
     def flow_count(self) -> int:
@@ -76,7 +86,13 @@ class Pipeline:
         return self._http_pool.used
 
     def feed(self, ts: float, linktype: int, frame: bytes, wire_len: int | None = None) -> list[Exchange]:
-        """One captured frame; returns the exchanges it completed (usually none)."""
+        """One captured frame; returns the exchanges it completed (usually none).
+
+        The common frame (Ethernet, IPv4 without options, TCP, whole, of a live flow, carrying the next
+        in-order bytes of its direction or just acknowledging what was seen) takes a fused fast path:
+        the same steps as `Decoder.decode`, `FlowTable.feed` and `_route` would run for it, inline, with
+        no Segment or StreamData made. Any other frame, or any doubt, takes the stage-by-stage path.
+        """
         if self._closed:
             raise RuntimeError("feed() after close()")
         out: list[Exchange] = []
@@ -86,6 +102,31 @@ class Pipeline:
         elif ts >= next_ts:
             self._next_advance_ts = ts + ADVANCE_INTERVAL_S
             self._route(self._flows.advance(ts), out)
+        at = IPV4_AT.get(linktype)
+        if at is not None:
+            et, ip = at
+            # The conditions of Decoder.decode's own fast path: IPv4 without options, not a fragment,
+            # whole, a valid TCP header; and no SYN, FIN or RST (the flow table's lifecycle handles those).
+            if len(frame) >= ip + 40 and (et < 0 or (frame[et] == 8 and frame[et + 1] == 0)):
+                vihl, total, frag, proto, src, dst, sport, dport, seq, ack, offflags, _ = unpack_ipv4_tcp(
+                    frame, ip
+                )
+                end = ip + total
+                doff = (offflags >> 10) & 0x3C
+                if (
+                    vihl == 0x45
+                    and proto == 6
+                    and not frag & 0x3FFF
+                    and end <= len(frame)
+                    and 20 <= doff <= total - 20
+                    and not offflags & _CONTROL
+                ):
+                    entry = self._index.get((src, sport, dst, dport))
+                    start = ip + 20 + doff
+                    if entry is not None and self._fast(
+                        ts, entry, seq, ack, offflags, frame, start, end, out
+                    ):
+                        return out
         seg = self._decode(ts, linktype, frame, wire_len)
         if seg is None:
             return out
@@ -101,6 +142,63 @@ class Pipeline:
         if events:
             self._route(events, out)
         return out
+
+    def _fast(
+        self,
+        ts: float,
+        entry: FlowEntry,
+        seq: int,
+        ack: int,
+        flags: int,
+        frame: bytes,
+        start: int,
+        end: int,
+        out: list[Exchange],
+    ) -> bool:
+        """`FlowTable.feed`'s in-order step for a decoded frame of a live flow, delivered straight to its
+        parser; False (nothing done) when the segment needs the general path. The flow's ports passed
+        the port filters when it was created, so they need no check here."""
+        flow, hs, peer = entry
+        if flags & _ACK and hs.started:
+            if peer.started:
+                a = (ack - peer.seq_next) & SEQ_MASK
+                if a and a <= CONTROL_WINDOW:
+                    return False  # acknowledges bytes the capture did not see: a gap to declare
+            elif peer.need_hint:
+                return False
+        if end == start:
+            stats = self.stats
+            stats["frames"] += 1
+            stats["segments"] += 1
+            flow.last_ts = ts
+            self._lru.move_to_end(flow.flow_id)
+            return True
+        if not hs.fast or seq != hs.seq_next:
+            return False
+        stats = self.stats
+        stats["frames"] += 1
+        stats["segments"] += 1
+        flow.last_ts = ts
+        flow_id = flow.flow_id
+        self._lru.move_to_end(flow_id)
+        payload = frame[start:end]
+        off = hs.next
+        n = end - start
+        hs.next = off + n
+        hs.seq_next = (seq + n) & SEQ_MASK
+        if n <= RECENT_MAX_BYTES:
+            hs.recent = payload
+            hs.recent_off = off
+        else:
+            hs.recent = None
+        parser = self._parsers.get(flow_id)
+        if parser is not None:
+            parser.feed_data(hs.direction is _TO_SERVER, payload, off, ts, out)
+            if parser.is_dead:
+                parser.close(ts, out)
+                del self._parsers[flow_id]
+                self._flows.ignore(flow_id)
+        return True
 
     def advance(self, ts: float) -> list[Exchange]:
         """Capture time moved on without packets (live capture idle): run the timeouts."""
