@@ -2,13 +2,20 @@
 
 Start-up, in this order (each step needs the previous one and the privileges it still has):
 1. logging, and ONE line with the effective configuration (application id as its last 4 characters);
-2. the capture rings (root / CAP_NET_RAW), the metrics port, the `--output` file;
-3. privileges dropped (`sniffer.privileges`): SNIFFER_USER, no capabilities;
+2. the capture rings (root / CAP_NET_RAW), with SNIFFER_TLS=uprobe the TLS tap (eBPF uprobes on the
+   gateway's OpenSSL, `sniffer.capture.tls.source`), the metrics port, the `--output` file;
+3. privileges dropped (`sniffer.privileges`): SNIFFER_USER, no capabilities. Not with the TLS tap open:
+   following restarted gateway workers needs the bpf() syscall on the tap's maps (CAP_BPF whenever
+   kernel.unprivileged_bpf_disabled is set, the default), CAP_PERFMON to attach a new library and root
+   to read root-owned workers' /proc/<pid>/maps and fds; so the daemon keeps its privileges and says so;
 4. with SNIFFER_WORKERS > 1, the capture workers forked (no thread may exist yet);
 5. threads: the metrics endpoint, the Moesif sender.
 Then the loop: with one worker it walks the rings into the `Engine` itself; with more it takes the
 workers' exchanges (`Engine(capture=False)`) and runs the leg joiner, the event builder and the sink.
 When no packet arrives the engine's timeouts run with the wall clock (see `capture.workers`).
+TLS exchanges are made in the main process in both modes (`TlsSource.poll` after each wake-up, its
+`tick` about once a second) and go into the engine like the workers' exchanges. When the host cannot do
+TLS capture the daemon says so once in the log and carries on with packet capture.
 
 Load shedding (SNIFFER_SHED, `sniffer.load_shedding`): every tick the ring backlog, the kernel drops and
 the sender's queue fill go to a `ShedPolicy`; its level is applied here (bodies left out by the engine;
@@ -41,6 +48,7 @@ from typing import IO, Any
 from reassembly.stats import Stats
 from sniffer import __version__
 from sniffer.capture.afpacket import RingSocket
+from sniffer.capture.tls.source import TlsSource
 from sniffer.capture.workers import (
     IDLE_LAG_S,
     KERNEL_STATS_S,
@@ -129,6 +137,7 @@ class _Daemon:
         self.sampler: FlowSampler | None = None  # one worker: sampling in front of the engine
         self._drops_seen = 0
         self._sender_stats: dict[str, int] | None = None
+        self.tls: TlsSource | None = None
 
     # ---- signals ----
 
@@ -163,6 +172,10 @@ class _Daemon:
             gauges["workers"] = 1
         if engine is not None:
             gauges["legs_pending"] = engine.joiner.pending
+        if self.tls is not None:
+            tls_counters, tls_gauges = self.tls.counters()
+            core.update(tls_counters)
+            gauges.update(tls_gauges)
         level = self.policy.level
         gauges["shed_level"] = self.policy.index
         gauges["shed_sample_1_in"] = level.sample
@@ -212,6 +225,12 @@ class _Daemon:
             "%d packets, %d kernel drops, %d flows, %d exchanges, %d events (%d partial)",
             c["packets"], c["drop_kernel"], c["flows"], c["exchanges"], c["events"], c["events_partial"],
         )  # fmt: skip
+        if self.tls is not None:
+            log.info(
+                "TLS: %d records, %d connections, %d ring-full drops, %d rate-limited, %d bytes truncated",
+                c["tls_records"], c["tls_connections"], c["drop_tls_ring_full"], c["drop_tls_rate_limited"],
+                c["gap_tls_truncated_bytes"],
+            )  # fmt: skip
 
     # ---- loops ----
 
@@ -219,6 +238,9 @@ class _Daemon:
         engine = self.engine
         assert engine is not None
         loop = self.loop = CaptureLoop(rings, engine.feed)  # type: ignore[arg-type]
+        tls = self.tls
+        if tls is not None:
+            loop.watch(tls.fileno())
         sampler = self.sampler = FlowSampler(
             self.stats,
             engine.flow_weights,
@@ -230,6 +252,8 @@ class _Daemon:
         next_tick, next_kstats, next_summary = now, now + KERNEL_STATS_S, now + SUMMARY_S
         while not self.signals.stop:
             loop.run_once(TICK_S / 4)
+            if tls is not None:
+                tls.poll(engine)
             now = time.monotonic()
             if now < next_tick:
                 continue
@@ -239,6 +263,8 @@ class _Daemon:
             if wall > clock:
                 clock = wall
                 engine.advance(wall)
+            if tls is not None:
+                tls.tick(engine)
             if len(sampler) and sampler.expire(clock) and not sampler.active:
                 self._install_sampler()
             if now >= next_kstats:
@@ -269,6 +295,8 @@ class _Daemon:
                 continue
             next_tick = now + TICK_S
             self.health.last_tick = min([*pool.last_tick, now])
+            if self.tls is not None:
+                self.tls.tick(engine)
             self._housekeeping(now >= next_summary, tick=False, backlog=pool.take_backlog())
             if now >= next_summary:
                 next_summary = now + SUMMARY_S
@@ -287,6 +315,8 @@ class _Daemon:
                 feed(msg[1], msg[2], msg[3])
             else:
                 feed(msg[1], [])
+        if self.tls is not None:
+            self.tls.poll(self.engine)  # type: ignore[arg-type]
 
     def _housekeeping(self, summary: bool, tick: bool = True, backlog: float = 0.0) -> None:
         if tick:
@@ -326,6 +356,7 @@ def run(
     except CaptureError as exc:
         log.error("%s", exc)
         return 2
+    d.tls = TlsSource.open(config, d.stats)  # before the privilege drop; None: said why, once
     try:
         if config.metrics_addr:
             try:
@@ -347,12 +378,18 @@ def run(
         user = config.user if os.geteuid() == 0 else None
         if config.user and user is None:
             log.info("not root: keeping uid %d, dropping capabilities only", os.geteuid())
-        try:
-            dropped = drop_privileges(user)
-            (log.warning if dropped.startswith("cannot switch") else log.info)("%s", dropped)
-        except (PrivilegeError, ConfigError) as exc:
-            log.error("privilege drop failed: %s", exc)
-            return 2
+        if d.tls is not None:
+            log.info(
+                "SNIFFER_TLS=uprobe: privileges kept (following the gateway's workers needs CAP_BPF, "
+                "CAP_PERFMON and their /proc); uid %d", os.geteuid(),
+            )  # fmt: skip
+        else:
+            try:
+                dropped = drop_privileges(user)
+                (log.warning if dropped.startswith("cannot switch") else log.info)("%s", dropped)
+            except (PrivilegeError, ConfigError) as exc:
+                log.error("privilege drop failed: %s", exc)
+                return 2
         names = ",".join(r.interface for r in ring_sets[0])
         if workers > 1:
             d.pool = WorkerPool(ring_sets, config)
@@ -384,6 +421,9 @@ def run(
                 d.run_single(ring_sets[0])
         except BrokenPipeError:  # stdout reader went away: stop as if signalled
             log.warning("event output closed by its reader; stopping")
+        if d.tls is not None:
+            d.tls.close(d.engine)
+            d.tls = None
         d.engine.close()
         d.publish()
         d.summary()
@@ -400,6 +440,8 @@ def run(
         log.info("stopped")
         return status
     finally:
+        if d.tls is not None:
+            d.tls.close()
         if d.pool is None:
             for rings in ring_sets:
                 for ring in rings:
