@@ -35,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         "replay",
         help="read a pcap/pcapng file and emit one Moesif event per API call",
         description="Replay a capture file through the capture engine. Without an application id "
-        "(MOESIF_APPLICATION_ID / --application-id) events are written as JSON lines.",
+        "(MOESIF_APPLICATION_ID / --application-id) events are written as JSON lines. --workers N "
+        "(SNIFFER_WORKERS; default 1 for replay) splits the flows over N processes: the same set of "
+        "events as one process, in a different order.",
     )
     replay.add_argument("capture", help="a pcap or pcapng file")
     replay.add_argument("-o", "--output", help="write JSON lines here instead of stdout")
@@ -95,10 +97,11 @@ def _cmd_replay(args: argparse.Namespace, config: Config) -> int:
         return _error(f"{args.capture}: no such file")
     out: IO[bytes] | None = None
     sender = None
+    workers = config.workers or 1  # unset or auto: one process (the daemon's default is per core)
+    encoded: IO[bytes] | None = None
     try:
         if config.application_id:
             sender = _make_sender(config)
-            sender.start()
             sink: Any = sender
         else:
             if args.output:
@@ -106,9 +109,18 @@ def _cmd_replay(args: argparse.Namespace, config: Config) -> int:
                     out = open(args.output, "wb")  # noqa: SIM115 - closed in finally
                 except OSError as exc:
                     return _error(f"{args.output}: cannot write: {exc.strerror}")
-            sink = JsonLinesSink(out if out is not None else sys.stdout.buffer)
+            encoded = out if out is not None else sys.stdout.buffer
+            sink = JsonLinesSink(encoded)
         try:
-            result = replay_file(args.capture, config, sink, progress=sys.stderr)
+            result = replay_file(
+                args.capture,
+                config,
+                sink,
+                progress=sys.stderr,
+                workers=workers,
+                encoded_out=encoded,
+                forked=sender.start if sender is not None else None,
+            )
         except CaptureError as exc:
             return _error(str(exc))
         delivery = None

@@ -7,9 +7,11 @@ summarise what was seen and what was lost.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO
@@ -58,9 +60,25 @@ class _Progress:
 
 
 def replay_file(
-    path: str, config: Config, sink: EventSink, *, progress: IO[str] | None = None
+    path: str,
+    config: Config,
+    sink: EventSink,
+    *,
+    progress: IO[str] | None = None,
+    workers: int = 1,
+    encoded_out: IO[bytes] | None = None,
+    forked: Callable[[], None] | None = None,
 ) -> ReplayResult:
-    """Replay one capture file into `sink`. Raises CaptureError only if the file cannot be opened."""
+    """Replay one capture file into `sink`. Raises CaptureError only if the file cannot be opened.
+
+    `workers` > 1 splits the flows over that many processes (`sniffer.replay_workers`: the same set of
+    events, in another order); events built in a worker are written to `encoded_out` as JSON lines
+    when given (the stream under `sink`, a JsonLinesSink), else submitted to `sink`; `forked` runs
+    once the worker processes exist (at once with one worker): where the caller starts its threads."""
+    if workers > 1:
+        return _replay_parallel(path, config, sink, workers, progress, encoded_out, forked)
+    if forked is not None:
+        forked()
     stats = Stats()
     engine = Engine(config, sink, stats)
     stop = False
@@ -97,6 +115,49 @@ def replay_file(
             signal.signal(s, handler)
     engine.close()
     return ReplayResult(stats=stats, seconds=time.monotonic() - started, error=error, interrupted=stop)
+
+
+def _replay_parallel(
+    path: str,
+    config: Config,
+    sink: EventSink,
+    workers: int,
+    progress: IO[str] | None,
+    encoded_out: IO[bytes] | None,
+    forked: Callable[[], None] | None,
+) -> ReplayResult:
+    from sniffer.replay_workers import replay_parallel
+
+    stop = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    bar: _Progress | None = None
+    if progress is not None and progress.isatty():
+        size = os.path.getsize(path)
+        if size >= PROGRESS_MIN_BYTES:
+            bar = _Progress(progress, size)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    started = time.monotonic()
+    try:
+        stats, error, interrupted = replay_parallel(
+            path,
+            config,
+            sink,
+            workers,
+            encoded_out=encoded_out,
+            progress=bar.update if bar is not None else None,
+            stop=lambda: stop,
+            forked=forked,
+        )
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if bar is not None:
+            bar.done()
+    return ReplayResult(stats=stats, seconds=time.monotonic() - started, error=error, interrupted=interrupted)
 
 
 def format_summary(path: str, result: ReplayResult, delivery: dict[str, int] | None = None) -> str:

@@ -1,0 +1,200 @@
+"""`FlowSplitter`: which of N replay workers owns a captured frame (a symmetric hash of its TCP flow).
+
+The file-replay counterpart of the kernel's PACKET_FANOUT_HASH: both directions of a TCP connection go
+to the same worker, and every worker, walking every frame of the file in the same order, computes the same
+owner for it. Link layers and IP headers are read exactly as `reassembly.decode` reads them (the same
+link types, VLAN tags, IPv6 extension headers), so a frame the decoder turns into a segment of flow F
+is always owned by F's worker.
+
+IP fragments: the first fragment carries the ports, so it is owned like its flow, and the owner is
+remembered by datagram (addresses + IP id, bounded) for the fragments that follow it. A later fragment
+arriving before its first one, anything that is not TCP, and anything unreadable go to worker 0 (the
+decoder counts and drops them there, so the totals of the counters are unchanged).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+
+__all__ = ["MAX_FRAGMENTED_DATAGRAMS", "FlowSplitter"]
+
+# Datagrams whose first fragment was seen and whose owner is remembered (oldest forgotten first).
+MAX_FRAGMENTED_DATAGRAMS = 4096
+
+_ETHERNET, _RAW, _RAW_BSD, _RAW_OPENBSD, _NULL, _LOOP, _SLL, _SLL2, _IPV4, _IPV6 = (
+    1, 101, 14, 12, 0, 108, 113, 276, 228, 229
+)  # fmt: skip
+_VLAN = frozenset({0x8100, 0x88A8, 0x9100, 0x9200})
+_MAX_VLAN_TAGS = 8
+_AF_INET6 = frozenset({10, 24, 28, 30})
+_IPV6_EXT_8 = frozenset({0, 43, 60, 135, 139, 140})
+_MAX_IPV6_EXTENSIONS = 16
+_GOLDEN = 0x9E3779B1
+_MAX_CACHED = 1 << 16
+
+_u16 = struct.Struct("!H").unpack_from
+_u32 = struct.Struct("!I").unpack_from
+_u32le = struct.Struct("<I").unpack_from
+_ports = struct.Struct("!HH").unpack_from
+_v4 = struct.Struct("!BxxxHHxB2xII").unpack_from  # ver/ihl, id, flags/offset, proto, src, dst
+_v6_addrs = struct.Struct("!QQQQ").unpack_from
+
+
+class FlowSplitter:
+    """`owner(linktype, frame)` -> worker index in [0, n). Stateful only for fragments: call it on
+    every frame of the capture, in order, in every worker."""
+
+    __slots__ = ("_cache", "_fragments", "n")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._fragments: OrderedDict[tuple[int, ...], int] = OrderedDict()
+        # The common frame (IPv4 without options, TCP, not a fragment): owner by its address+port bytes,
+        # one slice and one lookup instead of the walk below (2.5x cheaper, measured).
+        self._cache: dict[bytes, int] = {}
+
+    def owner(self, linktype: int, frame: bytes) -> int:
+        if (
+            linktype == _ETHERNET
+            and len(frame) >= 38
+            and frame[14] == 0x45
+            and frame[23] == 6
+            and frame[12] == 8
+            and frame[13] == 0
+            and not (frame[20] & 0x3F or frame[21])
+        ):
+            key = frame[26:38]
+        elif (
+            linktype == _RAW
+            and len(frame) >= 24
+            and frame[0] == 0x45
+            and frame[9] == 6
+            and not (frame[6] & 0x3F or frame[7])
+        ):
+            key = frame[12:24]
+        else:
+            return self._owner(linktype, frame)
+        who = self._cache.get(key)
+        if who is None:
+            if len(self._cache) >= _MAX_CACHED:
+                self._cache.clear()
+            who = self._cache[key] = self._owner(linktype, frame)
+        return who
+
+    def _owner(self, linktype: int, frame: bytes) -> int:
+        n = len(frame)
+        if linktype == _ETHERNET:
+            if n < 14:
+                return 0
+            etype = (frame[12] << 8) | frame[13]
+            off = 14
+        elif linktype in (_RAW, _RAW_BSD, _RAW_OPENBSD):
+            if not n:
+                return 0
+            version = frame[0] >> 4
+            etype = 0x0800 if version == 4 else 0x86DD if version == 6 else 0
+            off = 0
+        elif linktype == _SLL:
+            if n < 16:
+                return 0
+            etype = (frame[14] << 8) | frame[15]
+            off = 16
+        elif linktype == _SLL2:
+            if n < 20:
+                return 0
+            etype = (frame[0] << 8) | frame[1]
+            off = 20
+        elif linktype in (_NULL, _LOOP):
+            if n < 4:
+                return 0
+            be, le = _u32(frame, 0)[0], _u32le(frame, 0)[0]
+            etype = 0x0800 if 2 in (be, le) else 0x86DD if be in _AF_INET6 or le in _AF_INET6 else 0
+            off = 4
+        elif linktype == _IPV4:
+            etype, off = 0x0800, 0
+        elif linktype == _IPV6:
+            etype, off = 0x86DD, 0
+        else:
+            return 0
+        if etype in _VLAN and linktype in (_ETHERNET, _SLL, _SLL2):
+            tags = 0
+            while etype in _VLAN:
+                tags += 1
+                if tags > _MAX_VLAN_TAGS or off + 4 > n:
+                    return 0
+                etype = (frame[off + 2] << 8) | frame[off + 3]
+                off += 4
+        if etype == 0x0800:
+            return self._ipv4(frame, off, n)
+        if etype == 0x86DD:
+            return self._ipv6(frame, off, n)
+        return 0
+
+    def _ipv4(self, frame: bytes, off: int, n: int) -> int:
+        if n - off < 20:
+            return 0
+        vihl, ident, frag, proto, src, dst = _v4(frame, off)
+        if proto != 6:
+            return 0
+        t = off + ((vihl & 0x0F) << 2)
+        if frag & 0x3FFF:
+            key = (src, dst, ident)
+            if frag & 0x1FFF:  # a later fragment: its datagram's owner, if its first fragment was seen
+                return self._fragments.get(key, 0)
+            if t + 4 > n:
+                return 0
+            who = self._hash(src ^ dst, frame, t)
+            self._remember(key, who)
+            return who
+        if t + 4 > n:
+            return 0
+        return self._hash(src ^ dst, frame, t)
+
+    def _ipv6(self, frame: bytes, off: int, n: int) -> int:
+        if n - off < 40:
+            return 0
+        a, b, c, d = _v6_addrs(frame, off + 8)
+        mix = a ^ b ^ c ^ d
+        nh = frame[off + 6]
+        p = off + 40
+        for _ in range(_MAX_IPV6_EXTENSIONS):
+            if nh == 6:
+                return self._hash(mix, frame, p) if p + 4 <= n else 0
+            if nh in _IPV6_EXT_8 or nh == 51:
+                if n - p < 8:
+                    return 0
+                hlen = (frame[p + 1] + 1) << 3 if nh != 51 else (frame[p + 1] + 2) << 2
+                nh = frame[p]
+                p += hlen
+                continue
+            if nh == 44:
+                if n - p < 8:
+                    return 0
+                frag_nh = frame[p]
+                frag = _u16(frame, p + 2)[0]
+                key = (a, b, c, d, _u32(frame, p + 4)[0])
+                p += 8
+                if frag & 0xFFF9 == 0:  # an atomic fragment: the header is just walked past
+                    nh = frag_nh
+                    continue
+                if frag & 0xFFF8:
+                    return self._fragments.get(key, 0)
+                who = self._hash(mix, frame, p) if frag_nh == 6 and p + 4 <= n else 0
+                self._remember(key, who)
+                return who
+            return 0
+        return 0
+
+    def _hash(self, addrs: int, frame: bytes, t: int) -> int:
+        sport, dport = _ports(frame, t)
+        h = (addrs ^ ((sport ^ dport) * _GOLDEN)) & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 29
+        h ^= h >> 13
+        return h % self.n
+
+    def _remember(self, key: tuple[int, ...], who: int) -> None:
+        frags = self._fragments
+        frags[key] = who
+        if len(frags) > MAX_FRAGMENTED_DATAGRAMS:
+            frags.popitem(last=False)

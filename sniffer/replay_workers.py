@@ -1,0 +1,297 @@
+"""`replay --workers N`: one capture file over N processes, flow by flow, with the events of one process.
+
+Every worker reads the whole file (the walk is cheap next to the core) and feeds its `Pipeline` only
+the frames of its own flows (`capture.flow_hash.FlowSplitter`, symmetric, like live capture's kernel
+fanout). Frames are numbered; all workers see all numbers and all capture times, which keeps the result
+equal to one process's (the same set of events; their order differs):
+- the core's timeouts run at the same frames as in one process: a worker runs them on the frames it
+  skips too, on the core's own schedule (every `ADVANCE_INTERVAL_S` of capture time);
+- an exchange that cannot be a Kong leg whatever has been seen before (`_surely_plain`) becomes an event
+  in the worker, through an `Engine` of its own (the same builder as one process); its bytes (or event
+  dicts, for the Moesif sender) go to the main process, which writes them;
+- every other exchange goes to the main process, tagged with its frame number, and so does the end time
+  of each plain exchange when Kong ports are set (one process's joiner moves its clock on those); worker
+  0 also sends the frames at which one process's engine would run the joiner's timeouts. The main
+  process merges the workers' streams by frame number (a k-way merge up to the lowest frame number every
+  worker has passed), so its `Engine(capture=False)` joins legs in one process's order.
+Within one frame, exchanges completed by timeouts in several workers come worker by worker, where one
+process would interleave them by flow: only the order of calls that time out at the same instant differs.
+
+Memory stays bounded: a worker that runs ahead is not read from (its pipe fills and it waits) once it
+is `MAX_LEAD_FRAMES` ahead of the slowest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing
+import multiprocessing.connection
+import signal
+from collections import deque
+from collections.abc import Callable
+from typing import IO, Any
+
+from reassembly.events import Exchange
+from reassembly.pipeline import ADVANCE_INTERVAL_S
+from reassembly.stats import Stats
+from sniffer.capture.flow_hash import FlowSplitter
+from sniffer.capture.pcapfile import open_capture
+from sniffer.config import Config
+from sniffer.engine import JOIN_ADVANCE_INTERVAL_S, Engine, EventSink, make_pipeline
+from sniffer.errors import CaptureError
+from sniffer.kong.classify import LegClassifier, LegKind, first_headers
+
+__all__ = ["MAX_LEAD_FRAMES", "replay_parallel"]
+
+MAX_LEAD_FRAMES = 1 << 18
+BATCH_RECORDS = 2048  # merge records per message
+BATCH_BYTES = 1 << 20  # encoded events per message
+BATCH_FRAMES = 1 << 15  # frames walked between messages at the latest (moves the merge forward)
+NEVER = float("-inf")  # a capture time that never triggers the engine's joiner timeouts
+
+# A merge record: (frame number, capture time, [Exchange, or the end time of a plain exchange, ...]).
+Record = tuple[int, float, list[Any]]
+
+
+class _AnyHostIsKong(LegClassifier):
+    """The classifier with every address taken for a Kong host: PLAIN here is PLAIN in any state."""
+
+    def is_kong_host(self, ip: str) -> bool:
+        return True
+
+
+class _Collect:
+    """A worker's sink when the main process's sink is not JSON lines: event dicts, sent as they are."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def submit(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+
+def _worker(index: int, n: int, path: str, config: Config, conn: Any, encode: bool) -> None:
+    """Walk the whole file, feed own frames, send events and merge records to the main process."""
+    from sniffer.moesif.jsonlines import JsonLinesSink
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)  # the main process decides (it sends "stop")
+    stats = Stats()
+    pipeline = make_pipeline(config, stats)
+    feed = pipeline.feed
+    buf = io.BytesIO()
+    sink: Any = JsonLinesSink(buf) if encode else _Collect()
+    engine = Engine(config, sink, stats, capture=False)
+    plain_engine = engine.feed_exchanges
+    kong = bool(config.kong_ports)
+    surely = _AnyHostIsKong(frozenset(config.kong_ports), frozenset(config.upstream_ports), stats=Stats())
+    classify = surely.classify
+    owner = FlowSplitter(n).owner
+    records: list[Record] = []
+    frame_no = 0
+    next_advance: float | None = None
+    next_join = 0.0
+    last_ts = 0.0
+    error: str | None = None
+    stopped = False
+
+    def out(no: int, ts: float, exchanges: list[Exchange]) -> None:
+        if not kong:
+            plain_engine(ts, exchanges)
+            return
+        items: list[Any] = []
+        plain: list[Exchange] = []
+        for ex in exchanges:
+            req = ex.request
+            if classify(ex, first_headers(req) if req is not None else {}) is LegKind.PLAIN:
+                plain.append(ex)
+                resp = ex.response
+                items.append(resp.ts_end if resp is not None else (req.ts_end if req is not None else 0.0))
+            else:
+                items.append(ex)
+        if plain:
+            plain_engine(ts, plain)
+        records.append((no, ts, items))
+
+    def send(final: bool = False) -> None:
+        nonlocal records
+        if encode:
+            payload: Any = buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+        else:
+            payload, sink.events = sink.events, []
+        conn.send(("b", frame_no if not final else frame_no + 1, records, payload, bytes_read()))
+        records = []
+
+    bytes_read: Callable[[], int] = lambda: 0  # noqa: E731 - replaced once the file is open
+    try:
+        with open_capture(path) as capture:
+            bytes_read = lambda: capture.bytes_read  # noqa: E731
+            since = 0
+            try:
+                for ts, linktype, frame, wire_len in capture:
+                    frame_no += 1
+                    last_ts = ts
+                    if owner(linktype, frame) == index:
+                        stats["packets"] += 1
+                        got = feed(ts, linktype, frame, wire_len)
+                        next_advance = pipeline._next_advance_ts
+                        if got:
+                            out(frame_no, ts, got)
+                    elif next_advance is None:
+                        next_advance = pipeline._next_advance_ts = ts + ADVANCE_INTERVAL_S
+                    elif ts >= next_advance:
+                        # the core's timeouts, at the frame one process would run them (see the docstring)
+                        next_advance = pipeline._next_advance_ts = ts + ADVANCE_INTERVAL_S
+                        got = pipeline.advance(ts)
+                        if got:
+                            out(frame_no, ts, got)
+                    if kong and index == 0 and ts >= next_join:
+                        next_join = ts + JOIN_ADVANCE_INTERVAL_S
+                        if not records or records[-1][0] != frame_no:
+                            records.append((frame_no, ts, []))
+                    since += 1
+                    if since >= BATCH_FRAMES or len(records) >= BATCH_RECORDS or buf.tell() >= BATCH_BYTES:
+                        since = 0
+                        send()
+                        if conn.poll() and conn.recv() == "stop":
+                            stopped = True
+                            break
+            except CaptureError as exc:
+                error = str(exc)
+        frame_no += 1  # what the pipeline flushes comes after every frame
+        got = pipeline.close(last_ts)
+        if got:
+            out(frame_no, last_ts, got)
+        send(final=True)
+        conn.send(("d", dict(stats), error, stopped))
+    except (BrokenPipeError, EOFError, ConnectionResetError):
+        pass  # the main process is gone
+    finally:
+        conn.close()
+
+
+def replay_parallel(
+    path: str,
+    config: Config,
+    sink: EventSink,
+    workers: int,
+    *,
+    encoded_out: IO[bytes] | None,
+    progress: Callable[[int, int], None] | None = None,
+    stop: Callable[[], bool] = lambda: False,
+    forked: Callable[[], None] | None = None,
+) -> tuple[Stats, CaptureError | None, bool]:
+    """Replay `path` with `workers` processes into `sink` (events built in workers are written to
+    `encoded_out` as JSON lines when given, else submitted to `sink`): (stats, damage, interrupted).
+    `forked` runs once the workers exist (start threads there, not before: a fork copies no thread).
+    Raises CaptureError if the file cannot be opened."""
+    open_capture(path).close()  # the error for an unreadable file, before any process starts
+    ctx = multiprocessing.get_context("fork")
+    conns: list[Any] = []
+    procs = []
+    for i in range(workers):
+        parent, child = ctx.Pipe(duplex=True)
+        proc = ctx.Process(
+            target=_worker,
+            args=(i, workers, path, config, child, encoded_out is not None),
+            name=f"replay-{i}",
+            daemon=True,
+        )
+        proc.start()
+        child.close()
+        conns.append(parent)
+        procs.append(proc)
+    if forked is not None:
+        forked()
+    stats = Stats()
+    engine = Engine(config, sink, stats, capture=False)
+    queues: list[deque[Record]] = [deque() for _ in range(workers)]
+    passed = [0] * workers  # every record of a worker up to this frame number has arrived
+    done = [False] * workers
+    error: str | None = None
+    interrupted = False
+    asked_stop = False
+    try:
+        while not all(done):
+            if not asked_stop and stop():
+                asked_stop = True
+                for c, d in zip(conns, done, strict=True):
+                    if not d:
+                        with contextlib.suppress(OSError):
+                            c.send("stop")
+            slowest = min(p for p, d in zip(passed, done, strict=True) if not d)
+            readable = [
+                c
+                for c, p, d in zip(conns, passed, done, strict=True)
+                if not d and p - slowest < MAX_LEAD_FRAMES
+            ]
+            for conn in multiprocessing.connection.wait(readable, 0.25):
+                i = conns.index(conn)
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    raise CaptureError(f"replay worker {i} exited unexpectedly") from None
+                if msg[0] == "b":
+                    _, passed[i], records, payload, nbytes = msg
+                    queues[i].extend(records)
+                    if payload:
+                        if encoded_out is not None:
+                            encoded_out.write(payload)
+                        else:
+                            for event in payload:
+                                sink.submit(event)
+                    if i == 0 and progress is not None:
+                        progress(nbytes, passed[0])
+                else:
+                    _, worker_stats, err, was_stopped = msg
+                    stats.update(worker_stats)
+                    error = error or err
+                    interrupted = interrupted or was_stopped
+                    done[i] = True
+                    passed[i] = 1 << 62
+            _merge(engine, queues, min(passed))
+        _merge(engine, queues, 1 << 62)
+        engine.close()
+    finally:
+        for conn in conns:
+            conn.close()
+        for proc in procs:
+            proc.join(5.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
+    return stats, CaptureError(error) if error else None, interrupted
+
+
+def _merge(engine: Engine, queues: list[deque[Record]], upto: int) -> None:
+    """Feed the main engine every queued record numbered `upto` or less, in frame order (ties: by
+    worker); after the last record of a frame, the joiner's timeouts run if one process would run them."""
+    feed, advance = engine.feed_exchanges, engine.advance
+    pending_ts: float | None = None
+    frame = -1
+    while True:
+        best = -1
+        low = upto + 1
+        for w, q in enumerate(queues):
+            if q and q[0][0] < low:
+                best, low = w, q[0][0]
+        if low != frame and pending_ts is not None:
+            feed(pending_ts, [])  # the end of frame `frame`: one process's joiner-timeout check
+            pending_ts = None
+        if best < 0:
+            return
+        frame, pending_ts, items = queues[best].popleft()
+        group: list[Exchange] = []
+        for item in items:
+            if isinstance(item, float):
+                if group:
+                    feed(NEVER, group)
+                    group = []
+                advance(item)  # a plain exchange's end: the joiner's clock moves as in one process
+            else:
+                group.append(item)
+        if group:
+            feed(NEVER, group)

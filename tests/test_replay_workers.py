@@ -1,0 +1,131 @@
+"""`replay --workers N`: the same set of events as one process, on real captures and crafted edge cases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from helpers import ListSink, tcp_conversation, write_pcap
+from scapy.layers.inet import IP, TCP, fragment
+from scapy.layers.l2 import Dot1Q, Ether
+from scapy.packet import Packet
+
+from sniffer.capture.flow_hash import FlowSplitter
+from sniffer.config import Config
+from sniffer.replay import replay_file
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLIC = ROOT.parent / "shared" / "pcaps" / "public"
+DEMO = ROOT / "pcaps" / "kong-demo.pcap"
+# the configuration tests/topology/verify.py replays the demo with (both emulated gateways' ports)
+KONG_ENV = {
+    "SNIFFER_KONG_PORTS": "8000,8001",
+    "MOESIF_COMPANY_ID_HEADER": "X-Company-Id",
+    "MOESIF_AUTHORIZATION_COMPANY_ID_FIELD": "company_id",
+}
+PUBLIC_CAPTURES = sorted(p for p in PUBLIC.glob("*.pcap*")) if PUBLIC.is_dir() else []
+
+
+def _events(
+    path: Path, workers: int, env: dict[str, str] | None = None
+) -> tuple[Counter[str], dict[str, int]]:
+    sink = ListSink()
+    result = replay_file(str(path), Config.load(None, env or {}), sink, workers=workers)
+    assert result.error is None, result.error
+    # canonical JSON, as a multiset: the order of events differs between worker counts, nothing else may
+    return Counter(json.dumps(e, sort_keys=True) for e in sink.events), dict(result.stats)
+
+
+def _same(path: Path, workers: int, env: dict[str, str] | None = None) -> int:
+    one, one_stats = _events(path, 1, env)
+    many, many_stats = _events(path, workers, env)
+    assert many == one
+    for counter in ("packets", "flows", "exchanges", "events", "events_partial"):
+        assert many_stats.get(counter, 0) == one_stats.get(counter, 0), counter
+    return sum(one.values())
+
+
+@pytest.mark.skipif(not PUBLIC_CAPTURES, reason=f"public corpus not found at {PUBLIC}")
+def test_public_corpus_gives_the_same_events_with_two_workers() -> None:
+    total = sum(_same(path, 2) for path in PUBLIC_CAPTURES)
+    assert total > 1000  # the corpus has ~1,600 calls: a vacuous comparison would say 0
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_kong_demo_joins_the_same_calls_with_workers(workers: int) -> None:
+    # Kong legs of one call may land in different workers: the main process joins them.
+    n = _same(DEMO, workers, KONG_ENV)
+    assert n >= 30
+
+
+def test_cli_writes_the_same_lines_with_two_workers(tmp_path: Path) -> None:
+    outs = []
+    for w in ("1", "2"):
+        out = tmp_path / f"w{w}.jsonl"
+        cmd = [sys.executable, "-m", "sniffer", "replay", str(DEMO), "-q", "-o", str(out), "--workers", w]
+        subprocess.run(
+            cmd, check=True, cwd=ROOT, timeout=120, capture_output=True, env={**os.environ, **KONG_ENV}
+        )
+        outs.append(sorted(out.read_bytes().splitlines()))
+    assert outs[0] == outs[1] and len(outs[0]) >= 30
+
+
+def _flows(n: int) -> list[Packet]:
+    packets: list[Packet] = []
+    for i in range(n):
+        req = f"GET /item/{i} HTTP/1.1\r\nHost: shop\r\n\r\n".encode()
+        resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        packets += tcp_conversation([req], [resp], client=("10.0.0.1", 40000 + i), ts0=1_700_000_000.0 + i)
+    return packets
+
+
+def test_both_directions_of_a_flow_have_one_owner_and_flows_spread() -> None:
+    split = FlowSplitter(2)
+    by_flow: dict[frozenset[tuple[str, int]], set[int]] = {}
+    for p in _flows(40):
+        key = frozenset({(p[IP].src, p[TCP].sport), (p[IP].dst, p[TCP].dport)})
+        by_flow.setdefault(key, set()).add(split.owner(1, bytes(p)))
+    assert all(len(owners) == 1 for owners in by_flow.values())
+    counts = Counter(next(iter(o)) for o in by_flow.values())
+    assert min(counts[0], counts[1]) >= 10  # 40 flows, not all on one worker
+
+
+def test_vlan_tags_and_fragments_follow_their_flow(tmp_path: Path) -> None:
+    split = FlowSplitter(7)
+    flows = _flows(12)
+    # the same frames with an 802.1Q tag: the same owner as untagged
+    for p in flows:
+        tagged = Ether(src=p.src, dst=p.dst) / Dot1Q(vlan=5) / p[IP]
+        assert split.owner(1, bytes(tagged)) == split.owner(1, bytes(p))
+    # a request sent in IPv4 fragments: every fragment goes to the owner of its flow
+    big = b"POST /upload HTTP/1.1\r\nHost: shop\r\nContent-Length: 3000\r\n\r\n" + b"x" * 3000
+    conv = tcp_conversation([big], [b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"], mss=9000)
+    owner = split.owner(1, bytes(conv[0]))
+    packets: list[Packet] = []
+    for p in conv:
+        if len(p[TCP].payload) > 1000:
+            parts = fragment(p[IP], fragsize=800)
+            assert len(parts) >= 4
+            for part in parts:
+                frame = Ether(src=p.src, dst=p.dst) / part
+                frame.time = p.time
+                assert split.owner(1, bytes(frame)) == owner
+                packets.append(frame)
+        else:
+            packets.append(p)
+    path = tmp_path / "frag.pcap"
+    write_pcap(path, [*flows, *packets])
+    for w in (2, 3, 5):
+        assert _same(path, w, {"SNIFFER_KONG_PORTS": ""}) == 13
+
+
+def test_non_tcp_and_garbage_go_to_worker_zero() -> None:
+    split = FlowSplitter(4)
+    assert split.owner(1, b"\x00" * 10) == 0
+    assert split.owner(1, bytes(Ether() / IP(proto=17) / (b"u" * 20))) == 0
+    assert split.owner(147, b"anything") == 0
