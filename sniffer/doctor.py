@@ -8,6 +8,10 @@ Checks, in order (a check whose precondition failed is skipped and says why):
 - interfaces: every SNIFFER_INTERFACE exists and is up (/sys/class/net); `any` lists those up;
 - traffic: a short capture (the daemon's ring and kernel port filter) sees packets on the Kong ports;
 - offloads: GRO / LRO / TSO per interface, read with the ETHTOOL ioctl (no ethtool binary needed);
+- tls: with SNIFFER_TLS=uprobe, what HTTPS capture needs, first missing thing named: x86_64, Linux >= 5.8
+  (BPF ring buffer), the uprobe PMU, CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN), the gateway processes
+  visible (a container needs --pid=host, a pod hostPID: true) and their libssl; then the probes are really
+  loaded and attached once (`TlsTap.open`), and detached;
 - moesif: with MOESIF_APPLICATION_ID set, `GET {endpoint}/v1/config` with the application id:
   2xx accepted, 401/403 a wrong id, a network error an unreachable endpoint.
 
@@ -50,6 +54,7 @@ __all__ = [
     "check_interfaces",
     "check_moesif",
     "check_offloads",
+    "check_tls",
     "check_traffic",
     "check_user",
     "has_capability",
@@ -61,6 +66,17 @@ __all__ = [
 CAP_SETGID = 6
 CAP_SETUID = 7
 CAP_NET_RAW = 13
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+TLS_CAPS_FIX = (
+    "run as root, or add the capabilities (docker/podman run --cap-add BPF --cap-add PERFMON, or "
+    "--privileged; Kubernetes securityContext.capabilities.add: [BPF, PERFMON])"
+)
+PID_HOST_FIX = (
+    "start the gateway first; from a container run with --pid=host (Kubernetes: hostPID: true) so the "
+    "gateway's processes are visible; SNIFFER_TLS_PROCESS names them (their comm)"
+)
 SYS_NET = "/sys/class/net"
 IFF_UP = 0x1
 SIOCETHTOOL = 0x8946
@@ -380,6 +396,75 @@ def check_moesif(config: Config, timeout_s: float = MOESIF_TIMEOUT_S) -> Check:
     )
 
 
+def _kernel_at_least(release: str, want: tuple[int, int]) -> bool:
+    nums = []
+    for part in release.split(".")[:2]:
+        digits = "".join(c for c in part if c.isdigit()) if part else ""
+        nums.append(int(digits) if digits else 0)
+    return tuple(nums) >= want
+
+
+def check_tls(config: Config) -> Check:
+    """What SNIFFER_TLS=uprobe needs, the first missing piece explained; then a real attach."""
+    if config.tls != "uprobe":
+        return Check(
+            "tls", "skip", "SNIFFER_TLS=off: HTTPS on the Kong ports is seen encrypted, not reported"
+        )
+    import platform
+
+    release = os.uname().release
+    if platform.machine() != "x86_64":
+        return Check("tls", "FAIL", f"the uprobes are x86_64 only, this host is {platform.machine()}")
+    if not _kernel_at_least(release, (5, 8)):
+        return Check(
+            "tls",
+            "FAIL",
+            f"kernel {release} has no BPF ring buffer (needs Linux >= 5.8)",
+            "upgrade the kernel",
+        )
+    if not os.path.exists("/sys/bus/event_source/devices/uprobe/type"):
+        return Check(
+            "tls",
+            "FAIL",
+            "the kernel has no uprobe PMU (/sys/bus/event_source/devices/uprobe)",
+            "a kernel built with CONFIG_UPROBES and CONFIG_UPROBE_EVENTS; in a container mount /sys",
+        )
+    if not (has_capability(CAP_SYS_ADMIN) or (has_capability(CAP_BPF) and has_capability(CAP_PERFMON))):
+        return Check(
+            "tls", "FAIL", "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) are not effective", TLS_CAPS_FIX
+        )
+    from sniffer.capture.tls.processes import find_gateway_processes
+
+    names = "/".join(config.tls_process)
+    procs = find_gateway_processes(config.tls_process)
+    if not procs:
+        return Check("tls", "WARN", f"no {names} process is visible from here", PID_HOST_FIX)
+    libs = sorted({lib.rsplit("/root", 1)[-1] for p in procs for lib in p.libraries})
+    try:
+        from sniffer.capture.tls import ProbeConfig, TlsTap, TlsUnavailable
+
+        config_ = ProbeConfig(per_call_cap=config.tls_max_call_bytes, rate_limit=config.tls_rate_limit)
+        with TlsTap.open(config.tls_process, config_) as tap:
+            attached, watched, error = tap.libraries(), tap.watched_pids(), tap.last_error
+    except TlsUnavailable as exc:
+        return Check("tls", "FAIL", str(exc), TLS_CAPS_FIX if "permitted" in str(exc) else "")
+    except OSError as exc:
+        return Check("tls", "FAIL", f"loading the uprobes failed: {exc}")
+    if not attached:
+        return Check(
+            "tls",
+            "FAIL",
+            f"{len(procs)} {names} process(es) found but no OpenSSL could be probed"
+            + (f" ({error})" if error else f" (mapped: {', '.join(libs) or 'no libssl: static build?'})"),
+        )
+    return Check(
+        "tls",
+        "ok",
+        f"uprobes attach to {', '.join(libs) or 'the executable'} of {len(watched)} {names} process(es) "
+        f"on kernel {release}",
+    )
+
+
 def run_checks(args: argparse.Namespace | None, environ: Mapping[str, str], seconds: float) -> list[Check]:
     config_check, config = check_config(args, environ)
     capture = check_capture()
@@ -389,7 +474,7 @@ def run_checks(args: argparse.Namespace | None, environ: Mapping[str, str], seco
             *checks,
             *(
                 Check(n, "skip", "needs a valid configuration")
-                for n in ("user", "interfaces", "traffic", "offloads", "moesif")
+                for n in ("user", "interfaces", "traffic", "offloads", "tls", "moesif")
             ),
         ]
     interfaces = check_interfaces(config)
@@ -400,7 +485,7 @@ def run_checks(args: argparse.Namespace | None, environ: Mapping[str, str], seco
         checks.append(Check("traffic", "skip", "needs the interfaces (see above)"))
     else:
         checks.append(check_traffic(config, seconds))
-    checks += [check_offloads(config), check_moesif(config)]
+    checks += [check_offloads(config), check_tls(config), check_moesif(config)]
     return checks
 
 
