@@ -11,6 +11,7 @@ import platform
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -308,6 +309,36 @@ def test_refresh_follows_restarted_workers(gateway: HttpsGateway) -> None:
         gateway.curl("/after-restart")
         records = collect(tap, lambda rs: any(b"/after-restart" in getattr(r, "data", b"") for r in rs))
     assert any(r.pid in new and b"GET /after-restart" in getattr(r, "data", b"") for r in records)
+
+
+def test_a_blocked_reader_is_woken_per_record_or_only_past_the_threshold(gateway: HttpsGateway) -> None:
+    eager = ProbeConfig(wakeup_bytes=0)
+    lazy = ProbeConfig(wakeup_bytes=1 << 20)
+    with TlsTap.open(config=eager) as woken, TlsTap.open(config=lazy) as quiet:
+        woke: dict[str, bool] = {}
+
+        def wait(name: str, tap: TlsTap) -> None:
+            # epoll, as a daemon's loop would: (poll() rescans every fd when its timeout expires and
+            # would report the waiting records either way)
+            with select.epoll() as poller:
+                poller.register(tap.fileno(), select.EPOLLIN)
+                woke[name] = bool(poller.poll(1.0))
+
+        waiters = [threading.Thread(target=wait, args=item) for item in (("eager", woken), ("lazy", quiet))]
+        for waiter in waiters:
+            waiter.start()
+        time.sleep(0.2)  # both are asleep in poll() before the first record
+        gateway.curl("/wake")
+        for waiter in waiters:
+            waiter.join()
+        woken_records, quiet_records = woken.read(), quiet.read()
+    assert woke == {"eager": True, "lazy": False}
+
+    # the lazy tap has every record all the same, for the reader whose poll timed out
+    def same(records: list[TlsRecord]) -> list[tuple[object, ...]]:  # each tap reads its own clock
+        return [(type(r), r.pid, r.ssl, getattr(r, "data", None), getattr(r, "fd", None)) for r in records]
+
+    assert same(quiet_records) == same(woken_records) and quiet_records
 
 
 def test_close_detaches_and_is_idempotent(gateway: HttpsGateway) -> None:

@@ -3,7 +3,8 @@
 Started by hand (`nginx -p DIR -c CONF`; no systemd here) on 127.0.0.1 with free ports, so tests of the
 TLS uprobes see real OpenSSL calls in real nginx workers. `restart()` gives new worker pids.
 The upstream answers `/big?n=BYTES` with that many bytes and anything else with a short JSON echo of
-the path; nginx itself answers `/local401` (a call the gateway answers without the upstream).
+the path; nginx itself answers `/local401` (a call the gateway answers without the upstream) and
+`/static` (a 200 for load tests, where the Python upstream would be the bottleneck).
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ http {{
         location = /local401 {{
             default_type application/json;
             return 401 '{{"message":"No API key found in request"}}';
+        }}
+        location = /static {{
+            default_type application/json;
+            return 200 '{{"ok":true,"from":"nginx itself"}}';
         }}
         location / {{
             proxy_http_version 1.1;

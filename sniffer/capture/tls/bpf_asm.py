@@ -61,6 +61,7 @@ class Helper:
     ringbuf_reserve = 131
     ringbuf_submit = 132
     ringbuf_discard = 133
+    ringbuf_query = 134
 
 
 @dataclass

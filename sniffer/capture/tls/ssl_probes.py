@@ -14,7 +14,9 @@ Bounds, all enforced in the kernel:
   here in Python, so the verifier sees straight-line code on any kernel); beyond the per-call cap the last
   record's total_len exceeds its data and the lost bytes are counted (truncated_bytes);
 - a record reserves one of a few size classes (256 B .. chunk_bytes) so small reads do not take 16 KiB of
-  ring space each; the ring being full drops the record, counted (ring_full).
+  ring space each; the ring being full drops the record, counted (ring_full);
+- the reader is woken only when `wakeup_bytes` wait (a wakeup is an irq_work, a VM exit on virtual
+  machines), so user space polls with a timeout and reads whatever is there when it expires.
 
 x86_64 only: the programs read arguments and return values at the x86_64 `struct pt_regs` offsets.
 Record header ("<IIQQII", 32 bytes): kind, tgid, ssl, ts_ns, total_len (fd for BOUND), captured_len.
@@ -68,6 +70,7 @@ _EVENT_SYMBOLS = {"SSL_set_fd": KIND_BOUND, "SSL_free": KIND_FREED}
 SYMBOLS = (*_DATA_SYMBOLS, *_EVENT_SYMBOLS)
 
 _ONE_SECOND_NS = 1_000_000_000
+_BPF_RB_NO_WAKEUP, _BPF_RB_FORCE_WAKEUP, _BPF_RB_AVAIL_DATA = 1, 2, 0
 _MAX_CALL_LEN = 1 << 30  # a length beyond this is a garbage out-pointer read, not a real call
 
 # stack slots (offsets from r10, the frame pointer)
@@ -82,6 +85,10 @@ class ProbeConfig:
     chunk_bytes: int = 16 * 1024  # the largest record; nginx never moves more than 16 KiB per call
     rate_limit: int = 0  # calls per second per process; 0 = no limit
     ring_bytes: int = 8 << 20  # ring buffer size (power of two, multiple of the page size)
+    # wake the reader only once this many bytes wait (0: on every record the reader has caught up
+    # with, the kernel's default); below it the reader finds records when its poll times out.
+    # Measured (bench/tls_cost.py): per-record wakeups made SSL_write's return probe 6x dearer.
+    wakeup_bytes: int = 64 * 1024
     max_watched: int = 4096  # processes
     max_threads_in_call: int = 16384  # threads inside an SSL call at once
 
@@ -92,6 +99,8 @@ class ProbeConfig:
             raise ValueError("per_call_cap must be 1..16 chunks")
         if self.ring_bytes < 4096 or self.ring_bytes & (self.ring_bytes - 1):
             raise ValueError("ring_bytes must be a power of two >= 4096")
+        if not 0 <= self.wakeup_bytes < self.ring_bytes:
+            raise ValueError("wakeup_bytes must be 0..ring_bytes-1")
         if self.rate_limit < 0 or self.rate_limit >= 1 << 31:
             raise ValueError("rate_limit must be 0..2^31-1")
 
@@ -286,9 +295,7 @@ def _return_program(b: _Builder, args_fd: int, kind: int, length_via_pointer: bo
         p.st(4, R7, 28, 0)  # an empty record still tells user space these bytes are missing
         b.count(_C_READ_ERRORS)
         p.label(copied)
-        p.movr(R1, R7)
-        p.mov(R2, 0)
-        p.call(Helper.ringbuf_submit)
+        _submit(b)
         b.count(_C_RECORDS)
         if last:
             p.movr(R8, R9)
@@ -333,6 +340,25 @@ def _reserve_sized(b: _Builder, classes: list[int]) -> None:
     p.label(done)
 
 
+def _submit(b: _Builder) -> None:
+    """bpf_ringbuf_submit(r7). With wakeup_bytes, no wakeup until that much waits: each wakeup is an
+    irq_work (a self-IPI: a VM exit on virtual machines) that costs more than the record itself."""
+    p, threshold = b.p, b.probes.config.wakeup_bytes
+    if threshold:
+        p.ld_map_fd(R1, b.probes.ring_fd)
+        p.mov(R2, _BPF_RB_AVAIL_DATA)
+        p.call(Helper.ringbuf_query)
+        p.mov(R2, _BPF_RB_NO_WAKEUP)
+        quiet = b.fresh("quiet")
+        p.jif(R0, "<", threshold, quiet)
+        p.mov(R2, _BPF_RB_FORCE_WAKEUP)
+        p.label(quiet)
+    else:
+        p.mov(R2, 0)
+    p.movr(R1, R7)
+    p.call(Helper.ringbuf_submit)
+
+
 def _header(b: _Builder, kind: int) -> None:
     """kind, tgid, ssl and ts into the record at r7 (total_len and captured_len are the caller's)."""
     p = b.p
@@ -369,9 +395,7 @@ def _event_program(b: _Builder, kind: int) -> None:
     else:
         p.st(4, R7, 24, 0)
     p.st(4, R7, 28, 0)
-    p.movr(R1, R7)
-    p.mov(R2, 0)
-    p.call(Helper.ringbuf_submit)
+    _submit(b)
     b.count(_C_RECORDS)
     p.jmp("out")
     p.label("full")

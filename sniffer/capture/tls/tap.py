@@ -160,7 +160,9 @@ class TlsTap:
         return probed
 
     def fileno(self) -> int:
-        """The ring buffer's fd: readable (poll/epoll) when records are waiting."""
+        """The ring buffer's fd for poll/epoll. A reader asleep in poll/epoll is woken only once
+        ProbeConfig.wakeup_bytes (64 KiB) wait, so wait on it WITH A TIMEOUT (e.g. 100 ms) and read()
+        when either fires: on purpose, a wakeup per record cost more than the record."""
         return self._ring.fileno()
 
     def read(self, limit: int = 65536) -> list[TlsRecord]:

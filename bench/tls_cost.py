@@ -1,0 +1,190 @@
+"""TLS uprobe cost: nginx's HTTPS throughput and p99 without the tap, with it attached but not watching
+nginx, and with it watching nginx (records drained by a consumer thread, as the daemon would).
+
+Usage: python bench/tls_cost.py [--seconds 8] [--runs 3] [--connections 20]
+Needs root, nginx, openssl, wrk; bpftool (optional) for the programs' own per-hit cost.
+
+nginx (worker_processes 1, keep-alive) answers GET /static itself over HTTPS on 127.0.0.1 (the fixture
+of tests/tls/https_gateway.py), on the same 2 vCPUs as the load. Load: `wrk -t1 -c<connections>
+-d<s>s --latency` at saturation (as platform.md measured BCC: 108,183 -> 14,917 req/s, 7x slower).
+wrk runs with LD_LIBRARY_PATH on a private copy of libssl/libcrypto (another inode), so the client's
+own SSL calls do not hit the uprobes: in production the clients are not on the gateway's host.
+(hey was tried first: Go's client reconnected every ~6 requests, so RSA handshakes dominated.)
+Modes, interleaved in each run:
+- baseline: no tap;
+- attached, unwatched: probes on nginx's libssl.so.3, but the watched map holds only an idle
+  `openssl s_client` (same file): every nginx SSL call traps into the uprobe and the program exits
+  after one map lookup;
+- watched: TlsTap on nginx, default budgets (whole calls copied, 64 KiB cap), a thread draining.
+Per-hit cost of the programs alone (not the uprobe trap) from kernel.bpf_stats_enabled=1 and
+`bpftool prog show` (run_time_ns / run_cnt) during the watched runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from tls.https_gateway import HttpsGateway  # noqa: E402
+
+from sniffer.capture.tls import TlsTap  # noqa: E402
+
+_PROGRAM_NAMES = (
+    "SSL_read_in", "SSL_read_out", "SSL_read_ex_in", "SSL_read_ex_out", "SSL_write_in", "SSL_write_out",
+    "SSL_write_ex_in", "SSL_write_ex_ou", "SSL_set_fd", "SSL_free",
+)  # fmt: skip
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def private_libssl(directory: Path) -> dict[str, str]:
+    """An environment whose dynamic loader finds a copy of libssl/libcrypto (a different inode)."""
+    for name in ("libssl.so.3", "libcrypto.so.3"):
+        shutil.copy(f"/usr/lib/x86_64-linux-gnu/{name}", directory / name)
+    return {**os.environ, "LD_LIBRARY_PATH": str(directory)}
+
+
+def wrk(url: str, seconds: int, connections: int, env: dict[str, str]) -> tuple[float, float]:
+    """(requests/s, p99 ms) of one wrk run."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True, text=True, check=True, env=env,
+    ).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    return rps, float(value) * _UNITS[unit]
+
+
+class Drain(threading.Thread):
+    """Reads the tap until stopped, like the daemon's loop: poll the fd, read, count."""
+
+    def __init__(self, tap: TlsTap) -> None:
+        super().__init__(daemon=True)
+        self.tap, self.records, self.data_bytes = tap, 0, 0
+        self.pids: set[int] = set()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        poller = select.poll()
+        poller.register(self.tap.fileno(), select.POLLIN)
+        while not self.stop.is_set():
+            poller.poll(100)
+            for record in self.tap.read():
+                self.records += 1
+                self.pids.add(record.pid)
+                self.data_bytes += len(getattr(record, "data", b""))
+
+
+@contextmanager
+def idle_client(gw: HttpsGateway) -> Iterator[None]:
+    client = subprocess.Popen(
+        ["openssl", "s_client", "-quiet", "-connect", f"127.0.0.1:{gw.port}"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        client.kill()
+        client.wait()
+
+
+def per_hit_ns() -> dict[str, tuple[int, float]]:
+    """name -> (runs, ns per run) of our programs, from bpftool (empty without it)."""
+    if shutil.which("bpftool") is None:
+        return {}
+    progs = json.loads(
+        subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
+    )
+    me = os.getpid()
+    out: dict[str, tuple[int, float]] = {}
+    for prog in progs:
+        pids = {p.get("pid") for p in prog.get("pids", [])}
+        if prog.get("name") in _PROGRAM_NAMES and (not pids or me in pids) and prog.get("run_cnt"):
+            out[prog["name"]] = (prog["run_cnt"], prog["run_time_ns"] / prog["run_cnt"])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=20)
+    args = parser.parse_args()
+    for tool in ("nginx", "openssl", "wrk"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed")
+    results: dict[str, list[tuple[float, float]]] = {"baseline": [], "attached, unwatched": [], "watched": []}
+    extra: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp, HttpsGateway(Path(tmp)) as gw:
+        url = gw.url + "/static"
+        env = private_libssl(Path(tmp))
+        wrk(url, 2, args.connections, env)  # warm-up
+        for _ in range(args.runs):
+            results["baseline"].append(wrk(url, args.seconds, args.connections, env))
+            with idle_client(gw):
+                time.sleep(0.3)  # the handshake is done before the tap looks for "openssl"
+                with TlsTap.open(("openssl",)) as tap:
+                    assert gw.master_pid() not in tap.watched_pids()
+                    results["attached, unwatched"].append(wrk(url, args.seconds, args.connections, env))
+            with TlsTap.open(("nginx",)) as tap:
+                drain = Drain(tap)
+                drain.start()
+                stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+                old = stats.read_text().strip()
+                stats.write_text("1")
+                try:
+                    results["watched"].append(wrk(url, args.seconds, args.connections, env))
+                    hits = per_hit_ns()
+                finally:
+                    stats.write_text(old)
+                drain.stop.set()
+                drain.join()
+                counters = tap.counters()
+            extra.append(
+                f"watched run: {drain.records:,} records ({drain.data_bytes:,} plaintext bytes) drained "
+                f"from pids {sorted(drain.pids)} (nginx: {gw.master_pid()} + {gw.worker_pids()}); "
+                f"ring_full {counters['ring_full']}, truncated_bytes {counters['truncated_bytes']}, "
+                f"return_without_entry {counters['return_without_entry']}"
+            )
+            if hits:
+                extra.append(
+                    "per hit (program only): "
+                    + ", ".join(f"{name} {ns:,.0f} ns x{runs:,}" for name, (runs, ns) in sorted(hits.items()))
+                )
+    base_rps = statistics.median(r for r, _ in results["baseline"])
+    base_p99 = statistics.median(p for _, p in results["baseline"])
+    load = os.getloadavg()
+    print(
+        f"nginx HTTPS /static, wrk -t1 -c{args.connections} -d{args.seconds}s, median of {args.runs}; "
+        f"loadavg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end"
+    )
+    print(f"{'mode':<22}| {'req/s':>9} | {'vs base':>7} | {'p99 ms':>7} | {'vs base':>7}")
+    print("-" * 63)
+    for mode, runs in results.items():
+        rps = statistics.median(r for r, _ in runs)
+        p99 = statistics.median(p for _, p in runs)
+        print(f"{mode:<22}| {rps:>9,.0f} | {rps / base_rps:>6.2f}x | {p99:>7.2f} | {p99 / base_p99:>6.2f}x")
+    for line in extra:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
