@@ -114,10 +114,15 @@ class DaemonRun:
     cpu_s: float = 0.0  # user + system seconds of the daemon and its workers
 
 
+# How the daemon's CPU priority is lowered in the "nice" rows: SCHED_BATCH (the scheduler treats it as
+# a CPU hog that never preempts an interactive task) and nice 19 (the smallest CPU share under load).
+LOW_PRIORITY = ["chrt", "--batch", "0", "nice", "-n", "19"]
+
+
 @contextmanager
-def daemon(port: int, workers: int | None) -> Iterator[DaemonRun]:
+def daemon(port: int, workers: int | None, low_priority: bool = False) -> Iterator[DaemonRun]:
     """The daemon capturing lo for `port` while the body runs (None: no daemon); its log and CPU time
-    are filled in when it has stopped."""
+    are filled in when it has stopped. `low_priority`: started under LOW_PRIORITY."""
     run = DaemonRun()
     if workers is None:
         yield run
@@ -129,7 +134,15 @@ def daemon(port: int, workers: int | None) -> Iterator[DaemonRun]:
         SNIFFER_INTERFACE="lo", SNIFFER_PORTS=str(port), SNIFFER_KONG_PORTS="",
         SNIFFER_WORKERS=str(workers), SNIFFER_METRICS_ADDR=f"127.0.0.1:{free_port()}",
     )  # fmt: skip
-    cmd = [sys.executable, "-m", "sniffer", "run", "--output", "/dev/null"]
+    cmd = [
+        *(LOW_PRIORITY if low_priority else []),
+        sys.executable,
+        "-m",
+        "sniffer",
+        "run",
+        "--output",
+        "/dev/null",
+    ]
     with open(log, "wb") as errf:
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errf)
     try:
@@ -193,8 +206,10 @@ def daemon_note(run: DaemonRun, seconds: float) -> str:
     return f"{note}, {run.cpu_s / seconds:.2f} CPU"
 
 
-def measure(port: int, workers: int | None, runs: int, load: Callable[[], Load]) -> tuple[Load, DaemonRun]:
-    with daemon(port, workers) as run:
+def measure(
+    port: int, workers: int | None, runs: int, load: Callable[[], Load], low_priority: bool = False
+) -> tuple[Load, DaemonRun]:
+    with daemon(port, workers, low_priority) as run:
         loads = [load() for _ in range(runs)]
     return median(loads), run
 
@@ -204,6 +219,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--runs", type=int, default=1, help="median of N runs of each load")
     ap.add_argument("--fraction", type=float, default=0.5, help="fixed rate as a fraction of capacity")
+    ap.add_argument("--workers", default="1,2", help="daemon worker counts to measure")
+    ap.add_argument("--priority", default="normal,low", help="normal and/or low (chrt --batch, nice 19)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (AF_PACKET on lo)")
@@ -211,14 +228,18 @@ def main() -> int:
         if not shutil.which(tool):
             sys.exit(f"{tool} not installed (apt-get install -y {tool})")
     secs = args.seconds * args.runs
-    configs: list[tuple[str, int | None]] = [("baseline", None), ("daemon w=1", 1), ("daemon w=2", 2)]
+    configs: list[tuple[str, int | None, bool]] = [("baseline", None, False)]
+    for prio in args.priority.split(","):
+        for w in (int(x) for x in args.workers.split(",")):
+            low = prio == "low"
+            configs.append((f"daemon w={w}{' nice' if low else ''}", w, low))
     sat: dict[str, Load] = {}
     fixed: dict[str, Load] = {}
     notes: list[str] = []
     with nginx() as port:
         wrk(port, 2)  # warm-up
-        for name, workers in configs:
-            sat[name], run = measure(port, workers, args.runs, partial(wrk, port, args.seconds))
+        for name, workers, low in configs:
+            sat[name], run = measure(port, workers, args.runs, partial(wrk, port, args.seconds), low)
             if workers:
                 notes.append(f"  {name}, wrk saturation: {daemon_note(run, secs)}")
             print(f"saturation {name}: {sat[name].rps:,.0f} req/s", file=sys.stderr, flush=True)
@@ -233,23 +254,23 @@ def main() -> int:
             print(f"hey reached {fixed['baseline'].rps:,.0f} of {rate:,.0f} req/s: lowering the rate",
                   file=sys.stderr, flush=True)  # fmt: skip
             rate = 0.8 * fixed["baseline"].rps
-        for name, workers in configs[1:]:
-            fixed[name], run = measure(port, workers, args.runs, partial(hey, port, args.seconds, rate))
+        for name, workers, low in configs[1:]:
+            fixed[name], run = measure(port, workers, args.runs, partial(hey, port, args.seconds, rate), low)
             notes.append(f"  {name}, hey fixed rate: {daemon_note(run, secs)}")
             print(f"fixed {name}: {fixed[name].rps:,.0f} req/s", file=sys.stderr, flush=True)
     base_s, base_f = sat["baseline"], fixed["baseline"]
     share = 100 * rate / base_s.rps
     print(f"nginx on 127.0.0.1, {args.seconds:g} s per load, median of {args.runs}; fixed rate "
           f"{rate:,.0f} req/s = {share:.0f} % of capacity (hey -c 20 -q {rate / 20:.0f})")  # fmt: skip
-    header = (f"{'':<11} | {'wrk req/s':>9} | {'thr. loss':>9} | {'wrk p99':>8} | {'hey req/s':>9} | "
+    header = (f"{'':<15} | {'wrk req/s':>9} | {'thr. loss':>9} | {'wrk p99':>8} | {'hey req/s':>9} | "
               f"{'hey p99':>8} | {'p99 added':>9}")  # fmt: skip
     print(header)
     print("-" * len(header))
-    for name, _ in configs:
+    for name, _, _ in configs:
         s, f = sat[name], fixed[name]
         loss = 100 * (1 - s.rps / base_s.rps)
         added = 100 * (f.p99_ms / base_f.p99_ms - 1)
-        print(f"{name:<11} | {s.rps:>9,.0f} | {loss:>8.1f}% | {s.p99_ms:>5.2f} ms | {f.rps:>9,.0f} | "
+        print(f"{name:<15} | {s.rps:>9,.0f} | {loss:>8.1f}% | {s.p99_ms:>5.2f} ms | {f.rps:>9,.0f} | "
               f"{f.p99_ms:>5.2f} ms | {added:>8.1f}%")  # fmt: skip
     print("daemon (packets/s it got, kernel drops, CPU cores used, shedding):")
     print("\n".join(notes))
