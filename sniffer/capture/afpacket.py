@@ -32,6 +32,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from sniffer.capture.bpf import Insn, attach_filter
 from sniffer.errors import CaptureError
@@ -187,10 +188,17 @@ class RingSocket:
             raise CaptureError(f"PACKET_FANOUT group {group} on {self.interface}: {exc.strerror}") from None
         return group
 
-    def walk(self, handle: Callable[[float, int, bytes, int], object], max_blocks: int = 4) -> int:
+    def walk(
+        self,
+        handle: Callable[[float, int, bytes, int], object],
+        max_blocks: int = 4,
+        out: list[Any] | None = None,
+    ) -> int:
         """Hand every packet of the blocks the kernel released (at most `max_blocks`, so a busy ring
         cannot keep the caller from its other duties) to `handle(ts, LINKTYPE_RAW, frame, wire_len)`,
-        give the blocks back; returns the number of packets handed over."""
+        give the blocks back; returns the number of packets handed over. With `out`, what `handle`
+        returns (a list, e.g. `Pipeline.feed`'s exchanges) is added to it: the pipeline's own `feed` is
+        then the handler, with no wrapper call per packet."""
         mm = self._mm
         if mm is None:
             return 0
@@ -213,7 +221,9 @@ class RingSocket:
                 else:
                     ts = sec + (nsec // 1000) / 1e6
                     start = p + mac
-                    handle(ts, LINKTYPE_RAW, mm[start : start + snap], wire)
+                    got = handle(ts, LINKTYPE_RAW, mm[start : start + snap], wire)
+                    if got and out is not None:
+                        out.extend(got)  # type: ignore[call-overload]
                 p += nxt
             handed += num
             _set_status(mm, base + 8, TP_STATUS_KERNEL)

@@ -97,9 +97,16 @@ def open_ring_sets(config: Config, workers: int) -> list[list[RingSocket]]:
 class CaptureLoop:
     """Poll a process's rings and walk whichever the kernel released blocks in."""
 
-    def __init__(self, rings: list[RingSocket], handle: Callable[[float, int, bytes, int], object]) -> None:
+    def __init__(
+        self,
+        rings: list[RingSocket],
+        handle: Callable[[float, int, bytes, int], object],
+        out: list[Any] | None = None,
+    ) -> None:
+        """`out`: where the lists `handle` returns are collected (see `RingSocket.walk`)."""
         self.rings = rings
         self._handle = handle
+        self._out = out
         self._poll = select.poll()
         for ring in rings:
             self._poll.register(ring.fileno(), select.POLLIN)
@@ -131,10 +138,11 @@ class CaptureLoop:
         except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for old interpreters
             ready = []
         handle = self._handle
+        out = self._out
         n = 0
         backlog = self.backlog
         for ring in self.rings:
-            n += ring.walk(handle)
+            n += ring.walk(handle, out=out)
             left = ring.backlog() / ring.block_count
             if left > backlog:
                 backlog = left
@@ -148,7 +156,7 @@ class CaptureLoop:
         while (left := deadline - time.monotonic()) > 0:
             n += self.run_once(left)[0]
         for ring in self.rings:
-            n += ring.walk(self._handle, max_blocks=ring.block_count)
+            n += ring.walk(self._handle, max_blocks=ring.block_count, out=self._out)
         return n
 
     def update_stats(self, stats: Stats) -> None:
@@ -174,25 +182,19 @@ def _worker_main(index: int, rings: list[RingSocket], conn: Any, config: Config,
         other.close()
     stats = Stats()
     pipeline = make_pipeline(config, stats)
-    feed = pipeline.feed
+    handle = pipeline.feed  # the walk collects what it returns into `pending`: no wrapper per packet
     pending: list[Exchange] = []
     weights: dict[tuple[Any, Any], int] = {}
     sampler = FlowSampler(stats, weights, idle_s=config.idle_timeout, max_flows=config.max_flows)
 
-    def handle(ts: float, linktype: int, frame: bytes, wire_len: int) -> None:
-        out = feed(ts, linktype, frame, wire_len)
-        if out:
-            pending.extend(out)
-
     def send(ts: float) -> None:
-        nonlocal pending
         w = None
         if weights:
             w = {i: n for i, ex in enumerate(pending) if (n := weights.get((ex.client, ex.server), 0))}
-        conn.send(("x", ts, pending, w or None))
-        pending = []
+        conn.send(("x", ts, pending, w or None))  # pickled here and now: the list can be reused
+        pending.clear()
 
-    loop = CaptureLoop(rings, handle)
+    loop = CaptureLoop(rings, handle, pending)
     loop.watch(conn.fileno())
     clock = 0.0
     next_tick = next_kstats = time.monotonic()
