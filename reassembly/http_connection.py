@@ -52,6 +52,7 @@ from reassembly.http_budget import HttpBufferPool
 from reassembly.http_exchange import PendingExchange, finish_exchange
 from reassembly.http_framing import NO_BODY, Framing, FramingKind, body_framing
 from reassembly.http_reader import Message, MessageReader, Role, State
+from reassembly.http_reader_base import ReaderBase
 from reassembly.limits import Limits
 from reassembly.stats import Stats
 
@@ -230,7 +231,7 @@ class HttpConnectionParser:
 
     # -- reader sink ---------------------------------------------------------------------------------------
 
-    def on_head(self, reader: MessageReader, msg: Message) -> Framing:
+    def on_head(self, reader: ReaderBase, msg: Message) -> Framing:
         self._unproven_bytes = -1
         if type(msg) is HttpRequest:
             return self._request_head(msg, reader)
@@ -258,7 +259,7 @@ class HttpConnectionParser:
             requests.resume()
         return framing
 
-    def on_message(self, reader: MessageReader, msg: Message) -> None:
+    def on_message(self, reader: ReaderBase, msg: Message) -> None:
         if type(msg) is HttpRequest:
             entry = self._req_entry
             self._req_entry = None
@@ -301,7 +302,7 @@ class HttpConnectionParser:
         if entry.request_done:
             self._emit(entry)
 
-    def on_lost(self, reader: MessageReader, started: bool, exact: bool) -> None:
+    def on_lost(self, reader: ReaderBase, started: bool, exact: bool) -> None:
         self._had_loss = True
         if started:
             if reader.role is Role.REQUEST:
@@ -319,7 +320,7 @@ class HttpConnectionParser:
         if not exact:
             self._realign = True
 
-    def on_role(self, reader: MessageReader, role: Role) -> None:
+    def on_role(self, reader: ReaderBase, role: Role) -> None:
         other = self._from_server if reader is self._from_client else self._from_client
         reader.role = role
         other.role = Role.RESPONSE if role is Role.REQUEST else Role.REQUEST
@@ -327,13 +328,13 @@ class HttpConnectionParser:
         if self._swapped:
             self._stats["http_roles_swapped"] += 1
 
-    def on_not_http(self, reader: MessageReader) -> None:
+    def on_not_http(self, reader: ReaderBase) -> None:
         self._stats["flows_not_http"] += 1
         self._kill()
 
     # -- pairing -------------------------------------------------------------------------------------------
 
-    def _request_head(self, msg: HttpRequest, reader: MessageReader) -> Framing:
+    def _request_head(self, msg: HttpRequest, reader: ReaderBase) -> Framing:
         entry = PendingExchange(self._next_index, msg.ts_start, msg)
         self._next_index += 1
         if self._waiting and not self._had_loss and not self._pipelined:

@@ -1,7 +1,7 @@
 """One direction's HTTP/1.x message reader: a state machine over a receive buffer, reporting to a sink.
 
 Theory of operation: `feed` appends bytes and runs the step for the current state until a step needs more
-bytes. States and their steps are a table (`_STEPS`), as in h11's READERS; the steps live in
+bytes. Each state has its step (`_step` dispatches, as h11's READERS table does); the steps live in
 `http_reader_head` (START, HEAD, RESYNC) and `http_reader_body` (the body states), the shared state and
 bookkeeping in `http_reader_base`. This module is the machine's input side: bytes, gaps, close, pause.
 A reader knows nothing about the other direction: when a head is complete it asks the sink (the
@@ -17,8 +17,6 @@ returns is charged to the connections' shared `HttpBufferPool` (http_budget), on
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from reassembly.http_reader_base import Message, ReaderSink, Role, State
 from reassembly.http_reader_head import HeadSteps
 
@@ -30,8 +28,10 @@ _MAX_STARTS = 64
 _START = State.START
 _HEAD = State.HEAD
 _BODY_LENGTH = State.BODY_LENGTH
+_CHUNK_SIZE = State.CHUNK_SIZE
 _CHUNK_DATA = State.CHUNK_DATA
 _CHUNK_END = State.CHUNK_END
+_TRAILERS = State.TRAILERS
 _BODY_CLOSE = State.BODY_CLOSE
 _RESYNC = State.RESYNC
 _PAUSED = State.PAUSED
@@ -83,9 +83,10 @@ class MessageReader(HeadSteps):
             if type(buf) is bytes:
                 self._buf = buf = bytearray(buf)
             buf += data  # type: ignore[operator]
-        steps = _STEPS
-        while self._pos < len(self._buf) and steps[self.state](self):
-            pass
+        while self._pos < len(self._buf):
+            # START (a new message) is by far the most common state here: its step without the dispatch.
+            if not (self._step_start() if self.state is _START else self._step()):
+                break
         if self._pos >= len(self._buf) and self.state is not _PAUSED:
             # Everything was consumed (the common case): _compact's first branch, inline.
             self._buf = b""
@@ -168,10 +169,6 @@ class MessageReader(HeadSteps):
         self.state = _DEAD
         self.release()
 
-    def pause(self) -> None:
-        if self.state is _START:
-            self.state = _PAUSED
-
     def resume(self) -> None:
         if self.state is not _PAUSED:
             return
@@ -185,9 +182,33 @@ class MessageReader(HeadSteps):
         self._recharge()
 
     def _run(self) -> None:
-        steps = _STEPS
-        while self._pos < len(self._buf) and steps[self.state](self):
+        while self._pos < len(self._buf) and self._step():
             pass
+
+    def _step(self) -> bool:
+        """Run the current state's step: True when it may be called again."""
+        # An if chain, not a table of unbound methods: compiled (mypyc) it is direct calls, and the states
+        # are ordered by how often a message passes through them.
+        state = self.state
+        if state is _START:
+            return self._step_start()
+        if state is _HEAD:
+            return self._step_head()
+        if state is _BODY_LENGTH:
+            return self._step_body_length()
+        if state is _CHUNK_SIZE:
+            return self._step_chunk_size()
+        if state is _CHUNK_DATA:
+            return self._step_chunk_data()
+        if state is _CHUNK_END:
+            return self._step_chunk_end()
+        if state is _TRAILERS:
+            return self._step_trailers()
+        if state is _BODY_CLOSE:
+            return self._step_body_close()
+        if state is _RESYNC:
+            return self._step_resync()
+        return False  # PAUSED, DEAD
 
     def _compact(self) -> None:
         pos = self._pos
@@ -207,23 +228,3 @@ class MessageReader(HeadSteps):
             self._stats["cap_paused_bytes"] += 1
             self._drop_buffer()
             self._resync_on_resume = True
-
-    def _step_idle(self) -> bool:
-        return False
-
-
-# Indexed by State (an IntEnum): a list index is cheaper than hashing an Enum member.
-_STEPS: list[Callable[[MessageReader], bool]] = [
-    MessageReader._step_start,
-    MessageReader._step_head,
-    MessageReader._step_body_length,
-    MessageReader._step_chunk_size,
-    MessageReader._step_chunk_data,
-    MessageReader._step_chunk_end,
-    MessageReader._step_trailers,
-    MessageReader._step_body_close,
-    MessageReader._step_resync,
-    MessageReader._step_idle,
-    MessageReader._step_idle,
-]
-assert [s.value for s in State] == list(range(len(_STEPS)))

@@ -10,7 +10,7 @@ the attributes (slots) and the primitives that end a message (`_finish`), give u
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reassembly.events import HttpRequest, HttpResponse
 from reassembly.http_budget import HttpBufferPool
@@ -18,6 +18,9 @@ from reassembly.http_framing import Framing
 from reassembly.http_head import NO_FIELDS, Fields
 from reassembly.limits import Limits
 from reassembly.stats import Stats
+
+if TYPE_CHECKING:
+    from reassembly.http_connection import HttpConnectionParser
 
 __all__ = ["Message", "ReaderBase", "ReaderSink", "Role", "State"]
 
@@ -51,7 +54,9 @@ RESYNC = State.RESYNC
 
 
 class ReaderSink(Protocol):
-    """What a reader reports to; the connection implements it (`reader` is the `MessageReader` reporting)."""
+    """What a reader reports to (`reader` is the `MessageReader` reporting). The reader's sink is typed as
+    the one implementation, `HttpConnectionParser`, so that compiled (mypyc) these are direct calls; any
+    object with these methods works in pure Python (the reader's tests use their own)."""
 
     def on_head(self, reader: Any, msg: Message) -> Framing: ...
 
@@ -104,7 +109,7 @@ class ReaderBase:
         role: Role,
         limits: Limits,
         stats: Stats,
-        sink: ReaderSink,
+        sink: HttpConnectionParser,
         *,
         mid_stream: bool,
         pool: HttpBufferPool | None = None,
@@ -147,6 +152,11 @@ class ReaderBase:
         self._clear_message()
         self.state = State.DEAD
         self.release()
+
+    def pause(self) -> None:
+        """Hold the bytes after this message until `resume` (a request that may switch protocols)."""
+        if self.state is START:
+            self.state = State.PAUSED
 
     def reset(self) -> None:
         """After an internal error: forget everything buffered and look for the next start line."""
