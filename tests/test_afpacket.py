@@ -201,3 +201,40 @@ def test_packet_statistics_report_ring_overflow_drops_and_reset_on_read() -> Non
     assert (ring.kernel_packets, ring.kernel_drops) == (packets, drops)
     # what was not dropped is what the two small blocks held
     assert 0 < kept <= packets - drops
+
+
+def _is_pure_ack(frame: bytes) -> bool:
+    seg = Decoder(Limits(), Stats()).decode(0.0, LINKTYPE_RAW, frame, len(frame))
+    assert seg is not None
+    return not seg.payload and not seg.flags & 0x07
+
+
+@root
+def test_pure_acks_can_be_dropped_in_the_kernel_and_the_exchanges_stay_the_same() -> None:
+    with http_server() as port, http_server("::1") as port6:
+        ports = [port, port6]
+        every = RingSocket("lo", tcp_port_filter(ports))
+        lean = RingSocket("lo", tcp_port_filter(ports, drop_pure_acks=True))
+        lean_all_ports = RingSocket("lo", tcp_port_filter((), drop_pure_acks=True))
+        try:
+            for i in range(3):
+                get("127.0.0.1", port, f"/v4/{i}")
+                get("::1", port6, f"/v6/{i}")
+            full = walk_all(every)
+            kept = walk_all(lean, 0)
+            kept_any = [f for f in walk_all(lean_all_ports, 0) if set(ports) & set(ports_of([f])[0])]
+        finally:
+            every.close()
+            lean.close()
+            lean_all_ports.close()
+    acks = [f for _, f, _ in full if _is_pure_ack(f)]
+    assert acks, "the handshake's third packet at least is a pure ACK"
+    assert [f for _, f, _ in kept] == [f for _, f, _ in full if not _is_pure_ack(f)]
+    assert [f for _, f, _ in kept_any] == [f for _, f, _ in kept]
+    results = []
+    for frames in (full, kept):
+        pipeline = Pipeline()
+        exchanges = [ex for ts, f, w in frames for ex in pipeline.feed(ts, LINKTYPE_RAW, f, w)]
+        exchanges += pipeline.close()
+        results.append(sorted((ex.request.target, ex.response.status) for ex in exchanges))  # type: ignore[union-attr]
+    assert results[0] == results[1] and len(results[0]) == 6

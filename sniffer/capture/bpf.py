@@ -38,6 +38,14 @@ _LDH_ABS = 0x28  # A = u16 at k
 _LDB_ABS = 0x30  # A = u8 at k
 _LDH_IND = 0x48  # A = u16 at X + k
 _LDXB_MSH = 0xB1  # X = 4 * (u8 at k & 0xf): the IPv4 header length
+_LDB_IND = 0x50  # A = u8 at X + k
+_LD_MEM = 0x60  # A = M[k]
+_ST = 0x02  # M[k] = A
+_SUB_X = 0x1C  # A -= X
+_RSH = 0x74  # A >>= k
+_AND = 0x54  # A &= k
+_TAX = 0x07  # X = A
+_JGT_X = 0x2D  # A > X
 _JA = 0x05
 _JEQ = 0x15
 _JGT = 0x25
@@ -90,7 +98,10 @@ class _Asm:
         for i, (code, jt, jf, k) in enumerate(self.items):
             if code == _JA:
                 assert isinstance(jt, str)
-                out.append((code, 0, 0, self.labels[jt] - i - 1))
+                off = self.labels[jt] - i - 1
+                if off < 0:
+                    raise AssertionError(f"BPF jumps only go forward: {jt} from {i}")
+                out.append((code, 0, 0, off))
                 continue
             offs = [self.labels[j] - i - 1 if isinstance(j, str) else j for j in (jt, jf)]
             if not all(0 <= o <= 255 for o in offs):
@@ -99,16 +110,45 @@ class _Asm:
         return out
 
 
-def _port_checks(asm: _Asm, load: tuple[int, int], ranges: list[tuple[int, int]]) -> None:
-    """Load one port field, jump to `accept` if it is in any range, else fall through."""
+def _port_checks(
+    asm: _Asm, load: tuple[int, int], ranges: list[tuple[int, int]], target: str = "accept"
+) -> None:
+    """Load one port field, jump to `target` if it is in any range, else fall through."""
     asm.op(*load)
     for lo, hi in ranges:
         if lo == hi:
-            asm.op(_JEQ, lo, 0, 1)  # equal: the next `ja accept`; else skip it
+            asm.op(_JEQ, lo, 0, 1)  # equal: the next `ja target`; else skip it
         else:
             asm.op(_JGE, lo, 0, 2)  # below: skip the range test and its `ja`
             asm.op(_JGT, hi, 1, 0)  # above: skip the `ja`
-        asm.ja("accept")
+        asm.ja(target)
+
+
+def _pure_ack_check(
+    asm: _Asm, flags: tuple[int, int], total: int, doff: tuple[int, int], *, v4: bool, snaplen: int
+) -> None:
+    """Reject a TCP segment with no payload and no SYN/FIN/RST, accept anything else. `flags` and
+    `doff` are the loads of the TCP flags and data-offset bytes; `total` the offset of the IP length
+    field (IPv4: total length, from which the header length in X is taken; IPv6: payload length).
+    A zero length (segmentation offload: the frame is the truth) is accepted. Jumps only go forward
+    in classic BPF, so the block ends with its own accept."""
+    ok = f"ok{len(asm.items)}"
+    asm.op(*flags)
+    _jump_if(asm, _JSET, 0x07, ok)  # FIN, SYN or RST
+    asm.op(_LDH_ABS, total)
+    _jump_if(asm, _JEQ, 0, ok)
+    if v4:
+        asm.op(_SUB_X)  # - the IPv4 header length
+    asm.op(_ST, 0)
+    asm.op(*doff)
+    asm.op(_RSH, 2)
+    asm.op(_AND, 0x3C)  # the TCP header length in bytes
+    asm.op(_TAX)
+    asm.op(_LD_MEM, 0)
+    _jump_if(asm, _JGT_X, 0, ok)  # payload bytes follow the TCP header
+    asm.op(_RET, 0)
+    asm.label(ok)
+    asm.op(_RET, snaplen)
 
 
 def _jump_if(asm: _Asm, code: int, k: int, target: str, *, when: bool = True) -> None:
@@ -118,11 +158,22 @@ def _jump_if(asm: _Asm, code: int, k: int, target: str, *, when: bool = True) ->
 
 
 def tcp_port_filter(
-    ports: Iterable[int] = (), snaplen: int = SNAPLEN, *, loopback_outgoing: bool = False
+    ports: Iterable[int] = (),
+    snaplen: int = SNAPLEN,
+    *,
+    loopback_outgoing: bool = False,
+    drop_pure_acks: bool = False,
 ) -> list[Insn]:
     """The program for `tcp and (port ...)` over IPv4 and IPv6 (all TCP when `ports` is empty);
-    `loopback_outgoing` keeps the OUTGOING copies on loopback devices."""
+    `loopback_outgoing` keeps the OUTGOING copies on loopback devices; `drop_pure_acks` also drops
+    segments with no payload and no SYN/FIN/RST (IPv4, and IPv6 without extension headers). What that
+    costs: the TCP layer declares a hole lost when the peer ACKs past it, else at the reorder timeout,
+    so a response that lost bytes and was acknowledged only by pure ACKs ends up to that timeout later
+    (measured on the public corpus: 36% of frames are pure ACKs; 1 event of 1,437 differs, its
+    response time 30 s later; on wrk keep-alive traffic 0.08% of frames are pure ACKs)."""
     ranges = port_ranges(ports)
+    t4 = "ack4" if drop_pure_acks else "accept"
+    t6 = "ack6" if drop_pure_acks else "accept"
     a = _Asm()
     if not loopback_outgoing:
         # The OUTGOING copy of a packet on a loopback device: its HOST copy follows (libpcap skips it)
@@ -135,23 +186,24 @@ def tcp_port_filter(
     _jump_if(a, _JEQ, ETH_P_IP, "not_ipv4", when=False)
     a.op(_LDB_ABS, 9)
     _jump_if(a, _JEQ, IPPROTO_TCP, "reject", when=False)
-    if ranges:
+    if ranges or drop_pure_acks:
         a.op(_LDH_ABS, 6)
         _jump_if(a, _JSET, 0x1FFF, "accept")  # a non-first fragment: no ports to test
         a.op(_LDXB_MSH, 0)
-        _port_checks(a, (_LDH_IND, 0), ranges)
-        _port_checks(a, (_LDH_IND, 2), ranges)
-    a.ja("accept" if not ranges else "reject")
+    if ranges:
+        _port_checks(a, (_LDH_IND, 0), ranges, t4)
+        _port_checks(a, (_LDH_IND, 2), ranges, t4)
+    a.ja(t4 if not ranges else "reject")
     a.label("not_ipv4")
     _jump_if(a, _JEQ, ETH_P_IPV6, "reject", when=False)
     a.op(_LDB_ABS, 6)
     if ranges:
         _jump_if(a, _JEQ, IPPROTO_TCP, "v6_ext", when=False)
-        _port_checks(a, (_LDH_ABS, 40), ranges)
-        _port_checks(a, (_LDH_ABS, 42), ranges)
+        _port_checks(a, (_LDH_ABS, 40), ranges, t6)
+        _port_checks(a, (_LDH_ABS, 42), ranges, t6)
         a.ja("reject")
     else:
-        _jump_if(a, _JEQ, IPPROTO_TCP, "accept")
+        _jump_if(a, _JEQ, IPPROTO_TCP, t6)
     a.label("v6_ext")
     for nh in IPV6_EXTENSIONS:
         _jump_if(a, _JEQ, nh, "accept")
@@ -159,6 +211,11 @@ def tcp_port_filter(
     a.op(_RET, 0)
     a.label("accept")
     a.op(_RET, snaplen)
+    if drop_pure_acks:
+        a.label("ack4")  # X: the IPv4 header length
+        _pure_ack_check(a, (_LDB_IND, 13), 2, (_LDB_IND, 12), v4=True, snaplen=snaplen)
+        a.label("ack6")
+        _pure_ack_check(a, (_LDB_ABS, 53), 4, (_LDB_ABS, 52), v4=False, snaplen=snaplen)
     prog = a.assemble()
     if len(prog) > BPF_MAXINSNS:
         raise ValueError(f"{len(ranges)} port ranges need {len(prog)} BPF instructions (max {BPF_MAXINSNS})")
