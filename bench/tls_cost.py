@@ -23,6 +23,7 @@ Per-hit cost of the programs alone (not the uprobe trap) from kernel.bpf_stats_e
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import re
@@ -44,7 +45,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from tls.https_gateway import HttpsGateway  # noqa: E402
 
-from sniffer.capture.tls import TlsTap  # noqa: E402
+from sniffer.capture.tls import ProbeConfig, TlsTap, bpf_sys  # noqa: E402
+from sniffer.capture.tls.bpf_asm import R0, Program  # noqa: E402
+from sniffer.capture.tls.ssl_probes import load_probes  # noqa: E402
+from sniffer.capture.tls.uprobes import attach_library  # noqa: E402
 
 _PROGRAM_NAMES = (
     "SSL_read_in", "SSL_read_out", "SSL_read_ex_in", "SSL_read_ex_out", "SSL_write_in", "SSL_write_out",
@@ -122,6 +126,42 @@ def per_hit_ns() -> dict[str, tuple[int, float]]:
     return out
 
 
+def trap_cost(directory: Path, calls: int = 100_000) -> str:
+    """ns per SSL_free(NULL) call from Python on a private libssl copy: bare, under a uprobe with no
+    program, and under our SSL_free program (unwatched): what one probed call costs on this host."""
+    library = directory / "libssl.so.3"
+    free = ctypes.CDLL(str(library)).SSL_free
+    free.argtypes = [ctypes.c_void_p]
+
+    def per_call() -> float:
+        start = time.perf_counter_ns()
+        for _ in range(calls):
+            free(None)
+        return (time.perf_counter_ns() - start) / calls
+
+    bare = per_call()
+    probes = load_probes(ProbeConfig())
+    try:
+        # a program that returns at once: the uprobe trap alone
+        nothing = Program()
+        nothing.mov(R0, 0)
+        nothing.exit()
+        empty_fd = bpf_sys.prog_load(bpf_sys.PROG_KPROBE, nothing.assemble(), "empty")
+        attached = attach_library(str(library), {("SSL_free", False): empty_fd})
+        trap = per_call()
+        attached.close()
+        os.close(empty_fd)
+        attached = attach_library(str(library), {("SSL_free", False): probes.programs[("SSL_free", False)]})
+        ours = per_call()
+        attached.close()
+    finally:
+        probes.close()
+    return (
+        f"one probed call (Python ctypes SSL_free(NULL), {calls:,} calls): bare {bare:,.0f} ns, "
+        f"uprobe + empty program {trap:,.0f} ns, uprobe + our unwatched program {ours:,.0f} ns"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=8)
@@ -136,6 +176,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, HttpsGateway(Path(tmp)) as gw:
         url = gw.url + "/static"
         env = private_libssl(Path(tmp))
+        extra.append(trap_cost(Path(tmp)))
         wrk(url, 2, args.connections, env)  # warm-up
         for _ in range(args.runs):
             results["baseline"].append(wrk(url, args.seconds, args.connections, env))

@@ -151,25 +151,54 @@ def test_unavailable_on_another_architecture(monkeypatch: pytest.MonkeyPatch) ->
         TlsTap.open()
 
 
-def test_unavailable_without_capabilities_is_one_plain_sentence() -> None:
+_OPEN_OR_SAY_WHY = (
+    "import sys\n"
+    "from sniffer.capture.tls import TlsTap, TlsUnavailable\n"
+    "try:\n    TlsTap.open().close()\n"
+    "except TlsUnavailable as exc:\n    print(exc)\n    sys.exit(3)\n"
+)
+
+
+def _open_with_capabilities(caps: str) -> subprocess.CompletedProcess[str]:
+    """TlsTap.open() in a child holding only `caps` (setpriv syntax, e.g. "-all,+sys_admin")."""
     if not Path("/usr/bin/setpriv").exists():
         pytest.skip("setpriv (util-linux) is not installed")
-    code = (
-        "import sys\n"
-        "from sniffer.capture.tls import TlsTap, TlsUnavailable\n"
-        "try:\n    TlsTap.open()\n"
-        "except TlsUnavailable as exc:\n    print(exc)\n    sys.exit(3)\n"
-    )
-    result = subprocess.run(
-        ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--", sys.executable, "-c", code],
+    sets = [f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    if "+" in caps:
+        sets.append(f"--ambient-caps={caps}")
+    return subprocess.run(
+        ["setpriv", *sets, "--", sys.executable, "-c", _OPEN_OR_SAY_WHY],
         capture_output=True, text=True, timeout=30, cwd=REPO,
     )  # fmt: skip
+
+
+def _one_plain_sentence(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
     message = result.stdout.strip()
-    assert message.startswith("TLS capture unavailable: loading the eBPF programs not permitted")
-    assert "CAP_BPF" in message and "CAP_PERFMON" in message
-    assert "\n" not in message
+    assert "\n" not in message and message.startswith("TLS capture unavailable: ")
+    assert "CAP_SYS_ADMIN" in message and "CAP_SYS_PTRACE" in message
+    return message
+
+
+def test_unavailable_without_capabilities_is_one_plain_sentence() -> None:
+    message = _one_plain_sentence(_open_with_capabilities("-all"))
+    assert "loading the eBPF programs not permitted" in message
+
+
+@pytest.mark.parametrize(
+    ("caps", "refused"),
+    [
+        ("-all,+bpf,+perfmon,+sys_ptrace", "attaching uprobes not permitted"),
+        ("-all,+sys_admin", "/root/"),
+    ],
+    ids=["bpf+perfmon-are-not-enough", "no-ptrace-no-maps"],
+)
+def test_which_capabilities_are_missing(gateway: HttpsGateway, caps: str, refused: str) -> None:
+    """The fixture's workers run as nobody: reading their maps needs CAP_SYS_PTRACE; creating a uprobe
+    needs CAP_SYS_ADMIN on current kernels. With both, the same child opens the tap."""
+    assert refused in _one_plain_sentence(_open_with_capabilities(caps))
+    assert _open_with_capabilities("-all,+sys_admin,+sys_ptrace").returncode == 0
 
 
 # --- a real nginx over HTTPS ---

@@ -23,6 +23,7 @@ class GatewayProcess:
     start_time: int  # clock ticks after boot: (pid, start_time) names a process even when pids are reused
     libraries: tuple[str, ...]  # libssl paths to probe, reachable from this mount namespace
     static_candidate: str  # the executable, for when OpenSSL is linked statically
+    readable: bool = True  # False: /proc/<pid>/maps refused us (another uid without CAP_SYS_PTRACE)
 
 
 def _read(path: str) -> str | None:
@@ -43,9 +44,14 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19]) if len(fields) > 19 else None
 
 
-def _mapped_libssl(pid: int) -> tuple[str, ...]:
-    maps = _read(f"{_PROC}/{pid}/maps")
-    if maps is None:
+def _mapped_libssl(pid: int) -> tuple[str, ...] | None:
+    """The libssl files the process maps; None when we may not read its maps."""
+    try:
+        with open(f"{_PROC}/{pid}/maps", "rb") as f:
+            maps = f.read().decode(errors="replace")
+    except PermissionError:
+        return None
+    except OSError:  # exited meanwhile
         return ()
     seen: list[str] = []
     for line in maps.splitlines():
@@ -79,5 +85,7 @@ def find_gateway_processes(names: tuple[str, ...] = ("nginx",)) -> list[GatewayP
         start = process_start_time(pid)
         if start is None:
             continue
-        found.append(GatewayProcess(pid, start, _mapped_libssl(pid), f"{_PROC}/{pid}/exe"))
+        libraries = _mapped_libssl(pid)
+        exe = f"{_PROC}/{pid}/exe"
+        found.append(GatewayProcess(pid, start, libraries or (), exe, readable=libraries is not None))
     return found

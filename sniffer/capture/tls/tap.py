@@ -8,8 +8,9 @@ refresh() is how restarted or newly forked workers are followed: it rescans /pro
 not seen before (by device and inode) and rewrites the watched-pid map. Cheap enough to call every
 second (one read of each process's comm; maps only for processes not seen before).
 
-Host needs: x86_64, Linux >= 5.8 (ring buffer) with the uprobe PMU, CAP_BPF + CAP_PERFMON (or
-CAP_SYS_ADMIN), and from a container --pid=host so the gateway's processes are visible.
+Host needs: x86_64, Linux >= 5.8 (ring buffer, bpf_probe_read_user) with the uprobe PMU; CAP_SYS_ADMIN
+(current kernels let nothing less create uprobes) and CAP_SYS_PTRACE (maps of workers running as
+another user); from a container --pid=host so the gateway's processes and files are visible.
 """
 
 from __future__ import annotations
@@ -35,9 +36,12 @@ from sniffer.capture.tls.uprobes import Attachment, attach_library, uprobe_pmu
 
 __all__ = ["TlsTap", "TlsUnavailable"]
 
+# CAP_BPF + CAP_PERFMON load the programs, but since the 2025 fix "perf: Fix privilege check for uprobe
+# PMU" (in stable kernels too) only CAP_SYS_ADMIN may create uprobes; CAP_SYS_PTRACE reads the maps of
+# gateway workers running as another user. Both measured with setpriv in tests/test_tls_probes.py.
 _PERMISSION = (
-    "needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); in a container add --cap-add BPF "
-    "--cap-add PERFMON (or --privileged) and --pid=host"
+    "needs CAP_SYS_ADMIN (uprobes) and CAP_SYS_PTRACE (the gateway's /proc/<pid>/maps); in a container "
+    "run with --privileged or --cap-add SYS_ADMIN --cap-add SYS_PTRACE, and --pid=host"
 )
 _NO_STATE = struct.pack("<QQ", 0, 0)  # watched-map value: rate-limit window start and count
 
@@ -97,6 +101,9 @@ class TlsTap:
         tap = cls(probes, ring, process_names)
         try:
             tap.refresh(strict=True)
+        except TlsUnavailable:
+            tap.close()
+            raise
         except OSError as exc:
             tap.close()
             raise _unavailable("attaching uprobes", exc) from None
@@ -114,6 +121,15 @@ class TlsTap:
         current: dict[int, int] = {}
         unprobed = 0
         for process in find_gateway_processes(self._names):
+            if not process.readable:
+                unprobed += 1
+                self.last_error = f"/proc/{process.pid}/maps: permission denied"
+                if strict:
+                    raise TlsUnavailable(
+                        f"TLS capture unavailable: reading /proc/{process.pid}/maps not permitted: "
+                        + _PERMISSION
+                    )
+                continue
             known = self._watched.get(process.pid) == process.start_time
             if known or self._probe_files(process.libraries or (process.static_candidate,), strict):
                 current[process.pid] = process.start_time
@@ -135,7 +151,14 @@ class TlsTap:
         for path in paths:
             try:
                 st = os.stat(path)
-            except OSError:
+            except PermissionError:  # /proc/<pid>/root of a process we may not trace
+                self.last_error = f"{path}: permission denied"
+                if strict:
+                    raise TlsUnavailable(
+                        f"TLS capture unavailable: opening {path} not permitted: {_PERMISSION}"
+                    ) from None
+                continue
+            except OSError:  # exited meanwhile
                 continue
             key = (st.st_dev, st.st_ino)
             if key in self._attachments:
