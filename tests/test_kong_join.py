@@ -189,6 +189,50 @@ def test_classify_client_leg_on_an_unlisted_port_by_kong_response_headers() -> N
     assert LegClassifier(frozenset()).classify(client_leg("alice", 0.0, 0.01, port=8001)) is LegKind.PLAIN
 
 
+def test_is_plain_only_for_what_classify_calls_plain_in_any_header_case() -> None:
+    """The fast answer never disagrees with the rules: each exchange twice (the second time its header
+    names are remembered), in the case sent and in lower and upper case."""
+    old_kong = upstream_leg("bob", 0.001, 0.009, via=False, gw=(GW_FRONT, 52000))
+    kong_answer = _exchange(
+        ("10.0.0.5", 41000), ("10.0.0.6", 8001), "GET", "/x", [("Host", "a")], 401,
+        [("X-Kong-Response-Latency", "1")], 0, 1,
+    )  # fmt: skip
+    # A request id in a response is no rule's marker (only in a request): this one is plain at once.
+    plain = _exchange(
+        ("10.0.0.5", 41000), ("10.0.0.6", 8080), "GET", "/x", [("Host", "a"), ("Accept", "*/*")], 200,
+        [("X-Kong-Request-Id", "e96"), ("Server", "nginx")], 0, 1,
+    )  # fmt: skip
+    # Plain by the rules, but its Via must be read first.
+    via_nginx = _exchange(
+        ("10.0.0.5", 41000), ("10.0.0.6", 8001), "GET", "/x", [], 200, [("Via", "1.1 nginx")], 0, 1
+    )
+    plain_too = _exchange(("10.0.0.5", 41000), ("10.0.0.6", 80), "GET", "/", [("Host", "a")], 200, [], 0, 1)
+    cases = [
+        client_leg("alice", 0.0, 0.01),
+        client_leg("alice", 0.0, 0.01, port=8001),
+        upstream_leg("alice", 0.001, 0.009),
+        upstream_leg("alice", 0, 1, via=False, rid="r1"),
+        old_kong,
+        kong_answer,
+        plain,
+        via_nginx,
+        plain_too,
+    ]
+    for recase in (lambda n: n, bytes.lower, bytes.upper):
+        for ex in cases:
+            for msg in (ex.request, ex.response):
+                if msg is not None:
+                    msg.headers = [(recase(k), v) for k, v in msg.headers]
+        for kong_hosts in (frozenset(), frozenset({GW_FRONT})):
+            cls = LegClassifier(KONG, kong_hosts=kong_hosts)
+            for ex in cases * 2:
+                fast = cls.is_plain(ex)
+                assert not fast or cls.classify(ex) is LegKind.PLAIN
+                assert fast == (ex is plain or ex is plain_too)
+            assert cls.classify(via_nginx) is LegKind.PLAIN
+    assert LegClassifier(frozenset()).is_plain(cases[0])
+
+
 def test_classify_weak_markers_need_a_kong_host_or_an_upstream_port() -> None:
     # Kong 2.x: no Via, no request id upstream; X-Consumer-* and X-Forwarded-* only.
     old_kong = upstream_leg("bob", 0.001, 0.009, via=False, gw=(GW_FRONT, 52000))

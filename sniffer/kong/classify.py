@@ -25,12 +25,17 @@ Rules, first match wins (the Kong facts are from Kong 3.x `runloop/handler.lua` 
 6. Anything else: PLAIN.
 
 Header names are compared case-insensitively; when a header repeats, its first value counts.
+
+Most exchanges on most hosts are plain HTTP, and every one of them is classified: `is_plain` answers for
+them without decoding a header, from the raw header names it has already seen to be none of the names
+the rules read (kept as written, in a bounded set), so one C-level pass over the names decides.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from enum import StrEnum
+from operator import itemgetter
 
 from reassembly.events import Exchange, HttpMessage
 from reassembly.stats import Stats
@@ -39,6 +44,8 @@ __all__ = [
     "CONSUMER_HEADERS",
     "FORWARDED_HEADERS",
     "KONG_REQUEST_ID",
+    "REQUEST_RULE_HEADERS",
+    "RESPONSE_RULE_HEADERS",
     "LegClassifier",
     "LegKind",
     "first_headers",
@@ -65,6 +72,12 @@ MAX_KONG_HOSTS = 1024
 KONG_RESPONSE_HEADERS = frozenset(
     {b"x-kong-proxy-latency", b"x-kong-upstream-latency", b"x-kong-response-latency"}
 )
+# Every (lowercased) header name a rule reads, per side: a message with none of them cannot be a Kong leg.
+REQUEST_RULE_HEADERS = frozenset({KONG_REQUEST_ID, b"via"}) | CONSUMER_HEADERS | FORWARDED_HEADERS
+RESPONSE_RULE_HEADERS = frozenset({b"via"}) | KONG_RESPONSE_HEADERS
+# Raw header names remembered as read by a rule or not, per side and kind; each emptied when full.
+MAX_OTHER_NAMES = 4096
+_name = itemgetter(0)
 
 
 class LegKind(StrEnum):
@@ -111,6 +124,24 @@ class LegClassifier:
         self.stats = stats if stats is not None else Stats()
         self._configured_hosts = kong_hosts
         self._learned_hosts: OrderedDict[str, None] = OrderedDict()
+        # Raw header names (as sent) known to be read by no rule / by some rule, per side: bounded.
+        self._names = (set[bytes](), set[bytes](), set[bytes](), set[bytes]())
+        self._leg_ports = kong_ports | upstream_ports
+
+    def is_plain(self, exchange: Exchange) -> bool:
+        """True when `classify` would say PLAIN without looking further: no Kong or upstream port and no
+        header any rule reads. False means "ask `classify`" (it may still say PLAIN)."""
+        if not self.kong_ports:
+            return True
+        if exchange.server[1] in self._leg_ports:
+            return False
+        request, response = exchange.request, exchange.response
+        if request is None:
+            return True
+        names = self._names
+        return _no_rule_header(request.headers, names[0], REQUEST_RULE_HEADERS, names[1]) and (
+            response is None or _no_rule_header(response.headers, names[2], RESPONSE_RULE_HEADERS, names[3])
+        )
 
     def is_kong_host(self, ip: str) -> bool:
         return ip in self._configured_hosts or ip in self._learned_hosts
@@ -150,3 +181,24 @@ class LegClassifier:
         ):
             return LegKind.UPSTREAM
         return LegKind.PLAIN
+
+
+def _no_rule_header(
+    headers: list[tuple[bytes, bytes]], other: set[bytes], rule: frozenset[bytes], known_rule: set[bytes]
+) -> bool:
+    """No header in `rule`. `other` and `known_rule` hold the raw names already known not to be in it
+    and to be in it; names seen for the first time are learned."""
+    if other.issuperset(map(_name, headers)):
+        return True
+    if not known_rule.isdisjoint(map(_name, headers)):
+        return False
+    found = False
+    for name, _ in headers:
+        if name not in other:
+            learn = other
+            if name.lower() in rule:
+                found, learn = True, known_rule
+            if len(learn) >= MAX_OTHER_NAMES:
+                learn.clear()
+            learn.add(name)
+    return not found

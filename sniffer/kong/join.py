@@ -195,9 +195,11 @@ class LegJoiner:
         self._seq = 0
         self._bytes = 0
         # Pending legs per kind, in arrival order, which is deadline order (deadline = arrival now + wait).
+        self._pending_client: OrderedDict[int, _Leg] = OrderedDict()
+        self._pending_upstream: OrderedDict[int, _Leg] = OrderedDict()
         self._pending: dict[LegKind, OrderedDict[int, _Leg]] = {
-            LegKind.CLIENT: OrderedDict(),
-            LegKind.UPSTREAM: OrderedDict(),
+            LegKind.CLIENT: self._pending_client,
+            LegKind.UPSTREAM: self._pending_upstream,
         }
         self._by_rid: dict[LegKind, dict[str, list[_Leg]]] = {LegKind.CLIENT: {}, LegKind.UPSTREAM: {}}
         self._by_key: dict[LegKind, dict[tuple[bytes, bytes], list[_Leg]]] = {
@@ -212,6 +214,19 @@ class LegJoiner:
 
     def feed(self, exchange: Exchange) -> list[ApiCall]:
         """One completed exchange; returns the calls that are now complete (and any that timed out)."""
+        if self.classifier.is_plain(exchange):
+            # The common case on most hosts, kept short: no header parsed, no leg made.
+            resp = exchange.response
+            end = resp.ts_end if resp is not None else exchange.request.ts_end  # type: ignore[union-attr]
+            if self._pending_client or self._pending_upstream:
+                out = self._expire(max(self._now, end))
+            else:
+                out = []
+                if end > self._now:
+                    self._now = end
+            self.stats["kong_plain"] += 1
+            out.append(ApiCall(client_leg=exchange, upstream_leg=None, legs=Legs.SINGLE))
+            return out
         start, end = self._times(exchange)
         out = self._expire(max(self._now, end))
         request = exchange.request
