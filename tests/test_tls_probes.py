@@ -306,6 +306,29 @@ def test_large_calls_come_in_chunks_and_the_cap_counts_the_rest(gateway: HttpsGa
     assert response.startswith(writes[0].data + writes[1].data)
 
 
+def test_records_wrapping_around_a_small_ring_arrive_whole(gateway: HttpsGateway) -> None:
+    """8 KiB ring, ~300-byte records: after a few requests records straddle the ring's end, which the
+    double mapping of the data area must hand over contiguously."""
+    workers = set(gateway.worker_pids())
+    calls = 30
+    requests, responses = [], []
+    with TlsTap.open(config=ProbeConfig(ring_bytes=8 * 1024, wakeup_bytes=0)) as tap:
+        for i in range(calls):
+            gateway.curl(f"/wrap/{i}")
+            records = collect(tap, lambda rs: any(isinstance(r, TlsFreed) for r in of(rs, workers)))
+            data = [r for r in of(records, workers) if isinstance(r, TlsData)]
+            requests += [r.data for r in data if r.is_read]
+            responses += [r.data for r in data if not r.is_read]
+        counters = tap.counters()
+    assert counters["ring_full"] == 0
+    assert [r.split(b" ", 2)[1] for r in requests] == [f"/wrap/{i}".encode() for i in range(calls)]
+    assert all(r.endswith(b"\r\n\r\n") for r in requests)
+    assert len(responses) == calls
+    assert all(r.startswith(b"HTTP/1.1 200 OK\r\n") and r.endswith(b'"}') for r in responses)
+    # each data record takes at least 8 (ring header) + 32 (ours) + 256 (smallest size class) bytes
+    assert (len(requests) + len(responses)) * 296 > 2 * 8 * 1024  # wrapped at least twice
+
+
 def test_rate_limit_drops_whole_calls_and_counts_them(gateway: HttpsGateway) -> None:
     workers = set(gateway.worker_pids())
     calls = 8
