@@ -1,0 +1,51 @@
+"""Optional compiled build of the core's hot modules with mypyc; everything else is in pyproject.toml.
+
+    pip install .                                                        pure Python (the default)
+    pip install "setuptools>=68" "mypy>=2.4"                             then, in the same environment:
+    SNIFFER_COMPILE=1 pip install --no-build-isolation --no-deps .       the same package, compiled
+
+Compiled, each module listed below is a C extension next to its .py source, and Python imports the
+extension first; the .py files stay the reference and the fallback: without SNIFFER_COMPILE (or where no
+compiler is installed) the package is pure Python and behaves identically. Needs gcc and the Python
+headers. Never compile into the source tree (`pip install -e` or `build_ext --inplace`): a stale
+extension would shadow later edits of its .py file. `bench/compiled.py` builds a throwaway copy to
+measure and test.
+"""
+
+from __future__ import annotations
+
+import os
+
+from setuptools import setup
+
+# The per-packet path, from frame bytes to exchanges. events.py, limits.py and stats.py stay Python:
+# their classes are the interface the rest of the program (and its tests) build, copy and pickle.
+COMPILED_MODULES = [
+    "reassembly/decode.py",
+    "reassembly/ip_fragments.py",
+    "reassembly/seq.py",
+    "reassembly/half_stream.py",
+    "reassembly/flow_table.py",
+    "reassembly/http_budget.py",
+    "reassembly/http_framing.py",
+    "reassembly/http_head.py",
+    "reassembly/http_resync.py",
+    "reassembly/http_reader_base.py",
+    "reassembly/http_reader_body.py",
+    "reassembly/http_reader_head.py",
+    "reassembly/http_reader.py",
+    "reassembly/http_exchange.py",
+    "reassembly/http_connection.py",
+    "reassembly/pipeline.py",
+]
+
+
+def _ext_modules() -> list[object]:
+    if os.environ.get("SNIFFER_COMPILE", "") not in ("1", "true", "yes"):
+        return []
+    from mypyc.build import mypycify  # only needed (and only installed) for the compiled build
+
+    return list(mypycify(COMPILED_MODULES, opt_level="3", group_name="reassembly_native"))
+
+
+setup(ext_modules=_ext_modules())
