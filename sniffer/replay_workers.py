@@ -24,6 +24,7 @@ is `MAX_LEAD_FRAMES` ahead of the slowest.
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import multiprocessing
 import multiprocessing.connection
@@ -35,6 +36,7 @@ from typing import IO, Any
 from reassembly.events import Exchange
 from reassembly.pipeline import ADVANCE_INTERVAL_S
 from reassembly.stats import Stats
+from sniffer.capture import exchange_codec
 from sniffer.capture.flow_hash import FlowSplitter
 from sniffer.capture.pcapfile import open_capture
 from sniffer.config import Config
@@ -122,7 +124,8 @@ def _worker(index: int, n: int, path: str, config: Config, conn: Any, encode: bo
             buf.truncate()
         else:
             payload, sink.events = sink.events, []
-        conn.send(("b", frame_no if not final else frame_no + 1, records, payload, bytes_read()))
+        batch = exchange_codec.encode(records)
+        conn.send(("b", frame_no if not final else frame_no + 1, batch, payload, bytes_read()))
         records = []
 
     bytes_read: Callable[[], int] = lambda: 0  # noqa: E731 - replaced once the file is open
@@ -236,7 +239,7 @@ def replay_parallel(
                     raise CaptureError(f"replay worker {i} exited unexpectedly") from None
                 if msg[0] == "b":
                     _, passed[i], records, payload, nbytes = msg
-                    queues[i].extend(records)
+                    queues[i].extend(_decoded(records))
                     if payload:
                         if encoded_out is not None:
                             encoded_out.write(payload)
@@ -264,6 +267,16 @@ def replay_parallel(
                 proc.kill()
                 proc.join(1.0)
     return stats, CaptureError(error) if error else None, interrupted
+
+
+def _decoded(data: bytes) -> list[Record]:
+    enabled = gc.isenabled()
+    gc.disable()  # see capture.workers.recv_batch
+    try:
+        return exchange_codec.decode(data)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _merge(engine: Engine, queues: list[deque[Record]], upto: int) -> None:
