@@ -37,8 +37,9 @@ to 21,130 req/s between two runs of this script ten minutes apart):
     wake per record: SSL_read_out ~2.5 us, SSL_write_out ~7.6-8.1 us, ring_full 0-16
 
 An earlier run (loadavg ~3, baseline 33,613): unwatched 0.31x, watched 0.22x (before wakeup_bytes).
-Reading: on this VM one probed call costs ~10 us whatever the program does (the uprobe's single-step
-after the breakpoint is a #DB exception, which KVM intercepts: a VM exit, nested here). nginx makes ~3
+Reading: on this VM one probed call costs ~10 us whatever the program does (most likely because the
+uprobe single-steps the displaced instruction, and the #DB exception that ends it is intercepted by
+KVM: a VM exit, nested here; not verified further). nginx makes ~3
 SSL calls per keep-alive request (read, read -> EAGAIN, write), so ~30 us of a ~30-50 us request: the
 probes halve or third saturated HTTPS throughput wherever they are attached, watched or not, and our
 programs add only ~0.3-1.4 us per hit on top. platform.md measured BCC at 7x slower (0.14x) with 256 B
