@@ -23,7 +23,7 @@ Endpoints: from the caller; when unknown, clearly marked placeholders (`unresolv
 `unresolved-tls-ssl-<hex>`, port 0) so such an event can never pass for a resolved address.
 
 Losses, all counted in `Stats`: bytes a call moved beyond what the kernel copied (`total_len >
-len(data)`) become a `StreamGap` (GapReason.OVERFLOW, `gap_tls_truncated_bytes`); connections evicted
+len(data)`) become a `StreamGap` (GapReason.OVERFLOW, `truncated_tls_bytes`); connections evicted
 (`evict_tls_connection`); bytes of connections that turned out not to be HTTP (`drop_tls_not_http_bytes`).
 Sans-IO: no /proc, no clocks; `ts` is capture time in epoch seconds, as everywhere in `reassembly`.
 """
@@ -262,8 +262,8 @@ class PlaintextStreams:
             parser.feed(StreamData(fid, direction, offset, data, ts), out)
         lost = total_len - len(data)
         if lost:
-            self.stats["gap_tls_truncated_bytes"] += lost
-            self.stats["gap_tls_truncated_calls"] += 1
+            self.stats["truncated_tls_bytes"] += lost
+            self.stats["truncated_tls_calls"] += 1
             parser.feed(StreamGap(fid, direction, offset + len(data), lost, ts, GapReason.OVERFLOW), out)
         if parser.is_dead:
             parser.close(ts, out)

@@ -9,7 +9,7 @@ Start-up, in this order (each step needs the previous one and the privileges it 
    kernel.unprivileged_bpf_disabled is set, the default), CAP_PERFMON to attach a new library and root
    to read root-owned workers' /proc/<pid>/maps and fds; so the daemon keeps its privileges and says so;
 4. with SNIFFER_WORKERS > 1, the capture workers forked (no thread may exist yet);
-5. threads: the metrics endpoint, the Moesif sender.
+5. threads: the metrics endpoint, the TLS reader, the Moesif sender.
 Then the loop: with one worker it walks the rings into the `Engine` itself; with more it takes the
 workers' exchanges (`Engine(capture=False)`) and runs the leg joiner, the event builder and the sink.
 When no packet arrives the engine's timeouts run with the wall clock (see `capture.workers`).
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -48,7 +49,7 @@ from typing import IO, Any
 from reassembly.stats import Stats
 from sniffer import __version__
 from sniffer.capture.afpacket import RingSocket
-from sniffer.capture.tls.source import TlsSource
+from sniffer.capture.tls.source import TLS_POLL_S, TlsSource
 from sniffer.capture.workers import (
     IDLE_LAG_S,
     KERNEL_STATS_S,
@@ -229,7 +230,7 @@ class _Daemon:
             log.info(
                 "TLS: %d records, %d connections, %d ring-full drops, %d rate-limited, %d bytes truncated",
                 c["tls_records"], c["tls_connections"], c["drop_tls_ring_full"], c["drop_tls_rate_limited"],
-                c["gap_tls_truncated_bytes"],
+                c["truncated_tls_bytes"],
             )  # fmt: skip
 
     # ---- loops ----
@@ -250,8 +251,9 @@ class _Daemon:
         clock = 0.0
         now = time.monotonic()
         next_tick, next_kstats, next_summary = now, now + KERNEL_STATS_S, now + SUMMARY_S
+        wait_s = TLS_POLL_S if tls is not None else TICK_S / 4
         while not self.signals.stop:
-            loop.run_once(TICK_S / 4)
+            loop.run_once(wait_s)
             if tls is not None:
                 tls.poll(engine)
             now = time.monotonic()
@@ -285,8 +287,9 @@ class _Daemon:
         now = time.monotonic()
         next_tick, next_summary = now, now + SUMMARY_S
         ok = True
+        wait_s = TLS_POLL_S if self.tls is not None else TICK_S / 4
         while not self.signals.stop:
-            self._take(pool, TICK_S / 4)
+            self._take(pool, wait_s)
             if pool.running < len(pool.procs):
                 ok = False
                 break
@@ -310,6 +313,11 @@ class _Daemon:
 
     def _take(self, pool: WorkerPool, timeout_s: float) -> None:
         feed = self.engine.feed_exchanges  # type: ignore[union-attr]
+        if self.tls is not None:
+            # Wake on the TLS records too: an SSL_set_fd must be read while its socket still exists.
+            live = [c for c, done in zip(pool.conns, pool.done, strict=True) if not done]
+            multiprocessing.connection.wait([*live, self.tls.fileno()], timeout_s)
+            timeout_s = 0.0
         for _, msg in pool.messages(timeout_s):
             if msg[0] == "x":
                 feed(msg[1], msg[2], msg[3])
@@ -399,6 +407,8 @@ def run(
         signal.signal(signal.SIGHUP, d._on_hup)
         if d.metrics is not None:
             d.metrics.start()
+        if d.tls is not None:
+            d.tls.start()  # its reader thread, after the fork
         if config.application_id:
             d.sender = sender_factory(config)
             d.sender.start()

@@ -6,7 +6,9 @@ thread); the HTTP thread only ever reads the latest snapshot, so a scrape never 
 Every core `Stats` counter is exported as `moesif_sniffer_core_total{name=...}` and every sender counter
 as `moesif_sniffer_sender_total{name=...}`; the headline figures also get their own families (packets,
 kernel drops, flows, gaps, losses and events dropped by reason, exchanges, events, partial events, send
-failures by reason, queue depth, load shedding: `shed_level` gauge and the shed counts...).
+failures by reason, queue depth, load shedding: `shed_level` gauge and the shed counts, TLS capture:
+records, connections, ring-full and rate-limit drops, truncated bytes; `tls_connections_open` and
+`tls_watched_processes` are gauges...).
 
 `/healthz`: 200 while the capture loop ticked within `tick_timeout_s` (a wedged loop fails it).
 `/readyz`: 200 when the capture is open and the transport has not been failing for longer than
@@ -52,6 +54,14 @@ _CORE = {
     "shed_flows_sampled_in": ("flows_sampled_in", "New flows kept while sampling (their events weigh N)"),
     "shed_packets_sampled_out": ("packets_sampled_out", "Packets of sampled-out flows, skipped"),
     "shed_level_changes": ("shed_level_changes", "Load-shedding level changes (each one is logged)"),
+    "tls_records": ("tls_records", "TLS plaintext records (SSL_read/SSL_write calls) from the uprobes"),
+    "tls_connections": ("tls_connections", "TLS connections (SSL objects) handed to the HTTP layer"),
+    "drop_tls_ring_full": (
+        "tls_ring_full_drops",
+        "TLS records lost because the uprobes' ring buffer was full",
+    ),
+    "drop_tls_rate_limited": ("tls_rate_limited", "SSL calls not captured: over SNIFFER_TLS_RATE_LIMIT"),
+    "truncated_tls_bytes": ("tls_truncated_bytes", "TLS bytes beyond SNIFFER_TLS_MAX_CALL_BYTES, not copied"),
 }
 _LOSS_PREFIXES = ("drop_", "evict_", "cap_", "truncated_", "conflict_", "http_desync")
 # Sender values that are levels, not counts.

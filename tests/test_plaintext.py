@@ -133,8 +133,8 @@ def test_truncated_call_becomes_a_counted_gap_and_the_next_exchange_survives() -
     assert ExchangeFlag.RESPONSE_GAP in first.flags
     assert first.response.body.startswith(big[: cap - (len(resp) - len(big))])
     assert second.request is not None and second.request.target == b"/next" and not second.flags
-    assert streams.stats["gap_tls_truncated_bytes"] == len(resp) - cap
-    assert streams.stats["gap_tls_truncated_calls"] == 1
+    assert streams.stats["truncated_tls_bytes"] == len(resp) - cap
+    assert streams.stats["truncated_tls_calls"] == 1
 
 
 def test_reused_ssl_address_is_a_new_connection() -> None:

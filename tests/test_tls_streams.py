@@ -113,10 +113,13 @@ def test_tls_client_leg_joins_packet_upstream_leg_and_401_stands_alone(tmp_path:
     )
     for ts, linktype, frame, wire_len in frames(packets):
         engine.feed(ts, linktype, frame, wire_len)
-    records = tls_call(0x5500AA, 7, T0, client_req, client_resp) + tls_call(
-        0x5500AA, 9, T0 + 0.1, denied_req, denied_resp
+    # Each connection read as it happens (its SSL_set_fd before it ended), in batches of records as the
+    # ring buffer gives them; the second one reuses the freed SSL object's address.
+    first, second = (
+        tls_call(0x5500AA, 7, T0, client_req, client_resp),
+        tls_call(0x5500AA, 9, T0 + 0.1, denied_req, denied_resp),
     )
-    exchanges = tls.feed(records)
+    exchanges = tls.feed(first[:2]) + tls.feed(first[2:]) + tls.feed(second[:1]) + tls.feed(second[1:])
     assert [(e.client, e.server, e.response.status) for e in exchanges] == [  # type: ignore[union-attr]
         (ALICE, GW, 200),
         (MALLORY, GW, 401),
@@ -132,3 +135,24 @@ def test_tls_client_leg_joins_packet_upstream_leg_and_401_stands_alone(tmp_path:
     assert denied["response"]["status"] == 401 and "user_id" not in denied
     assert stats["kong_join_request_id"] == 1
     assert stats["tls_socket_resolved"] == 2 and stats["tls_closed_freed"] == 2
+
+
+def test_a_bind_whose_connection_already_ended_in_the_batch_is_not_trusted(tmp_path: Path) -> None:
+    """Read late, the fd of a freed SSL object may belong to the next connection already: placeholders
+    and a count instead of another connection's addresses."""
+    stats = Stats()
+    # fd 7 is now MALLORY's socket: ALICE's connection on fd 7 ended before its records were read
+    tls = TlsStreams(
+        stats=stats, resolver=fake_proc(tmp_path, {7: (GW, MALLORY)}, stats), epoch_offset=OFFSET
+    )
+    req = b"GET /api/orders HTTP/1.1\r\nHost: gw\r\n\r\n"
+    resp = b"HTTP/1.1 204 No Content\r\n\r\n"
+    late = [*tls_call(0x77, 7, T0, req, resp), TlsBound(PID, 0x78, 7, ns(T0 + 0.02))]
+    exchanges = tls.feed(late)
+    assert len(exchanges) == 1 and exchanges[0].client[0].startswith("unresolved-tls-")
+    assert stats["tls_socket_stale"] == 1
+    # the last SSL_set_fd on fd 7 in the batch, its connection still open: it is MALLORY's, resolved
+    assert stats["tls_socket_resolved"] == 1
+    tls.feed([TlsData(PID, 0x78, True, ns(T0 + 0.03), len(req), req)])
+    (ex,) = tls.feed([TlsData(PID, 0x78, False, ns(T0 + 0.04), len(resp), resp)])
+    assert (ex.client, ex.server) == (MALLORY, GW)

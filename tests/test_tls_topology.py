@@ -12,6 +12,8 @@ exactly one event, with the user the Kong plugin would report (from the upstream
 headers, so the TLS client leg and the packet-captured upstream leg were joined) and the client-side
 status; the encrypted 8443 packets add nothing.
 
+A second TLS listener, 8444, sends no X-Kong-Request-Id (like Kong < 3.5): its legs are joined by timing
+alone, which only works when the probes' monotonic timestamps were converted right to capture time.
 The topology files are reused unchanged: `TlsTopology` only overrides how the gateway is started.
 """
 
@@ -25,6 +27,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -34,7 +37,12 @@ from topology.net import GATEWAYS, GW_V4, GW_V6, UPSTREAM_PORT, UPSTREAM_V4, UPS
 from topology.skips import topology_skip_reason
 
 TLS_PORT = 8443
-TLS_GATEWAY = GatewayPort("kong39tls", TLS_PORT, "orders_v4", request_id=True)
+TLS_PORT_NO_ID = 8444  # like Kong < 3.5: no X-Kong-Request-Id, so the legs are joined by timing alone
+TLS_GATEWAYS = (
+    GatewayPort("kong39tls", TLS_PORT, "orders_v4", request_id=True),
+    GatewayPort("kong34tls", TLS_PORT_NO_ID, "orders_v6", request_id=False),
+)
+KONG_PORTS = f"8000,8001,{TLS_PORT},{TLS_PORT_NO_ID}"
 EVENTS_WAIT_S = 20.0
 OPENSSL_SELF_SIGNED = (
     "openssl",
@@ -69,6 +77,10 @@ pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_rea
 class TlsTopology(Topology):
     """The topology, its gateway also listening on 8443 with TLS."""
 
+    @property
+    def comm(self) -> str:
+        return f"tlsgw{self.prefix}"  # at most 15 characters, the kernel's comm length
+
     def _start_gateway(self) -> None:
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.workdir / "nginx-tmp" / sub).mkdir(parents=True, exist_ok=True)
@@ -86,16 +98,21 @@ class TlsTopology(Topology):
             upstream_v4=UPSTREAM_V4,
             upstream_v6=UPSTREAM_V6,
             upstream_port=UPSTREAM_PORT,
-            ports=(*GATEWAYS, TLS_GATEWAY),
+            ports=(*GATEWAYS, *TLS_GATEWAYS),
         )
-        text = re.sub(rf"(listen \S+:{TLS_PORT});", r"\1 ssl;", text)
+        text = re.sub(rf"(listen \S+:(?:{TLS_PORT}|{TLS_PORT_NO_ID}));", r"\1 ssl;", text)
         text = text.replace(
             "http {", f"http {{\n    ssl_certificate {cert};\n    ssl_certificate_key {key};", 1
         )
         conf = self.workdir / "nginx.conf"
         conf.write_text(text)
+        # The gateway runs as its own command name, so the daemon watches it and no other nginx on
+        # this machine (SNIFFER_TLS_PROCESS matches the comm; the copy maps the same libssl).
+        binary = self.workdir / "bin" / self.comm
+        binary.parent.mkdir(exist_ok=True)
+        shutil.copy2(shutil.which("nginx") or "/usr/sbin/nginx", binary)
         proc = self._spawn(
-            self.ns_gw, ["nginx", "-p", str(self.workdir), "-c", str(conf)], stderr=subprocess.PIPE
+            self.ns_gw, [str(binary), "-p", str(self.workdir), "-c", str(conf)], stderr=subprocess.PIPE
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -104,7 +121,7 @@ class TlsTopology(Topology):
                     f"nginx exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
                 )
             listening = self.gw_exec("ss", "-Hltn")
-            if f"{GW_V4}:{TLS_PORT}" in listening and f"{GW_V4}:8000" in listening:
+            if all(f"{GW_V4}:{p}" in listening for p in (8000, TLS_PORT, TLS_PORT_NO_ID)):
                 return
             time.sleep(0.05)
         raise RuntimeError("nginx did not start listening within 10 s")
@@ -118,58 +135,99 @@ def topo() -> Iterator[TlsTopology]:
 
 
 ALICE, BOB = CONSUMERS["alice"], CONSUMERS["bob"]
-# (apikey, method, paths on one keep-alive connection, expected user); None user: no consumer
-PLAN: list[tuple[str | None, str, list[str], str | None]] = [
-    (ALICE.apikey, "GET", ["/api/orders/101", "/api/orders/102", "/api/orders"], ALICE.user_id),
-    (BOB.apikey, "GET", ["/api/whoami", "/svc/api/orders/103"], BOB.user_id),
-    (ALICE.apikey, "POST", ["/api/orders"], ALICE.user_id),
-    ("key-nobody-000", "GET", ["/api/orders", "/api/orders/101"], None),  # 401 Invalid credentials
-    (None, "GET", ["/api/orders"], None),  # 401 No API key found
-    (ALICE.apikey, "GET", ["/no/route/here"], None),  # 404 from the gateway
-    (BOB.apikey, "GET", ["/api/stream"], BOB.user_id),  # chunked from the service
+Connection = tuple[int, str | None, str, list[str], str | None]
+# (gateway port, apikey, method, paths on one keep-alive connection, expected user); None: no consumer
+PLAN: list[Connection] = [
+    (TLS_PORT, ALICE.apikey, "GET", ["/api/orders/101", "/api/orders/102", "/api/orders"], ALICE.user_id),
+    (TLS_PORT, BOB.apikey, "GET", ["/api/whoami", "/svc/api/orders/103"], BOB.user_id),
+    (TLS_PORT, ALICE.apikey, "POST", ["/api/orders"], ALICE.user_id),
+    (TLS_PORT, "key-nobody-000", "GET", ["/api/orders", "/api/orders/101"], None),  # 401 invalid key
+    (TLS_PORT, None, "GET", ["/api/orders"], None),  # 401 no API key
+    (TLS_PORT, ALICE.apikey, "GET", ["/no/route/here"], None),  # 404 from the gateway
+    (TLS_PORT, BOB.apikey, "GET", ["/api/stream"], BOB.user_id),  # chunked from the service
+    (TLS_PORT_NO_ID, ALICE.apikey, "GET", ["/api/orders/104", "/api/whoami"], ALICE.user_id),
+    (TLS_PORT_NO_ID, "key-nobody-000", "GET", ["/api/orders"], None),
+]
+# then 8 connections at once, 5 calls each, over both TLS ports and both consumers
+BURST: list[Connection] = [
+    (
+        (TLS_PORT, TLS_PORT_NO_ID)[i % 2],
+        (ALICE, BOB)[i // 2 % 2].apikey,
+        "GET",
+        [f"/api/orders/{101 + (i + j) % 6}" for j in range(5)],
+        (ALICE, BOB)[i // 2 % 2].user_id,
+    )
+    for i in range(8)
 ]
 
 
-def run_calls(topo: Topology) -> list[dict[str, Any]]:
-    """Every planned call with curl over HTTPS from the client namespace: what curl saw, per call."""
-    calls: list[dict[str, Any]] = []
-    for apikey, method, paths, user in PLAN:
-        argv = ["ip", "netns", "exec", topo.ns_client, "curl", "-sk", "--http1.1", "-X", method]
-        argv += ["-w", "%{http_code} %{local_port} %{num_connects}\\n"]
-        if apikey:
-            argv += ["-H", f"apikey: {apikey}"]
-        if method == "POST":
-            argv += ["-H", "Content-Type: application/json", "--data-binary", '{"item":"tls beans","qty":1}']
-        for path in paths:
-            argv += ["-o", "/dev/null", f"https://{GW_V4}:{TLS_PORT}{path}"]
-        out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60).stdout.split("\n")
-        connects = 0
-        for path, line in zip(paths, out, strict=False):
-            status, port, n = line.split()
-            connects += int(n)
-            calls.append(
-                {"method": method, "path": path, "status": int(status), "port": int(port), "user": user}
-            )
-        assert connects == 1, f"curl did not keep one connection for {paths}"
+def run_calls(topo: Topology, plan: list[Connection]) -> list[dict[str, Any]]:
+    """Every connection of `plan` at once, each one curl process over HTTPS from the client namespace:
+    what curl saw, per call."""
+    with ThreadPoolExecutor(len(plan)) as pool:
+        return [c for calls in pool.map(lambda conn: _curl(topo, *conn), plan) for c in calls]
+
+
+def _curl(
+    topo: Topology, port: int, apikey: str | None, method: str, paths: list[str], user: str | None
+) -> list[dict[str, Any]]:
+    argv = ["ip", "netns", "exec", topo.ns_client, "curl", "-sk", "--http1.1", "-X", method]
+    argv += ["-w", "%{http_code} %{local_port} %{num_connects}\\n"]
+    if apikey:
+        argv += ["-H", f"apikey: {apikey}"]
+    if method == "POST":
+        argv += ["-H", "Content-Type: application/json", "--data-binary", '{"item":"tls beans","qty":1}']
+    for path in paths:
+        argv += ["-o", "/dev/null", f"https://{GW_V4}:{port}{path}"]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60).stdout.split("\n")
+    calls, connects = [], 0
+    for path, line in zip(paths, out, strict=False):
+        status, local, n = line.split()
+        connects += int(n)
+        calls.append(
+            {
+                "method": method,
+                "path": path,
+                "status": int(status),
+                "gw": port,
+                "port": int(local),
+                "user": user,
+            }
+        )
+    assert connects == 1, f"curl did not keep one connection for {paths}"
     return calls
 
 
 def _tls_client_leg(event: dict[str, Any]) -> bool:
     server = event["metadata"]["capture"].get("server", "")
-    return server.endswith(f":{TLS_PORT}") and (GW_V4 in server or GW_V6 in server)
+    return server in (f"{GW_V4}:{TLS_PORT}", f"{GW_V4}:{TLS_PORT_NO_ID}")
 
 
-@pytest.mark.timeout(90)
-def test_https_calls_are_one_event_each_with_user_and_client_status(topo: TlsTopology) -> None:
-    kong = f"8000,8001,{TLS_PORT}"
+def call_key(c: dict[str, Any]) -> tuple[Any, ...]:
+    """A call as the client saw it: gateway port, its own connection's port, path, status; the user."""
+    return (c["method"], c["path"], c["status"], c["gw"], c["port"], c["user"])
+
+
+def event_key(e: dict[str, Any]) -> tuple[Any, ...]:
+    uri = e["request"]["uri"]
+    path = uri[uri.index("/", uri.index("//") + 2) :]
+    capture = e["metadata"]["capture"]
+    gw, port = (int(capture[k].rsplit(":", 1)[1]) for k in ("server", "client"))
+    return (e["request"]["verb"], path, e["response"]["status"], gw, port, e.get("user_id"))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_https_calls_are_one_event_each_with_user_and_client_status(topo: TlsTopology, workers: int) -> None:
     with live_sniffer(
         topo,
-        workers=1,
+        workers=workers,
         SNIFFER_TLS="uprobe",
-        SNIFFER_KONG_PORTS=kong,
-        SNIFFER_PORTS=f"{kong},{UPSTREAM_PORT}",
+        SNIFFER_TLS_PROCESS=topo.comm,
+        SNIFFER_KONG_PORTS=KONG_PORTS,
+        SNIFFER_PORTS=f"{KONG_PORTS},{UPSTREAM_PORT}",
     ) as sniffer:
-        calls = run_calls(topo)
+        calls = run_calls(topo, PLAN) + run_calls(topo, BURST)
         m = sniffer.wait_metrics(lambda m: m["events"] >= len(calls), EVENTS_WAIT_S)
         status = sniffer.stop()
         events = sniffer.events()
@@ -177,29 +235,40 @@ def test_https_calls_are_one_event_each_with_user_and_client_status(topo: TlsTop
     mine = [e for e in events if _tls_client_leg(e)]
     statuses = Counter(c["status"] for c in calls)
     legs = Counter(e["metadata"]["capture"]["legs"] for e in mine)
+    proxied = [c for c in calls if c["status"] in (200, 201)]
+    sockets = {k.removeprefix("tls_socket_"): int(v) for k, v in m.core.items() if k.startswith("tls_socket")}
     print(
-        f"\n{len(calls)} HTTPS calls {dict(statuses)} -> {len(mine)} events {dict(legs)} "
-        f"({len(events) - len(mine)} other events); TLS records {m.core.get('tls_records', 0):.0f}, "
-        f"joined by request id {m.core.get('kong_join_request_id', 0):.0f}"
+        f"\n{workers} worker(s): {len(calls)} HTTPS calls {dict(statuses)} -> {len(mine)} events "
+        f"{dict(legs)} "
+        f"({len(events) - len(mine)} other events); TLS records {m['tls_records']:.0f}, joined by request id "
+        f"{m.core.get('kong_join_request_id', 0):.0f}, by timing {m.core.get('kong_join_timing', 0):.0f}; "
+        f"sockets {sockets}, SSL_set_fd read up to {m['tls_bind_lag_max_ms']:.1f} ms late"
     )
     assert status == 0, log_tail
     assert "TLS capture unavailable" not in log_tail, log_tail
-    assert statuses[401] == 3 and statuses[404] == 1 and statuses[200] + statuses[201] == len(calls) - 4
+    assert statuses[401] == 4 and statuses[404] == 1 and len(proxied) == len(calls) - 5
 
-    # Exactly one event per call, keyed as the client saw it: path, status, its own connection's port.
-    def call_key(c: dict[str, Any]) -> tuple[Any, ...]:
-        return (c["method"], c["path"], c["status"], c["port"], c["user"])
-
-    def event_key(e: dict[str, Any]) -> tuple[Any, ...]:
-        uri = e["request"]["uri"]
-        path = uri[uri.index("/", uri.index("//") + 2) :]
-        port = int(e["metadata"]["capture"]["client"].rsplit(":", 1)[1])
-        return (e["request"]["verb"], path, e["response"]["status"], port, e.get("user_id"))
-
-    assert sorted(map(event_key, mine)) == sorted(map(call_key, calls)), log_tail
-    # nothing else on the gateway's ports: no event from the encrypted 8443 packets, none left unjoined
-    others = [e for e in events if not _tls_client_leg(e)]
-    assert not [e for e in others if GW_V4 in str(e["metadata"]["capture"])], others
-    proxied = sum(c["status"] in (200, 201) for c in calls)
-    assert legs == {"client+upstream": proxied, "client": len(calls) - proxied}
-    assert m.core.get("tls_records", 0) > 0 and m.core.get("drop_tls_ring_full", 0) == 0
+    # Exactly one event per call, with the user the plugin would report and the status the client saw.
+    got, want = Counter(map(event_key, mine)), Counter(map(call_key, calls))
+    assert m["tls_records"] >= 2 * len(calls)
+    assert m["tls_ring_full_drops"] == m["tls_rate_limited"] == m["tls_truncated_bytes"] == 0
+    # Never another connection's addresses: every event with the gateway's address is a call as made.
+    assert not got - want, (sorted((got - want).elements()), log_tail)
+    unresolved = sockets.get("stale", 0) + sockets.get("fd_gone", 0) + sockets.get("not_found", 0)
+    missed = want - got
+    # A call is missing only when its connection's socket could not be resolved (counted, and its events
+    # carry marked placeholder addresses instead).
+    assert len({(c[3], c[4]) for c in missed}) <= unresolved, (sorted(missed.elements()), sockets)
+    if unresolved:
+        pytest.xfail(
+            f"{unresolved} of {sum(sockets.values())} connections ended before user space read their "
+            f"SSL_set_fd (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs): their socket "
+            f"could not be resolved through /proc, {sum(missed.values())} calls lack the gateway's address "
+            "and proxied ones were not joined. Kernel-side endpoints would remove this race."
+        )
+    assert got == want
+    # Nothing else about the gateway: no event from the encrypted 8443 packets, no leg left unjoined.
+    assert [e["metadata"]["capture"] for e in events if not _tls_client_leg(e)] == []
+    assert legs == {"client+upstream": len(proxied), "client": len(calls) - len(proxied)}
+    assert m.core.get("kong_join_request_id", 0) == sum(c["gw"] == TLS_PORT for c in proxied)
+    assert m.core.get("kong_join_timing", 0) == sum(c["gw"] == TLS_PORT_NO_ID for c in proxied)

@@ -8,7 +8,13 @@ timestamps) and the sans-IO core (`reassembly.plaintext.PlaintextStreams`):
   nest in time as the leg joiner expects (its slack is 0.5 ms; the measurement error is microseconds);
 - endpoints: on TlsBound the socket under the SSL object is resolved through the process's /proc
   (`SocketResolver`): the client leg's server endpoint is then the gateway's real address and port
-  (8443), so the leg classifier and joiner treat it exactly like a packet-captured client leg;
+  (8443), so the leg classifier and joiner treat it exactly like a packet-captured client leg.
+  Resolution happens when user space reads the record, so it races with the connection's end: once the
+  SSL object was freed its fd may already belong to the next connection. A TlsBound followed, in the
+  same batch of records, by the SSL_free of its SSL object or by another SSL_set_fd on the same fd is
+  therefore not resolved (`tls_socket_stale`; placeholders are used) rather than given another
+  connection's addresses. The daemon reads the records in a thread of their own, woken by the ring
+  buffer, and resolves right after each read (`resolve`), to keep this rare;
 - everything else (roles, offsets, truncation gaps, reuse, idle timeout, bounds) is `PlaintextStreams`.
 Counters go to the shared `Stats` (names starting `tls_`, and the usual loss prefixes).
 """
@@ -18,16 +24,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from reassembly.events import Exchange
+from reassembly.events import Endpoint, Exchange
 from reassembly.limits import Limits
 from reassembly.plaintext import PlaintextStreams
 from reassembly.stats import Stats
 from sniffer.capture.tls.records import TlsBound, TlsData, TlsFreed, TlsRecord
 from sniffer.capture.tls.sockets import SocketResolver
 
-__all__ = ["TlsStreams", "monotonic_to_epoch_offset"]
+__all__ = ["Resolved", "TlsStreams", "monotonic_to_epoch_offset"]
 
 _SAMPLES = 5
+Resolved = dict[int, tuple[Endpoint, Endpoint] | None]
 
 
 def monotonic_to_epoch_offset() -> float:
@@ -41,6 +48,23 @@ def monotonic_to_epoch_offset() -> float:
             best = (b - a, real - (a + b) // 2)
     assert best is not None
     return best[1] / 1e9
+
+
+def _stale_binds(records: list[TlsRecord]) -> set[int]:
+    """Indexes of the TlsBound records whose fd may no longer be theirs (see the module docstring)."""
+    stale: set[int] = set()
+    freed_after: set[tuple[int, int]] = set()
+    bound_after: set[tuple[int, int]] = set()
+    for i in range(len(records) - 1, -1, -1):
+        rec = records[i]
+        kind = type(rec)
+        if kind is TlsFreed:
+            freed_after.add((rec.pid, rec.ssl))
+        elif kind is TlsBound:
+            if (rec.pid, rec.ssl) in freed_after or (rec.pid, rec.fd) in bound_after:  # type: ignore[union-attr]
+                stale.add(i)
+            bound_after.add((rec.pid, rec.fd))  # type: ignore[union-attr]
+    return stale
 
 
 class TlsStreams:
@@ -60,6 +84,9 @@ class TlsStreams:
         self.offset = monotonic_to_epoch_offset() if epoch_offset is None else epoch_offset
         self.plaintext = PlaintextStreams(limits, self.stats, max_connections=max_connections)
         self.last_ts = 0.0  # capture time of the newest record seen
+        # The longest time an SSL_set_fd waited before its socket was looked up, since the start: what
+        # decides whether short connections are resolved.
+        self.bind_lag_max_ms = 0.0
 
     def __len__(self) -> int:
         return len(self.plaintext)
@@ -67,13 +94,37 @@ class TlsStreams:
     def capture_time(self, ts_ns: int) -> float:
         return ts_ns / 1e9 + self.offset
 
-    def feed(self, records: Iterable[TlsRecord]) -> list[Exchange]:
-        """Records in the order the ring buffer gave them; returns the exchanges they completed."""
+    def resolve(self, records: list[TlsRecord]) -> Resolved:
+        """The endpoints of every TlsBound in `records` (by index; None: unknown or stale), looked up now:
+        call it right after reading the records (the daemon does, in its reader thread)."""
+        stale = _stale_binds(records)
+        found: Resolved = {}
+        endpoints = self.resolver.endpoints
+        now_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        for i, rec in enumerate(records):
+            if type(rec) is TlsBound:
+                lag = (now_ns - rec.ts_ns) / 1e6
+                if lag > self.bind_lag_max_ms:
+                    self.bind_lag_max_ms = lag
+                if i in stale:
+                    self.resolver.stats["tls_socket_stale"] += 1
+                    found[i] = None
+                else:
+                    found[i] = endpoints(rec.pid, rec.fd)
+        return found
+
+    def feed(self, records: Iterable[TlsRecord], resolved: Resolved | None = None) -> list[Exchange]:
+        """Records in the order the ring buffer gave them, with their `resolve()` result (looked up here
+        when not given); returns the exchanges they completed."""
         out: list[Exchange] = []
         streams = self.plaintext
         offset = self.offset
         ts = self.last_ts
-        for rec in records:
+        if not isinstance(records, list):
+            records = list(records)
+        if resolved is None:
+            resolved = self.resolve(records)
+        for i, rec in enumerate(records):
             ts = rec.ts_ns / 1e9 + offset
             kind = type(rec)
             if kind is TlsData:
@@ -81,7 +132,7 @@ class TlsStreams:
                 streams.data(d.pid, d.ssl, ts, d.is_read, d.total_len, d.data, out)
             elif kind is TlsBound:
                 b: TlsBound = rec  # type: ignore[assignment]
-                ends = self.resolver.endpoints(b.pid, b.fd)
+                ends = resolved.get(i)
                 local, remote = ends if ends is not None else (None, None)
                 streams.bind(b.pid, b.ssl, ts, local, remote, out)
             elif kind is TlsFreed:
