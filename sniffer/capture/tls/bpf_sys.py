@@ -13,6 +13,7 @@ import ctypes.util
 import errno
 import os
 import platform
+import resource
 import struct
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "map_update",
     "possible_cpus",
     "prog_load",
+    "raise_memlock",
 ]
 
 # syscall numbers differ per architecture; only x86_64 is supported by the probes anyway
@@ -165,6 +167,15 @@ def possible_cpus() -> int:
         low, _, high = part.partition("-")
         count += int(high or low) - int(low) + 1
     return count
+
+
+def raise_memlock() -> None:
+    """Lift RLIMIT_MEMLOCK's soft limit to the hard one: kernels before 5.11 charge BPF maps to it (our
+    8 MiB ring would fail with EPERM, read as a missing capability); later kernels use memory cgroups
+    and ignore it. Raising the hard limit would need CAP_SYS_RESOURCE, which containers often lack."""
+    with contextlib.suppress(OSError, ValueError):
+        _soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
 
 
 def close_fd(fd: int) -> None:

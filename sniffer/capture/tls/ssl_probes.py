@@ -415,6 +415,7 @@ def _check_arch() -> dict[str, int]:
 def load_probes(config: ProbeConfig) -> LoadedProbes:
     """Create the maps and load every program; raises bpf_sys.BpfError (or OSError on another arch)."""
     regs = _check_arch()
+    bpf_sys.raise_memlock()
     fds: list[int] = []
 
     def new_map(map_type: int, key: int, value: int, entries: int, name: str) -> int:
