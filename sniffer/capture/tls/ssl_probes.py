@@ -51,7 +51,7 @@ KIND_READ, KIND_WRITE, KIND_BOUND, KIND_FREED = 1, 2, 3, 4
 
 COUNTER_NAMES = (
     "records",
-    "ring_full",
+    "ring_full",  # bpf_ringbuf_reserve failed: the reader is behind (since 6.15 also a lock timeout)
     "rate_limited",
     "truncated_bytes",
     "return_without_entry",
