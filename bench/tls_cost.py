@@ -75,7 +75,7 @@ from tls.https_gateway import HttpsGateway  # noqa: E402
 
 from sniffer.capture.tls import ProbeConfig, TlsTap, bpf_sys  # noqa: E402
 from sniffer.capture.tls.bpf_asm import R0, Program  # noqa: E402
-from sniffer.capture.tls.ssl_probes import load_probes  # noqa: E402
+from sniffer.capture.tls.probe_loader import load_probes  # noqa: E402
 from sniffer.capture.tls.uprobes import attach_library  # noqa: E402
 
 _PROGRAM_NAMES = (

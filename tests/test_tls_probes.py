@@ -30,7 +30,8 @@ from sniffer.capture.tls import (
     bpf_sys,
 )
 from sniffer.capture.tls.bpf_asm import R0, Program
-from sniffer.capture.tls.ssl_probes import SYMBOLS, load_probes
+from sniffer.capture.tls.probe_loader import load_probes
+from sniffer.capture.tls.ssl_probes import SYMBOLS
 from sniffer.capture.tls.uprobes import elf_symbol_offsets
 
 REPO = Path(__file__).resolve().parents[1]

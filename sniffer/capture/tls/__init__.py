@@ -3,8 +3,8 @@ gateway reads and writes through each SSL object, so HTTPS calls are seen as if 
 
 `TlsTap` (tap.py) is the entry point; the records it yields are in records.py."""
 
+from sniffer.capture.tls.probe_loader import ProbeConfig
 from sniffer.capture.tls.records import TlsBound, TlsData, TlsFreed, TlsRecord, TlsUnavailable
-from sniffer.capture.tls.ssl_probes import ProbeConfig
 from sniffer.capture.tls.tap import TlsTap
 
 __all__ = ["ProbeConfig", "TlsBound", "TlsData", "TlsFreed", "TlsRecord", "TlsTap", "TlsUnavailable"]

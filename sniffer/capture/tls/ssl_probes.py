@@ -1,4 +1,4 @@
-"""The eBPF programs on OpenSSL's SSL_* functions, their maps, and the record format they emit.
+"""The eBPF programs on OpenSSL's SSL_* functions (generated here), the layout of their maps and records.
 
 Data path: an entry uprobe on SSL_read/SSL_read_ex/SSL_write/SSL_write_ex saves (ssl, buf, out pointer)
 per thread; the return uprobe reads how many bytes moved, copies them from the process's buffer with
@@ -24,27 +24,27 @@ Record header ("<IIQQII", 32 bytes): kind, tgid, ssl, ts_ns, total_len (fd for B
 
 from __future__ import annotations
 
-import platform
 import struct
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from sniffer.capture.tls import bpf_sys
 from sniffer.capture.tls.bpf_asm import R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Helper, Program
-from sniffer.capture.tls.records import TlsBound, TlsData, TlsFreed, TlsRecord
+
+if TYPE_CHECKING:  # only annotations: probe_loader imports this module
+    from sniffer.capture.tls.probe_loader import LoadedProbes
 
 __all__ = [
     "COUNTER_NAMES",
+    "DATA_SYMBOLS",
+    "EVENT_SYMBOLS",
     "HEADER",
+    "KIND_BOUND",
+    "KIND_FREED",
+    "KIND_READ",
+    "KIND_WRITE",
     "SYMBOLS",
-    "LoadedProbes",
-    "ProbeConfig",
-    "decode_record",
-    "load_probes",
-    "read_counters",
+    "data_programs",
+    "event_program",
 ]
-
-# struct pt_regs offsets on x86_64 (arch/x86/include/uapi/asm/ptrace.h)
-_PT_REGS = {"x86_64": {"rdi": 112, "rsi": 104, "rdx": 96, "rcx": 88, "rax": 80}}
 
 HEADER = struct.Struct("<IIQQII")
 KIND_READ, KIND_WRITE, KIND_BOUND, KIND_FREED = 1, 2, 3, 4
@@ -60,14 +60,14 @@ COUNTER_NAMES = (
 _C_RECORDS, _C_RING_FULL, _C_RATE_LIMITED, _C_TRUNCATED, _C_NO_ENTRY, _C_READ_ERRORS = range(6)
 
 # symbol -> (kind, is the length written through a size_t* 4th argument)
-_DATA_SYMBOLS = {
+DATA_SYMBOLS = {
     "SSL_read": (KIND_READ, False),
     "SSL_read_ex": (KIND_READ, True),
     "SSL_write": (KIND_WRITE, False),
     "SSL_write_ex": (KIND_WRITE, True),
 }
-_EVENT_SYMBOLS = {"SSL_set_fd": KIND_BOUND, "SSL_free": KIND_FREED}
-SYMBOLS = (*_DATA_SYMBOLS, *_EVENT_SYMBOLS)
+EVENT_SYMBOLS = {"SSL_set_fd": KIND_BOUND, "SSL_free": KIND_FREED}
+SYMBOLS = (*DATA_SYMBOLS, *EVENT_SYMBOLS)
 
 _ONE_SECOND_NS = 1_000_000_000
 _BPF_RB_NO_WAKEUP, _BPF_RB_FORCE_WAKEUP, _BPF_RB_AVAIL_DATA = 1, 2, 0
@@ -75,69 +75,6 @@ _MAX_CALL_LEN = 1 << 30  # a length beyond this is a garbage out-pointer read, n
 
 # stack slots (offsets from r10, the frame pointer)
 _S_TGID, _S_CTR, _S_KEY, _S_ARGS, _S_TS, _S_TMP = -4, -8, -16, -40, -48, -56  # _S_ARGS: ssl, buf, out
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeConfig:
-    """The kernel-side budgets; every one has a default."""
-
-    per_call_cap: int = 64 * 1024  # bytes of one SSL_read/SSL_write call that are copied
-    chunk_bytes: int = 16 * 1024  # the largest record; nginx never moves more than 16 KiB per call
-    rate_limit: int = 0  # calls per second per process; 0 = no limit
-    ring_bytes: int = 8 << 20  # ring buffer size (power of two, multiple of the page size)
-    # wake the reader only once this many bytes wait (0: on every record the reader has caught up
-    # with, the kernel's default); below it the reader finds records when its poll times out.
-    # Measured (bench/tls_cost.py): per-record wakeups made SSL_write's return probe 6x dearer.
-    wakeup_bytes: int = 64 * 1024
-    max_watched: int = 4096  # processes
-    max_threads_in_call: int = 16384  # threads inside an SSL call at once
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.chunk_bytes <= 65536:
-            raise ValueError("chunk_bytes must be 1..65536")
-        if not 1 <= self.per_call_cap <= 16 * self.chunk_bytes:
-            raise ValueError("per_call_cap must be 1..16 chunks")
-        if self.ring_bytes < 4096 or self.ring_bytes & (self.ring_bytes - 1):
-            raise ValueError("ring_bytes must be a power of two >= 4096")
-        if not 0 <= self.wakeup_bytes < self.ring_bytes:
-            raise ValueError("wakeup_bytes must be 0..ring_bytes-1")
-        if self.rate_limit < 0 or self.rate_limit >= 1 << 31:
-            raise ValueError("rate_limit must be 0..2^31-1")
-
-    @property
-    def chunk_limits(self) -> list[int]:
-        """Bytes each successive record of one call may carry (their sum is per_call_cap)."""
-        limits, left = [], self.per_call_cap
-        while left > 0:
-            limits.append(min(left, self.chunk_bytes))
-            left -= limits[-1]
-        return limits
-
-    def size_classes(self, limit: int) -> list[int]:
-        """Data sizes a record may reserve for a chunk of at most `limit` bytes, ascending."""
-        classes, size = [limit], limit // 4
-        while size >= 256:
-            classes.append(size)
-            size //= 4
-        return sorted(classes)
-
-
-@dataclass
-class LoadedProbes:
-    """The maps and programs in the kernel; `programs` maps (symbol, is_return) to a program fd."""
-
-    config: ProbeConfig
-    watched_fd: int
-    counters_fd: int
-    ring_fd: int
-    args_fds: list[int]
-    programs: dict[tuple[str, bool], int] = field(default_factory=dict)
-
-    def close(self) -> None:
-        for fd in (*self.programs.values(), *self.args_fds, self.watched_fd, self.counters_fd, self.ring_fd):
-            bpf_sys.close_fd(fd)
-        self.programs.clear()
-        self.args_fds.clear()
 
 
 class _Builder:
@@ -405,75 +342,19 @@ def _event_program(b: _Builder, kind: int) -> None:
     p.exit()
 
 
-def _check_arch() -> dict[str, int]:
-    regs = _PT_REGS.get(platform.machine())
-    if regs is None:
-        raise OSError(f"the TLS probes read x86_64 registers; this machine is {platform.machine()}")
-    return regs
+def data_programs(
+    regs: dict[str, int], probes: LoadedProbes, args_fd: int, symbol: str
+) -> tuple[bytes, bytes]:
+    """(entry program, return program) of one data function; `regs` are the pt_regs offsets."""
+    kind, via_pointer = DATA_SYMBOLS[symbol]
+    entry, ret = _Builder(regs, probes), _Builder(regs, probes)
+    _entry_program(entry, args_fd)
+    _return_program(ret, args_fd, kind, via_pointer)
+    return entry.p.assemble(), ret.p.assemble()
 
 
-def load_probes(config: ProbeConfig) -> LoadedProbes:
-    """Create the maps and load every program; raises bpf_sys.BpfError (or OSError on another arch)."""
-    regs = _check_arch()
-    bpf_sys.raise_memlock()
-    fds: list[int] = []
-
-    def new_map(map_type: int, key: int, value: int, entries: int, name: str) -> int:
-        fds.append(bpf_sys.map_create(map_type, key, value, entries, name))
-        return fds[-1]
-
-    try:
-        probes = LoadedProbes(
-            config=config,
-            watched_fd=new_map(bpf_sys.MAP_HASH, 4, 16, config.max_watched, "tls_watched"),
-            counters_fd=new_map(bpf_sys.MAP_PERCPU_ARRAY, 4, 8, len(COUNTER_NAMES), "tls_counters"),
-            ring_fd=new_map(bpf_sys.MAP_RINGBUF, 0, 0, config.ring_bytes, "tls_ring"),
-            args_fds=[],
-        )
-        for symbol, (kind, via_pointer) in _DATA_SYMBOLS.items():
-            name = f"tls_args_{kind}{via_pointer:d}"
-            args_fd = new_map(bpf_sys.MAP_HASH, 8, 24, config.max_threads_in_call, name)
-            probes.args_fds.append(args_fd)
-            entry = _Builder(regs, probes)
-            _entry_program(entry, args_fd)
-            fds.append(bpf_sys.prog_load(bpf_sys.PROG_KPROBE, entry.p.assemble(), f"{symbol}_in"[:15]))
-            probes.programs[(symbol, False)] = fds[-1]
-            ret = _Builder(regs, probes)
-            _return_program(ret, args_fd, kind, via_pointer)
-            fds.append(bpf_sys.prog_load(bpf_sys.PROG_KPROBE, ret.p.assemble(), f"{symbol}_out"[:15]))
-            probes.programs[(symbol, True)] = fds[-1]
-        for symbol, kind in _EVENT_SYMBOLS.items():
-            event = _Builder(regs, probes)
-            _event_program(event, kind)
-            fds.append(bpf_sys.prog_load(bpf_sys.PROG_KPROBE, event.p.assemble(), symbol[:15]))
-            probes.programs[(symbol, False)] = fds[-1]
-    except BaseException:
-        for fd in fds:
-            bpf_sys.close_fd(fd)
-        raise
-    return probes
-
-
-def read_counters(probes: LoadedProbes) -> dict[str, int]:
-    """The kernel counters, summed over CPUs."""
-    ncpu = bpf_sys.possible_cpus()
-    out: dict[str, int] = {}
-    for index, name in enumerate(COUNTER_NAMES):
-        raw = bpf_sys.map_lookup(probes.counters_fd, struct.pack("<I", index), 8 * ncpu)
-        out[name] = sum(struct.unpack(f"<{ncpu}Q", raw)) if raw else 0
-    return out
-
-
-def decode_record(raw: memoryview | bytes) -> TlsRecord | None:
-    """One ring-buffer record as a TlsRecord; None for a record too short or of an unknown kind."""
-    if len(raw) < HEADER.size:
-        return None
-    kind, pid, ssl, ts_ns, total_len, captured = HEADER.unpack_from(raw)
-    if kind in (KIND_READ, KIND_WRITE):
-        data = bytes(raw[HEADER.size : HEADER.size + captured])
-        return TlsData(pid, ssl, kind == KIND_READ, ts_ns, total_len, data)
-    if kind == KIND_BOUND:
-        return TlsBound(pid, ssl, total_len, ts_ns)
-    if kind == KIND_FREED:
-        return TlsFreed(pid, ssl, ts_ns)
-    return None
+def event_program(regs: dict[str, int], probes: LoadedProbes, symbol: str) -> bytes:
+    """The entry program of SSL_set_fd or SSL_free."""
+    event = _Builder(regs, probes)
+    _event_program(event, EVENT_SYMBOLS[symbol])
+    return event.p.assemble()

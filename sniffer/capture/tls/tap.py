@@ -2,7 +2,7 @@
 
 Data path: `processes` finds the gateway workers and their libssl -> `uprobes` attaches the programs of
 `ssl_probes` to each library file once -> the programs fill a ring buffer, for watched pids only ->
-`ringbuf` drains it -> `ssl_probes.decode_record` makes TlsData/TlsBound/TlsFreed.
+`ringbuf` drains it -> `probe_loader.decode_record` makes TlsData/TlsBound/TlsFreed.
 
 refresh() is how restarted or newly forked workers are followed: it rescans /proc, attaches libraries
 not seen before (by device and inode) and rewrites the watched-pid map. Cheap enough to call every
@@ -22,16 +22,16 @@ import struct
 from types import TracebackType
 
 from sniffer.capture.tls import bpf_sys
-from sniffer.capture.tls.processes import find_gateway_processes
-from sniffer.capture.tls.records import TlsRecord, TlsUnavailable
-from sniffer.capture.tls.ringbuf import RingBuffer
-from sniffer.capture.tls.ssl_probes import (
+from sniffer.capture.tls.probe_loader import (
     LoadedProbes,
     ProbeConfig,
     decode_record,
     load_probes,
     read_counters,
 )
+from sniffer.capture.tls.processes import find_gateway_processes
+from sniffer.capture.tls.records import TlsRecord, TlsUnavailable
+from sniffer.capture.tls.ringbuf import RingBuffer
 from sniffer.capture.tls.uprobes import Attachment, attach_library, uprobe_pmu
 
 __all__ = ["TlsTap", "TlsUnavailable"]
