@@ -9,6 +9,7 @@ import ctypes
 import os
 import platform
 import select
+import shutil
 import subprocess
 import sys
 import threading
@@ -200,6 +201,62 @@ def test_which_capabilities_are_missing(gateway: HttpsGateway, caps: str, refuse
     needs CAP_SYS_ADMIN on current kernels. With both, the same child opens the tap."""
     assert refused in _one_plain_sentence(_open_with_capabilities(caps))
     assert _open_with_capabilities("-all,+sys_admin,+sys_ptrace").returncode == 0
+
+
+_STATIC_GATEWAY_C = r"""
+#include <stdio.h>
+#include <string.h>
+/* OpenSSL's signatures, defined in the executable and exported (-rdynamic) as in a gateway that links
+   OpenSSL statically. No SSL_read_ex/SSL_write_ex: those probes must be skipped, not fatal. */
+__attribute__((noinline)) int SSL_set_fd(void *ssl, int fd) { __asm__ volatile("" ::: "memory"); return 1; }
+__attribute__((noinline)) int SSL_write(void *ssl, const void *buf, int num) {
+    __asm__ volatile("" ::: "memory"); return num; }
+__attribute__((noinline)) int SSL_read(void *ssl, void *buf, int num) { memcpy(buf, "pong", 4); return 4; }
+__attribute__((noinline)) void SSL_free(void *ssl) { __asm__ volatile("" ::: "memory"); }
+int main(void) {
+    char line[64], buf[16];
+    void *ssl = (void *)0x5eed;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    puts("ready");
+    while (fgets(line, sizeof line, stdin)) {
+        SSL_set_fd(ssl, 7);
+        SSL_write(ssl, line, (int)strlen(line));
+        SSL_read(ssl, buf, sizeof buf);
+        SSL_free(ssl);
+        puts("done");
+    }
+    return 0;
+}
+"""
+
+
+def test_openssl_linked_into_the_executable(tmp_path: Path) -> None:
+    """No libssl mapped: the tap probes the executable itself (its .dynsym), at PIE file offsets."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    (tmp_path / "gw.c").write_text(_STATIC_GATEWAY_C)
+    binary = tmp_path / "tlsstaticgw"
+    subprocess.run(["gcc", "-O1", "-rdynamic", "-o", str(binary), str(tmp_path / "gw.c")], check=True)
+    proc = subprocess.Popen([str(binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        with TlsTap.open(("tlsstaticgw",)) as tap:
+            assert tap.watched_pids() == [proc.pid]
+            assert tap.libraries() == [f"/proc/{proc.pid}/exe"]
+            proc.stdin.write(b"GET /static-ssl\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline() == b"done\n"
+            records = collect(tap, lambda rs: any(isinstance(r, TlsFreed) for r in rs))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [type(r) for r in records] == [TlsBound, TlsData, TlsData, TlsFreed]
+    assert all(r.pid == proc.pid and r.ssl == 0x5EED for r in records)
+    bound, sent, received, _ = records
+    assert isinstance(bound, TlsBound) and bound.fd == 7
+    assert isinstance(sent, TlsData) and not sent.is_read and sent.data == b"GET /static-ssl\n"
+    assert isinstance(received, TlsData) and received.is_read and received.data == b"pong"
 
 
 # --- a real nginx over HTTPS ---
