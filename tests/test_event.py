@@ -645,6 +645,36 @@ def test_a_long_lived_builder_gives_what_fresh_builders_give() -> None:
     assert orjson.loads(fresh[0])["request"]["uri"] == "http://a.example:8000/x?page=*****"
 
 
+def test_request_header_memo_never_changes_an_event() -> None:
+    # Repeated blocks (remembered), unique blocks (enough misses to pause the memo), repeated again (the
+    # pause ends), blocks too large to remember, and a block whose shown headers a consumer edits.
+    config = Config(request_header_masks=("x-secret",), user_id_header="x-user")
+    token = b"Basic " + base64.b64encode(b"alice:pw")
+
+    def call(i: int, extra: list[tuple[bytes, bytes]]) -> ApiCall:
+        headers = [(b"Host", b"h.example"), (b"Authorization", token), (b"X-Secret", b"s"), *extra]
+        req = request(headers, offset=i * 100)
+        resp = response([(b"Content-Type", b"application/json")], body=b'{"n": 1}')
+        return ApiCall(client_leg=exchange(req, resp), upstream_leg=None, legs=Legs.SINGLE)
+
+    calls = [call(i, [(b"X-User", b"u%d" % (i % 3))]) for i in range(50)]
+    calls += [call(i, [(b"X-Request-Id", b"r%d" % i)]) for i in range(3000)]
+    calls += [call(i, [(b"X-User", b"u%d" % (i % 3))]) for i in range(20_000)]
+    calls += [
+        call(i, [(b"X-Big", b"b" * 3000), (b"X-Forwarded-For", b"192.0.2.%d" % (i % 2))]) for i in range(9)
+    ]
+    builder = EventBuilder(config)
+    events = [orjson.dumps(builder.build(c)) for c in calls]
+    for i in [*range(0, len(calls), 97), *range(len(calls) - 9, len(calls))]:
+        assert events[i] == orjson.dumps(EventBuilder(config).build(calls[i]))
+    first = valid(builder.build(calls[0]))
+    first["request"]["headers"]["host"] = "edited"  # type: ignore[index]
+    again = valid(builder.build(calls[0]))
+    assert again["request"]["headers"] == {"host": "h.example", "x-user": "u0"}  # type: ignore[index]
+    assert again["user_id"] == "u0" and again["request"]["ip_address"] == "10.0.0.1"  # type: ignore[index]
+    assert valid(builder.build(calls[-1]))["request"]["ip_address"] == "192.0.2.0"  # type: ignore[index]
+
+
 def test_many_flows_past_the_flow_memo() -> None:
     builder = EventBuilder(Config())
     for i in range(5000):

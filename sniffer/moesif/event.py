@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from itertools import chain
 from urllib.parse import urlsplit
 
 from reassembly.events import Endpoint, Exchange, ExchangeFlag, HttpMessage, HttpRequest, HttpResponse
@@ -66,6 +67,14 @@ _MEMO_MAX = 4096
 _HOSTS: dict[str, str] = {}
 _METHODS: dict[bytes, str] = {}
 _URI_MEMO_MAX_TARGET = 512  # longer request targets are parsed each time rather than kept
+# The request header memo (EventBuilder._request_headers): blocks of at most this many headers and bytes
+# are kept (so it holds at most ~_REQ_MEMO_MAX x 2 KiB of text); over each window of misses, fewer hits
+# than one per 8 misses pauses it for _REQ_MEMO_PAUSE requests.
+_REQ_MEMO_MAX = 512
+_REQ_MEMO_MAX_HEADERS = 32
+_REQ_MEMO_MAX_BYTES = 2048
+_REQ_MEMO_WINDOW = 1024
+_REQ_MEMO_PAUSE = 16384
 _FORWARDING = frozenset(HEADER_ORDER)
 _LEGS = {legs: legs.value for legs in Legs}  # Enum.value is a Python-level property: look it up once
 
@@ -95,6 +104,11 @@ def _parse_host(value: str) -> str:
     if value.count(":") > 1:
         return f"[{value}]"
     return value.partition(":")[0]
+
+
+# What a lone leg's request headers say, worked out once per header block: the header lists, the
+# headers as shown (masked), the user and company the request names, the address a forwarding header names.
+_RequestView = tuple[HeaderLists, dict[str, str | list[str]], str | None, str | None, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +151,8 @@ class EventBuilder:
         self._decode = not config.disable_gzip_payload_decompression
         self._flows: dict[tuple[Endpoint, Endpoint], _Flow] = {}
         self._uris: dict[tuple[bytes, str | None, Endpoint], str] = {}
+        self._req_memo: dict[tuple[tuple[bytes, bytes], ...], _RequestView] = {}
+        self._memo_hits = self._memo_misses = self._memo_pause = 0
 
     def _flow(self, ex: Exchange) -> _Flow:
         key = (ex.client, ex.server)
@@ -160,22 +176,28 @@ class EventBuilder:
         # they are just the primary's (with an upstream leg they are merged first, then rendered once).
         up_req = call.upstream_leg.request if call.upstream_leg is not None else None
         merged = primary is not client_leg or up_req is not None
-        req_lists, req_shown = read_headers(req.headers, None if merged else self._req_header_masks)
         up_lists: HeaderLists | None = None
-        if primary is not client_leg:  # only the upstream leg was seen
-            req_headers = self._upstream_request_headers(req_lists)
-            req_shown = render_headers(req_headers, self._req_header_masks)
-            uri = self._upstream_uri(req, req_lists, primary)
-            ip = forwarded_ip(req_lists)
-        else:
+        if not merged:  # the common case: one leg, its own request headers, remembered per block
+            req_lists, req_shown, req_user, req_company, ip = self._request_view(req.headers)
             req_headers = req_lists
-            # Most requests carry no forwarding header: one set operation says so.
-            ip = (None if _FORWARDING.isdisjoint(req_lists) else forwarded_ip(req_lists)) or flow.peer_ip
+            ip = ip or flow.peer_ip
             uri = self._client_uri(req, req_lists, primary)
-            if up_req is not None:
-                up_lists = header_lists(up_req.headers)
+        else:
+            req_lists, req_shown = read_headers(req.headers, None)
+            if primary is not client_leg:  # only the upstream leg was seen
+                req_headers = self._upstream_request_headers(req_lists)
+                req_shown = render_headers(req_headers, self._req_header_masks)
+                uri = self._upstream_uri(req, req_lists, primary)
+                ip = forwarded_ip(req_lists)
+            else:
+                # Most requests carry no forwarding header: one set operation says so.
+                fwd = None if _FORWARDING.isdisjoint(req_lists) else forwarded_ip(req_lists)
+                ip = fwd or flow.peer_ip
+                uri = self._client_uri(req, req_lists, primary)
+                up_lists = header_lists(up_req.headers)  # type: ignore[union-attr]  # merged: seen
                 req_headers = self._with_identity(req_lists, up_lists)
                 req_shown = render_headers(req_headers, self._req_header_masks)
+            req_user, req_company = self._identifier.from_request(req_headers)
 
         if client_leg is not None and client_leg.response is not None:
             resp, resp_leg = client_leg.response, client_leg
@@ -185,7 +207,7 @@ class EventBuilder:
         resp_shown: dict[str, str | list[str]] = {}
         if resp is not None:
             resp_lists, resp_shown = read_headers(resp.headers, self._resp_header_masks)
-        user_id, company_id = self._identifier.identify(req_headers, resp_lists)
+        user_id, company_id = self._identifier.with_response(req_user, req_company, resp_lists)
 
         flags: set[str] = {f.value for f in primary.flags} if primary.flags else set()
         capture: dict[str, object] = {"legs": _LEGS[call.legs]}
@@ -249,6 +271,42 @@ class EventBuilder:
         return event
 
     # -- request side -------------------------------------------------------------------------------
+
+    def _request_view(self, headers: list[tuple[bytes, bytes]]) -> _RequestView:
+        """A lone leg's request headers (see `_RequestView`), remembered per header block: a client sends
+        the same block call after call (same Host, agent, credential). Header lists are shared between
+        events (only read); the shown headers are copied, as each event owns its dicts. Where blocks
+        rarely repeat (per-request ids) the memo pauses itself, so it costs next to nothing there."""
+        if self._memo_pause:
+            self._memo_pause -= 1
+            return self._read_request(headers)
+        key = tuple(headers)
+        known = self._req_memo.get(key)
+        if known is not None:
+            self._memo_hits += 1
+            return known[0], known[1].copy(), known[2], known[3], known[4]
+        view = self._read_request(headers)
+        self._memo_misses += 1
+        if self._memo_misses >= _REQ_MEMO_WINDOW:
+            if self._memo_hits * 8 < self._memo_misses:
+                self._memo_pause = _REQ_MEMO_PAUSE
+            self._memo_hits = self._memo_misses = 0
+        if (
+            len(headers) <= _REQ_MEMO_MAX_HEADERS
+            and sum(map(len, chain.from_iterable(headers))) <= _REQ_MEMO_MAX_BYTES
+        ):
+            memo = self._req_memo
+            if len(memo) >= _REQ_MEMO_MAX:
+                memo.clear()
+            memo[key] = (view[0], view[1].copy(), view[2], view[3], view[4])
+        return view
+
+    def _read_request(self, headers: list[tuple[bytes, bytes]]) -> _RequestView:
+        lists, shown = read_headers(headers, self._req_header_masks)
+        user, company = self._identifier.from_request(lists)
+        # Most requests carry no forwarding header: one set operation says so.
+        ip = None if _FORWARDING.isdisjoint(lists) else forwarded_ip(lists)
+        return lists, shown, user, company, ip
 
     @staticmethod
     def _with_identity(client: HeaderLists, upstream: HeaderLists) -> HeaderLists:

@@ -175,6 +175,11 @@ class Identifier:
         self, request: Mapping[str, list[str]], response: Mapping[str, list[str]]
     ) -> tuple[str | None, str | None]:
         """(user id, company id); a plain tuple, as this runs once per event."""
+        user, company = self.from_request(request)
+        return self.with_response(user, company, response)
+
+    def from_request(self, request: Mapping[str, list[str]]) -> tuple[str | None, str | None]:
+        """What the request alone says: the steps before the response's (see `with_response`)."""
         user = company = None
         if not self._named.isdisjoint(request):
             user = _first(request, self._user_header)
@@ -194,6 +199,12 @@ class Identifier:
                 if company is None:
                     company = claim_company
                 break
+        return user, company
+
+    def with_response(
+        self, user: str | None, company: str | None, response: Mapping[str, list[str]]
+    ) -> tuple[str | None, str | None]:
+        """`from_request`'s answer completed by the response's headers (the plugin's pass B)."""
         if user is None and self._user_header:
             user = _first(response, self._user_header)
         if company is None and self._company_header:
