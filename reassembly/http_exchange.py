@@ -82,15 +82,16 @@ def finish_exchange(
     flags = entry.flags
     request = entry.request
     response = entry.response
+    # The common exchange (both messages read whole) needs no flag: tested inline, without the calls.
     if request is None:
         flags.add(ExchangeFlag.ORPHAN_RESPONSE)
         stats["http_orphan_responses"] += 1
-    else:
+    elif not (entry.request_done and request.complete and not request.gap and not request.body_truncated):
         _flag_message(request, entry.request_done, flags, _REQUEST_FLAGS)
     if response is None:
         flags.add(ExchangeFlag.UNANSWERED)
         stats["http_unanswered"] += 1
-    else:
+    elif not (entry.response_done and response.complete and not response.gap and not response.body_truncated):
         _flag_message(response, entry.response_done, flags, _RESPONSE_FLAGS)
     if mid_stream:
         flags.add(ExchangeFlag.MIDSTREAM)

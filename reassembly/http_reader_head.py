@@ -48,7 +48,7 @@ class HeadSteps(BodySteps):
         self._pos = pos
         if pos >= n:
             return False
-        self._msg_offset = self._offset_at(pos)
+        self._msg_offset = (self._next or 0) - n + pos  # _offset_at(pos), inline: once per message
         self._msg_ts = self._ts
         self._scan = pos
         self._line_checked = False
