@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tls.https_gateway import HttpsGateway, missing_tools
+from tls.https_gateway import SYSTEM_LIBSSL, HttpsGateway, missing_tools
 
 from sniffer.capture.tls import (
     ProbeConfig,
@@ -449,6 +449,27 @@ def test_a_blocked_reader_is_woken_per_record_or_only_past_the_threshold(gateway
         return [(type(r), r.pid, r.ssl, getattr(r, "data", None), getattr(r, "fd", None)) for r in records]
 
     assert same(quiet_records) == same(woken_records) and quiet_records
+
+
+def test_the_gateways_own_library_in_another_mount_namespace(tmp_path: Path) -> None:
+    """As from a container with --pid=host: nginx's libssl.so.3 is another file at the same path. The
+    tap must probe nginx's file (through /proc/<pid>/root), not the one its own namespace shows."""
+    _needs_gateway()
+    if shutil.which("unshare") is None or not Path(SYSTEM_LIBSSL).exists():
+        pytest.skip("unshare or the system libssl.so.3 is missing")
+    with HttpsGateway(tmp_path, own_libssl=True) as gw:
+        workers = set(gw.worker_pids())
+        theirs = os.stat(f"/proc/{min(workers)}/root{SYSTEM_LIBSSL}")
+        ours = os.stat(SYSTEM_LIBSSL)
+        assert (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino)
+        with TlsTap.open() as tap:
+            probed = [os.stat(path) for path in tap.libraries()]
+            gw.curl("/from-the-host", "apikey: k")
+            records = of(
+                collect(tap, lambda rs: any(isinstance(r, TlsFreed) for r in of(rs, workers))), workers
+            )
+    assert (theirs.st_dev, theirs.st_ino) in [(st.st_dev, st.st_ino) for st in probed]
+    assert any(b"GET /from-the-host" in getattr(r, "data", b"") for r in records)
 
 
 def test_close_detaches_and_is_idempotent(gateway: HttpsGateway) -> None:

@@ -21,7 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-__all__ = ["HttpsGateway", "missing_tools"]
+__all__ = ["SYSTEM_LIBSSL", "HttpsGateway", "missing_tools"]
+
+SYSTEM_LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
 
 _CONF = """
 worker_processes {workers};
@@ -97,9 +99,12 @@ class _Upstream(BaseHTTPRequestHandler):
 class HttpsGateway:
     """`with HttpsGateway(tmp_path) as gw:` nginx on https://127.0.0.1:{gw.port}, upstream in a thread."""
 
-    def __init__(self, directory: Path, workers: int = 1) -> None:
+    def __init__(self, directory: Path, workers: int = 1, own_libssl: bool = False) -> None:
+        """own_libssl: run nginx in its own mount namespace where a copy of libssl.so.3 is bind-mounted
+        over the system one, as in a container: same path, another file (inode) than ours."""
         self.dir = directory
         self.workers = workers
+        self.own_libssl = own_libssl
         self.port = _free_port()
         self._upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
         self._thread = threading.Thread(target=self._upstream.serve_forever, daemon=True)
@@ -145,7 +150,12 @@ class HttpsGateway:
         return sorted(int(pid) for pid in children)
 
     def start(self) -> None:
-        subprocess.run(["nginx", "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")], check=True)
+        nginx = ["nginx", "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")]
+        if self.own_libssl:
+            shutil.copy(SYSTEM_LIBSSL, self.dir / "libssl.so.3")
+            mount = f"mount --bind {self.dir / 'libssl.so.3'} {SYSTEM_LIBSSL} && exec {' '.join(nginx)}"
+            nginx = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount]
+        subprocess.run(nginx, check=True)
         deadline = time.monotonic() + 5
         while len(self.worker_pids()) < self.workers or not self._answers():
             if time.monotonic() > deadline:
