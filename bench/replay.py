@@ -66,6 +66,7 @@ class Run:
     rss_mb: float
     exchanges: int
     packets: int
+    cpu_s: float = 0.0  # user + system time of the tool and the children it waited for
 
 
 def _tree_rss_kb(pid: int) -> int:
@@ -95,10 +96,14 @@ def _tree_rss_kb(pid: int) -> int:
     return total
 
 
+LAST_CPU = [0.0]  # CPU seconds of the last _run
+
+
 def _run(
     cmd: list[str], *, env: dict[str, str] | None = None, stdout: int | None = None
 ) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS in MB of the child's process tree, and stderr of one run."""
+    """Wall seconds, peak RSS in MB of the child's process tree, and stderr of one run (its CPU
+    seconds in LAST_CPU)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=stdout or subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     peak = [0]
@@ -118,6 +123,7 @@ def _run(
     done.set()
     sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
+    LAST_CPU[0] = usage.ru_utime + usage.ru_stime
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {err[-500:]}")
     return seconds, max(peak[0], usage.ru_maxrss) / 1024.0, err
@@ -138,7 +144,7 @@ def bench_ours(capture: Path, packets: int, workers: int, compiled: str | None =
     seconds, rss, err = _run([*exe, "--workers", str(workers)], env=env)
     m = re.search(r"([\d,]+) exchanges", err)
     name = f"ours{' compiled' if compiled else ''}, {workers} worker{'s' if workers > 1 else ''}"
-    return Run(name, seconds, rss, int(m.group(1).replace(",", "")) if m else 0, packets)
+    return Run(name, seconds, rss, int(m.group(1).replace(",", "")) if m else 0, packets, LAST_CPU[0])
 
 
 def bench_tshark(capture: Path, packets: int) -> Run | None:
@@ -150,7 +156,7 @@ def bench_tshark(capture: Path, packets: int) -> Run | None:
         seconds, rss, _ = _run(cmd, stdout=out.fileno())
         out.seek(0)
         requests = sum(1 for line in out if line.split(b"\t")[0].strip())
-    return Run("tshark -Y http", seconds, rss, requests, packets)
+    return Run("tshark -Y http", seconds, rss, requests, packets, LAST_CPU[0])
 
 
 def bench_httpry(capture: Path, packets: int) -> Run | None:
@@ -162,7 +168,7 @@ def bench_httpry(capture: Path, packets: int) -> Run | None:
         seconds, rss, _ = _run(["httpry", "-r", str(capture), "-o", str(out), "tcp"])
         lines = out.read_text(errors="replace").splitlines()
         requests = sum(1 for line in lines if "\t>\t" in line)
-    return Run("httpry (C)", seconds, rss, requests, packets)
+    return Run("httpry (C)", seconds, rss, requests, packets, LAST_CPU[0])
 
 
 def bench_scapy(capture: Path, limit: int) -> Run | None:
@@ -225,18 +231,22 @@ def main() -> int:
     rows = []
     for tool, runs in results.items():
         secs = statistics.median(r.seconds for r in runs)
-        rows.append((tool, runs[0].packets / secs, runs[0].exchanges / secs, max(r.rss_mb for r in runs)))
-    base = {t: pps for t, pps, _, _ in rows}
+        cpu = statistics.median(r.cpu_s for r in runs)
+        cpu_us = 1e6 * cpu / runs[0].packets if cpu else 0.0
+        rss = max(r.rss_mb for r in runs)
+        rows.append((tool, runs[0].packets / secs, runs[0].exchanges / secs, rss, cpu_us))
+    base = {t: pps for t, pps, _, _, _ in rows}
     one = base.get("ours, 1 worker")
     two = base.get("ours, 2 workers")
-    print(f"\n{'tool':<26} {'packets/s':>10} {'exchanges/s':>12} {'peak RSS MB':>12} "
+    print(f"\n{'tool':<26} {'packets/s':>10} {'exchanges/s':>12} {'peak RSS MB':>12} {'CPU us/pkt':>11} "
           f"{'ours(1) / tool':>15} {'ours(2) / tool':>15}")  # fmt: skip
-    for tool, pps, xps, rss in rows:
+    for tool, pps, xps, rss, cpu_us in rows:
         r1 = f"{one / pps:.2f}x" if one else "-"
         r2 = f"{two / pps:.2f}x" if two else "-"
-        print(f"{tool:<26} {pps:>10,.0f} {xps:>12,.0f} {rss:>12.0f} {r1:>15} {r2:>15}")
+        cpu = f"{cpu_us:.2f}" if cpu_us else "-"
+        print(f"{tool:<26} {pps:>10,.0f} {xps:>12,.0f} {rss:>12.0f} {cpu:>11} {r1:>15} {r2:>15}")
     load = os.getloadavg()
-    print(f"\n(median of {args.runs} runs; exchanges = requests each tool reported; peak RSS = all "
+    print(f"\n(median of {args.runs} runs; exchanges = requests each tool reported; peak RSS and CPU = all "
           f"processes of the tool; load average after: {' '.join(f'{x:.2f}' for x in load)})")  # fmt: skip
     return 0
 

@@ -212,6 +212,7 @@ def replay_parallel(
     stats = Stats()
     engine = Engine(config, sink, stats, capture=False)
     queues: list[deque[Record]] = [deque() for _ in range(workers)]
+    merger = _Merger(engine, queues)
     passed = [0] * workers  # every record of a worker up to this frame number has arrived
     done = [False] * workers
     error: str | None = None
@@ -255,8 +256,8 @@ def replay_parallel(
                     interrupted = interrupted or was_stopped
                     done[i] = True
                     passed[i] = 1 << 62
-            _merge(engine, queues, min(passed))
-        _merge(engine, queues, 1 << 62)
+            merger.merge(min(passed))
+        merger.close()
         engine.close()
     finally:
         for conn in conns:
@@ -279,32 +280,56 @@ def _decoded(data: bytes) -> list[Record]:
             gc.enable()
 
 
-def _merge(engine: Engine, queues: list[deque[Record]], upto: int) -> None:
-    """Feed the main engine every queued record numbered `upto` or less, in frame order (ties: by
-    worker); after the last record of a frame, the joiner's timeouts run if one process would run them."""
-    feed, advance = engine.feed_exchanges, engine.advance
-    pending_ts: float | None = None
-    frame = -1
-    while True:
-        best = -1
-        low = upto + 1
-        for w, q in enumerate(queues):
-            if q and q[0][0] < low:
-                best, low = w, q[0][0]
-        if low != frame and pending_ts is not None:
-            feed(pending_ts, [])  # the end of frame `frame`: one process's joiner-timeout check
-            pending_ts = None
-        if best < 0:
-            return
-        frame, pending_ts, items = queues[best].popleft()
-        group: list[Exchange] = []
-        for item in items:
-            if isinstance(item, float):
-                if group:
-                    feed(NEVER, group)
-                    group = []
-                advance(item)  # a plain exchange's end: the joiner's clock moves as in one process
-            else:
-                group.append(item)
-        if group:
-            feed(NEVER, group)
+class _Merger:
+    """Feeds the main engine the workers' records in frame order (ties: by worker)."""
+
+    def __init__(self, engine: Engine, queues: list[deque[Record]]) -> None:
+        self.engine = engine
+        self.queues = queues
+        # The latest end of plain exchanges not yet passed to the joiner: between two exchanges fed to
+        # it, moving its clock once to the latest gives the same state and the same calls as moving it
+        # at each (expiring is monotonic), for a fraction of the cost.
+        self._clock: float | None = None
+
+    def merge(self, upto: int) -> None:
+        """Every queued record numbered `upto` or less; after the last record of a frame, the joiner's
+        timeouts run if one process would run them there."""
+        feed = self.engine.feed_exchanges
+        queues = self.queues
+        clock = self._clock
+        pending_ts: float | None = None
+        frame = -1
+        while True:
+            best = -1
+            low = upto + 1
+            for w, q in enumerate(queues):
+                if q and q[0][0] < low:
+                    best, low = w, q[0][0]
+            if low != frame and pending_ts is not None:
+                feed(pending_ts, [])  # the end of frame `frame`: one process's joiner-timeout check
+                pending_ts = None
+            if best < 0:
+                break
+            frame, pending_ts, items = queues[best].popleft()
+            group: list[Exchange] = []
+            for item in items:
+                if type(item) is float:
+                    if group:
+                        feed(NEVER, group)
+                        group = []
+                    if clock is None or item > clock:
+                        clock = item
+                else:
+                    if clock is not None and not group:
+                        self.engine.advance(clock)  # the plain exchanges' ends, as one process's joiner saw
+                        clock = None
+                    group.append(item)
+            if group:
+                feed(NEVER, group)
+        self._clock = clock
+
+    def close(self) -> None:
+        self.merge(1 << 62)
+        if self._clock is not None:
+            self.engine.advance(self._clock)
+            self._clock = None
