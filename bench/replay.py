@@ -6,7 +6,8 @@ Without CAPTURE it makes one with bench/make_capture.sh (nginx + wrk + tcpdump o
 not grow with the file). Prints packets/s, exchanges/s, peak RSS and our single-process rate's ratio
 to each tool (and the 2-worker rate's). Each tool runs as a child process; peak RSS is the largest sum
 of the resident sizes of the child and its own children, sampled every 20 ms (so 2 workers count
-3 processes). The median wall time of N runs is used.
+3 processes); CPU is user + system time of the child and the children it waited for, per packet.
+The median wall time of N runs is used.
 
 ours: full Moesif events (identification, masks, decoded bodies) to /dev/null, default configuration.
 `ours compiled` is added when a compiled build of the hot modules is importable (S1's optional mypyc
@@ -110,6 +111,9 @@ def _run(
     done = threading.Event()
 
     def sample() -> None:
+        # not before the child has exec'd: until then it is a copy of this process (that copy is also
+        # why wait4's ru_maxrss is not used)
+        done.wait(0.05)
         while not done.wait(0.02):
             peak[0] = max(peak[0], _tree_rss_kb(proc.pid))
 
@@ -117,7 +121,7 @@ def _run(
     sampler.start()
     assert proc.stderr is not None
     err = proc.stderr.read().decode(errors="replace")
-    # wait4: this child's own rusage (a lower bound of the tree's peak when sampling missed it)
+    # wait4: this child's rusage, including the children it waited for (CPU time)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     done.set()
@@ -126,7 +130,7 @@ def _run(
     LAST_CPU[0] = usage.ru_utime + usage.ru_stime
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {err[-500:]}")
-    return seconds, max(peak[0], usage.ru_maxrss) / 1024.0, err
+    return seconds, peak[0] / 1024.0, err
 
 
 def count_packets(capture: Path) -> int:
