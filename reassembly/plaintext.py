@@ -99,6 +99,11 @@ class PlaintextStreams:
     def __len__(self) -> int:
         return len(self._conns)
 
+    def flow_id(self, pid: int, ssl: int) -> int | None:
+        """The `Exchange.flow_id` of the connection open under (pid, ssl), if any."""
+        conn = self._conns.get((pid, ssl))
+        return None if conn is None else conn.flow_id
+
     @property
     def http_buffer_bytes(self) -> int:
         return self._pool.used

@@ -8,8 +8,9 @@ Start-up, in this order (each step needs the previous one and the privileges it 
    following restarted gateway workers needs the bpf() syscall on the tap's maps (CAP_BPF whenever
    kernel.unprivileged_bpf_disabled is set, the default), CAP_PERFMON to attach a new library and root
    to read root-owned workers' /proc/<pid>/maps and fds; so the daemon keeps its privileges and says so;
-4. with SNIFFER_WORKERS > 1, the capture workers forked (no thread may exist yet);
-5. threads: the metrics endpoint, the TLS reader, the Moesif sender.
+4. with SNIFFER_WORKERS > 1, the capture workers forked (no thread may exist yet), then the TLS reader
+   process (`TlsSource.start`);
+5. threads: the metrics endpoint, the Moesif sender.
 Then the loop: with one worker it walks the rings into the `Engine` itself; with more it takes the
 workers' exchanges (`Engine(capture=False)`) and runs the leg joiner, the event builder and the sink.
 When no packet arrives the engine's timeouts run with the wall clock (see `capture.workers`).
@@ -405,10 +406,10 @@ def run(
         signal.signal(signal.SIGTERM, d._on_stop)
         signal.signal(signal.SIGINT, d._on_stop)
         signal.signal(signal.SIGHUP, d._on_hup)
+        if d.tls is not None:
+            d.tls.start()  # its reader process: after the capture workers, before any thread
         if d.metrics is not None:
             d.metrics.start()
-        if d.tls is not None:
-            d.tls.start()  # its reader thread, after the fork
         if config.application_id:
             d.sender = sender_factory(config)
             d.sender.start()

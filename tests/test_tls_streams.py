@@ -22,7 +22,9 @@ from sniffer.engine import Engine
 
 PID = 31337
 T0 = 1_764_000_000.0
-OFFSET = T0 - 1000.0  # epoch = monotonic + OFFSET; monotonic 1000 s is T0
+# epoch = monotonic + OFFSET, with T0 a little ahead of this machine's CLOCK_MONOTONIC: the sockets are
+# looked up (now) before any of the records happened, as when the reader keeps up
+OFFSET = T0 - (time.monotonic() + 10.0)
 
 
 def hexaddr(ip: str, port: int) -> str:
@@ -137,22 +139,29 @@ def test_tls_client_leg_joins_packet_upstream_leg_and_401_stands_alone(tmp_path:
     assert stats["tls_socket_resolved"] == 2 and stats["tls_closed_freed"] == 2
 
 
-def test_a_bind_whose_connection_already_ended_in_the_batch_is_not_trusted(tmp_path: Path) -> None:
-    """Read late, the fd of a freed SSL object may belong to the next connection already: placeholders
-    and a count instead of another connection's addresses."""
+def test_a_lookup_after_the_connection_ended_is_refuted_not_trusted(tmp_path: Path) -> None:
+    """Read late, the fd of a freed SSL object may belong to the next connection already: the probes'
+    timestamps show the SSL_free came before the lookup, so placeholders and a count instead of another
+    connection's addresses. The next connection, looked up while it lives, gets its own."""
     stats = Stats()
-    # fd 7 is now MALLORY's socket: ALICE's connection on fd 7 ended before its records were read
+    # fd 7 is MALLORY's socket now: ALICE's connection on fd 7 ended before its records were read
     tls = TlsStreams(
         stats=stats, resolver=fake_proc(tmp_path, {7: (GW, MALLORY)}, stats), epoch_offset=OFFSET
     )
     req = b"GET /api/orders HTTP/1.1\r\nHost: gw\r\n\r\n"
     resp = b"HTTP/1.1 204 No Content\r\n\r\n"
     late = [*tls_call(0x77, 7, T0, req, resp), TlsBound(PID, 0x78, 7, ns(T0 + 0.02))]
-    exchanges = tls.feed(late)
-    assert len(exchanges) == 1 and exchanges[0].client[0].startswith("unresolved-tls-")
-    assert stats["tls_socket_stale"] == 1
-    # the last SSL_set_fd on fd 7 in the batch, its connection still open: it is MALLORY's, resolved
-    assert stats["tls_socket_resolved"] == 1
-    tls.feed([TlsData(PID, 0x78, True, ns(T0 + 0.03), len(req), req)])
-    (ex,) = tls.feed([TlsData(PID, 0x78, False, ns(T0 + 0.04), len(resp), resp)])
+    looked_up = ns(T0 + 0.05)  # after all of them
+    resolved = {0: ((GW, MALLORY), looked_up), 4: ((GW, MALLORY), looked_up)}
+    exchanges = tls.feed(late, resolved, read_ns=None)
+    assert [(e.client[0][:15], e.server[0][:15], e.response.status) for e in exchanges] == [  # type: ignore[union-attr]
+        ("unresolved-tls-", "unresolved-tls-", 204)
+    ]
+    assert stats["tls_socket_refuted"] == 1
+    # MALLORY's connection: its request's exchange is held until a later read proves the fd was its own
+    held = tls.feed([TlsData(PID, 0x78, True, ns(T0 + 0.03), len(req), req)], {}, read_ns=None)
+    held += tls.feed([TlsData(PID, 0x78, False, ns(T0 + 0.04), len(resp), resp)], {}, read_ns=None)
+    assert held == []
+    (ex,) = tls.feed([], {}, read_ns=looked_up + 1)
     assert (ex.client, ex.server) == (MALLORY, GW)
+    assert stats["tls_socket_confirmed"] == 1

@@ -254,14 +254,14 @@ def test_https_calls_are_one_event_each_with_user_and_client_status(topo: TlsTop
     assert m["tls_ring_full_drops"] == m["tls_rate_limited"] == m["tls_truncated_bytes"] == 0
     # Never another connection's addresses: every event with the gateway's address is a call as made.
     assert not got - want, (sorted((got - want).elements()), log_tail)
-    unresolved = sockets.get("stale", 0) + sockets.get("fd_gone", 0) + sockets.get("not_found", 0)
+    unresolved = sockets.get("refuted", 0) + sockets.get("fd_gone", 0) + sockets.get("not_found", 0)
     missed = want - got
     # A call is missing only when its connection's socket could not be resolved (counted, and its events
     # carry marked placeholder addresses instead).
     assert len({(c[3], c[4]) for c in missed}) <= unresolved, (sorted(missed.elements()), sockets)
     if unresolved:
         pytest.xfail(
-            f"{unresolved} of {sum(sockets.values())} connections ended before user space read their "
+            f"{unresolved} of {len(PLAN) + len(BURST)} connections ended before user space read their "
             f"SSL_set_fd (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs): their socket "
             f"could not be resolved through /proc, {sum(missed.values())} calls lack the gateway's address "
             "and proxied ones were not joined. Kernel-side endpoints would remove this race."

@@ -4,15 +4,14 @@ It owns the `TlsTap` (kernel side) and the `TlsStreams` (records -> exchanges) a
 engine with `Engine.feed_exchanges`, the same door the capture workers' exchanges come through, so the
 Kong leg joiner sees a TLS client leg exactly like a packet-captured one.
 
-A reader thread (`start()`, after any fork) waits on the ring buffer, reads the records the moment they
-arrive and resolves the socket of each SSL_set_fd right away: that lookup goes through /proc and must
-happen while the connection still exists, which a loop busy with packets cannot promise (measured in
-the HTTPS topology: about half the sockets of one-call connections were gone when the records were read
-by the capture loop, none when read by this thread). Everything else stays in the daemon's loop: it
-waits on `fileno()` (readable when a batch is queued), calls `poll()` when it wakes, `tick()` about once
-a second (rescans the gateway processes to follow restarted or new workers, runs the idle timeout) and
-`close()` at shutdown. The queue between them is bounded in records: when it is full the thread stops
-reading, and the kernel's ring buffer fills and counts its drops. `open()` returns None when SNIFFER_TLS
+A reader process (`start()`) waits on the ring buffer, reads the records the moment they arrive and
+resolves the socket of each SSL_set_fd right away: that lookup goes through /proc and must happen while
+the connection still exists, which a loop busy with packets cannot promise, nor a thread of it waiting
+for the GIL. It sends (records, endpoints, its counters) over a pipe. Everything else stays in the
+daemon's loop: it waits on `fileno()` (the pipe), calls `poll()` when it wakes, `tick()` about once a
+second (rescans the gateway processes to follow restarted or new workers, runs the idle timeout) and
+`close()` at shutdown. The pipe bounds what is in flight: when the loop falls behind the reader blocks,
+and the kernel's ring buffer fills and counts its drops. `open()` returns None when SNIFFER_TLS
 is off or the host cannot do it; in that case it logged ONE line saying why, and the daemon carries on
 with packet capture only.
 """
@@ -21,23 +20,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import select
-import sys
-import threading
+import signal
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reassembly.events import Exchange
 from reassembly.limits import Limits
 from reassembly.stats import Stats
 from sniffer.capture.tls.sockets import SocketResolver
-from sniffer.capture.tls.streams import Resolved, TlsStreams
+from sniffer.capture.tls.streams import TlsStreams
 from sniffer.config import Config
 
 if TYPE_CHECKING:
-    from sniffer.capture.tls.records import TlsRecord
     from sniffer.capture.tls.tap import TlsTap
 
 __all__ = ["REFRESH_S", "TLS_POLL_S", "TlsSource"]
@@ -53,17 +50,49 @@ log = logging.getLogger("sniffer.tls")
 TLS_POLL_S = 0.05
 REFRESH_S = 1.0  # gateway processes rescanned this often (a rescan reads one comm file per process)
 MAX_RECORDS_PER_READ = 65536
-MAX_QUEUED_RECORDS = 1 << 18  # between the reader thread and the loop; then the kernel ring absorbs
 MAX_BATCHES_PER_POLL = 64  # then the caller's loop gets a turn (packet rings, ticks) even under a flood
-# The reader thread needs the GIL as soon as it wakes; the default 5 ms switch interval would be most of
-# the time a short connection lives.
-SWITCH_INTERVAL_S = 0.001
+STOP_S = 5.0  # the reader's last batches at shutdown
+READER_NICE = -10
 # Kernel counters whose growth is a loss, exported under the usual loss prefixes.
 _TAP_LOSSES = {"ring_full": "drop_tls_ring_full", "rate_limited": "drop_tls_rate_limited"}
 
 
 class _Feed(Protocol):
     def feed_exchanges(self, ts: float, exchanges: list[Exchange]) -> None: ...
+
+
+def _reader_main(tap: TlsTap, streams: TlsStreams, conn: Any) -> None:
+    """The reader process: records read the moment they arrive, sockets resolved at once, sent on.
+
+    A process and not a thread: the resolution must not wait for the GIL of a loop busy with packets.
+    It stops on "stop" (after one last read) or when the daemon's end of the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the daemon decides when to stop, and says so
+    with contextlib.suppress(OSError):
+        # Woken by the ring buffer, it must run before the connection it is told about ends, also when
+        # the gateway keeps every CPU busy: ahead of them in the run queue. It sleeps most of the time.
+        os.setpriority(os.PRIO_PROCESS, 0, READER_NICE)
+    ring = tap.fileno()
+    resolve, stats = streams.resolve, streams.resolver.stats
+    stop = False
+    proof_due = False  # the read after a batch proves its SSL objects were still open at their lookups
+    try:
+        while not stop:
+            ready = select.select([ring, conn], [], [], TLS_POLL_S)[0]
+            if conn in ready:
+                conn.recv()  # "stop", or EOF
+                stop = True
+            began = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            records = tap.read(MAX_RECORDS_PER_READ)
+            if records or proof_due:
+                # A full read may have left records behind: then it proves nothing about what is missing.
+                read_ns = began if len(records) < MAX_RECORDS_PER_READ else None
+                conn.send((records, resolve(records), read_ns, dict(stats), streams.bind_lag_max_ms))
+            proof_due = bool(records)
+    except (EOFError, OSError, KeyboardInterrupt):
+        pass
+    finally:
+        conn.close()
 
 
 class TlsSource:
@@ -73,11 +102,10 @@ class TlsSource:
         self.stats = streams.stats
         self._next_refresh = time.monotonic() + REFRESH_S
         self._refresh_failed = False
-        self._queue: deque[tuple[list[TlsRecord], Resolved]] = deque()
-        self._queued = 0  # records in the queue (the thread adds, the loop subtracts: GIL-atomic enough)
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._proc: Any = None  # the reader process, once started
+        self._conn: Any = None  # our end of its pipe
+        self._stopping = False
+        self._resolver_stats: dict[str, int] = {}
 
     @classmethod
     def open(cls, config: Config, stats: Stats, limits: Limits | None = None) -> TlsSource | None:
@@ -117,57 +145,49 @@ class TlsSource:
         return source
 
     def start(self) -> None:
-        """Start the reader thread (after the capture workers were forked: no thread may exist then)."""
-        if self._thread is not None:
+        """Fork the reader process (before any thread exists: after the capture workers, before the
+        metrics and sender threads)."""
+        if self._proc is not None:
             return
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
-        self._thread = threading.Thread(target=self._read_loop, name="tls-reader", daemon=True)
-        self._thread.start()
-
-    def _read_loop(self) -> None:
-        tap, resolve, queue = self.tap, self.streams.resolve, self._queue
-        ring = tap.fileno()
-        while not self._stop.is_set():
-            if self._queued >= MAX_QUEUED_RECORDS:
-                self.stats["tls_queue_full_waits"] += 1
-                self._stop.wait(0.01)
-                continue
-            select.select([ring], [], [], TLS_POLL_S)
-            records = tap.read(MAX_RECORDS_PER_READ)
-            if records:
-                queue.append((records, resolve(records)))
-                self._queued += len(records)
-                with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
-                    os.write(self._wake_w, b"\0")
+        ctx = multiprocessing.get_context("fork")
+        parent, child = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(
+            target=_reader_main, args=(self.tap, self.streams, child), name="tls-reader", daemon=True
+        )
+        self._proc.start()
+        child.close()
+        self._conn = parent
 
     def fileno(self) -> int:
-        """Readable when records wait for `poll()` (or, before `start()`, the ring buffer itself)."""
-        return self._wake_r if self._thread is not None else self.tap.fileno()
+        """Readable when records wait for `poll()` (before `start()`: the ring buffer itself)."""
+        return self._conn.fileno() if self._conn is not None else self.tap.fileno()
 
     def poll(self, engine: _Feed) -> int:
         """Hand the exchanges completed by the records read so far to `engine`; returns records taken."""
-        if self._thread is None:  # not started: read here
+        feed = self.streams.feed
+        conn = self._conn
+        if conn is None:  # not started: read and resolve here
+            began = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             records = self.tap.read(MAX_RECORDS_PER_READ)
-            if records:
-                self._queue.append((records, self.streams.resolve(records)))
-                self._queued += len(records)
-        else:
-            with contextlib.suppress(BlockingIOError):
-                while os.read(self._wake_r, 4096):
-                    pass
+            read_ns = began if len(records) < MAX_RECORDS_PER_READ else None
+            exchanges = feed(records, self.streams.resolve(records), read_ns)
+            if exchanges or records:
+                engine.feed_exchanges(self.streams.last_ts, exchanges)
+            return len(records)
         taken = 0
-        queue, feed = self._queue, self.streams.feed
-        for _ in range(MAX_BATCHES_PER_POLL):
-            if not queue:
-                break
-            records, resolved = queue.popleft()
-            self._queued -= len(records)
-            taken += len(records)
-            exchanges = feed(records, resolved)
-            engine.feed_exchanges(self.streams.last_ts, exchanges)
-        if queue:  # more to do: make sure the loop comes back at once
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.write(self._wake_w, b"\0")
+        try:
+            for _ in range(MAX_BATCHES_PER_POLL):
+                if not conn.poll():
+                    break
+                records, resolved, read_ns, self._resolver_stats, lag = conn.recv()
+                self.streams.bind_lag_max_ms = max(self.streams.bind_lag_max_ms, lag)
+                taken += len(records)
+                engine.feed_exchanges(self.streams.last_ts, feed(records, resolved, read_ns))
+        except (EOFError, OSError):
+            if self._proc is not None and not self._stopping:
+                log.warning("TLS capture: the reader process exited (%s)", self._proc.exitcode)
+            self._conn = None
+            self._stopping = True
         return taken
 
     def tick(self, engine: _Feed, now: float | None = None) -> None:
@@ -196,6 +216,7 @@ class TlsSource:
         except OSError:
             raw = {}
         counters: dict[str, int] = dict(self.streams.resolver.stats)
+        counters.update(self._resolver_stats)
         gauges: dict[str, float] = {
             "tls_connections_open": float(len(self.streams)),
             "tls_bind_lag_max_ms": self.streams.bind_lag_max_ms,
@@ -208,21 +229,32 @@ class TlsSource:
         return counters, gauges
 
     def close(self, engine: _Feed | None = None) -> None:
-        """Stop the reader, drain what is left, finish every connection, detach the probes."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5.0)
-            self._thread = None
+        """Stop the reader, take what it still sends, finish every connection, detach the probes."""
+        self._stopping = True
         try:
-            if engine is not None:
-                while self.poll(engine):
-                    pass
+            if self._conn is not None:
+                with contextlib.suppress(OSError):
+                    self._conn.send("stop")  # it reads once more, sends that, and closes its end
+                deadline = time.monotonic() + STOP_S
+                while self._conn is not None and time.monotonic() < deadline:
+                    if self._conn.poll(0.05):  # then poll() reads it, or sees the end (and drops _conn)
+                        self.poll(engine if engine is not None else _Discard())
+            elif engine is not None:
                 self.poll(engine)
+            if engine is not None:
                 exchanges = self.streams.close()
                 if exchanges:
                     engine.feed_exchanges(self.streams.last_ts, exchanges)
         finally:
+            if self._proc is not None:
+                self._proc.join(1.0)
+                if self._proc.is_alive():
+                    self._proc.kill()
+                    self._proc.join(1.0)
+                self._proc = None
             self.tap.close()
-            for fd in (self._wake_r, self._wake_w):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+
+
+class _Discard:
+    def feed_exchanges(self, ts: float, exchanges: list[Exchange]) -> None:
+        pass
