@@ -39,7 +39,16 @@ from sniffer.moesif.headers import (
     text,
 )
 from sniffer.moesif.identify import Identifier
-from sniffer.moesif.ids import derived_id, endpoint_text, id_hasher, iso_time, transaction_id
+from sniffer.moesif.ids import (
+    _MILLIS,
+    _SECONDS,
+    _VARIANT,
+    endpoint_text,
+    id_hasher,
+    iso_time,
+    second_text,
+    transaction_id,
+)
 from sniffer.moesif.masks import header_mask_set, mask_body, mask_query
 
 __all__ = ["IDENTITY_HEADERS", "PLUMBING_HEADERS", "EventBuilder", "iso_time", "transaction_id"]
@@ -211,8 +220,10 @@ class EventBuilder:
 
         flags: set[str] = {f.value for f in primary.flags} if primary.flags else set()
         capture: dict[str, object] = {"legs": _LEGS[call.legs]}
+        # iso_time, inlined (twice per event): the per-second text plus the millisecond's.
+        ms = round(req.ts_start * 1_000_000) // 1000
         request: dict[str, object] = {
-            "time": iso_time(req.ts_start),
+            "time": (_SECONDS.get(ms // 1000) or second_text(ms // 1000)) + _MILLIS[ms % 1000],
             "uri": uri,
             "verb": _METHODS.get(req.method) or _method(req.method),
             "headers": req_shown,
@@ -228,8 +239,9 @@ class EventBuilder:
 
         event: dict[str, object] = {"request": request}
         if resp is not None:
+            ms = round(resp.ts_end * 1_000_000) // 1000
             response: dict[str, object] = {
-                "time": iso_time(resp.ts_end),
+                "time": (_SECONDS.get(ms // 1000) or second_text(ms // 1000)) + _MILLIS[ms % 1000],
                 "status": resp.status,
                 "headers": resp_shown,
             }
@@ -261,13 +273,30 @@ class EventBuilder:
             if up_lists is not None:
                 known[id(call.upstream_leg.request)] = up_lists  # type: ignore[union-attr]
             kong_id = _kong_request_id(call, known)
-        self._fill_capture(capture, call, primary, flow, flags, kong_id)
+        if kong_id:
+            capture["kong_request_id"] = kong_id
+        capture.update(flow.capture)
+        if (
+            flags
+            or not primary.request.complete
+            or primary.request.gap
+            or call.upstream_leg is not None
+            or (primary.response is not None and (not primary.response.complete or primary.response.gap))
+        ):
+            self._fill_capture(capture, call, primary, flags)
+        else:  # the usual call: one whole leg, nothing to flag
+            capture["truncated"] = False
+            capture["gap"] = False
         event["metadata"] = {"capture": capture}
         # Only a request carrying the header can name its own id; any other gets one derived from its flow.
         if _TRANSACTION_HEADER in req_lists or (up_lists is not None and _TRANSACTION_HEADER in up_lists):
             event["transaction_id"] = transaction_id(call)
         else:
-            event["transaction_id"] = derived_id(flow.ids, req.stream_offset, req.ts_start)
+            # derived_id, inlined: uuid5 of the flow's prefix, the request's offset and second.
+            h = flow.ids.copy()
+            h.update(b"%d|%d" % (req.stream_offset, req.ts_start))
+            x = h.hexdigest()
+            event["transaction_id"] = f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
         return event
 
     # -- request side -------------------------------------------------------------------------------
@@ -424,17 +453,8 @@ class EventBuilder:
     # -- metadata ---------------------------------------------------------------------------------
 
     def _fill_capture(
-        self,
-        capture: dict[str, object],
-        call: ApiCall,
-        primary: Exchange,
-        flow: _Flow,
-        flags: set[str],
-        kong_id: str | None,
+        self, capture: dict[str, object], call: ApiCall, primary: Exchange, flags: set[str]
     ) -> None:
-        if kong_id:
-            capture["kong_request_id"] = kong_id
-        capture.update(flow.capture)
         other = call.upstream_leg if primary is call.client_leg else None
         if other is not None:
             capture["upstream_connection"] = self._flow(other).connection

@@ -19,7 +19,16 @@ from reassembly.events import Endpoint
 from sniffer.kong.api_call import ApiCall
 from sniffer.moesif.headers import text
 
-__all__ = ["NAMESPACE", "derived_id", "endpoint_text", "id_hasher", "iso_time", "sent_id", "transaction_id"]
+__all__ = [
+    "NAMESPACE",
+    "derived_id",
+    "endpoint_text",
+    "id_hasher",
+    "iso_time",
+    "second_text",
+    "sent_id",
+    "transaction_id",
+]
 
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://moesif-sniffer/transaction-id")
 _SECONDS_MAX = 4096  # per-second memo of the time text, emptied when full (bounded)
@@ -33,12 +42,18 @@ def iso_time(ts: float) -> str:
     """ISO 8601 UTC, exactly three digits of milliseconds (truncated) and a Z."""
     ms = round(ts * 1_000_000) // 1000  # via microseconds: pcap times are exact in us, not in float ms
     sec, milli = divmod(ms, 1000)
+    return (_SECONDS.get(sec) or second_text(sec)) + _MILLIS[milli]
+
+
+def second_text(sec: int) -> str:
+    """`YYYY-MM-DDTHH:MM:SS` of a whole second, remembered (the event builder inlines `iso_time` with
+    the memo and this)."""
     prefix = _SECONDS.get(sec)
     if prefix is None:
         if len(_SECONDS) >= _SECONDS_MAX:
             _SECONDS.clear()
         prefix = _SECONDS[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    return prefix + _MILLIS[milli]
+    return prefix
 
 
 def endpoint_text(ep: Endpoint) -> str:
@@ -56,7 +71,7 @@ def id_hasher(client: Endpoint, server: Endpoint) -> hashlib._Hash:
 def derived_id(flow_hasher: hashlib._Hash, offset: int, ts: float) -> str:
     """uuid5(NAMESPACE, "client|server|offset|second") of where and when the request was seen."""
     h = flow_hasher.copy()
-    h.update(f"{offset}|{int(ts)}".encode())
+    h.update(b"%d|%d" % (offset, ts))  # %d of a float is its int(): the whole second
     x = h.hexdigest()
     # As uuid.UUID(bytes=digest[:16], version=5): version digit 5, variant bits 10.
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
