@@ -10,12 +10,12 @@ of the resident sizes of the child and its own children, sampled every 20 ms (so
 The median wall time of N runs is used.
 
 ours: full Moesif events (identification, masks, decoded bodies) to /dev/null, default configuration.
-`ours compiled` is added when a compiled build of the hot modules is importable (S1's optional mypyc
-build: `MOESIF_SNIFFER_COMPILED=<dir>` puts that build first on PYTHONPATH). tshark: `-Y http` with
-three fields (requests counted). httpry: request and status lines only. scapy: `PcapReader` with its
-HTTP layer bound to the capture's port (BENCH_PORT, 18080), on the first `--scapy-packets` packets
-only (it is ~100x slower; its time is measured from the first packet, so its import is not counted),
-requests counted.
+`ours compiled`: the same with the optional mypyc build of the core (bench/compiled.py builds it in a
+scratch directory, put first on PYTHONPATH), when it can be built here (`--no-compiled` skips it).
+tshark: `-Y http` with three fields (requests counted). httpry: request and status lines only.
+scapy: `PcapReader` with its HTTP layer bound to the capture's port (BENCH_PORT, 18080), on the
+first `--scapy-packets` packets only (it is ~100x slower; its time is measured from the first packet,
+so its import is not counted), requests counted.
 """
 
 from __future__ import annotations
@@ -101,12 +101,13 @@ LAST_CPU = [0.0]  # CPU seconds of the last _run
 
 
 def _run(
-    cmd: list[str], *, env: dict[str, str] | None = None, stdout: int | None = None
+    cmd: list[str], *, env: dict[str, str] | None = None, stdout: int | None = None, cwd: str | None = None
 ) -> tuple[float, float, str]:
     """Wall seconds, peak RSS in MB of the child's process tree, and stderr of one run (its CPU
     seconds in LAST_CPU)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=stdout or subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    out = stdout or subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, env=env, cwd=cwd)
     peak = [0]
     done = threading.Event()
 
@@ -145,7 +146,8 @@ def bench_ours(capture: Path, packets: int, workers: int, compiled: str | None =
     exe = [sys.executable, "-m", "sniffer", "replay", str(capture), "--output", os.devnull]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MOESIF_", "SNIFFER_"))}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (compiled, str(ROOT)) if p)
-    seconds, rss, err = _run([*exe, "--workers", str(workers)], env=env)
+    # cwd: not the source tree, whose `reassembly` would come before the compiled one on sys.path
+    seconds, rss, err = _run([*exe, "--workers", str(workers)], env=env, cwd=compiled or str(ROOT))
     m = re.search(r"([\d,]+) exchanges", err)
     name = f"ours{' compiled' if compiled else ''}, {workers} worker{'s' if workers > 1 else ''}"
     return Run(name, seconds, rss, int(m.group(1).replace(",", "")) if m else 0, packets, LAST_CPU[0])
@@ -187,8 +189,15 @@ def bench_scapy(capture: Path, limit: int) -> Run | None:
 
 
 def _compiled_build() -> str | None:
-    path = os.environ.get("MOESIF_SNIFFER_COMPILED")
-    return path if path and Path(path).is_dir() else None
+    """The directory of the compiled core (built now if needed), or None when it cannot be built."""
+    sys.path.insert(0, str(ROOT))
+    from bench.compiled import compile_unavailable, ensure_compiled
+
+    why = compile_unavailable()
+    if why is not None:
+        print(f"no compiled core: {why}", file=sys.stderr)
+        return None
+    return str(ensure_compiled())
 
 
 def main() -> int:
@@ -198,6 +207,7 @@ def main() -> int:
     ap.add_argument("--packets", type=int, default=1_000_000, help="size of the capture to make")
     ap.add_argument("--scapy-packets", type=int, default=30_000)
     ap.add_argument("--only", default="", help="comma list among ours,tshark,httpry,scapy (default all)")
+    ap.add_argument("--no-compiled", action="store_true", help="skip the mypyc-compiled core")
     args = ap.parse_args()
     capture = args.capture or TMP / f"moesif-sniffer-bench-{args.packets // 1_000_000 or 1}M.pcap"
     if args.packets % 1_000_000 and not args.capture:
@@ -207,7 +217,7 @@ def main() -> int:
         subprocess.run([str(HERE / "make_capture.sh"), str(capture), str(args.packets)], check=True)
     packets = count_packets(capture)
     only = set(filter(None, args.only.split(","))) or {"ours", "tshark", "httpry", "scapy"}
-    compiled = _compiled_build()
+    compiled = None if args.no_compiled or "ours" not in only else _compiled_build()
     benches = []
     if "ours" in only:
         benches += [lambda: bench_ours(capture, packets, 1), lambda: bench_ours(capture, packets, 2)]
