@@ -24,6 +24,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -272,3 +273,45 @@ def test_https_calls_are_one_event_each_with_user_and_client_status(topo: TlsTop
     assert legs == {"client+upstream": len(proxied), "client": len(calls) - len(proxied)}
     assert m.core.get("kong_join_request_id", 0) == sum(c["gw"] == TLS_PORT for c in proxied)
     assert m.core.get("kong_join_timing", 0) == sum(c["gw"] == TLS_PORT_NO_ID for c in proxied)
+
+
+@pytest.mark.timeout(90)
+def test_without_bpf_privileges_the_daemon_says_so_once_and_captures_packets(topo: TlsTopology) -> None:
+    """The same daemon without CAP_BPF/CAP_PERFMON/CAP_SYS_ADMIN (NET_RAW kept): one log line saying why,
+    then plaintext calls are still reported, HTTPS calls are not (only their encrypted bytes are seen)."""
+    wrapper = topo.workdir / "python-without-bpf"
+    wrapper.write_text(
+        "#!/bin/sh\nexec setpriv --bounding-set -bpf,-perfmon,-sys_admin --inh-caps=-all "
+        f'{sys.executable} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    with live_sniffer(
+        topo,
+        workers=1,
+        python=str(wrapper),
+        SNIFFER_TLS="uprobe",
+        SNIFFER_TLS_PROCESS=topo.comm,
+        SNIFFER_KONG_PORTS=KONG_PORTS,
+        SNIFFER_PORTS=f"{KONG_PORTS},{UPSTREAM_PORT}",
+    ) as sniffer:
+        https = run_calls(topo, PLAN[:1])
+        argv = ["ip", "netns", "exec", topo.ns_client, "curl", "-s", "-w", "%{http_code}\\n"]
+        argv += ["-H", f"apikey: {ALICE.apikey}"]
+        for path in ("/api/orders/101", "/api/orders/102"):
+            argv += ["-o", "/dev/null", f"http://{GW_V4}:8000{path}"]
+        codes = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30).stdout.split()
+        sniffer.wait_metrics(lambda m: m["events"] >= len(codes), EVENTS_WAIT_S)
+        status = sniffer.stop()
+        events = sniffer.events()
+        records = sniffer.log_records()
+    assert status == 0
+    unavailable = [r for r in records if "TLS capture unavailable" in r.get("message", "")]
+    assert len(unavailable) == 1 and unavailable[0]["level"] == "warning", records
+    assert "carrying on with packet capture only" in unavailable[0]["message"]
+    assert codes == ["200", "200"] and [c["status"] for c in https] == [200] * len(https)
+    # plaintext calls: both legs joined; HTTPS calls: only their plaintext upstream leg was seen
+    legs = sorted((e["metadata"]["capture"]["legs"], e["request"]["uri"].split(":", 2)[2]) for e in events)
+    want = [("client+upstream", "8000/api/orders/101"), ("client+upstream", "8000/api/orders/102")]
+    want += [("upstream", f"{TLS_PORT}{c['path']}") for c in https]  # the URL the client used
+    assert legs == sorted(want), legs
+    assert all(e["user_id"] == ALICE.user_id for e in events)
