@@ -6,8 +6,9 @@ Start-up, in this order (each step needs the previous one and the privileges it 
    gateway's OpenSSL, `sniffer.capture.tls.source`), the metrics port, the `--output` file;
 3. privileges dropped (`sniffer.privileges`): SNIFFER_USER, no capabilities. Not with the TLS tap open:
    following restarted gateway workers needs the bpf() syscall on the tap's maps (CAP_BPF whenever
-   kernel.unprivileged_bpf_disabled is set, the default), CAP_PERFMON to attach a new library and root
-   to read root-owned workers' /proc/<pid>/maps and fds; so the daemon keeps its privileges and says so;
+   kernel.unprivileged_bpf_disabled is set, the default), CAP_SYS_ADMIN to attach a new library (current
+   kernels let nothing less create uprobes) and root or CAP_SYS_PTRACE to read the workers' /proc/<pid>
+   maps and fds; so the daemon keeps its privileges and says so;
 4. with SNIFFER_WORKERS > 1, the capture workers forked (no thread may exist yet), then the TLS reader
    process (`TlsSource.start`);
 5. threads: the metrics endpoint, the Moesif sender.
@@ -389,8 +390,8 @@ def run(
             log.info("not root: keeping uid %d, dropping capabilities only", os.geteuid())
         if d.tls is not None:
             log.info(
-                "SNIFFER_TLS=uprobe: privileges kept (following the gateway's workers needs CAP_BPF, "
-                "CAP_PERFMON and their /proc); uid %d", os.geteuid(),
+                "SNIFFER_TLS=uprobe: privileges kept (following the gateway's workers needs CAP_SYS_ADMIN "
+                "and their /proc); uid %d", os.geteuid(),
             )  # fmt: skip
         else:
             try:

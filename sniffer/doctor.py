@@ -9,9 +9,10 @@ Checks, in order (a check whose precondition failed is skipped and says why):
 - traffic: a short capture (the daemon's ring and kernel port filter) sees packets on the Kong ports;
 - offloads: GRO / LRO / TSO per interface, read with the ETHTOOL ioctl (no ethtool binary needed);
 - tls: with SNIFFER_TLS=uprobe, what HTTPS capture needs, first missing thing named: x86_64, Linux >= 5.8
-  (BPF ring buffer), the uprobe PMU, CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN), the gateway processes
-  visible (a container needs --pid=host, a pod hostPID: true) and their libssl; then the probes are really
-  loaded and attached once (`TlsTap.open`), and detached;
+  (BPF ring buffer), the uprobe PMU, CAP_SYS_ADMIN (current kernels let nothing less create uprobes;
+  CAP_BPF + CAP_PERFMON are not enough), the gateway processes visible (a container needs --pid=host, a
+  pod hostPID: true) and their libssl; then the probes are really loaded and attached once
+  (`TlsTap.open`), and detached (which also tells when CAP_SYS_PTRACE is needed: workers of another user);
 - moesif: with MOESIF_APPLICATION_ID set, `GET {endpoint}/v1/config` with the application id:
   2xx accepted, 401/403 a wrong id, a network error an unreachable endpoint.
 
@@ -67,11 +68,9 @@ CAP_SETGID = 6
 CAP_SETUID = 7
 CAP_NET_RAW = 13
 CAP_SYS_ADMIN = 21
-CAP_PERFMON = 38
-CAP_BPF = 39
 TLS_CAPS_FIX = (
-    "run as root, or add the capabilities (docker/podman run --cap-add BPF --cap-add PERFMON, or "
-    "--privileged; Kubernetes securityContext.capabilities.add: [BPF, PERFMON])"
+    "run as root, or add the capabilities (docker/podman run --cap-add SYS_ADMIN --cap-add SYS_PTRACE, "
+    "or --privileged; Kubernetes securityContext.capabilities.add: [SYS_ADMIN, SYS_PTRACE])"
 )
 PID_HOST_FIX = (
     "start the gateway first; from a container run with --pid=host (Kubernetes: hostPID: true) so the "
@@ -429,9 +428,13 @@ def check_tls(config: Config) -> Check:
             "the kernel has no uprobe PMU (/sys/bus/event_source/devices/uprobe)",
             "a kernel built with CONFIG_UPROBES and CONFIG_UPROBE_EVENTS; in a container mount /sys",
         )
-    if not (has_capability(CAP_SYS_ADMIN) or (has_capability(CAP_BPF) and has_capability(CAP_PERFMON))):
+    if not has_capability(CAP_SYS_ADMIN):
         return Check(
-            "tls", "FAIL", "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) are not effective", TLS_CAPS_FIX
+            "tls",
+            "FAIL",
+            "CAP_SYS_ADMIN is not effective: current kernels let nothing less create uprobes "
+            "(CAP_BPF + CAP_PERFMON are not enough)",
+            TLS_CAPS_FIX,
         )
     from sniffer.capture.tls.processes import find_gateway_processes
 
