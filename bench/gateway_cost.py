@@ -217,7 +217,7 @@ def measure(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--runs", type=int, default=1, help="median of N runs of each load")
+    ap.add_argument("--runs", type=int, default=1, help="median of N round-robin runs of each load")
     ap.add_argument("--fraction", type=float, default=0.5, help="fixed rate as a fraction of capacity")
     ap.add_argument("--workers", default="1,2", help="daemon worker counts to measure")
     ap.add_argument("--priority", default="normal,low", help="normal and/or low (chrt --batch, nice 19)")
@@ -227,39 +227,49 @@ def main() -> int:
     for tool in ("nginx", "wrk", "hey"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not installed (apt-get install -y {tool})")
-    secs = args.seconds * args.runs
     configs: list[tuple[str, int | None, bool]] = [("baseline", None, False)]
     for prio in args.priority.split(","):
         for w in (int(x) for x in args.workers.split(",")):
             low = prio == "low"
             configs.append((f"daemon w={w}{' nice' if low else ''}", w, low))
-    sat: dict[str, Load] = {}
-    fixed: dict[str, Load] = {}
+    sat_runs: dict[str, list[Load]] = {name: [] for name, _, _ in configs}
+    fixed_runs: dict[str, list[Load]] = {name: [] for name, _, _ in configs}
     notes: list[str] = []
+    secs = args.seconds
     with nginx() as port:
         wrk(port, 2)  # warm-up
-        for name, workers, low in configs:
-            sat[name], run = measure(port, workers, args.runs, partial(wrk, port, args.seconds), low)
-            if workers:
-                notes.append(f"  {name}, wrk saturation: {daemon_note(run, secs)}")
-            print(f"saturation {name}: {sat[name].rps:,.0f} req/s", file=sys.stderr, flush=True)
+        # Round robin: the configurations take turns, `--runs` times, so that load from anything else
+        # on the machine falls on all of them alike; each cell is the median of its runs.
+        for _ in range(args.runs):
+            for name, workers, low in configs:
+                load, run = measure(port, workers, 1, partial(wrk, port, args.seconds), low)
+                sat_runs[name].append(load)
+                if workers:
+                    notes.append(f"  {name}, wrk saturation: {daemon_note(run, secs)}")
+                print(f"saturation {name}: {load.rps:,.0f} req/s", file=sys.stderr, flush=True)
+        sat = {name: median(runs) for name, runs in sat_runs.items()}
         # hey's Go client costs more CPU per request than wrk: when it cannot deliver the asked rate
         # on this machine even without the daemon, the rate is lowered until it can (a fixed rate
         # the client cannot hold would measure the client's saturation, not nginx's latency).
         rate = sat["baseline"].rps * args.fraction
         for _ in range(4):
-            fixed["baseline"], _run = measure(port, None, args.runs, partial(hey, port, args.seconds, rate))
-            if fixed["baseline"].rps >= 0.95 * rate:
+            probe, _run = measure(port, None, 1, partial(hey, port, args.seconds, rate))
+            if probe.rps >= 0.95 * rate:
                 break
-            print(f"hey reached {fixed['baseline'].rps:,.0f} of {rate:,.0f} req/s: lowering the rate",
+            print(f"hey reached {probe.rps:,.0f} of {rate:,.0f} req/s: lowering the rate",
                   file=sys.stderr, flush=True)  # fmt: skip
-            rate = 0.8 * fixed["baseline"].rps
-        for name, workers, low in configs[1:]:
-            fixed[name], run = measure(port, workers, args.runs, partial(hey, port, args.seconds, rate), low)
-            notes.append(f"  {name}, hey fixed rate: {daemon_note(run, secs)}")
-            print(f"fixed {name}: {fixed[name].rps:,.0f} req/s", file=sys.stderr, flush=True)
+            rate = 0.8 * probe.rps
+        for _ in range(args.runs):
+            for name, workers, low in configs:
+                load, run = measure(port, workers, 1, partial(hey, port, args.seconds, rate), low)
+                fixed_runs[name].append(load)
+                if workers:
+                    notes.append(f"  {name}, hey fixed rate: {daemon_note(run, secs)}")
+                print(f"fixed {name}: {load.rps:,.0f} req/s", file=sys.stderr, flush=True)
+        fixed = {name: median(runs) for name, runs in fixed_runs.items()}
     base_s, base_f = sat["baseline"], fixed["baseline"]
     share = 100 * rate / base_s.rps
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end (2 vCPUs shared)")
     print(f"nginx on 127.0.0.1, {args.seconds:g} s per load, median of {args.runs}; fixed rate "
           f"{rate:,.0f} req/s = {share:.0f} % of capacity (hey -c 20 -q {rate / 20:.0f})")  # fmt: skip
     header = (f"{'':<15} | {'wrk req/s':>9} | {'thr. loss':>9} | {'wrk p99':>8} | {'hey req/s':>9} | "
