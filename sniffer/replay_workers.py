@@ -1,12 +1,12 @@
 """`replay --workers N`: one capture file over N processes, flow by flow, with the events of one process.
 
-Every worker reads the whole file (the walk is cheap next to the core) and feeds its `Pipeline` only
-the frames of its own flows (`capture.flow_hash.FlowSplitter`, symmetric, like live capture's kernel
-fanout). Frames are numbered; all workers see all numbers and all capture times, which keeps the result
-equal to one process's (the same set of events; their order differs):
+Every worker reads the whole file and feeds its `Pipeline` only the frames of its own flows
+(`capture.flow_hash.FlowSplitter`, symmetric, like live capture's kernel fanout). Frames are numbered;
+all workers see all numbers and all capture times, which keeps the result equal to one process's
+(the same set of events; their order differs):
 - the core's timeouts run at the same frames as in one process: a worker runs them on the frames it
   skips too, on the core's own schedule (every `ADVANCE_INTERVAL_S` of capture time);
-- an exchange that cannot be a Kong leg whatever has been seen before (`_surely_plain`) becomes an event
+- an exchange that cannot be a Kong leg whatever has been seen before (`_AnyHostIsKong`) becomes an event
   in the worker, through an `Engine` of its own (the same builder as one process); its bytes (or event
   dicts, for the Moesif sender) go to the main process, which writes them;
 - every other exchange goes to the main process, tagged with its frame number, and so does the end time
@@ -16,6 +16,12 @@ equal to one process's (the same set of events; their order differs):
   worker has passed), so its `Engine(capture=False)` joins legs in one process's order.
 Within one frame, exchanges completed by timeouts in several workers come worker by worker, where one
 process would interleave them by flow: only the order of calls that time out at the same instant differs.
+
+Why every worker walks the file rather than one reader dispatching frames: measured on a wrk
+capture, walking and hashing cost a worker ~1.5 us per frame, against ~15 us per frame for the core and
+the events; a reader would save one worker that walk but pickle every frame (~0.65 us each way) and
+be a third busy process on a 2-vCPU machine, and the frame numbers that keep the joins exact would have
+to travel too.
 
 Memory stays bounded: a worker that runs ahead is not read from (its pipe fills and it waits) once it
 is `MAX_LEAD_FRAMES` ahead of the slowest.
