@@ -129,3 +129,15 @@ def test_non_tcp_and_garbage_go_to_worker_zero() -> None:
     assert split.owner(1, b"\x00" * 10) == 0
     assert split.owner(1, bytes(Ether() / IP(proto=17) / (b"u" * 20))) == 0
     assert split.owner(147, b"anything") == 0
+
+
+def test_a_damaged_file_gives_the_same_events_and_error_with_workers(tmp_path: Path) -> None:
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(DEMO.read_bytes()[: DEMO.stat().st_size * 2 // 3])
+    results = []
+    for w in (1, 2):
+        sink = ListSink()
+        result = replay_file(str(cut), Config.load(None, KONG_ENV), sink, workers=w)
+        assert result.error is not None and "truncated" in str(result.error)
+        results.append((Counter(json.dumps(e, sort_keys=True) for e in sink.events), str(result.error)))
+    assert results[0] == results[1] and sum(results[0][0].values()) >= 10
