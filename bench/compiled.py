@@ -4,7 +4,8 @@
 with `SNIFFER_COMPILE=1 setup.py build_ext`, and returns a directory holding the whole `reassembly`
 package (each hot module as .py and as its compiled extension, which Python imports first). Put it first
 on PYTHONPATH to run anything against the compiled core; `sniffer` still comes from the source tree.
-Builds are cached by a digest of the sources, so an edit to any core module means a fresh build.
+Builds are cached by a digest of the sources, so an edit to any core module means a fresh build; the
+newest `KEEP_BUILDS` are kept.
 Needs gcc, the Python headers and mypy (`pip install mypy`); `compile_unavailable()` says what is missing.
 
     python bench/compiled.py            build (or reuse) and print the directory
@@ -24,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(tempfile.gettempdir()) / "moesif-sniffer-compiled"
+KEEP_BUILDS = 3
 
 __all__ = ["compile_unavailable", "ensure_compiled", "is_compiled"]
 
@@ -72,6 +74,10 @@ def ensure_compiled(quiet: bool = True) -> Path:
             shutil.copy2(py, lib / "reassembly" / py.name)
         # Publish whole or not at all: a half-copied directory must never look like a finished build.
         os.replace(lib, out)
+    builds = sorted((d for d in CACHE.iterdir() if d.is_dir() and d != out), key=lambda d: d.stat().st_mtime)
+    for old in builds[: max(0, len(builds) - (KEEP_BUILDS - 1))]:
+        if not old.name.startswith("tmp"):  # another build in progress
+            shutil.rmtree(old, ignore_errors=True)
     return out
 
 

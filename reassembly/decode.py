@@ -27,7 +27,7 @@ __all__ = [
     "MAX_IPV6_EXTENSIONS",
     "MAX_VLAN_TAGS",
     "Decoder",
-    "unpack_ipv4_tcp",
+    "unpack_ipv4_tcp_numbers",
 ]
 
 LINKTYPE_NULL = 0
@@ -86,9 +86,12 @@ _u16 = struct.Struct("!H").unpack_from
 _u32 = struct.Struct("!I").unpack_from
 _u32le = struct.Struct("<I").unpack_from
 _ipv4_hdr = struct.Struct("!BxHHHxB").unpack_from  # ver/ihl, total length, id, flags/offset, proto
-# IPv4 without options then TCP: ver/ihl, total length, flags/offset, proto, src, dst, then as _tcp_hdr.
-# Public: the pipeline's fused fast path unpacks the common frame itself, at IPV4_AT's offset.
-unpack_ipv4_tcp = _eth_ipv4_tcp = struct.Struct("!BxHxxHxBxx4s4sHHIIHH").unpack_from
+# IPv4 without options then TCP: ver/ihl, total length, flags/offset, proto, src, dst, then as _tcp_hdr
+_eth_ipv4_tcp = struct.Struct("!BxHxxHxBxx4s4sHHIIHH").unpack_from
+# The same headers' numbers only (no address objects): ver/ihl, total length, flags/offset, proto, seq,
+# ack, offset/flags. Public: the pipeline's fused fast path unpacks the common frame itself, at IPV4_AT's
+# offset, and finds its flow by the 12 address and port bytes (FlowTable.raw_index).
+unpack_ipv4_tcp_numbers = struct.Struct("!BxHxxHxB14xIIH").unpack_from
 _tcp_hdr = struct.Struct("!HHIIHH").unpack_from  # ports, seq, ack, offset/flags, window
 
 

@@ -9,7 +9,7 @@ caller passes in, so replaying a file and capturing live run the same code and g
 
 from __future__ import annotations
 
-from reassembly.decode import IPV4_AT, Decoder, unpack_ipv4_tcp
+from reassembly.decode import IPV4_AT, Decoder, unpack_ipv4_tcp_numbers
 from reassembly.events import Direction, Exchange, FlowOpened, StreamData, StreamEvent, StreamGap, TcpFlags
 from reassembly.flow_table import FlowEntry, FlowTable
 from reassembly.half_stream import RECENT_MAX_BYTES
@@ -42,10 +42,10 @@ class Pipeline:
         "_flows_feed",
         "_http_pool",
         "_ignored_ports",
-        "_index",
         "_lru",
         "_next_advance_ts",
         "_parsers",
+        "_raw_index",
         "_server_ports",
         "limits",
         "stats",
@@ -78,7 +78,7 @@ class Pipeline:
         # Bound once: these run for every frame.
         self._decode = self._decoder.decode
         self._flows_feed = self._flows.feed
-        self._index = self._flows.index
+        self._raw_index = self._flows.raw_index
         self._lru = self._flows.lru
 
     @property
@@ -115,9 +115,7 @@ class Pipeline:
             # The conditions of Decoder.decode's own fast path: IPv4 without options, not a fragment,
             # whole, a valid TCP header; and no SYN, FIN or RST (the flow table's lifecycle handles those).
             if len(frame) >= ip + 40 and (et < 0 or (frame[et] == 8 and frame[et + 1] == 0)):
-                vihl, total, frag, proto, src, dst, sport, dport, seq, ack, offflags, _ = unpack_ipv4_tcp(
-                    frame, ip
-                )
+                vihl, total, frag, proto, seq, ack, offflags = unpack_ipv4_tcp_numbers(frame, ip)
                 end = ip + total
                 doff = (offflags >> 10) & 0x3C
                 if (
@@ -128,7 +126,7 @@ class Pipeline:
                     and 20 <= doff <= total - 20
                     and not offflags & _CONTROL
                 ):
-                    entry = self._index.get((src, sport, dst, dport))
+                    entry = self._raw_index.get(frame[ip + 12 : ip + 24])
                     start = ip + 20 + doff
                     if entry is not None and self._fast(
                         ts, entry, seq, ack, offflags, frame, start, end, out
