@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -172,8 +173,8 @@ class LegJoiner:
 
     def __init__(
         self,
-        kong_ports: frozenset[int],
-        upstream_ports: frozenset[int] = frozenset(),
+        kong_ports: Collection[int],
+        upstream_ports: Collection[int] = frozenset(),
         *,
         wait_s: float = DEFAULT_WAIT_S,
         stats: Stats | None = None,

@@ -19,9 +19,9 @@ Decisions where moesif.md is silent (see also the module docstrings of body, ide
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from itertools import chain
+from typing import Any
 from urllib.parse import urlsplit
 
 from reassembly.events import Endpoint, Exchange, ExchangeFlag, HttpMessage, HttpRequest, HttpResponse
@@ -127,7 +127,7 @@ class _Flow:
     connection: str
     capture: dict[str, str]  # connection, client and server, as metadata.capture lists them
     peer_ip: str  # the client address as an event's ip_address when no forwarding header names one
-    ids: hashlib._Hash  # see ids.id_hasher
+    ids: Any  # a hashlib SHA-1 object, see ids.id_hasher (its class is not importable at run time)
 
     @classmethod
     def of(cls, ex: Exchange) -> _Flow:
@@ -208,6 +208,8 @@ class EventBuilder:
                 req_shown = render_headers(req_headers, self._req_header_masks)
             req_user, req_company = self._identifier.from_request(req_headers)
 
+        resp: HttpResponse | None
+        resp_leg: Exchange | None
         if client_leg is not None and client_leg.response is not None:
             resp, resp_leg = client_leg.response, client_leg
         else:
@@ -278,8 +280,8 @@ class EventBuilder:
         capture.update(flow.capture)
         if (
             flags
-            or not primary.request.complete
-            or primary.request.gap
+            or not req.complete
+            or req.gap
             or call.upstream_leg is not None
             or (primary.response is not None and (not primary.response.complete or primary.response.gap))
         ):
@@ -341,8 +343,13 @@ class EventBuilder:
     def _with_identity(client: HeaderLists, upstream: HeaderLists) -> HeaderLists:
         """Client headers with the identity headers replaced by what Kong sent upstream (authoritative:
         auth plugins clear the ones a client may have forged)."""
-        merged = {k: v for k, v in client.items() if not _is_identity(k)}
-        merged.update((k, v) for k, v in upstream.items() if _is_identity(k))
+        merged = client.copy()
+        for k in client:
+            if k.startswith(IDENTITY_PREFIX) or k in IDENTITY_HEADERS:
+                del merged[k]
+        for k, v in upstream.items():
+            if k.startswith(IDENTITY_PREFIX) or k in IDENTITY_HEADERS:
+                merged[k] = v
         return merged
 
     @staticmethod
@@ -444,7 +451,7 @@ class EventBuilder:
                 flags.update(f"{side}_{flag}" for flag in body.flags)
             if not body.present:
                 return
-            value, transfer_encoding = body.value, body.transfer_encoding
+            value, transfer_encoding = body.value, body.transfer_encoding or ""
         if masks and transfer_encoding == "json":
             mask_body(value, masks)
         target["body"] = value
@@ -475,10 +482,6 @@ class EventBuilder:
         else:
             capture["truncated"] = False
             capture["gap"] = False
-
-
-def _is_identity(name: str) -> bool:
-    return name.startswith(IDENTITY_PREFIX) or name in IDENTITY_HEADERS
 
 
 def _message_flags(msg: HttpMessage, side: str) -> set[str]:
