@@ -37,6 +37,7 @@ import multiprocessing.connection
 import signal
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import IO, Any
 
 from reassembly.events import Exchange
@@ -90,7 +91,9 @@ def _worker(index: int, n: int, path: str, config: Config, conn: Any, encode: bo
     feed = pipeline.feed
     buf = io.BytesIO()
     sink: Any = JsonLinesSink(buf) if encode else _Collect()
-    engine = Engine(config, sink, stats, capture=False)
+    # Only exchanges already found plain reach this engine: with no Kong ports its joiner does not
+    # classify them a second time (the builder does not look at the ports).
+    engine = Engine(replace(config, kong_ports=()), sink, stats, capture=False)
     plain_engine = engine.feed_exchanges
     kong = bool(config.kong_ports)
     surely = _AnyHostIsKong(frozenset(config.kong_ports), frozenset(config.upstream_ports), stats=Stats())
