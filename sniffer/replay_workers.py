@@ -80,12 +80,16 @@ class _Collect:
         self.events.append(event)
 
 
-def _worker(index: int, n: int, path: str, config: Config, conn: Any, encode: bool) -> None:
+def _worker(
+    index: int, n: int, path: str, config: Config, conn: Any, encode: bool, others: list[Any]
+) -> None:
     """Walk the whole file, feed own frames, send events and merge records to the main process."""
     from sniffer.moesif.jsonlines import JsonLinesSink
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)  # the main process decides (it sends "stop")
+    for other in others:  # the main process's pipe ends: held here, its exit would never be seen
+        other.close()
     stats = Stats()
     pipeline = make_pipeline(config, stats)
     feed = pipeline.feed
@@ -208,7 +212,7 @@ def replay_parallel(
         parent, child = ctx.Pipe(duplex=True)
         proc = ctx.Process(
             target=_worker,
-            args=(i, workers, path, config, child, encoded_out is not None),
+            args=(i, workers, path, config, child, encoded_out is not None, [*conns, parent]),
             name=f"replay-{i}",
             daemon=True,
         )
