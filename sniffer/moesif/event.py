@@ -27,9 +27,10 @@ from urllib.parse import urlsplit
 from reassembly.events import Endpoint, Exchange, ExchangeFlag, HttpMessage, HttpRequest, HttpResponse
 from sniffer.config import Config
 from sniffer.kong.api_call import ApiCall, Legs
-from sniffer.moesif.body import capture_body_with, plain_body
+from sniffer.moesif.body import capture_body_with, encode_body
 from sniffer.moesif.client_ip import HEADER_ORDER, forwarded_ip, parse_ip
 from sniffer.moesif.headers import (
+    BYTES_WHITESPACE,
     HeaderLists,
     ascii_first,
     header_lists,
@@ -190,7 +191,9 @@ class EventBuilder:
             req_lists, req_shown, req_user, req_company, ip = self._request_view(req.headers)
             req_headers = req_lists
             ip = ip or flow.peer_ip
-            uri = self._client_uri(req, req_lists, primary)
+            host_header = req_lists.get("host")
+            uri_key = (req.target, host_header[0] if host_header else None, primary.server)
+            uri = self._uris.get(uri_key) or self._new_client_uri(req, host_header, primary, uri_key)
         else:
             req_lists, req_shown = read_headers(req.headers, None)
             if primary is not client_leg:  # only the upstream leg was seen
@@ -218,7 +221,10 @@ class EventBuilder:
         resp_shown: dict[str, str | list[str]] = {}
         if resp is not None:
             resp_lists, resp_shown = read_headers(resp.headers, self._resp_header_masks)
-        user_id, company_id = self._identifier.with_response(req_user, req_company, resp_lists)
+        if self._identifier.reads_response:
+            user_id, company_id = self._identifier.with_response(req_user, req_company, resp_lists)
+        else:
+            user_id, company_id = req_user, req_company
 
         flags: set[str] = {f.value for f in primary.flags} if primary.flags else set()
         capture: dict[str, object] = {"legs": _LEGS[call.legs]}
@@ -269,7 +275,9 @@ class EventBuilder:
         kong_id = call.kong_request_id
         if not kong_id and resp_leg is client_leg:
             # The client's response is the first place looked at, and where Kong puts the id.
-            kong_id = ascii_first(resp_lists, _KONG_ID_HEADER)
+            values = resp_lists.get(_KONG_ID_HEADER)  # ascii_first, inlined
+            if values is not None and values[0].isascii():
+                kong_id = values[0].strip(BYTES_WHITESPACE) or None
         if not kong_id:
             known = {id(req): req_lists, id(resp): resp_lists}
             if up_lists is not None:
@@ -366,13 +374,20 @@ class EventBuilder:
         which repeat call after call, so short ones are remembered."""
         host_header = headers.get("host")
         key = (req.target, host_header[0] if host_header else None, leg.server)
-        uri = self._uris.get(key)
-        if uri is None:
-            uri = self._parse_client_uri(req, host_header, leg)
-            if len(req.target) <= _URI_MEMO_MAX_TARGET:
-                if len(self._uris) >= _MEMO_MAX:
-                    self._uris.clear()
-                self._uris[key] = uri
+        return self._uris.get(key) or self._new_client_uri(req, host_header, leg, key)
+
+    def _new_client_uri(
+        self,
+        req: HttpRequest,
+        host_header: list[str] | None,
+        leg: Exchange,
+        key: tuple[bytes, str | None, Endpoint],
+    ) -> str:
+        uri = self._parse_client_uri(req, host_header, leg)
+        if len(req.target) <= _URI_MEMO_MAX_TARGET:
+            if len(self._uris) >= _MEMO_MAX:
+                self._uris.clear()
+            self._uris[key] = uri
         return uri
 
     def _parse_client_uri(self, req: HttpRequest, host_header: list[str] | None, leg: Exchange) -> str:
@@ -430,10 +445,15 @@ class EventBuilder:
             content_type = types[0] or None  # the usual case of the line below
         else:
             content_type = ", ".join(latin1_values(headers, "content-type", msg)) or None
-        coded = self._decode and "content-encoding" in headers
-        plain = plain_body(msg.body, content_type, coded=coded, truncated=msg.body_truncated, limit=limit)
-        if plain is not None:
-            value, transfer_encoding = plain
+        data = msg.body
+        if (
+            not (self._decode and "content-encoding" in headers)
+            and not msg.body_truncated
+            and data
+            and len(data) <= limit
+        ):
+            # plain_body's common case, inlined: nothing to undo, whole, within the limit
+            value, transfer_encoding = encode_body(data, content_type)
         else:
             body = capture_body_with(
                 msg.body,

@@ -170,6 +170,8 @@ class Identifier:
         self._user_field = config.authorization_user_id_field
         self._company_field = config.authorization_company_id_field
         self._tokens: dict[str, tuple[str | None, str | None, str | None]] = {}
+        # False: `with_response` never changes `from_request`'s answer (no id header configured).
+        self.reads_response = bool(self._user_header or self._company_header)
 
     def identify(
         self, request: Mapping[str, list[str]], response: Mapping[str, list[str]]
