@@ -138,7 +138,20 @@ def _packets_in(capture: Path) -> int:
     return _COUNTS[capture]
 
 
-def run_ours(net: VethNamespace, capture: Path, pps: int, count: int, workers: int) -> Result:
+def compiled_core() -> str | None:
+    """The directory of the mypyc-compiled core (bench/compiled.py; built if needed), or None."""
+    sys.path.insert(0, str(ROOT))
+    from bench.compiled import compile_unavailable, ensure_compiled
+
+    if (why := compile_unavailable()) is not None:
+        print(f"no compiled core: {why}", file=sys.stderr)
+        return None
+    return str(ensure_compiled())
+
+
+def run_ours(
+    net: VethNamespace, capture: Path, pps: int, count: int, workers: int, core: str | None = None
+) -> Result:
     tmp = Path(tempfile.mkdtemp(prefix="bench-live-"))
     log = tmp / "daemon.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MOESIF_", "SNIFFER_"))}
@@ -147,8 +160,10 @@ def run_ours(net: VethNamespace, capture: Path, pps: int, count: int, workers: i
         SNIFFER_WORKERS=str(workers), SNIFFER_SHED="off", SNIFFER_METRICS_ADDR="127.0.0.1:9464",
     )  # fmt: skip
     cmd = net.exec(sys.executable, "-m", "sniffer", "run", "--output", "/dev/null")
+    if core:  # the compiled core first on the path (cwd too: the source tree's would shadow it)
+        env["PYTHONPATH"] = os.pathsep.join((core, str(ROOT)))
     with open(log, "wb") as errf:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errf)
+        proc = subprocess.Popen(cmd, env=env, cwd=core or ROOT, stdout=subprocess.DEVNULL, stderr=errf)
     try:
         deadline = time.monotonic() + 20
         while "capturing on" not in log.read_text():
@@ -199,6 +214,8 @@ def main() -> int:
     ap.add_argument("capture", nargs="?", type=Path)
     ap.add_argument("--rates", default="20000,50000,100000,150000")
     ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--core", default="pure,compiled", help="pure and/or compiled (mypyc) core")
+    ap.add_argument("--workers", default="1,2")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces, AF_PACKET)")
@@ -207,18 +224,27 @@ def main() -> int:
             sys.exit(f"{tool} not installed (apt-get install -y {tool})")
     capture = args.capture or (BIG_CAPTURE if BIG_CAPTURE.exists() else ensure_capture(WRK_CAPTURE))
     rates = [int(r) for r in args.rates.split(",")]
+    rows: list[tuple[str, int, str | None]] = []
+    for kind in args.core.split(","):
+        core = compiled_core() if kind == "compiled" else None
+        if kind == "compiled" and core is None:
+            continue
+        for w in (int(x) for x in args.workers.split(",")):
+            rows.append((f"ours{' C' if core else ''} w={w}", w, core))
     header = f"{'offered pps':>11} | {'tool':<12} | {'sent pps':>9} | {'sent':>8} | {'seen':>8} | drop %"
-    print(f"capture {capture}, {args.seconds:g} s per rate")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"capture {capture}, {args.seconds:g} s per rate; load average {load} (2 vCPUs shared); "
+          "ours C = the mypyc-compiled core")  # fmt: skip
     print(header)
     print("-" * len(header))
     with VethNamespace() as net:
         for pps in rates:
             count = int(pps * args.seconds)
-            for name in ("ours w=1", "ours w=2", "tcpdump"):
+            for name, workers, core in [*rows, ("tcpdump", 0, None)]:
                 if name == "tcpdump":
                     r = run_tcpdump(net, capture, pps, count)
                 else:
-                    r = run_ours(net, capture, pps, count, int(name[-1]))
+                    r = run_ours(net, capture, pps, count, workers, core)
                 print(f"{pps:>11,} | {name:<12} | {r.sent_pps:>9,.0f} | {r.sent:>8,} | {r.seen:>8,} | "
                       f"{r.drop_pct:6.2f}", flush=True)  # fmt: skip
     return 0
