@@ -5,6 +5,8 @@ The pipeline owns the routing between them and nothing else: which parser a stre
 parser is created and closed, and telling the TCP layer to stop buffering flows the HTTP layer gave up on
 (TLS, binary protocols, tunnels after CONNECT/101). Time only ever comes from the capture timestamps the
 caller passes in, so replaying a file and capturing live run the same code and give the same exchanges.
+Most packets never go stage by stage: `feed` has a fused fast path for in-order data and ACKs of live
+flows (see there), where the per-packet cost is (bench/core.py).
 """
 
 from __future__ import annotations
@@ -93,10 +95,13 @@ class Pipeline:
     def feed(self, ts: float, linktype: int, frame: bytes, wire_len: int | None = None) -> list[Exchange]:
         """One captured frame; returns the exchanges it completed (usually none).
 
-        The common frame (Ethernet, IPv4 without options, TCP, whole, of a live flow, carrying the next
-        in-order bytes of its direction or just acknowledging what was seen) takes a fused fast path:
-        the same steps as `Decoder.decode`, `FlowTable.feed` and `_route` would run for it, inline, with
-        no Segment or StreamData made. Any other frame, or any doubt, takes the stage-by-stage path.
+        The common frame (Ethernet, Linux cooked or raw IP; IPv4 without options; TCP without SYN, FIN
+        or RST; whole; of a live flow; carrying the next in-order bytes of its direction or only
+        acknowledging what was seen) takes a fused fast path: the steps `Decoder.decode`,
+        `FlowTable.feed` and `_route` would run for it, inline, with no Segment, StreamData or event
+        list made. Any other frame, or any doubt, takes the stage-by-stage path; both give the same
+        exchanges and counters (tests/test_pipeline_fast_path.py), except that the fast path's `frames`
+        and `segments` reach Stats once per capture second (and at advance and close).
         """
         if self._closed:
             raise RuntimeError("feed() after close()")
