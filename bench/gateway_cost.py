@@ -119,6 +119,20 @@ class DaemonRun:
 LOW_PRIORITY = ["chrt", "--batch", "0", "nice", "-n", "19"]
 
 
+CORE: list[str | None] = [None]  # the compiled core's directory when --core compiled
+
+
+def compiled_core() -> str | None:
+    """The directory of the mypyc-compiled core (bench/compiled.py; built if needed), or None."""
+    sys.path.insert(0, str(ROOT))
+    from bench.compiled import compile_unavailable, ensure_compiled
+
+    if (why := compile_unavailable()) is not None:
+        print(f"no compiled core: {why}; measuring the pure one", file=sys.stderr)
+        return None
+    return str(ensure_compiled())
+
+
 @contextmanager
 def daemon(port: int, workers: int | None, low_priority: bool = False) -> Iterator[DaemonRun]:
     """The daemon capturing lo for `port` while the body runs (None: no daemon); its log and CPU time
@@ -143,8 +157,11 @@ def daemon(port: int, workers: int | None, low_priority: bool = False) -> Iterat
         "--output",
         "/dev/null",
     ]
+    core = CORE[0]
+    if core:  # the compiled core first on the path (cwd too: the source tree's would shadow it)
+        env["PYTHONPATH"] = os.pathsep.join((core, str(ROOT)))
     with open(log, "wb") as errf:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errf)
+        proc = subprocess.Popen(cmd, env=env, cwd=core or ROOT, stdout=subprocess.DEVNULL, stderr=errf)
     try:
         deadline = time.monotonic() + 20
         while "capturing on" not in log.read_text():
@@ -220,6 +237,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=1, help="median of N round-robin runs of each load")
     ap.add_argument("--fraction", type=float, default=0.5, help="fixed rate as a fraction of capacity")
     ap.add_argument("--workers", default="1,2", help="daemon worker counts to measure")
+    ap.add_argument("--core", choices=("pure", "compiled"), default="compiled", help="the daemon's core")
     ap.add_argument("--priority", default="normal,low", help="normal and/or low (chrt --batch, nice 19)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -227,6 +245,8 @@ def main() -> int:
     for tool in ("nginx", "wrk", "hey"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not installed (apt-get install -y {tool})")
+    if args.core == "compiled":
+        CORE[0] = compiled_core()
     configs: list[tuple[str, int | None, bool]] = [("baseline", None, False)]
     for prio in args.priority.split(","):
         for w in (int(x) for x in args.workers.split(",")):
@@ -270,6 +290,7 @@ def main() -> int:
     base_s, base_f = sat["baseline"], fixed["baseline"]
     share = 100 * rate / base_s.rps
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end (2 vCPUs shared)")
+    print(f"daemon core: {'compiled (mypyc)' if CORE[0] else 'pure Python'}")
     print(f"nginx on 127.0.0.1, {args.seconds:g} s per load, median of {args.runs}; fixed rate "
           f"{rate:,.0f} req/s = {share:.0f} % of capacity (hey -c 20 -q {rate / 20:.0f})")  # fmt: skip
     header = (f"{'':<15} | {'wrk req/s':>9} | {'thr. loss':>9} | {'wrk p99':>8} | {'hey req/s':>9} | "
