@@ -47,6 +47,24 @@ def read_headers(
     out: HeaderLists = {}
     shown: dict[str, str | list[str]] = {}
     names = _NAMES
+    # The usual block names each header once: no test for repeats per header, one count at the end.
+    for name, value in headers:
+        key = names.get(name)
+        if key is None:
+            if len(names) >= _NAMES_MAX:
+                names.clear()
+            key = names[name] = name.decode("latin-1").lower()
+        try:
+            decoded = value.decode()
+        except UnicodeDecodeError:
+            decoded = value.decode("latin-1")
+        out[key] = [decoded]
+        if masks is not None and key not in masks:
+            shown[key] = decoded
+    if len(out) == len(headers):
+        return out, shown
+    out = {}
+    shown = {}
     for name, value in headers:
         key = names.get(name)
         if key is None:

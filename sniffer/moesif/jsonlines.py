@@ -12,13 +12,18 @@ import orjson
 __all__ = ["JsonLinesSink"]
 
 
+_DUMPS = orjson.dumps
+_LINE = orjson.OPT_APPEND_NEWLINE
+
+
 class JsonLinesSink:
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
+        self._write = stream.write  # once per event: looked up once
         self.written = 0
 
     def submit(self, event: dict[str, Any]) -> None:
-        self._stream.write(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
+        self._write(_DUMPS(event, option=_LINE))
         self.written += 1
 
     def close(self) -> None:
