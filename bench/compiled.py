@@ -73,7 +73,12 @@ def ensure_compiled(quiet: bool = True) -> Path:
         for py in (src / "reassembly").glob("*.py"):
             shutil.copy2(py, lib / "reassembly" / py.name)
         # Publish whole or not at all: a half-copied directory must never look like a finished build.
-        os.replace(lib, out)
+        try:
+            os.replace(lib, out)
+        except OSError:
+            if not (out / "reassembly" / "pipeline.py").exists():
+                raise
+            # another process built the same sources at the same time: theirs is as good
     builds = sorted((d for d in CACHE.iterdir() if d.is_dir() and d != out), key=lambda d: d.stat().st_mtime)
     for old in builds[: max(0, len(builds) - (KEEP_BUILDS - 1))]:
         if not old.name.startswith("tmp"):  # another build in progress
