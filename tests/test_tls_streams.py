@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from helpers import ListSink, frames, tcp_conversation
 
 from reassembly.stats import Stats
@@ -24,7 +25,14 @@ PID = 31337
 T0 = 1_764_000_000.0
 # epoch = monotonic + OFFSET, with T0 a little ahead of this machine's CLOCK_MONOTONIC: the sockets are
 # looked up (now) before any of the records happened, as when the reader keeps up
-OFFSET = T0 - (time.monotonic() + 10.0)
+OFFSET = 0.0
+
+
+@pytest.fixture(autouse=True)
+def _clock() -> None:
+    """Each test's records start 10 s ahead of CLOCK_MONOTONIC (set per test: a suite takes minutes)."""
+    global OFFSET
+    OFFSET = T0 - (time.monotonic() + 10.0)
 
 
 def hexaddr(ip: str, port: int) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 from topology.gateway import CONSUMERS, GatewayPort, render_nginx_conf
-from topology.live import live_sniffer
+from topology.live import LiveSniffer, live_sniffer
 from topology.net import GATEWAYS, GW_V4, GW_V6, UPSTREAM_PORT, UPSTREAM_V4, UPSTREAM_V6, Topology
 from topology.skips import topology_skip_reason
 
@@ -229,18 +229,22 @@ def test_https_calls_are_one_event_each_with_user_and_client_status(topo: TlsTop
         SNIFFER_PORTS=f"{KONG_PORTS},{UPSTREAM_PORT}",
     ) as sniffer:
         calls = run_calls(topo, PLAN) + run_calls(topo, BURST)
-        m = sniffer.wait_metrics(lambda m: m["events"] >= len(calls), EVENTS_WAIT_S)
-        status = sniffer.stop()
-        events = sniffer.events()
-        log_tail = sniffer.log_tail()
+        check_one_event_per_call(sniffer, calls, f"{workers} worker(s)")
+
+
+def check_one_event_per_call(sniffer: LiveSniffer, calls: list[dict[str, Any]], what: str) -> None:
+    """Stop the daemon and hold its events and metrics against the calls (see the module docstring)."""
+    m = sniffer.wait_metrics(lambda m: m["events"] >= len(calls), EVENTS_WAIT_S)
+    status = sniffer.stop()
+    events = sniffer.events()
+    log_tail = sniffer.log_tail()
     mine = [e for e in events if _tls_client_leg(e)]
     statuses = Counter(c["status"] for c in calls)
     legs = Counter(e["metadata"]["capture"]["legs"] for e in mine)
     proxied = [c for c in calls if c["status"] in (200, 201)]
     sockets = {k.removeprefix("tls_socket_"): int(v) for k, v in m.core.items() if k.startswith("tls_socket")}
     print(
-        f"\n{workers} worker(s): {len(calls)} HTTPS calls {dict(statuses)} -> {len(mine)} events "
-        f"{dict(legs)} "
+        f"\n{what}: {len(calls)} HTTPS calls {dict(statuses)} -> {len(mine)} events {dict(legs)} "
         f"({len(events) - len(mine)} other events); TLS records {m['tls_records']:.0f}, joined by request id "
         f"{m.core.get('kong_join_request_id', 0):.0f}, by timing {m.core.get('kong_join_timing', 0):.0f}; "
         f"sockets {sockets}, SSL_set_fd read up to {m['tls_bind_lag_max_ms']:.1f} ms late"
