@@ -81,7 +81,12 @@ class Engine:
         self._last_ts = ts
         exchanges = self.pipeline.feed(ts, linktype, frame, wire_len)  # type: ignore[union-attr]
         if exchanges:
-            self._join(exchanges)
+            if len(exchanges) == 1:  # the usual packet that completes an exchange: _join inlined
+                calls = self.joiner.feed(exchanges[0])
+                if calls:
+                    self._emit(calls)
+            else:
+                self._join(exchanges)
         if ts >= self._next_join_ts:
             self._next_join_ts = ts + JOIN_ADVANCE_INTERVAL_S
             self._emit(self.joiner.advance(ts))
@@ -103,7 +108,12 @@ class Engine:
                 if not weights or i not in weights:
                     fw.pop((ex.client, ex.server), None)
         if exchanges:
-            self._join(exchanges)
+            if len(exchanges) == 1:
+                calls = self.joiner.feed(exchanges[0])
+                if calls:
+                    self._emit(calls)
+            else:
+                self._join(exchanges)
         self._last_ts = max(self._last_ts, ts)
         if ts >= self._next_join_ts:
             self._next_join_ts = ts + JOIN_ADVANCE_INTERVAL_S
