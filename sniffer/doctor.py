@@ -43,6 +43,7 @@ from typing import IO
 from sniffer import __version__
 from sniffer.capture.afpacket import RingSocket
 from sniffer.capture.bpf import SNAPLEN, tcp_port_filter
+from sniffer.capture.tls.check import tls_check
 from sniffer.config import Config
 from sniffer.errors import CaptureError, ConfigError
 from sniffer.moesif.transport import mask_app_id, safe_url
@@ -67,15 +68,6 @@ __all__ = [
 CAP_SETGID = 6
 CAP_SETUID = 7
 CAP_NET_RAW = 13
-CAP_SYS_ADMIN = 21
-TLS_CAPS_FIX = (
-    "run as root, or add the capabilities (docker/podman run --cap-add SYS_ADMIN --cap-add SYS_PTRACE, "
-    "or --privileged; Kubernetes securityContext.capabilities.add: [SYS_ADMIN, SYS_PTRACE])"
-)
-PID_HOST_FIX = (
-    "start the gateway first; from a container run with --pid=host (Kubernetes: hostPID: true) so the "
-    "gateway's processes are visible; SNIFFER_TLS_PROCESS names them (their comm)"
-)
 SYS_NET = "/sys/class/net"
 IFF_UP = 0x1
 SIOCETHTOOL = 0x8946
@@ -395,77 +387,9 @@ def check_moesif(config: Config, timeout_s: float = MOESIF_TIMEOUT_S) -> Check:
     )
 
 
-def _kernel_at_least(release: str, want: tuple[int, int]) -> bool:
-    nums = []
-    for part in release.split(".")[:2]:
-        digits = "".join(c for c in part if c.isdigit()) if part else ""
-        nums.append(int(digits) if digits else 0)
-    return tuple(nums) >= want
-
-
 def check_tls(config: Config) -> Check:
     """What SNIFFER_TLS=uprobe needs, the first missing piece explained; then a real attach."""
-    if config.tls != "uprobe":
-        return Check(
-            "tls", "skip", "SNIFFER_TLS=off: HTTPS on the Kong ports is seen encrypted, not reported"
-        )
-    import platform
-
-    release = os.uname().release
-    if platform.machine() != "x86_64":
-        return Check("tls", "FAIL", f"the uprobes are x86_64 only, this host is {platform.machine()}")
-    if not _kernel_at_least(release, (5, 8)):
-        return Check(
-            "tls",
-            "FAIL",
-            f"kernel {release} has no BPF ring buffer (needs Linux >= 5.8)",
-            "upgrade the kernel",
-        )
-    if not os.path.exists("/sys/bus/event_source/devices/uprobe/type"):
-        return Check(
-            "tls",
-            "FAIL",
-            "the kernel has no uprobe PMU (/sys/bus/event_source/devices/uprobe)",
-            "a kernel built with CONFIG_UPROBES and CONFIG_UPROBE_EVENTS; in a container mount /sys",
-        )
-    if not has_capability(CAP_SYS_ADMIN):
-        return Check(
-            "tls",
-            "FAIL",
-            "CAP_SYS_ADMIN is not effective: current kernels let nothing less create uprobes "
-            "(CAP_BPF + CAP_PERFMON are not enough)",
-            TLS_CAPS_FIX,
-        )
-    from sniffer.capture.tls.processes import find_gateway_processes
-
-    names = "/".join(config.tls_process)
-    procs = find_gateway_processes(config.tls_process)
-    if not procs:
-        return Check("tls", "WARN", f"no {names} process is visible from here", PID_HOST_FIX)
-    libs = sorted({lib.rsplit("/root", 1)[-1] for p in procs for lib in p.libraries})
-    try:
-        from sniffer.capture.tls import ProbeConfig, TlsTap, TlsUnavailable
-
-        config_ = ProbeConfig(per_call_cap=config.tls_max_call_bytes, rate_limit=config.tls_rate_limit)
-        with TlsTap.open(config.tls_process, config_) as tap:
-            attached, watched, error = tap.libraries(), tap.watched_pids(), tap.last_error
-    except TlsUnavailable as exc:
-        return Check("tls", "FAIL", str(exc), TLS_CAPS_FIX if "permitted" in str(exc) else "")
-    except OSError as exc:
-        return Check("tls", "FAIL", f"loading the uprobes failed: {exc}")
-    if not attached:
-        return Check(
-            "tls",
-            "FAIL",
-            f"{len(procs)} {names} process(es) found but no OpenSSL could be probed"
-            + (f" ({error})" if error else f" (mapped: {', '.join(libs) or 'no libssl: static build?'})"),
-        )
-    return Check(
-        "tls",
-        "ok",
-        f"uprobes attach to {', '.join(libs) or 'the executable'} of {len(watched)} {names} process(es) "
-        f"on kernel {release}",
-    )
+    return Check("tls", *tls_check(config, has_capability))
 
 
 def run_checks(args: argparse.Namespace | None, environ: Mapping[str, str], seconds: float) -> list[Check]:

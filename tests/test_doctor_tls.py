@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from tls.https_gateway import HttpsGateway, missing_tools
 
+from sniffer.capture.tls.check import kernel_at_least
 from sniffer.config import Config
-from sniffer.doctor import _kernel_at_least, check_tls
+from sniffer.doctor import check_tls
 
 UPROBE_PMU = Path("/sys/bus/event_source/devices/uprobe/type")
 
@@ -31,10 +32,10 @@ def test_off_is_a_skip_that_says_what_it_means() -> None:
 
 
 def test_kernel_version_compare() -> None:
-    assert _kernel_at_least("6.18.44-fc-v657", (5, 8))
-    assert _kernel_at_least("5.8.0", (5, 8))
-    assert not _kernel_at_least("5.4.0-150-generic", (5, 8))
-    assert not _kernel_at_least("4.19", (5, 8))
+    assert kernel_at_least("6.18.44-fc-v657", (5, 8))
+    assert kernel_at_least("5.8.0", (5, 8))
+    assert not kernel_at_least("5.4.0-150-generic", (5, 8))
+    assert not kernel_at_least("4.19", (5, 8))
 
 
 def test_no_gateway_process_names_pid_host() -> None:
