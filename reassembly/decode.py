@@ -23,11 +23,13 @@ from reassembly.stats import Stats
 
 __all__ = [
     "IPV4_AT",
+    "IPV6_AT",
     "LINKTYPES",
     "MAX_IPV6_EXTENSIONS",
     "MAX_VLAN_TAGS",
     "Decoder",
     "unpack_ipv4_tcp_numbers",
+    "unpack_ipv6_tcp_numbers",
 ]
 
 LINKTYPE_NULL = 0
@@ -67,6 +69,14 @@ IPV4_AT: dict[int, tuple[int, int]] = {
     LINKTYPE_IPV4: (-1, 0),
 }
 ETH_IPV6 = 0x86DD
+# The same for an IPv6 packet (EtherType 0x86DD; -1: the version nibble says it).
+IPV6_AT: dict[int, tuple[int, int]] = {
+    LINKTYPE_ETHERNET: (12, 14),
+    LINKTYPE_LINUX_SLL: (14, 16),
+    LINKTYPE_LINUX_SLL2: (0, 20),
+    LINKTYPE_RAW: (-1, 0),
+    LINKTYPE_IPV6: (-1, 0),
+}
 VLAN_ETHERTYPES = frozenset({0x8100, 0x88A8, 0x9100, 0x9200})
 # QinQ stacks two tags, carrier setups three; past 8 it is a loop of garbage, not a network.
 MAX_VLAN_TAGS = 8
@@ -90,8 +100,11 @@ _ipv4_hdr = struct.Struct("!BxHHHxB").unpack_from  # ver/ihl, total length, id, 
 _eth_ipv4_tcp = struct.Struct("!BxHxxHxBxx4s4sHHIIHH").unpack_from
 # The same headers' numbers only (no address objects): ver/ihl, total length, flags/offset, proto, seq,
 # ack, offset/flags. Public: the pipeline's fused fast path unpacks the common frame itself, at IPV4_AT's
-# offset, and finds its flow by the 12 address and port bytes (FlowTable.raw_index).
+# offset, and finds its flow by the 12 address and port bytes at offset 12 (FlowTable.raw_index).
 unpack_ipv4_tcp_numbers = struct.Struct("!BxHxxHxB14xIIH").unpack_from
+# IPv6 (no extension header) then TCP, numbers only: version byte, payload length, next header, seq,
+# ack, offset/flags; the flow is found by the 36 bytes src, dst, sport, dport at offset 8.
+unpack_ipv6_tcp_numbers = struct.Struct("!BxxxHB37xIIH").unpack_from
 _tcp_hdr = struct.Struct("!HHIIHH").unpack_from  # ports, seq, ack, offset/flags, window
 
 

@@ -103,12 +103,10 @@ class _Flow:
         self.flow_id = flow_id
         self.caddr, self.cport, self.saddr, self.sport = caddr, cport, saddr, sport
         self.keys = ((caddr, cport, saddr, sport), (saddr, sport, caddr, cport))
-        if len(caddr) == 4:
-            # The same two keys as IPv4 + TCP headers carry them: src, dst, sport, dport (12 bytes).
-            cp, sp = cport.to_bytes(2, "big"), sport.to_bytes(2, "big")
-            self.raw_keys: tuple[bytes, ...] = (caddr + saddr + cp + sp, saddr + caddr + sp + cp)
-        else:
-            self.raw_keys = ()
+        # The same two keys as IP + TCP headers carry them: src, dst, sport, dport (12 bytes for IPv4,
+        # 36 for IPv6, so the two never collide).
+        cp, sp = cport.to_bytes(2, "big"), sport.to_bytes(2, "big")
+        self.raw_keys = (caddr + saddr + cp + sp, saddr + caddr + sp + cp)
         self.first_ts = self.last_ts = ts
         self.mid_stream = mid
         self.opened = self.closed = self.ignored = False
@@ -133,8 +131,8 @@ class FlowTable:
         self._pool = BufferPool(limits, stats)
         # Both directions' keys map to (flow, this direction's stream, the other direction's stream).
         self._flows: dict[_FlowKey, FlowEntry] = {}
-        # The IPv4 flows again, by the 12 header bytes src, dst, sport, dport (`_Flow.raw_keys`): the
-        # pipeline's fast path looks a frame up by one slice of it, with no address objects or tuple.
+        # The same flows by the header bytes src, dst, sport, dport (`_Flow.raw_keys`): the pipeline's
+        # fast path looks a frame up by one slice of it, with no address objects or tuple.
         self._raw: dict[bytes, FlowEntry] = {}
         self._lru: OrderedDict[int, _Flow] = OrderedDict()  # flow_id -> flow, least recently active first
         self._unopened: dict[int, _Flow] = {}  # flows that delivered nothing yet, oldest first
@@ -149,10 +147,11 @@ class FlowTable:
 
     @property
     def raw_index(self) -> dict[bytes, FlowEntry]:
-        """Live IPv4 flows by the 12 bytes src, dst, sport, dport of either direction, as IPv4 + TCP headers
-        carry them (frame[ip + 12 : ip + 24] when the IPv4 header has no options) -> (flow, that
-        direction's stream, the other's). For the pipeline's fused fast path, which reads it and does
-        `feed`'s in-order step itself (`Pipeline.feed`); never modified outside this class, never replaced."""
+        """Live flows by the bytes src, dst, sport, dport of either direction as the IP + TCP headers
+        carry them: frame[ip + 12 : ip + 24] for IPv4 without options, frame[ip + 8 : ip + 44] for IPv6
+        without extension headers -> (flow, that direction's stream, the other's). For the pipeline's
+        fused fast path, which reads it and does `feed`'s in-order step itself (`Pipeline.feed`);
+        never modified outside this class, never replaced."""
         return self._raw
 
     @property
@@ -302,10 +301,9 @@ class FlowTable:
         # Written in this order so that a self-connection (both keys equal) is one client direction.
         self._flows[s2c_key] = s2c_entry = (flow, flow.s2c, flow.c2s)
         self._flows[c2s_key] = c2s_entry = (flow, flow.c2s, flow.s2c)
-        if flow.raw_keys:
-            c2s_raw, s2c_raw = flow.raw_keys
-            self._raw[s2c_raw] = s2c_entry
-            self._raw[c2s_raw] = c2s_entry
+        c2s_raw, s2c_raw = flow.raw_keys
+        self._raw[s2c_raw] = s2c_entry
+        self._raw[c2s_raw] = c2s_entry
         self._lru[fid] = flow
         self._unopened[fid] = flow
         if client_is_src:

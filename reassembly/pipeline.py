@@ -11,7 +11,7 @@ flows (see there), where the per-packet cost is (bench/core.py).
 
 from __future__ import annotations
 
-from reassembly.decode import IPV4_AT, Decoder, unpack_ipv4_tcp_numbers
+from reassembly.decode import IPV4_AT, IPV6_AT, Decoder, unpack_ipv4_tcp_numbers, unpack_ipv6_tcp_numbers
 from reassembly.events import Direction, Exchange, FlowOpened, StreamData, StreamEvent, StreamGap, TcpFlags
 from reassembly.flow_table import FlowEntry, FlowTable
 from reassembly.half_stream import RECENT_MAX_BYTES
@@ -95,13 +95,14 @@ class Pipeline:
     def feed(self, ts: float, linktype: int, frame: bytes, wire_len: int | None = None) -> list[Exchange]:
         """One captured frame; returns the exchanges it completed (usually none).
 
-        The common frame (Ethernet, Linux cooked or raw IP; IPv4 without options; TCP without SYN, FIN
-        or RST; whole; of a live flow; carrying the next in-order bytes of its direction or only
-        acknowledging what was seen) takes a fused fast path: the steps `Decoder.decode`,
-        `FlowTable.feed` and `_route` would run for it, inline, with no Segment, StreamData or event
-        list made. Any other frame, or any doubt, takes the stage-by-stage path; both give the same
-        exchanges and counters (tests/test_pipeline_fast_path.py), except that the fast path's `frames`
-        and `segments` reach Stats once per capture second (and at advance and close).
+        The common frame (Ethernet, Linux cooked or raw IP; IPv4 without options or IPv6 without
+        extension headers; TCP without SYN, FIN or RST; whole; of a live flow; carrying the next
+        in-order bytes of its direction or only acknowledging what was seen) takes a fused fast path:
+        the steps `Decoder.decode`, `FlowTable.feed` and `_route` would run for it, inline, with no
+        Segment, StreamData or event list made. Any other frame, or any doubt, takes the stage-by-stage
+        path; both give the same exchanges and counters (tests/test_pipeline_fast_path.py), except that
+        the fast path's `frames` and `segments` reach Stats once per capture second (and at advance and
+        close).
         """
         if self._closed:
             raise RuntimeError("feed() after close()")
@@ -133,6 +134,27 @@ class Pipeline:
                 ):
                     entry = self._raw_index.get(frame[ip + 12 : ip + 24])
                     start = ip + 20 + doff
+                    if entry is not None and self._fast(
+                        ts, entry, seq, ack, offflags, frame, start, end, out
+                    ):
+                        return out
+        at = IPV6_AT.get(linktype)
+        if at is not None:
+            et, ip = at
+            # IPv6 whose next header is TCP (no extension header), with a payload length, whole.
+            if len(frame) >= ip + 60 and (et < 0 or (frame[et] == 0x86 and frame[et + 1] == 0xDD)):
+                version, plen, nh, seq, ack, offflags = unpack_ipv6_tcp_numbers(frame, ip)
+                end = ip + 40 + plen
+                doff = (offflags >> 10) & 0x3C
+                if (
+                    version >> 4 == 6
+                    and nh == 6
+                    and end <= len(frame)
+                    and 20 <= doff <= plen
+                    and not offflags & _CONTROL
+                ):
+                    entry = self._raw_index.get(frame[ip + 8 : ip + 44])
+                    start = ip + 40 + doff
                     if entry is not None and self._fast(
                         ts, entry, seq, ack, offflags, frame, start, end, out
                     ):

@@ -12,8 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import frames, tcp_conversation
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scapy.layers.l2 import CookedLinux
 
 from reassembly.events import Exchange
 from reassembly.flow_table import FlowEntry
@@ -84,6 +86,27 @@ def test_fast_path_carries_half_the_frames_of_the_kong_demo() -> None:
     # the flow is open) take the general path, about half of its 501 frames; the rest is in-order data
     # and ACKs. (On keep-alive traffic, bench/core.py's capture, it is 99.9% of the frames.)
     assert fast.fast_frames > len(frames) * 0.45
+
+
+@pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("link", ["ethernet", "sll", "raw"])
+def test_each_link_type_and_ip_version_takes_the_fast_path(link: str, ipv6: bool) -> None:
+    requests = [b"GET /a%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5)]
+    responses = [b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"] * 5
+    packets = tcp_conversation(requests, responses, ipv6=ipv6)
+    if link == "sll":
+        packets = [CookedLinux(proto=0x86DD if ipv6 else 0x0800) / p.payload for p in packets]
+    elif link == "raw":
+        packets = [p.payload for p in packets]
+    for old, new in zip(tcp_conversation(requests, responses, ipv6=ipv6), packets, strict=True):
+        new.time = old.time
+    got = frames(packets)
+    fast = CountingPipeline()
+    result = _run(fast, got)
+    assert result == _run(StageByStage(), got)
+    assert len(result[0]) == 5
+    # Every request and response after the first of each direction, and the ACKs between them.
+    assert fast.fast_frames >= 8
 
 
 _DEMO = _frames(KONG_DEMO)
