@@ -41,6 +41,7 @@ http {{
     upstream app {{ server 127.0.0.1:{upstream}; keepalive 16; }}
     server {{
         listen 127.0.0.1:{port} ssl;
+        {listen6}
         ssl_certificate {dir}/cert.pem;
         ssl_certificate_key {dir}/key.pem;
         location = /local401 {{
@@ -69,6 +70,15 @@ def missing_tools() -> str | None:
     if os.geteuid() != 0:
         return "nginx on a free port with its own prefix is started as root in these tests"
     return None
+
+
+def _loopback6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def _free_port() -> int:
@@ -106,6 +116,7 @@ class HttpsGateway:
         self.workers = workers
         self.own_libssl = own_libssl
         self.port = _free_port()
+        self.ipv6 = _loopback6()  # nginx also listens on [::1]:port when this host has IPv6 loopback
         self._upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
         self._thread = threading.Thread(target=self._upstream.serve_forever, daemon=True)
 
@@ -116,9 +127,11 @@ class HttpsGateway:
              "-days", "1", "-keyout", str(self.dir / "key.pem"), "-out", str(self.dir / "cert.pem")],
             check=True, capture_output=True,
         )  # fmt: skip
+        listen6 = f"listen [::1]:{self.port} ssl;" if self.ipv6 else ""
         conf = _CONF.format(
-            workers=self.workers, dir=self.dir, port=self.port, upstream=self._upstream.server_address[1]
-        )
+            workers=self.workers, dir=self.dir, port=self.port, upstream=self._upstream.server_address[1],
+            listen6=listen6,
+        )  # fmt: skip
         (self.dir / "nginx.conf").write_text(conf)
         self._thread.start()
         self.start()
@@ -184,11 +197,15 @@ class HttpsGateway:
         self.stop()
         self.start()
 
-    def curl(self, path: str, *headers: str) -> tuple[int, subprocess.CompletedProcess[bytes]]:
-        """(curl's pid, its result) for one HTTPS GET with the given headers."""
-        args = ["curl", "-sk", "--http1.1", "-o", "-", "-w", "\n%{http_code}"]
+    def curl(
+        self, path: str, *headers: str, host: str = "127.0.0.1", write_out: str = "\n%{http_code}"
+    ) -> tuple[int, subprocess.CompletedProcess[bytes]]:
+        """(curl's pid, its result) for one HTTPS GET with the given headers (host "::1": over IPv6)."""
+        args = ["curl", "-sk", "--http1.1", "-o", "-", "-w", write_out]
         for header in headers:
             args += ["-H", header]
-        proc = subprocess.Popen([*args, self.url + path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        where = f"[{host}]" if ":" in host else host
+        url = f"https://{where}:{self.port}{path}"
+        proc = subprocess.Popen([*args, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = proc.communicate(timeout=10)
         return proc.pid, subprocess.CompletedProcess(args, proc.returncode, out, err)

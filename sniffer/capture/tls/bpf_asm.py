@@ -2,9 +2,10 @@
 
 Why hand-assembled eBPF and not BCC or a clang-built object: BCC compiles C at run time and needs kernel
 headers that match the running kernel (they do not on these hosts, and it drags LLVM into the image);
-a libbpf CO-RE object needs clang at build time plus a C loader. Our programs only read pt_regs and
-user memory, never a kernel struct, so CO-RE relocations would buy nothing. A few hundred instructions
+a libbpf CO-RE object needs clang at build time plus a C loader. A few hundred instructions
 written with these helpers load through bpf(2) from ctypes: nothing to compile, nothing to install.
+(The one program that does read kernel structs, SSL_set_fd's socket lookup, takes its offsets from the
+running kernel's BTF through `btf.py`: the relocation step of CO-RE, done in Python at load time.)
 
 Each instruction is `struct bpf_insn` packed as "<BBhi" (opcode, dst|src<<4, offset, immediate).
 Jumps name a label; `Program.assemble()` resolves labels to relative offsets, so programs read top to
@@ -56,7 +57,9 @@ class Helper:
     map_delete_elem = 3
     ktime_get_ns = 5
     get_current_pid_tgid = 14
+    get_current_task = 35
     probe_read_user = 112
+    probe_read_kernel = 113
     ringbuf_output = 130
     ringbuf_reserve = 131
     ringbuf_submit = 132

@@ -7,11 +7,13 @@ instead of attaching programs that would read the wrong registers.
 
 from __future__ import annotations
 
+import errno
 import platform
 import struct
 from dataclasses import dataclass, field
 
 from sniffer.capture.tls import bpf_sys
+from sniffer.capture.tls.btf import BtfError
 from sniffer.capture.tls.records import TlsBound, TlsData, TlsFreed, TlsRecord
 from sniffer.capture.tls.ssl_probes import (
     COUNTER_NAMES,
@@ -25,6 +27,7 @@ from sniffer.capture.tls.ssl_probes import (
     data_programs,
     event_program,
 )
+from sniffer.capture.tls.sock_read import SockLayout, decode_address, sock_layout
 
 __all__ = ["LoadedProbes", "ProbeConfig", "decode_record", "load_probes", "read_counters"]
 
@@ -87,6 +90,9 @@ class LoadedProbes:
     ring_fd: int
     args_fds: list[int]
     programs: dict[tuple[str, bool], int] = field(default_factory=dict)
+    # struct offsets for the in-kernel socket lookup at SSL_set_fd; None: no BTF, addresses from /proc
+    sock_layout: SockLayout | None = None
+    sock_layout_error: str | None = None  # why sock_layout is None
 
     def close(self) -> None:
         for fd in (*self.programs.values(), *self.args_fds, self.watched_fd, self.counters_fd, self.ring_fd):
@@ -102,9 +108,19 @@ def _check_arch() -> dict[str, int]:
     return regs
 
 
-def load_probes(config: ProbeConfig) -> LoadedProbes:
-    """Create the maps and load every program; raises bpf_sys.BpfError (or OSError on another arch)."""
+def load_probes(config: ProbeConfig, *, kernel_addresses: bool = True) -> LoadedProbes:
+    """Create the maps and load every program; raises bpf_sys.BpfError (or OSError on another arch).
+
+    kernel_addresses: read each socket's addresses in the SSL_set_fd probe (needs the kernel's BTF);
+    when the BTF lacks a member, or the verifier rejects that walk, the probes load without it."""
     regs = _check_arch()
+    layout: SockLayout | None = None
+    layout_error: str | None = "disabled" if not kernel_addresses else None
+    if kernel_addresses:
+        try:
+            layout = sock_layout()
+        except BtfError as exc:
+            layout_error = str(exc)
     bpf_sys.raise_memlock()
     fds: list[int] = []
 
@@ -123,6 +139,8 @@ def load_probes(config: ProbeConfig) -> LoadedProbes:
             counters_fd=new_map(bpf_sys.MAP_PERCPU_ARRAY, 4, 8, len(COUNTER_NAMES), "tls_counters"),
             ring_fd=new_map(bpf_sys.MAP_RINGBUF, 0, 0, config.ring_bytes, "tls_ring"),
             args_fds=[],
+            sock_layout=layout,
+            sock_layout_error=layout_error,
         )
         for symbol, (kind, via_pointer) in DATA_SYMBOLS.items():
             # one args map per function: a nested call of another probed function keeps its own slot
@@ -134,7 +152,16 @@ def load_probes(config: ProbeConfig) -> LoadedProbes:
             probes.programs[(symbol, False)] = load(entry, f"{symbol}_in")
             probes.programs[(symbol, True)] = load(ret, f"{symbol}_out")
         for symbol in EVENT_SYMBOLS:
-            probes.programs[(symbol, False)] = load(event_program(regs, probes, symbol), symbol)
+            try:
+                fd = bpf_sys.prog_load(bpf_sys.PROG_KPROBE, event_program(regs, probes, symbol), symbol)
+            except bpf_sys.BpfError as exc:
+                if probes.sock_layout is None or exc.errno in (errno.EPERM, errno.EACCES):
+                    raise
+                # a kernel whose verifier refuses the walk (e.g. no bpf_probe_read_kernel before 5.5)
+                probes.sock_layout, probes.sock_layout_error = None, f"verifier: {exc.strerror}"
+                fd = bpf_sys.prog_load(bpf_sys.PROG_KPROBE, event_program(regs, probes, symbol), symbol)
+            fds.append(fd)
+            probes.programs[(symbol, False)] = fd
     except BaseException:
         for fd in fds:
             bpf_sys.close_fd(fd)
@@ -161,7 +188,10 @@ def decode_record(raw: memoryview | bytes) -> TlsRecord | None:
         data = bytes(raw[HEADER.size : HEADER.size + captured])
         return TlsData(pid, ssl, kind == KIND_READ, ts_ns, total_len, data)
     if kind == KIND_BOUND:
-        return TlsBound(pid, ssl, total_len, ts_ns)
+        ends = decode_address(raw[HEADER.size : HEADER.size + captured]) if captured else None
+        if ends is None:
+            return TlsBound(pid, ssl, total_len, ts_ns)
+        return TlsBound(pid, ssl, total_len, ts_ns, ends[0], ends[1])
     if kind == KIND_FREED:
         return TlsFreed(pid, ssl, ts_ns)
     return None

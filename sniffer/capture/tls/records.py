@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reassembly.events import Endpoint
 from sniffer.errors import CaptureError
 
 __all__ = ["TlsBound", "TlsData", "TlsFreed", "TlsRecord", "TlsUnavailable"]
@@ -30,12 +31,17 @@ class TlsData:
 
 @dataclass(slots=True, frozen=True)
 class TlsBound:
-    """SSL_set_fd(ssl, fd): the socket under this SSL object (its addresses come from /proc)."""
+    """SSL_set_fd(ssl, fd): the socket under this SSL object.
+
+    local/remote: the socket's addresses as the probe read them in the kernel at that moment (None when
+    it could not: no BTF, not a socket yet); then user space may look the fd up in /proc instead."""
 
     pid: int
     ssl: int
     fd: int
     ts_ns: int
+    local: Endpoint | None = None
+    remote: Endpoint | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -3,7 +3,9 @@
 Data path: an entry uprobe on SSL_read/SSL_read_ex/SSL_write/SSL_write_ex saves (ssl, buf, out pointer)
 per thread; the return uprobe reads how many bytes moved, copies them from the process's buffer with
 bpf_probe_read_user straight into a ring-buffer record (no scratch map, no second copy) and submits it.
-SSL_set_fd and SSL_free entry probes emit a bare header (connection bound to a socket / connection over).
+SSL_set_fd and SSL_free entry probes emit a header (connection bound to a socket / connection over); the
+SSL_set_fd record also carries the socket's addresses, read in the kernel (`sock_read`) when the kernel's
+BTF gave the struct offsets.
 
 Bounds, all enforced in the kernel:
 - only processes whose tgid is in the `watched` hash map (filled by user space) cost more than one
@@ -19,7 +21,8 @@ Bounds, all enforced in the kernel:
   machines), so user space polls with a timeout and reads whatever is there when it expires.
 
 x86_64 only: the programs read arguments and return values at the x86_64 `struct pt_regs` offsets.
-Record header ("<IIQQII", 32 bytes): kind, tgid, ssl, ts_ns, total_len (fd for BOUND), captured_len.
+Record header ("<IIQQII", 32 bytes): kind, tgid, ssl, ts_ns, total_len (fd for BOUND), captured_len;
+a BOUND record has `sock_read.ADDRESS` after it (captured_len = its size when the addresses were read).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from sniffer.capture.tls.bpf_asm import R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Helper, Program
+from sniffer.capture.tls.sock_read import ADDRESS, emit_sock_read
 
 if TYPE_CHECKING:  # only annotations: probe_loader imports this module
     from sniffer.capture.tls.probe_loader import LoadedProbes
@@ -309,7 +313,7 @@ def _header(b: _Builder, kind: int) -> None:
 
 
 def _event_program(b: _Builder, kind: int) -> None:
-    """SSL_set_fd(ssl, fd) / SSL_free(ssl) entry: a header-only record."""
+    """SSL_set_fd(ssl, fd) / SSL_free(ssl) entry: a header (and for SSL_set_fd the socket's addresses)."""
     p = b.p
     p.movr(R6, R1)
     p.call(Helper.get_current_pid_tgid)
@@ -320,18 +324,26 @@ def _event_program(b: _Builder, kind: int) -> None:
     b.arg(R1, R6, "rdi")
     p.stx(8, R10, _S_ARGS, R1)
     b.arg(R8, R6, "rsi")
+    p.alu(R8, "=", R8, reg=True, alu32=True)  # the fd is a C int: its low 32 bits, zero-extended
+    bound = kind == KIND_BOUND
     p.ld_map_fd(R1, b.probes.ring_fd)
-    p.mov(R2, HEADER.size)
+    p.mov(R2, HEADER.size + (ADDRESS.size if bound else 0))
     p.mov(R3, 0)
     p.call(Helper.ringbuf_reserve)
     p.jif(R0, "==", 0, "full")
     p.movr(R7, R0)
     _header(b, kind)
-    if kind == KIND_BOUND:
+    if bound:
         p.stx(4, R7, 24, R8)
     else:
         p.st(4, R7, 24, 0)
     p.st(4, R7, 28, 0)
+    if bound:
+        if b.probes.sock_layout is not None:
+            emit_sock_read(p, b.probes.sock_layout, R8, R7, HEADER.size, _S_TMP)
+        else:
+            for off in range(0, ADDRESS.size, 8):  # ring memory is not zeroed: no stale bytes out
+                p.st(8, R7, HEADER.size + off, 0)
     _submit(b)
     b.count(_C_RECORDS)
     p.jmp("out")
