@@ -8,7 +8,9 @@ is not timed. Stages, each timed alone on the same traffic:
   flows   `FlowTable.feed`/`advance` on the decoded segments (decode not timed)
   http    the HTTP layer (`HttpConnectionParser`s routed by the pipeline) on the flow table's stream
           events (decode and flows not timed)
-  core    `Pipeline.feed` per frame plus `close()`: all of the above together
+  core    `Pipeline.feed` per frame plus `close()`: what a replay runs. Most frames take its fused fast
+          path (in-order data and ACKs of live flows: no Segment or StreamData), so core can cost less
+          than the three stages above, which time the stage-by-stage path, added up.
 Prints packets/s (frames of the capture / stage time), exchanges/s, microseconds per packet, and the
 ratio of the full core's time to decode's, measured in the same run (best CPU time of N).
 With --compiled the same stages are also timed against the mypyc-compiled core (bench/compiled.py builds
