@@ -141,3 +141,23 @@ def test_a_damaged_file_gives_the_same_events_and_error_with_workers(tmp_path: P
         assert result.error is not None and "truncated" in str(result.error)
         results.append((Counter(json.dumps(e, sort_keys=True) for e in sink.events), str(result.error)))
     assert results[0] == results[1] and sum(results[0][0].values()) >= 10
+
+
+def test_two_workers_deliver_the_same_events_to_the_collector(tmp_path: Path) -> None:
+    from collector import APP_ID, running_collector
+
+    capture = PUBLIC / "zeek-1000req-lost-resp-ipv6.pcap"
+    if not capture.exists():
+        pytest.skip(f"{capture} absent")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MOESIF_", "SNIFFER_"))}
+    out = tmp_path / "events.jsonl"
+    cmd = [sys.executable, "-m", "sniffer", "replay", str(capture), "-q"]
+    subprocess.run([*cmd, "-o", str(out)], check=True, cwd=ROOT, env=env, timeout=120)
+    expected = Counter(json.loads(line)["transaction_id"] for line in out.read_text().splitlines())
+    with running_collector() as c:
+        env.update(MOESIF_APPLICATION_ID=APP_ID, MOESIF_API_ENDPOINT=c.url, MOESIF_BATCH_MAX_TIME="0.2")
+        p = subprocess.run(
+            [*cmd, "--workers", "2"], cwd=ROOT, env=env, timeout=120, capture_output=True, text=True
+        )
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert Counter(c.collector.counts()) == expected and len(expected) >= 900
