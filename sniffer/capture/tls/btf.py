@@ -68,7 +68,8 @@ class Btf:
             with open(path, "rb") as f:
                 return cls(f.read())
         except OSError as exc:
-            raise BtfError(f"{path}: {exc.strerror or exc} (the kernel needs CONFIG_DEBUG_INFO_BTF)") from None
+            why = exc.strerror or exc
+            raise BtfError(f"{path}: {why} (the kernel needs CONFIG_DEBUG_INFO_BTF)") from None
 
     def _index(self, pos: int, end: int) -> None:
         blob, unpack, offsets, by_name = self._blob, _TYPE.unpack_from, self._offsets, self._by_name
@@ -79,7 +80,7 @@ class Btf:
             if kind > _MAX_KIND:
                 raise BtfError(f"unknown BTF kind {kind} at type {len(offsets)}")
             offsets.append(pos)
-            if (kind == _STRUCT or kind == _UNION) and name_off:
+            if kind in (_STRUCT, _UNION) and name_off:
                 by_name.setdefault(self._name(name_off), len(offsets) - 1)
             pos += 12 + fixed.get(kind, 0) + per_item.get(kind, 0) * (info & 0xFFFF)
         if pos != end:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from sniffer.capture.tls import bpf_sys
 from sniffer.capture.tls.btf import BtfError
 from sniffer.capture.tls.records import TlsBound, TlsData, TlsFreed, TlsRecord
+from sniffer.capture.tls.sock_read import SockLayout, decode_address, kernel_layout, sock_layout
 from sniffer.capture.tls.ssl_probes import (
     COUNTER_NAMES,
     DATA_SYMBOLS,
@@ -27,7 +28,6 @@ from sniffer.capture.tls.ssl_probes import (
     data_programs,
     event_program,
 )
-from sniffer.capture.tls.sock_read import SockLayout, decode_address, sock_layout
 
 __all__ = ["LoadedProbes", "ProbeConfig", "decode_record", "load_probes", "read_counters"]
 
@@ -117,10 +117,12 @@ def load_probes(config: ProbeConfig, *, kernel_addresses: bool = True) -> Loaded
     layout: SockLayout | None = None
     layout_error: str | None = "disabled" if not kernel_addresses else None
     if kernel_addresses:
-        try:
-            layout = sock_layout()
-        except BtfError as exc:
-            layout_error = str(exc)
+        layout = kernel_layout()
+        if layout is None:
+            try:
+                sock_layout()  # again, for the reason
+            except BtfError as exc:
+                layout_error = str(exc)
     bpf_sys.raise_memlock()
     fds: list[int] = []
 

@@ -22,6 +22,7 @@ the walk reached the addresses, 0 otherwise.
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from sniffer.capture.tls.bpf_asm import R0, R1, R2, R3, R6, R9, R10, Helper, Program
 from sniffer.capture.tls.btf import Btf, BtfError
 
-__all__ = ["ADDRESS", "SockLayout", "decode_address", "emit_sock_read", "sock_layout"]
+__all__ = ["ADDRESS", "SockLayout", "decode_address", "emit_sock_read", "kernel_layout", "sock_layout"]
 
 ADDRESS = struct.Struct("<HH2s2x16s16s")  # family, local port, remote port (big-endian), local, remote
 _AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
@@ -85,6 +86,16 @@ def sock_layout(btf: Btf | None = None) -> SockLayout:
             raise BtfError(f"{path} is {member.size} bytes on this kernel, the walk reads {want}")
         found[key] = member.offset
     return SockLayout(**found)
+
+
+@functools.cache
+def kernel_layout() -> SockLayout | None:
+    """The running kernel's layout, read once per process (the BTF is ~5 MB; only the offsets are
+    kept); None when it cannot be had."""
+    try:
+        return sock_layout()
+    except BtfError:
+        return None
 
 
 def emit_sock_read(p: Program, layout: SockLayout, fd_reg: int, rec_reg: int, at: int, tmp: int) -> None:

@@ -4,14 +4,23 @@ It owns the `TlsTap` (kernel side) and the `TlsStreams` (records -> exchanges) a
 engine with `Engine.feed_exchanges`, the same door the capture workers' exchanges come through, so the
 Kong leg joiner sees a TLS client leg exactly like a packet-captured one.
 
-A reader process (`start()`) waits on the ring buffer, reads the records the moment they arrive and
-resolves the socket of each SSL_set_fd right away: that lookup goes through /proc and must happen while
-the connection still exists, which a loop busy with packets cannot promise, nor a thread of it waiting
-for the GIL. It sends (records, endpoints, its counters) over a pipe. Everything else stays in the
-daemon's loop: it waits on `fileno()` (the pipe), calls `poll()` when it wakes, `tick()` about once a
-second (rescans the gateway processes to follow restarted or new workers, runs the idle timeout) and
-`close()` at shutdown. The pipe bounds what is in flight: when the loop falls behind the reader blocks,
-and the kernel's ring buffer fills and counts its drops. `open()` returns None when SNIFFER_TLS
+The daemon's loop waits on `fileno()`, calls `poll()` when it wakes, `tick()` about once a second
+(rescans the gateway processes to follow restarted or new workers, runs the idle timeout) and `close()`
+at shutdown.
+
+Two designs, chosen at open by where the socket addresses come from:
+- in the kernel (the usual case: the kernel has BTF; `TlsTap.kernel_addresses`): each SSL_set_fd
+  record already holds its socket's addresses, nothing races with the connection's end, so the records
+  may wait. The probes wake user space only once 64 KiB wait (`ProbeConfig.wakeup_bytes`, T1's default:
+  a wakeup is an irq_work, a VM exit here) and the loop reads the ring itself at least every
+  `TLS_POLL_S`. No reader process, no priority change;
+- from /proc (the fallback): a reader process (`start()`), reniced to `READER_NICE` and woken per
+  record (`wakeup_bytes=0`), reads the records the moment they arrive and resolves each SSL_set_fd's
+  socket right away, while the connection still exists, which a loop busy with packets cannot promise,
+  nor a thread of it waiting for the GIL. It sends (records, endpoints, its counters) over a pipe; the
+  pipe bounds what is in flight: when the loop falls behind the reader blocks, and the kernel's ring
+  buffer fills and counts its drops.
+`open()` returns None when SNIFFER_TLS
 is off or the host cannot do it; in that case it logged ONE line saying why, and the daemon carries on
 with packet capture only.
 """
@@ -41,12 +50,12 @@ __all__ = ["REFRESH_S", "TLS_POLL_S", "TlsSource"]
 
 log = logging.getLogger("sniffer.tls")
 
-# The probes wake user space as soon as a record waits and it had caught up (wakeup_bytes=0, the kernel's
-# adaptive wakeup), not once per 64 KiB: an SSL_set_fd must be read, and its socket resolved through
-# /proc, before the connection ends (see streams.py). Measured on nginx + curl, one 401 per connection:
-# 16-20 of 20 sockets resolved (median 0.56 ms after SSL_set_fd) against 9 of 20 with batched wakeups
-# read every 2 ms. The cost is a wakeup per batch of records when the reader is idle. This poll timeout
-# is only a safety net.
+# Without kernel-read addresses the probes wake user space as soon as a record waits and it had caught
+# up (wakeup_bytes=0, the kernel's adaptive wakeup), not once per 64 KiB: an SSL_set_fd must be read,
+# and its socket resolved through /proc, before the connection ends (see streams.py). Measured on nginx
+# + curl, one 401 per connection: 16-20 of 20 sockets resolved (median 0.56 ms after SSL_set_fd) against
+# 9 of 20 with batched wakeups read every 2 ms. With kernel-read addresses batched wakeups are the rule
+# and this poll timeout is how long a quiet gateway's records may wait.
 TLS_POLL_S = 0.05
 REFRESH_S = 1.0  # gateway processes rescanned this often (a rescan reads one comm file per process)
 MAX_RECORDS_PER_READ = 65536
@@ -118,8 +127,12 @@ class TlsSource:
             log.warning("TLS capture unavailable: %s; carrying on with packet capture only", exc)
             return None
         try:
+            from sniffer.capture.tls.sock_read import kernel_layout
+
+            # batched wakeups (the default) unless the /proc fallback's reader must race the connection
+            wakeup = {} if kernel_layout() is not None else {"wakeup_bytes": 0}
             probe_config = ProbeConfig(
-                per_call_cap=config.tls_max_call_bytes, rate_limit=config.tls_rate_limit, wakeup_bytes=0
+                per_call_cap=config.tls_max_call_bytes, rate_limit=config.tls_rate_limit, **wakeup
             )
             tap = TlsTap.open(config.tls_process, probe_config)
         except TlsUnavailable as exc:
@@ -136,6 +149,11 @@ class TlsSource:
             max_connections=config.max_flows,
         )
         source = cls(tap, streams)
+        if not tap.kernel_addresses:
+            log.warning(
+                "TLS capture: socket addresses from /proc, not the kernel (%s); short connections may "
+                "get placeholder addresses", tap.kernel_addresses_error,
+            )  # fmt: skip
         pids = tap.watched_pids()
         log.info(
             "TLS capture: uprobes on %s, watching %d %s process%s",
@@ -145,9 +163,10 @@ class TlsSource:
         return source
 
     def start(self) -> None:
-        """Fork the reader process (before any thread exists: after the capture workers, before the
-        metrics and sender threads)."""
-        if self._proc is not None:
+        """For the /proc fallback only: fork the reader process (before any thread exists: after the
+        capture workers, before the metrics and sender threads). With kernel-read addresses the loop
+        reads the ring itself and this does nothing."""
+        if self._proc is not None or self.tap.kernel_addresses:
             return
         ctx = multiprocessing.get_context("fork")
         parent, child = ctx.Pipe(duplex=True)

@@ -6,16 +6,20 @@ timestamps) and the sans-IO core (`reassembly.plaintext.PlaintextStreams`):
   CLOCK_REALTIME capture time. The offset between the two clocks is measured once, at start, as the
   tightest of a few back-to-back readings, so a TLS leg and the packet-captured leg of the same Kong call
   nest in time as the leg joiner expects (its slack is 0.5 ms; the measurement error is microseconds);
-- endpoints: on TlsBound the socket under the SSL object is resolved through the process's /proc
-  (`SocketResolver`): the client leg's server endpoint is then the gateway's real address and port
-  (8443), so the leg classifier and joiner treat it exactly like a packet-captured client leg;
+- endpoints: the SSL_set_fd probe reads the socket's addresses in the kernel, in the gateway's own
+  thread as it binds the socket (`sock_read`), so a TlsBound normally carries them: the client leg's
+  server endpoint is then the gateway's real address and port (8443), and the leg classifier and joiner
+  treat it exactly like a packet-captured client leg. Nothing races: the record holds the truth;
 - everything else (roles, offsets, truncation gaps, reuse, idle timeout, bounds) is `PlaintextStreams`.
 
-Resolution races with the connection's end. The lookup happens when user space reads the SSL_set_fd,
-and once the SSL object was freed its fd may belong to the next connection already. Every lookup is
-therefore stamped with the CLOCK_MONOTONIC time it finished (`resolve`, run right after each read) and
-checked against the probes' own timestamps, since the gateway frees the SSL object before it closes the
-fd:
+Fallback, for a TlsBound without addresses (a kernel without BTF, or whose verifier refused the walk):
+the socket is looked up through the process's /proc (`SocketResolver`). That lookup races with the
+connection's end: it happens when user space reads the SSL_set_fd, and once the SSL object was freed its
+fd may belong to the next connection already. It is kept, with its check below, because on such hosts
+it is the only source of addresses, and because a wrong address is worse than a marked placeholder.
+Every lookup is stamped with the CLOCK_MONOTONIC time it finished (`resolve`, run right after each read)
+and checked against the probes' own timestamps, since the gateway frees the SSL object before it
+closes the fd:
 - a later call on the same SSL object that returned after the lookup, or a batch of records whose
   reading began after the lookup without its SSL_free in it, proves the fd was still its own then:
   confirmed (`tls_socket_confirmed`);
@@ -24,7 +28,8 @@ fd:
   connection's addresses.
 Until then the connection's exchanges are held back: at most until the next batch is read (the reader
 reads at least every `source.TLS_POLL_S`). Connections that end without either (idle, evicted,
-shutdown) release theirs as resolved (`tls_socket_unchecked`).
+shutdown) release theirs as resolved (`tls_socket_unchecked`). Kernel-read addresses never enter this
+check (`tls_socket_from_kernel` counts them).
 Counters go to the shared `Stats` (names starting `tls_`, and the usual loss prefixes).
 """
 
@@ -104,14 +109,14 @@ class TlsStreams:
         return ts_ns / 1e9 + self.offset
 
     def resolve(self, records: list[TlsRecord]) -> Resolved:
-        """Look up the socket of every TlsBound in `records` now, stamped with the time each lookup
-        finished: call it right after reading the records (the daemon's reader process does)."""
+        """Look up the socket of every TlsBound in `records` that came without addresses (the /proc
+        fallback) now, stamped with the time each lookup finished: call it right after reading."""
         found: Resolved = {}
         endpoints = self.resolver.endpoints
         clock = time.clock_gettime_ns
         mono = time.CLOCK_MONOTONIC
         for i, rec in enumerate(records):
-            if type(rec) is TlsBound:
+            if type(rec) is TlsBound and rec.local is None:
                 ends = endpoints(rec.pid, rec.fd)
                 done = clock(mono)
                 found[i] = (ends, done)
@@ -148,6 +153,13 @@ class TlsStreams:
                     route(made, out)
             elif kind is TlsBound:
                 b: TlsBound = rec  # type: ignore[assignment]
+                if b.local is not None:  # read in the kernel as the socket was bound: no check needed
+                    self.stats["tls_socket_from_kernel"] += 1
+                    streams.bind(b.pid, b.ssl, ts, b.local, b.remote, made)
+                    route(made, out)
+                    if self._unconfirmed:
+                        self._check(rec, out)
+                    continue
                 ends, checked = resolved.get(i, (None, 0))
                 local, remote = ends if ends is not None else (None, None)
                 streams.bind(b.pid, b.ssl, ts, local, remote, made)

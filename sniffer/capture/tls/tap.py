@@ -8,7 +8,9 @@ refresh() is how restarted or newly forked workers are followed: it rescans /pro
 not seen before (by device and inode) and rewrites the watched-pid map. Cheap enough to call every
 second (one read of each process's comm; maps only for processes not seen before).
 
-Host needs: x86_64, Linux >= 5.8 (ring buffer, bpf_probe_read_user) with the uprobe PMU; CAP_SYS_ADMIN
+Host needs: x86_64, Linux >= 5.8 (ring buffer, bpf_probe_read_user/kernel) with the uprobe PMU, and its BTF
+(/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF) for the socket addresses read in the kernel (without
+it they come from /proc, which races with short connections: see streams.py); CAP_SYS_ADMIN
 (current kernels let nothing less create uprobes) and CAP_SYS_PTRACE (maps of workers running as
 another user); from a container --pid=host so the gateway's processes and files are visible.
 """
@@ -193,6 +195,16 @@ class TlsTap:
         if self._probes is None:
             return []
         return self._ring.drain(decode_record, limit)
+
+    @property
+    def kernel_addresses(self) -> bool:
+        """True when the SSL_set_fd probe reads the socket's addresses in the kernel (BTF found)."""
+        return self._probes is not None and self._probes.sock_layout is not None
+
+    @property
+    def kernel_addresses_error(self) -> str | None:
+        """Why the addresses are not read in the kernel (then user space looks them up in /proc)."""
+        return None if self._probes is None else self._probes.sock_layout_error
 
     def watched_pids(self) -> list[int]:
         return sorted(self._watched)
