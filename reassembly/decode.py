@@ -15,6 +15,7 @@ drop_ip_fragment_* (see `ip_fragments`).
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from reassembly.events import Segment
 from reassembly.ip_fragments import FragmentReassembler
@@ -32,17 +33,17 @@ __all__ = [
     "unpack_ipv6_tcp_numbers",
 ]
 
-LINKTYPE_NULL = 0
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW_OPENBSD = 12
-LINKTYPE_RAW_BSD = 14
-LINKTYPE_RAW = 101
-LINKTYPE_LOOP = 108
-LINKTYPE_LINUX_SLL = 113
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276
-LINKTYPES = frozenset(
+LINKTYPE_NULL: Final = 0
+LINKTYPE_ETHERNET: Final = 1
+LINKTYPE_RAW_OPENBSD: Final = 12
+LINKTYPE_RAW_BSD: Final = 14
+LINKTYPE_RAW: Final = 101
+LINKTYPE_LOOP: Final = 108
+LINKTYPE_LINUX_SLL: Final = 113
+LINKTYPE_IPV4: Final = 228
+LINKTYPE_IPV6: Final = 229
+LINKTYPE_LINUX_SLL2: Final = 276
+LINKTYPES: Final = frozenset(
     {
         LINKTYPE_NULL,
         LINKTYPE_ETHERNET,
@@ -57,55 +58,55 @@ LINKTYPES = frozenset(
     }
 )
 
-ETH_IPV4 = 0x0800
+ETH_IPV4: Final = 0x0800
 # Where an untagged IPv4 packet starts, by link type: (index of the big-endian EtherType that must say
 # IPv4, or -1 when the link type carries IP only; offset of the IP header). The link types a fast path
 # can take without `decode`'s walk: Ethernet, Linux cooked v1/v2, raw IP (live AF_PACKET capture).
-IPV4_AT: dict[int, tuple[int, int]] = {
+IPV4_AT: Final[dict[int, tuple[int, int]]] = {
     LINKTYPE_ETHERNET: (12, 14),
     LINKTYPE_LINUX_SLL: (14, 16),
     LINKTYPE_LINUX_SLL2: (0, 20),
     LINKTYPE_RAW: (-1, 0),
     LINKTYPE_IPV4: (-1, 0),
 }
-ETH_IPV6 = 0x86DD
+ETH_IPV6: Final = 0x86DD
 # The same for an IPv6 packet (EtherType 0x86DD; -1: the version nibble says it).
-IPV6_AT: dict[int, tuple[int, int]] = {
+IPV6_AT: Final[dict[int, tuple[int, int]]] = {
     LINKTYPE_ETHERNET: (12, 14),
     LINKTYPE_LINUX_SLL: (14, 16),
     LINKTYPE_LINUX_SLL2: (0, 20),
     LINKTYPE_RAW: (-1, 0),
     LINKTYPE_IPV6: (-1, 0),
 }
-VLAN_ETHERTYPES = frozenset({0x8100, 0x88A8, 0x9100, 0x9200})
+VLAN_ETHERTYPES: Final = frozenset({0x8100, 0x88A8, 0x9100, 0x9200})
 # QinQ stacks two tags, carrier setups three; past 8 it is a loop of garbage, not a network.
-MAX_VLAN_TAGS = 8
+MAX_VLAN_TAGS: Final = 8
 # BSD loopback address families: AF_INET is 2 everywhere; AF_INET6 is 24 (NetBSD, OpenBSD), 28
 # (FreeBSD, DragonFly), 30 (macOS) and 10 on Linux.
-AF_INET = 2
-AF_INET6 = frozenset({10, 24, 28, 30})
+AF_INET: Final = 2
+AF_INET6: Final = frozenset({10, 24, 28, 30})
 # IPv6 extension headers that are walked past: hop-by-hop, routing, destination options, mobility,
 # HIP, shim6 (length in 8-octet units) and AH (in 4-octet units).
-IPV6_EXT_8 = frozenset({0, 43, 60, 135, 139, 140})
-IPPROTO_AH = 51
-IPPROTO_FRAGMENT = 44
-IPPROTO_TCP = 6
-MAX_IPV6_EXTENSIONS = 16
+IPV6_EXT_8: Final = frozenset({0, 43, 60, 135, 139, 140})
+IPPROTO_AH: Final = 51
+IPPROTO_FRAGMENT: Final = 44
+IPPROTO_TCP: Final = 6
+MAX_IPV6_EXTENSIONS: Final = 16
 
-_u16 = struct.Struct("!H").unpack_from
-_u32 = struct.Struct("!I").unpack_from
-_u32le = struct.Struct("<I").unpack_from
-_ipv4_hdr = struct.Struct("!BxHHHxB").unpack_from  # ver/ihl, total length, id, flags/offset, proto
+_u16: Final = struct.Struct("!H").unpack_from
+_u32: Final = struct.Struct("!I").unpack_from
+_u32le: Final = struct.Struct("<I").unpack_from
+_ipv4_hdr: Final = struct.Struct("!BxHHHxB").unpack_from  # ver/ihl, total length, id, flags/offset, proto
 # IPv4 without options then TCP: ver/ihl, total length, flags/offset, proto, src, dst, then as _tcp_hdr
-_eth_ipv4_tcp = struct.Struct("!BxHxxHxBxx4s4sHHIIHH").unpack_from
+_eth_ipv4_tcp: Final = struct.Struct("!BxHxxHxBxx4s4sHHIIHH").unpack_from
 # The same headers' numbers only (no address objects): ver/ihl, total length, flags/offset, proto, seq,
 # ack, offset/flags. Public: the pipeline's fused fast path unpacks the common frame itself, at IPV4_AT's
 # offset, and finds its flow by the 12 address and port bytes at offset 12 (FlowTable.raw_index).
-unpack_ipv4_tcp_numbers = struct.Struct("!BxHxxHxB14xIIH").unpack_from
+unpack_ipv4_tcp_numbers: Final = struct.Struct("!BxHxxHxB14xIIH").unpack_from
 # IPv6 (no extension header) then TCP, numbers only: version byte, payload length, next header, seq,
 # ack, offset/flags; the flow is found by the 36 bytes src, dst, sport, dport at offset 8.
-unpack_ipv6_tcp_numbers = struct.Struct("!BxxxHB37xIIH").unpack_from
-_tcp_hdr = struct.Struct("!HHIIHH").unpack_from  # ports, seq, ack, offset/flags, window
+unpack_ipv6_tcp_numbers: Final = struct.Struct("!BxxxHB37xIIH").unpack_from
+_tcp_hdr: Final = struct.Struct("!HHIIHH").unpack_from  # ports, seq, ack, offset/flags, window
 
 
 class Decoder:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import socket
 from collections import OrderedDict
+from typing import Final
 
 from reassembly.events import (
     CloseReason,
@@ -50,13 +51,13 @@ from reassembly.stats import Stats
 
 __all__ = ["FlowEntry", "FlowTable"]
 
-_FIN = int(TcpFlags.FIN)
-_SYN = int(TcpFlags.SYN)
-_RST = int(TcpFlags.RST)
-_ACK = int(TcpFlags.ACK)
-_CONTROL = _FIN | _SYN | _RST
+_FIN: Final = int(TcpFlags.FIN)
+_SYN: Final = int(TcpFlags.SYN)
+_RST: Final = int(TcpFlags.RST)
+_ACK: Final = int(TcpFlags.ACK)
+_CONTROL: Final = _FIN | _SYN | _RST
 
-_CLOSED_NAMES = {r: "tcp_closed_" + r.value for r in CloseReason}
+_CLOSED_NAMES: Final = {r: "tcp_closed_" + r.value for r in CloseReason}
 _FlowKey = tuple[bytes, int, bytes, int]
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
+from typing import Final
 
 from reassembly.events import Direction, GapReason, StreamData, StreamEvent, StreamGap
 from reassembly.limits import Limits
@@ -36,15 +37,15 @@ __all__ = ["CHUNK_COST", "MIN_CHUNKS", "RECENT_MAX_BYTES", "BufferPool", "HalfSt
 
 # Delivered segments up to this size are remembered (a reference, no copy) to detect retransmissions
 # that disagree with what was delivered; bigger ones (GRO/TSO super-segments) are not, to bound memory.
-RECENT_MAX_BYTES = 2048
+RECENT_MAX_BYTES: Final = 2048
 # What one buffered piece costs besides its payload (bytes object header, three list slots, a float),
 # rounded up: the byte budgets divided by this are the piece budgets.
-CHUNK_COST = 128
+CHUNK_COST: Final = 128
 # Piece budgets never go below this, so tiny byte budgets (tests) still allow some reordering.
-MIN_CHUNKS = 64
+MIN_CHUNKS: Final = 64
 
-_GAP_NAMES = {r: "gap_" + r.value for r in GapReason}
-_INF = float("inf")
+_GAP_NAMES: Final = {r: "gap_" + r.value for r in GapReason}
+_INF: Final = float("inf")
 
 
 class BufferPool:

@@ -36,7 +36,7 @@ would also turn into one event per attacking connection.
 from __future__ import annotations
 
 from collections import deque
-from typing import cast
+from typing import Final, cast
 
 from reassembly.events import (
     Direction,
@@ -59,15 +59,15 @@ from reassembly.stats import Stats
 __all__ = ["HttpConnectionParser"]
 
 # More interim (1xx) responses than this before one final response are not worth keeping.
-_MAX_INTERIM = 16
+_MAX_INTERIM: Final = 16
 # A flow whose start we did not see (mid-stream, or its first bytes lost) is scanned for a start line;
 # after this many bytes without one it is declared not HTTP (TLS, a database...) so the pipeline stops
 # feeding it. 8 MiB lets a mid-stream pickup sit out a long download before the next exchange.
-UNPROVEN_BYTES_LIMIT = 8 << 20
+UNPROVEN_BYTES_LIMIT: Final = 8 << 20
 
-_TO_SERVER = Direction.TO_SERVER
-_PAUSED = State.PAUSED
-_TUNNEL = FramingKind.TUNNEL
+_TO_SERVER: Final = Direction.TO_SERVER
+_PAUSED: Final = State.PAUSED
+_TUNNEL: Final = FramingKind.TUNNEL
 
 
 class HttpConnectionParser:

@@ -9,13 +9,14 @@ mid-stream) and counting orphans, unanswered requests and exchanges in Stats.
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import Final
 
 from reassembly.events import Endpoint, Exchange, ExchangeFlag, HttpRequest, HttpResponse
 from reassembly.stats import Stats
 
 __all__ = ["PendingExchange", "finish_exchange"]
 
-_new = object.__new__
+_new: Final = object.__new__
 if tuple(f.name for f in fields(Exchange)) != (
     "flow_id",
     "client",
@@ -46,12 +47,12 @@ class PendingExchange:
 
 
 # (incomplete, gap, truncated) flags of each side of an exchange.
-_REQUEST_FLAGS = (
+_REQUEST_FLAGS: Final = (
     ExchangeFlag.REQUEST_INCOMPLETE,
     ExchangeFlag.REQUEST_GAP,
     ExchangeFlag.REQUEST_BODY_TRUNCATED,
 )
-_RESPONSE_FLAGS = (
+_RESPONSE_FLAGS: Final = (
     ExchangeFlag.RESPONSE_INCOMPLETE,
     ExchangeFlag.RESPONSE_GAP,
     ExchangeFlag.RESPONSE_BODY_TRUNCATED,

@@ -15,14 +15,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 __all__ = ["Framing", "FramingKind", "body_framing", "parse_chunk_size"]
 
 # 18 digits stay below 2**63: a longer Content-Length is not a body anyone sends, only an attack.
-_MAX_LENGTH_DIGITS = 18
+_MAX_LENGTH_DIGITS: Final = 18
 # 15 hex digits stay below 2**60, so int() never builds a huge number and offsets stay 64-bit.
-_MAX_CHUNK_SIZE_DIGITS = 15
-_HEX_CHARS = b"0123456789abcdefABCDEF"
+_MAX_CHUNK_SIZE_DIGITS: Final = 15
+_HEX_CHARS: Final = b"0123456789abcdefABCDEF"
 
 
 class FramingKind(StrEnum):
@@ -41,18 +42,18 @@ class Framing:
     te_and_cl: bool = False  # both Transfer-Encoding and Content-Length were sent (TE wins)
 
 
-NO_BODY = Framing(FramingKind.NONE)
-CHUNKED = Framing(FramingKind.CHUNKED)
-CHUNKED_WITH_CL = Framing(FramingKind.CHUNKED, te_and_cl=True)
-UNTIL_CLOSE = Framing(FramingKind.CLOSE)
-UNTIL_CLOSE_WITH_CL = Framing(FramingKind.CLOSE, te_and_cl=True)
-TUNNEL = Framing(FramingKind.TUNNEL)
-DESYNC = Framing(FramingKind.DESYNC)
+NO_BODY: Final = Framing(FramingKind.NONE)
+CHUNKED: Final = Framing(FramingKind.CHUNKED)
+CHUNKED_WITH_CL: Final = Framing(FramingKind.CHUNKED, te_and_cl=True)
+UNTIL_CLOSE: Final = Framing(FramingKind.CLOSE)
+UNTIL_CLOSE_WITH_CL: Final = Framing(FramingKind.CLOSE, te_and_cl=True)
+TUNNEL: Final = Framing(FramingKind.TUNNEL)
+DESYNC: Final = Framing(FramingKind.DESYNC)
 
 # Framings are immutable, so the LENGTH ones are shared: small APIs send the same few lengths again and
 # again, and building a frozen dataclass costs more than the rest of the decision. Bounded, first come.
-_MAX_CACHED_LENGTHS = 4096
-_LENGTHS: dict[int, Framing] = {}
+_MAX_CACHED_LENGTHS: Final = 4096
+_LENGTHS: Final[dict[int, Framing]] = {}
 
 
 def body_framing(

@@ -13,6 +13,8 @@ plus the few fields that decide body framing, collected in the same pass. The re
 
 from __future__ import annotations
 
+from typing import Final
+
 from reassembly.events import HttpRequest, HttpResponse
 
 __all__ = [
@@ -33,33 +35,35 @@ __all__ = [
     "split_lines",
 ]
 
-TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+TOKEN_CHARS: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # No registered method is longer than 17 bytes (BASELINE-CONTROL is 16); 32 leaves room for extensions.
-MAX_METHOD_BYTES = 32
-_HTTP1 = b"HTTP/1."
-_SP_HTTP1 = b" HTTP/1."
+MAX_METHOD_BYTES: Final = 32
+_HTTP1: Final = b"HTTP/1."
+_SP_HTTP1: Final = b" HTTP/1."
 
 Buffer = bytes | bytearray
 Fields = dict[bytes, list[bytes]]
 
-_TOKEN_CHARS_NL = TOKEN_CHARS + b"\n"
+_TOKEN_CHARS_NL: Final = TOKEN_CHARS + b"\n"
 # The header fields `read_head` collects (lower case): the ones that decide body framing or a switch of
 # protocols. Everything else is left to the consumers of the message.
-_FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", b"upgrade"))
-NO_FIELDS: Fields = {}  # shared by every head without any of them: never mutated
+_FRAMING_NAMES: Final = frozenset((b"content-length", b"transfer-encoding", b"upgrade"))
+NO_FIELDS: Final[Fields] = {}  # shared by every head without any of them: never mutated
 # Bounded caches for read_head, emptied when full: a long-running capture follows the traffic of the day,
 # and a flood of odd heads costs only the uncached path.
-_MAX_STATUS_LINES = 256
-_MAX_PLANS = 1024
-_MAX_CACHED_LINE = 64
-_MAX_CACHED_NAMES = 512
-_STATUS_LINES: dict[bytes, tuple[bytes, int, bytes]] = {}
+_MAX_STATUS_LINES: Final = 256
+_MAX_PLANS: Final = 1024
+_MAX_CACHED_LINE: Final = 64
+_MAX_CACHED_NAMES: Final = 512
+_STATUS_LINES: Final[dict[bytes, tuple[bytes, int, bytes]]] = {}
 _Plan = tuple[tuple[bytes, int], ...]
-_PLANS: dict[bytes, _Plan | None] = {}
-_UNPLANNED: _Plan = ((b"", -1),)  # a sentinel of the plans' own type, compared by identity
+_PLANS: Final[dict[bytes, _Plan | None]] = {}
+_UNPLANNED: Final[_Plan] = ((b"", -1),)  # a sentinel of the plans' own type, compared by identity
 # Methods known to be tokens of a valid length, so the check of a request line can skip them.
-_COMMON_METHODS = frozenset((b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"CONNECT"))
-_new = object.__new__
+_COMMON_METHODS: Final = frozenset(
+    (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"CONNECT")
+)
+_new: Final = object.__new__
 
 
 class HeadError(ValueError):

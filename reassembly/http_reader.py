@@ -17,25 +17,27 @@ returns is charged to the connections' shared `HttpBufferPool` (http_budget), on
 
 from __future__ import annotations
 
+from typing import Final
+
 from reassembly.http_reader_base import Message, ReaderSink, Role, State
 from reassembly.http_reader_head import HeadSteps
 
 __all__ = ["Message", "MessageReader", "ReaderSink", "Role", "State"]
 
 # Chunk boundaries remembered in the pending line while scanning for a start line.
-_MAX_STARTS = 64
+_MAX_STARTS: Final = 64
 
-_START = State.START
-_HEAD = State.HEAD
-_BODY_LENGTH = State.BODY_LENGTH
-_CHUNK_SIZE = State.CHUNK_SIZE
-_CHUNK_DATA = State.CHUNK_DATA
-_CHUNK_END = State.CHUNK_END
-_TRAILERS = State.TRAILERS
-_BODY_CLOSE = State.BODY_CLOSE
-_RESYNC = State.RESYNC
-_PAUSED = State.PAUSED
-_DEAD = State.DEAD
+_START: Final = State.START
+_HEAD: Final = State.HEAD
+_BODY_LENGTH: Final = State.BODY_LENGTH
+_CHUNK_SIZE: Final = State.CHUNK_SIZE
+_CHUNK_DATA: Final = State.CHUNK_DATA
+_CHUNK_END: Final = State.CHUNK_END
+_TRAILERS: Final = State.TRAILERS
+_BODY_CLOSE: Final = State.BODY_CLOSE
+_RESYNC: Final = State.RESYNC
+_PAUSED: Final = State.PAUSED
+_DEAD: Final = State.DEAD
 
 
 class MessageReader(HeadSteps):

@@ -10,7 +10,7 @@ the attributes (slots) and the primitives that end a message (`_finish`), give u
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from reassembly.events import HttpRequest, HttpResponse
 from reassembly.http_budget import HttpBufferPool
@@ -49,8 +49,8 @@ Message = HttpRequest | HttpResponse
 
 # Enum members as module constants: a class attribute lookup on an Enum costs several times more, and
 # these are read a few times per message.
-START = State.START
-RESYNC = State.RESYNC
+START: Final = State.START
+RESYNC: Final = State.RESYNC
 
 
 class ReaderSink(Protocol):

@@ -7,6 +7,8 @@ many tiny pieces are folded into one bytearray so they never cost an object each
 
 from __future__ import annotations
 
+from typing import Final
+
 from reassembly.http_framing import Framing, FramingKind, parse_chunk_size
 from reassembly.http_head import find_head_end, parse_fields, split_lines
 from reassembly.http_reader_base import ReaderBase, State
@@ -14,19 +16,19 @@ from reassembly.http_reader_base import ReaderBase, State
 __all__ = ["BodySteps"]
 
 # Body pieces kept as separate slices before they are folded together (a whole body usually is one).
-_MAX_PARTS = 32
+_MAX_PARTS: Final = 32
 
-_BODY_LENGTH = State.BODY_LENGTH
-_CHUNK_SIZE = State.CHUNK_SIZE
-_CHUNK_DATA = State.CHUNK_DATA
-_CHUNK_END = State.CHUNK_END
-_TRAILERS = State.TRAILERS
-_BODY_CLOSE = State.BODY_CLOSE
-_NONE = FramingKind.NONE
-_LENGTH = FramingKind.LENGTH
-_CHUNKED = FramingKind.CHUNKED
-_CLOSE = FramingKind.CLOSE
-_TUNNEL = FramingKind.TUNNEL
+_BODY_LENGTH: Final = State.BODY_LENGTH
+_CHUNK_SIZE: Final = State.CHUNK_SIZE
+_CHUNK_DATA: Final = State.CHUNK_DATA
+_CHUNK_END: Final = State.CHUNK_END
+_TRAILERS: Final = State.TRAILERS
+_BODY_CLOSE: Final = State.BODY_CLOSE
+_NONE: Final = FramingKind.NONE
+_LENGTH: Final = FramingKind.LENGTH
+_CHUNKED: Final = FramingKind.CHUNKED
+_CLOSE: Final = FramingKind.CLOSE
+_TUNNEL: Final = FramingKind.TUNNEL
 
 
 class BodySteps(ReaderBase):

@@ -9,6 +9,8 @@ scans for the next plausible start line (`http_resync.find_start_line`), never e
 
 from __future__ import annotations
 
+from typing import Final
+
 from reassembly.http_head import (
     HeadError,
     check_start_line,
@@ -25,13 +27,13 @@ __all__ = ["HeadSteps"]
 
 # Bytes kept while scanning for a start line when no line end is in sight (a request line longer than this
 # is not one we could parse anyway).
-_RESYNC_TAIL = 16
+_RESYNC_TAIL: Final = 16
 
-_REQUEST = Role.REQUEST
-_RESPONSE = Role.RESPONSE
-_UNKNOWN = Role.UNKNOWN
-_HEAD = State.HEAD
-_START = State.START
+_REQUEST: Final = Role.REQUEST
+_RESPONSE: Final = Role.RESPONSE
+_UNKNOWN: Final = Role.UNKNOWN
+_HEAD: Final = State.HEAD
+_START: Final = State.START
 
 
 class HeadSteps(BodySteps):

@@ -11,6 +11,8 @@ flows (see there), where the per-packet cost is (bench/core.py).
 
 from __future__ import annotations
 
+from typing import Final
+
 from reassembly.decode import IPV4_AT, IPV6_AT, Decoder, unpack_ipv4_tcp_numbers, unpack_ipv6_tcp_numbers
 from reassembly.events import Direction, Exchange, FlowOpened, StreamData, StreamEvent, StreamGap, TcpFlags
 from reassembly.flow_table import FlowEntry, FlowTable
@@ -25,11 +27,11 @@ __all__ = ["Pipeline"]
 
 # How often (in capture seconds) timeouts are checked. Finer adds cost per packet for no visible gain:
 # the reorder and idle timeouts it serves are measured in seconds.
-ADVANCE_INTERVAL_S = 1.0
+ADVANCE_INTERVAL_S: Final = 1.0
 
-_CONTROL = int(TcpFlags.SYN | TcpFlags.FIN | TcpFlags.RST)
-_ACK = int(TcpFlags.ACK)
-_TO_SERVER = Direction.TO_SERVER
+_CONTROL: Final = int(TcpFlags.SYN | TcpFlags.FIN | TcpFlags.RST)
+_ACK: Final = int(TcpFlags.ACK)
+_TO_SERVER: Final = Direction.TO_SERVER
 
 
 class Pipeline:

@@ -7,18 +7,20 @@ above this module never does wraparound arithmetic (zeek's relative sequence num
 
 from __future__ import annotations
 
+from typing import Final
+
 __all__ = ["CONTROL_WINDOW", "SEQ_HALF", "SEQ_MASK", "SEQ_WINDOW", "seq_add", "seq_diff", "seq_to_offset"]
 
-SEQ_MASK = 0xFFFFFFFF
-SEQ_HALF = 1 << 31
+SEQ_MASK: Final = 0xFFFFFFFF
+SEQ_HALF: Final = 1 << 31
 # A sequence or ack number more than this ahead of the stream's position is not believed: no TCP window
 # (even scaled to its 1 GiB maximum) lets a sender be further ahead, so it is noise or another flow.
-SEQ_WINDOW = 1 << 30
+SEQ_WINDOW: Final = 1 << 30
 # How far ahead of the bytes seen an ACK, FIN or RST may point and still be believed (it then declares
 # or waits for the bytes in between). Stale ACKs of an old connection on a reused 4-tuple, challenge ACKs
 # and the RSTs answering them carry unrelated numbers; a genuine capture loss this large (tens of
 # thousands of packets in one direction) is left to the reorder timeout and the buffer caps instead.
-CONTROL_WINDOW = 1 << 26
+CONTROL_WINDOW: Final = 1 << 26
 
 
 def seq_add(seq: int, n: int) -> int:
