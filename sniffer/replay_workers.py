@@ -30,10 +30,11 @@ is `MAX_LEAD_FRAMES` ahead of the slowest.
 from __future__ import annotations
 
 import contextlib
-import gc
 import io
+import marshal
 import multiprocessing
 import multiprocessing.connection
+import pickle
 import signal
 from collections import deque
 from collections.abc import Callable
@@ -43,7 +44,7 @@ from typing import IO, Any
 from reassembly.events import Exchange
 from reassembly.pipeline import ADVANCE_INTERVAL_S
 from reassembly.stats import Stats
-from sniffer.capture import exchange_codec
+from sniffer.capture.exchange_codec import pack, unpack
 from sniffer.capture.flow_hash import FlowSplitter
 from sniffer.capture.pcapfile import open_capture
 from sniffer.config import Config
@@ -59,7 +60,8 @@ BATCH_BYTES = 1 << 20  # encoded events per message
 BATCH_FRAMES = 1 << 15  # frames walked between messages at the latest (moves the merge forward)
 NEVER = float("-inf")  # a capture time that never triggers the engine's joiner timeouts
 
-# A merge record: (frame number, capture time, [Exchange, or the end time of a plain exchange, ...]).
+# A merge record: (frame number, capture time, [a packed Exchange (exchange_codec.pack), or the end time
+# of a plain exchange, ...]); a batch of records is one marshal string.
 Record = tuple[int, float, list[Any]]
 
 
@@ -124,7 +126,7 @@ def _worker(
                 resp = ex.response
                 items.append(resp.ts_end if resp is not None else (req.ts_end if req is not None else 0.0))
             else:
-                items.append(ex)
+                items.append(pack(ex))
         if plain:
             plain_engine(ts, plain)
         records.append((no, ts, items))
@@ -137,7 +139,10 @@ def _worker(
             buf.truncate()
         else:
             payload, sink.events = sink.events, []
-        batch = exchange_codec.encode(records)
+        try:
+            batch = marshal.dumps(records)
+        except ValueError:  # a core field marshal cannot carry (see exchange_codec): slower, still right
+            batch = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
         conn.send(("b", frame_no if not final else frame_no + 1, batch, payload, bytes_read()))
         records = []
 
@@ -284,13 +289,7 @@ def replay_parallel(
 
 
 def _decoded(data: bytes) -> list[Record]:
-    enabled = gc.isenabled()
-    gc.disable()  # see capture.workers.recv_batch
-    try:
-        return exchange_codec.decode(data)
-    finally:
-        if enabled:
-            gc.enable()
+    return marshal.loads(data) if data[:1] != b"\x80" else pickle.loads(data)  # type: ignore[no-any-return]
 
 
 class _Merger:
@@ -336,7 +335,7 @@ class _Merger:
                     if clock is not None and not group:
                         self.engine.advance(clock)  # the plain exchanges' ends, as one process's joiner saw
                         clock = None
-                    group.append(item)
+                    group.append(item if type(item) is Exchange else unpack(item))
             if group:
                 feed(NEVER, group)
         self._clock = clock

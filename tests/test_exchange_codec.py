@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import marshal
 import pickle
 from pathlib import Path
 
@@ -37,10 +39,12 @@ def test_every_exchange_of_the_corpus_round_trips() -> None:
     assert [type(f) for ex in back for f in ex.flags] == [type(f) for ex in exchanges for f in ex.flags]
 
 
-def test_nested_records_and_the_pickle_fallback() -> None:
+def test_packed_exchanges_inside_other_data_and_the_pickle_fallback() -> None:
     ex = _exchanges(DEMO)[0]
-    records = [(7, 1.5, [ex, 2.25]), (9, 3.0, [])]
-    assert exchange_codec.decode(exchange_codec.encode(records)) == records
-    odd = [(1, 1.0, [ex, Path("x")])]  # not marshal-able: the whole batch goes as pickle
-    data = exchange_codec.encode(odd)
-    assert data[:1] == b"p" and exchange_codec.decode(data) == pickle.loads(pickle.dumps(odd))
+    records = [(7, 1.5, [exchange_codec.pack(ex), 2.25]), (9, 3.0, [])]
+    back = marshal.loads(marshal.dumps(records))
+    assert exchange_codec.unpack(back[0][2][0]) == ex and back[0][2][1] == 2.25
+    odd = copy.copy(ex)
+    odd.client = (Path("x"), 1)  # type: ignore[assignment]  # not marshal-able: the batch goes as pickle
+    data = exchange_codec.encode([ex, odd])
+    assert data[:1] == b"p" and exchange_codec.decode(data) == pickle.loads(pickle.dumps([ex, odd]))
