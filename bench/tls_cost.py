@@ -1,7 +1,7 @@
 """TLS uprobe cost: nginx's HTTPS throughput and p99 without the tap, with it attached but not watching
 nginx, and with it watching nginx (records drained by a consumer thread, as the daemon would).
 
-Usage: python bench/tls_cost.py [--seconds 8] [--runs 3] [--connections 20]
+Usage: python bench/tls_cost.py [--seconds 8] [--runs 3] [--connections 20] [--close]
 Needs root, nginx, openssl, wrk; bpftool (optional) for the programs' own per-hit cost.
 
 nginx (worker_processes 1, keep-alive) answers GET /static itself over HTTPS on 127.0.0.1 (the fixture
@@ -17,6 +17,9 @@ Modes, interleaved in each run:
   after one map lookup;
 - watched: TlsTap on nginx, default budgets (whole calls copied, 64 KiB cap), a thread draining.
 - watched, wake per rec: the same with ProbeConfig(wakeup_bytes=0), the kernel's default wakeup.
+- watched, no sock walk: batched, without the SSL_set_fd probe's in-kernel socket walk (as without BTF).
+`--close` sends `Connection: close`: a TLS handshake and an SSL_set_fd per request, which is where the
+socket walk costs.
 Per-hit cost of the programs alone (not the uprobe trap) from kernel.bpf_stats_enabled=1 and
 `bpftool prog show` (run_time_ns / run_cnt) during the watched runs.
 
@@ -35,6 +38,14 @@ to 21,130 req/s between two runs of this script ten minutes apart):
     watched (3 runs): 88k-246k records, 10-29 MB plaintext, ring_full 0-5, return_without_entry 0;
       per hit: SSL_read_in ~330 ns, SSL_read_out ~770 ns, SSL_write_out ~1.4 us
     wake per record: SSL_read_out ~2.5 us, SSL_write_out ~7.6-8.1 us, ring_full 0-16
+
+Socket walk at SSL_set_fd (2026-11-24 21:07 UTC, --close --seconds 6 --runs 3, loadavg 4.8 -> 4.8):
+handshake-bound at 1,488 req/s baseline; watched 0.82x, wake per rec 0.63x, no sock walk 0.90x (the
+batched modes' difference is within this loaded VM's noise). Per hit, program only: SSL_set_fd
+1.57-1.77 us with the walk against 1.02-1.13 us without (+~0.6 us, once per connection, beside a
+handshake of ~600 us); with per-record wakeups SSL_set_fd took 6.1-8.3 us and SSL_write_out 4.4-5.8 us
+(1.3 us batched). Hence the daemon's choice: addresses read in the kernel, batched wakeups, no reader
+process (sniffer/capture/tls/source.py).
 
 An earlier run (loadavg ~3, baseline 33,613): unwatched 0.31x, watched 0.22x (before wakeup_bytes).
 Reading: on this VM one probed call costs ~10 us whatever the program does (most likely because the
@@ -94,10 +105,13 @@ def private_libssl(directory: Path) -> dict[str, str]:
     return {**os.environ, "LD_LIBRARY_PATH": str(directory)}
 
 
+CLOSE: list[str] = []  # wrk options: ["-H", "Connection: close"] with --close
+
+
 def wrk(url: str, seconds: int, connections: int, env: dict[str, str]) -> tuple[float, float]:
     """(requests/s, p99 ms) of one wrk run."""
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *CLOSE, url],
         capture_output=True, text=True, check=True, env=env,
     ).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -190,9 +204,11 @@ def trap_cost(directory: Path, calls: int = 100_000) -> str:
     )
 
 
+# mode -> (probe budgets, socket addresses read in the kernel at SSL_set_fd)
 WATCHED_MODES = {
-    "watched": ProbeConfig(),
-    "watched, wake per rec": ProbeConfig(wakeup_bytes=0),
+    "watched": (ProbeConfig(), True),
+    "watched, wake per rec": (ProbeConfig(wakeup_bytes=0), True),
+    "watched, no sock walk": (ProbeConfig(), False),
 }
 
 
@@ -202,10 +218,11 @@ def watched_run(
     env: dict[str, str],
     args: argparse.Namespace,
     config: ProbeConfig,
+    kernel_addresses: bool,
     results: list[tuple[float, float]],
 ) -> list[str]:
     """One load with the tap on nginx and a draining thread; returns the lines to print after the table."""
-    with TlsTap.open(("nginx",), config) as tap:
+    with TlsTap.open(("nginx",), config, kernel_addresses=kernel_addresses) as tap:
         drain = Drain(tap)
         drain.start()
         stats = Path("/proc/sys/kernel/bpf_stats_enabled")
@@ -219,8 +236,10 @@ def watched_run(
         drain.stop.set()
         drain.join()
         counters = tap.counters()
+        in_kernel = tap.kernel_addresses
     lines = [
-        f"wakeup_bytes={config.wakeup_bytes}: {drain.records:,} records "
+        f"wakeup_bytes={config.wakeup_bytes}, kernel_addresses={in_kernel}: "
+        f"{drain.records:,} records "
         f"({drain.data_bytes:,} plaintext bytes) drained from pids {sorted(drain.pids)} "
         f"(nginx: {gw.master_pid()} + {gw.worker_pids()}); ring_full {counters['ring_full']}, truncated "
         f"{counters['truncated_bytes']}, return_without_entry {counters['return_without_entry']}"
@@ -238,7 +257,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=20)
+    parser.add_argument(
+        "--close", action="store_true", help="a new TLS connection per request (SSL_set_fd every time)"
+    )
     args = parser.parse_args()
+    if args.close:
+        CLOSE[:] = ["-H", "Connection: close"]
     for tool in ("nginx", "openssl", "wrk"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed")
@@ -257,13 +281,14 @@ def main() -> None:
                 with TlsTap.open(("openssl",)) as tap:
                     assert gw.master_pid() not in tap.watched_pids()
                     results["attached, unwatched"].append(wrk(url, args.seconds, args.connections, env))
-            for mode, config in WATCHED_MODES.items():
-                extra += watched_run(gw, url, env, args, config, results[mode])
+            for mode, (config, kernel_addresses) in WATCHED_MODES.items():
+                extra += watched_run(gw, url, env, args, config, kernel_addresses, results[mode])
     base_rps = statistics.median(r for r, _ in results["baseline"])
     base_p99 = statistics.median(p for _, p in results["baseline"])
     load = os.getloadavg()
     print(
-        f"nginx HTTPS /static, wrk -t1 -c{args.connections} -d{args.seconds}s, median of {args.runs}; "
+        f"nginx HTTPS /static, wrk -t1 -c{args.connections} -d{args.seconds}s"
+        f"{' (Connection: close)' if args.close else ''}, median of {args.runs}; "
         f"loadavg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end"
     )
     print(f"{'mode':<22}| {'req/s':>9} | {'vs base':>7} | {'p99 ms':>7} | {'vs base':>7}")

@@ -69,8 +69,15 @@ class TlsTap:
         self.last_error: str | None = None  # the latest attach failure, for logs and doctor
 
     @classmethod
-    def open(cls, process_names: tuple[str, ...] = ("nginx",), config: ProbeConfig | None = None) -> TlsTap:
-        """Load the programs and attach to the gateway processes running now.
+    def open(
+        cls,
+        process_names: tuple[str, ...] = ("nginx",),
+        config: ProbeConfig | None = None,
+        *,
+        kernel_addresses: bool = True,
+    ) -> TlsTap:
+        """Load the programs and attach to the gateway processes running now. kernel_addresses=False
+        leaves the socket walk out of the SSL_set_fd probe (as on a kernel without BTF).
 
         Raises TlsUnavailable (one plain sentence) when the host cannot do it.
         """
@@ -88,7 +95,7 @@ class TlsTap:
             ) from None
         config = config or ProbeConfig()
         try:
-            probes = load_probes(config)
+            probes = load_probes(config, kernel_addresses=kernel_addresses)
         except OSError as exc:
             if exc.errno == errno.EINVAL and "creating map" in str(exc):
                 raise TlsUnavailable(
