@@ -60,6 +60,8 @@ class Btf:
         self._strings = blob[hdr_len + str_off : hdr_len + str_off + str_len]
         self._offsets: list[int] = [0]  # id -> position of its record; id 0 is void
         self._by_name: dict[str, int] = {}
+        if self._types_at + type_len > len(blob) or hdr_len + str_off + str_len > len(blob):
+            raise BtfError("BTF sections are truncated")
         self._index(self._types_at, self._types_at + type_len)
 
     @classmethod
@@ -74,7 +76,7 @@ class Btf:
     def _index(self, pos: int, end: int) -> None:
         blob, unpack, offsets, by_name = self._blob, _TYPE.unpack_from, self._offsets, self._by_name
         fixed, per_item = _FIXED, _PER_ITEM
-        while pos < end:
+        while pos + 12 <= end:
             name_off, info, _size = unpack(blob, pos)
             kind = (info >> 24) & 0x1F
             if kind > _MAX_KIND:
