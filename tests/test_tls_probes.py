@@ -478,3 +478,94 @@ def test_close_detaches_and_is_idempotent(gateway: HttpsGateway) -> None:
     tap.close()
     assert tap.read() == [] and tap.counters() == {}
     tap.refresh()  # a closed tap ignores refresh instead of failing
+
+
+# --- the socket's addresses, read in the kernel at SSL_set_fd ---
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
+def test_ssl_set_fd_carries_the_sockets_addresses(gateway: HttpsGateway, host: str) -> None:
+    """nginx's accepted socket as curl saw it from its side: curl's address and port are the remote."""
+    if host == "::1" and not gateway.ipv6:
+        pytest.skip("no IPv6 loopback on this host")
+    workers = set(gateway.worker_pids())
+    with TlsTap.open() as tap:
+        assert tap.kernel_addresses, tap.kernel_addresses_error
+        _, result = gateway.curl(
+            "/local401", host=host, write_out="\n%{local_ip} %{local_port} %{remote_ip} %{remote_port}"
+        )
+        records = of(collect(tap, lambda rs: any(isinstance(r, TlsFreed) for r in of(rs, workers))), workers)
+    curl_ip, curl_port, server_ip, server_port = result.stdout.splitlines()[-1].decode().split()
+    bound = [r for r in records if isinstance(r, TlsBound)]
+    assert len(bound) == 1
+    assert bound[0].local == (server_ip, int(server_port)) == (host, gateway.port)
+    assert bound[0].remote == (curl_ip, int(curl_port))
+
+
+def test_without_the_walk_ssl_set_fd_has_no_addresses(gateway: HttpsGateway) -> None:
+    workers = set(gateway.worker_pids())
+    with TlsTap.open(kernel_addresses=False) as tap:
+        assert not tap.kernel_addresses and tap.kernel_addresses_error == "disabled"
+        gateway.curl("/local401")
+        records = of(collect(tap, lambda rs: any(isinstance(r, TlsFreed) for r in of(rs, workers))), workers)
+    bound = [r for r in records if isinstance(r, TlsBound)]
+    assert len(bound) == 1 and bound[0].fd > 2 and bound[0].local is None and bound[0].remote is None
+
+
+_SET_FD_CHILD = r"""
+import ctypes, os, socket, sys
+ctypes.CDLL(None).prctl(15, b"tlsfdcheck", 0, 0, 0)  # PR_SET_NAME: the comm the tap looks for
+ssl = ctypes.CDLL("libssl.so.3")
+ssl.TLS_method.restype = ssl.SSL_CTX_new.restype = ssl.SSL_new.restype = ctypes.c_void_p
+ssl.SSL_CTX_new.argtypes = [ctypes.c_void_p]
+ssl.SSL_new.argtypes = [ctypes.c_void_p]
+ssl.SSL_set_fd.argtypes = [ctypes.c_void_p, ctypes.c_int]
+ctx = ssl.SSL_CTX_new(ssl.TLS_method())
+objs = [ssl.SSL_new(ctx) for _ in range(4)]
+print("ready", flush=True)
+sys.stdin.readline()
+read_end, _ = os.pipe()
+conn = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.connect(("127.0.0.1", 9))
+for obj, fd in zip(objs, (read_end, 1_000_000, conn.fileno(), udp.fileno())):
+    ssl.SSL_set_fd(obj, fd)
+local, remote = conn.getsockname(), conn.getpeername()
+print(" ".join(str(x) for x in (*objs, read_end, local[1], remote[1], udp.getsockname()[1])), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_ssl_set_fd_on_what_is_not_a_tcp_socket(gateway: HttpsGateway) -> None:
+    """A pipe's fd is not misread as a socket (its file's private_data is no struct socket whose file
+    points back), an fd beyond the table is refused, a connected socket is read; a UDP socket (DTLS)
+    is a socket: its addresses are reported as they are."""
+    system_python = "/usr/bin/python3"
+    if not os.path.exists(system_python):
+        pytest.skip("needs /usr/bin/python3 with libssl.so.3")
+    child = subprocess.Popen(
+        [system_python, "-c", _SET_FD_CHILD, str(gateway.port)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline() == "ready\n"
+        with TlsTap.open(("tlsfdcheck",)) as tap:
+            assert tap.watched_pids() == [child.pid]
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            pipe_ssl, far_ssl, tcp_ssl, udp_ssl, pipe_fd, lport, rport, uport = map(
+                int, child.stdout.readline().split()
+            )
+            records = collect(tap, lambda rs: len(rs) >= 4)
+            child.stdin.write("done\n")
+            child.stdin.flush()
+    finally:
+        child.kill()
+        child.wait()
+    bound = {r.ssl: r for r in records if isinstance(r, TlsBound)}
+    assert sorted(bound) == sorted([pipe_ssl, far_ssl, tcp_ssl, udp_ssl])
+    assert bound[pipe_ssl].fd == pipe_fd and bound[pipe_ssl].local is None
+    assert bound[far_ssl].fd == 1_000_000 and bound[far_ssl].local is None
+    assert bound[tcp_ssl].local == ("127.0.0.1", lport) and bound[tcp_ssl].remote == ("127.0.0.1", rport)
+    assert bound[udp_ssl].local == ("127.0.0.1", uport) and bound[udp_ssl].remote == ("127.0.0.1", 9)
