@@ -173,3 +173,25 @@ def test_a_lookup_after_the_connection_ended_is_refuted_not_trusted(tmp_path: Pa
     (ex,) = tls.feed([], {}, read_ns=looked_up + 1)
     assert (ex.client, ex.server) == (MALLORY, GW)
     assert stats["tls_socket_confirmed"] == 1
+
+
+def test_kernel_read_addresses_are_used_as_they_are_and_never_looked_up(tmp_path: Path) -> None:
+    """A TlsBound carrying the addresses the probe read in the kernel: no /proc lookup (the fake /proc
+    here would give the wrong answer, MALLORY), no holding back; and the records may be read long after
+    the connection ended, with its fd reused meanwhile, without any effect on the result."""
+    stats = Stats()
+    tls = TlsStreams(
+        stats=stats, resolver=fake_proc(tmp_path, {7: (GW, MALLORY)}, stats), epoch_offset=OFFSET
+    )
+    req = b"GET /api/orders HTTP/1.1\r\nHost: gw\r\n\r\n"
+    resp = b"HTTP/1.1 204 No Content\r\n\r\n"
+    first = tls_call(0x77, 7, T0, req, resp)
+    first[0] = TlsBound(PID, 0x77, 7, ns(T0), GW, ALICE)
+    second = tls_call(0x78, 7, T0 + 0.02, req, resp)  # the same fd, the next client
+    second[0] = TlsBound(PID, 0x78, 7, ns(T0 + 0.02), GW, MALLORY)
+    records = first + second
+    assert tls.resolve(records) == {}  # nothing to look up
+    exchanges = tls.feed(records, read_ns=None)
+    assert [(e.client, e.server) for e in exchanges] == [(ALICE, GW), (MALLORY, GW)]
+    assert stats["tls_socket_from_kernel"] == 2
+    assert not any(k.startswith("tls_socket_") and k != "tls_socket_from_kernel" for k in stats), stats
