@@ -52,6 +52,7 @@ def test_with_an_https_nginx_it_attaches_to_its_libssl(tmp_path: Path) -> None:
         check = check_tls(Config(tls="uprobe"))
     assert check.status == "ok", check
     assert "libssl.so" in check.message and "nginx process(es)" in check.message
+    assert "socket addresses read in the kernel" in check.message
 
 
 def test_without_bpf_capabilities_it_fails_and_says_which(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ The first missing piece is named with its fix: x86_64, Linux >= 5.8 (BPF ring bu
 CAP_SYS_ADMIN (current kernels let nothing less create uprobes; CAP_BPF + CAP_PERFMON are not enough),
 the gateway processes visible (a container needs --pid=host, a pod hostPID: true) and their libssl; then
 the probes are really loaded and attached once (`TlsTap.open`) and detached, which also tells when
-CAP_SYS_PTRACE is missing (workers of another user).
+CAP_SYS_PTRACE is missing (workers of another user), and whether the socket addresses are read in the
+kernel (needs its BTF; otherwise a WARN: the /proc fallback races with short connections).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def tls_check(config: Config, has_capability: Callable[[int], bool]) -> tuple[st
         config_ = ProbeConfig(per_call_cap=config.tls_max_call_bytes, rate_limit=config.tls_rate_limit)
         with TlsTap.open(config.tls_process, config_) as tap:
             attached, watched, error = tap.libraries(), tap.watched_pids(), tap.last_error
+            in_kernel, why_not = tap.kernel_addresses, tap.kernel_addresses_error
     except TlsUnavailable as exc:
         return ("FAIL", str(exc), TLS_CAPS_FIX if "permitted" in str(exc) else "")
     except OSError as exc:
@@ -86,9 +88,12 @@ def tls_check(config: Config, has_capability: Callable[[int], bool]) -> tuple[st
             + (f" ({error})" if error else f" (mapped: {', '.join(libs) or 'no libssl: static build?'})"),
             "",
         )
-    return (
-        "ok",
-        f"uprobes attach to {', '.join(libs) or 'the executable'} of {len(watched)} {names} process(es) "
-        f"on kernel {release}",
-        "",
-    )
+    attach = f"uprobes attach to {', '.join(libs) or 'the executable'} of {len(watched)} {names} process(es)"
+    if not in_kernel:
+        return (
+            "WARN",
+            f"{attach}, but socket addresses come from /proc, not the kernel ({why_not}): short "
+            "connections may be reported with placeholder client addresses",
+            "a kernel with BTF (CONFIG_DEBUG_INFO_BTF: /sys/kernel/btf/vmlinux readable here)",
+        )
+    return ("ok", f"{attach} on kernel {release}; socket addresses read in the kernel (BTF)", "")
