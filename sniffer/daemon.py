@@ -10,7 +10,7 @@ Start-up, in this order (each step needs the previous one and the privileges it 
    kernels let nothing less create uprobes) and root or CAP_SYS_PTRACE to read the workers' /proc/<pid>
    maps and fds; so the daemon keeps its privileges and says so;
 4. with SNIFFER_WORKERS > 1, the capture workers forked (no thread may exist yet), then the TLS reader
-   process (`TlsSource.start`);
+   process (`TlsSource.start`; only on a kernel without BTF, see capture/tls/source.py);
 5. threads: the metrics endpoint, the Moesif sender.
 Then the loop: with one worker it walks the rings into the `Engine` itself; with more it takes the
 workers' exchanges (`Engine(capture=False)`) and runs the leg joiner, the event builder and the sink.
@@ -316,7 +316,8 @@ class _Daemon:
     def _take(self, pool: WorkerPool, timeout_s: float) -> None:
         feed = self.engine.feed_exchanges  # type: ignore[union-attr]
         if self.tls is not None:
-            # Wake on the TLS records too: an SSL_set_fd must be read while its socket still exists.
+            # Wake on the TLS records too (without kernel BTF: an SSL_set_fd must be read while its socket
+            # still exists).
             live = [c for c, done in zip(pool.conns, pool.done, strict=True) if not done]
             multiprocessing.connection.wait([*live, self.tls.fileno()], timeout_s)
             timeout_s = 0.0
