@@ -16,6 +16,7 @@ import base64
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import brotli
 import orjson
@@ -178,7 +179,7 @@ class BodyCapture:
     """The body fields of one side of the event, plus what `metadata.capture` should say about it."""
 
     present: bool = False
-    value: object = None
+    value: Any = None  # parsed JSON or base64 text (Any, not object: mypyc resolves field types by name)
     transfer_encoding: str | None = None
     meta: dict[str, object] = field(default_factory=dict)  # keys without the request_/response_ prefix
     flags: list[str] = field(default_factory=list)  # e.g. "body_undecoded"
