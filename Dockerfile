@@ -42,7 +42,9 @@ RUN --mount=type=secret,id=pip_cert \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check /wheels/*.whl \
     && /opt/venv/bin/pip uninstall --yes --disable-pip-version-check pip setuptools \
     && rm -rf /opt/venv/bin/Activate.ps1 /opt/venv/bin/activate*
-# Fail the build if the compiled core was asked for and is not what the venv imports.
+# Fail the build if the compiled core was asked for and is not what the venv imports (from /: in /src
+# the source tree would shadow the installed extension).
+WORKDIR /
 RUN [ "$SNIFFER_COMPILE" != 1 ] || /opt/venv/bin/python3 -c \
     "import reassembly.pipeline as p, sys; sys.exit(not p.__file__.endswith('.so'))"
 
