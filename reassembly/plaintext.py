@@ -23,7 +23,10 @@ Endpoints: from the caller; when unknown, clearly marked placeholders (`unresolv
 `unresolved-tls-ssl-<hex>`, port 0) so such an event can never pass for a resolved address.
 
 Losses, all counted in `Stats`: bytes a call moved beyond what the kernel copied (`total_len >
-len(data)`) become a `StreamGap` (GapReason.OVERFLOW, `truncated_tls_bytes`); connections evicted
+len(data)`) become a `StreamGap` (GapReason.OVERFLOW, `truncated_tls_bytes`); so do whole calls lost on
+the way (ring buffer full, rate limit), told by the kernel's stream offset of the next record jumping
+past the bytes seen (`lost_tls_bytes`, `lost_tls_gaps`; an offset going back means the kernel lost
+count, `tls_offset_reset`, and is followed from there); connections evicted
 (`evict_tls_connection`); bytes of connections that turned out not to be HTTP (`drop_tls_not_http_bytes`).
 Sans-IO: no /proc, no clocks; `ts` is capture time in epoch seconds, as everywhere in `reassembly`.
 """
@@ -49,7 +52,7 @@ _TO_SERVER = Direction.TO_SERVER
 _TO_CLIENT = Direction.TO_CLIENT
 
 _Key = tuple[int, int]
-_Pending = tuple[bool, float, int, bytes]  # is_read, ts, total_len, data
+_Pending = tuple[bool, float, int, bytes, int | None]  # is_read, ts, total_len, data, kernel offset
 
 
 def placeholder_endpoints(pid: int, ssl: int) -> tuple[Endpoint, Endpoint]:
@@ -58,7 +61,10 @@ def placeholder_endpoints(pid: int, ssl: int) -> tuple[Endpoint, Endpoint]:
 
 
 class _Conn:
-    __slots__ = ("bound", "flow_id", "last_ts", "local", "parser", "pending", "read_dir", "remote", "sizes")
+    __slots__ = (
+        "bound", "flow_id", "kernel_next", "last_ts", "local", "parser", "pending", "read_dir", "remote",
+        "sizes",
+    )  # fmt: skip
 
     def __init__(self, flow_id: int, local: Endpoint, remote: Endpoint, bound: bool, ts: float) -> None:
         self.flow_id = flow_id
@@ -70,6 +76,9 @@ class _Conn:
         self.read_dir: Direction | None = None  # the direction of what the process reads; None: undecided
         self.pending: list[_Pending] = []  # records held until the roles are decided
         self.sizes = [0, 0]  # stream offsets: [read side, write side]
+        # the kernel's offset expected next per side (None: not known yet); it counts from SSL_set_fd,
+        # so on a bound connection from 0, on one picked up mid-stream from its first record
+        self.kernel_next: list[int | None] = [0, 0] if bound else [None, None]
 
 
 class PlaintextStreams:
@@ -144,8 +153,10 @@ class PlaintextStreams:
         total_len: int,
         data: bytes,
         out: list[Exchange] | None = None,
+        offset: int | None = None,
     ) -> list[Exchange]:
-        """One SSL_read (is_read) or SSL_write call: `total_len` bytes moved, the first `len(data)` kept."""
+        """One SSL_read (is_read) or SSL_write call: `total_len` bytes moved, the first `len(data)` kept;
+        `offset`: where they start in the direction's stream as the kernel counted (None: unknown)."""
         out = [] if out is None else out
         stats = self.stats
         if total_len <= 0 or len(data) > total_len:
@@ -163,11 +174,11 @@ class PlaintextStreams:
             self._conns.move_to_end(key)
             conn.last_ts = ts
         if conn.read_dir is None:
-            conn.pending.append((is_read, ts, total_len, data))
+            conn.pending.append((is_read, ts, total_len, data, offset))
             if self._decidable(conn):
                 self._decide(conn, out)
             return out
-        self._feed(conn, is_read, ts, total_len, data, out)
+        self._feed(conn, is_read, ts, total_len, data, offset, out)
         return out
 
     def free(self, pid: int, ssl: int, ts: float, out: list[Exchange] | None = None) -> list[Exchange]:
@@ -219,7 +230,7 @@ class PlaintextStreams:
             return True  # mid-stream: the parser decides the roles from the first start line
         first = conn.pending[0][0]
         seen = 0
-        for is_read, _, total_len, _ in conn.pending:
+        for is_read, _, total_len, _, _ in conn.pending:
             if is_read != first:
                 return True
             seen += total_len
@@ -230,7 +241,7 @@ class PlaintextStreams:
         pending, conn.pending = conn.pending, []
         if conn.bound:
             first = pending[0][0]
-            head = b"".join(d for r, _, _, d in pending if r == first)[:_ROLE_BYTES]
+            head = b"".join(d for r, _, _, d, _ in pending if r == first)[:_ROLE_BYTES]
             first_is_request = not (len(head) == _ROLE_BYTES and head == _RESPONSE_START)
             reads_to_server = first if first_is_request else not first
             if not first_is_request:
@@ -247,15 +258,30 @@ class PlaintextStreams:
             ts = pending[0][1]
             for direction in (_TO_SERVER, _TO_CLIENT):
                 parser.feed(StreamGap(conn.flow_id, direction, 0, None, ts, GapReason.MIDSTREAM), out)
-        for is_read, ts, total_len, data in pending:
-            self._feed(conn, is_read, ts, total_len, data, out)
+        for is_read, ts, total_len, data, kernel_offset in pending:
+            self._feed(conn, is_read, ts, total_len, data, kernel_offset, out)
 
     def _feed(
-        self, conn: _Conn, is_read: bool, ts: float, total_len: int, data: bytes, out: list[Exchange]
+        self,
+        conn: _Conn,
+        is_read: bool,
+        ts: float,
+        total_len: int,
+        data: bytes,
+        kernel_offset: int | None,
+        out: list[Exchange],
     ) -> None:
         side = 0 if is_read else 1
+        missing = 0
+        if kernel_offset is not None:
+            expected = conn.kernel_next[side]
+            if expected is not None and kernel_offset > expected:
+                missing = kernel_offset - expected  # calls the ring or the rate limit dropped
+            elif expected is not None and kernel_offset < expected:
+                self.stats["tls_offset_reset"] += 1  # the kernel's entry was evicted: count from here
+            conn.kernel_next[side] = kernel_offset + total_len
         offset = conn.sizes[side]
-        conn.sizes[side] = offset + total_len
+        conn.sizes[side] = offset + missing + total_len
         parser = conn.parser
         if parser is None:  # given up on: not HTTP
             self.stats["drop_tls_not_http_bytes"] += total_len
@@ -263,6 +289,11 @@ class PlaintextStreams:
         direction = conn.read_dir if is_read else (_TO_CLIENT if conn.read_dir is _TO_SERVER else _TO_SERVER)
         assert direction is not None
         fid = conn.flow_id
+        if missing:
+            self.stats["lost_tls_bytes"] += missing
+            self.stats["lost_tls_gaps"] += 1
+            parser.feed(StreamGap(fid, direction, offset, missing, ts, GapReason.OVERFLOW), out)
+            offset += missing
         if data:
             parser.feed(StreamData(fid, direction, offset, data, ts), out)
         lost = total_len - len(data)

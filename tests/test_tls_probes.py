@@ -8,8 +8,11 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import re
 import select
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,6 +23,7 @@ from pathlib import Path
 import pytest
 from tls.https_gateway import SYSTEM_LIBSSL, HttpsGateway, missing_tools
 
+from reassembly.stats import Stats
 from sniffer.capture.tls import (
     ProbeConfig,
     TlsBound,
@@ -33,6 +37,7 @@ from sniffer.capture.tls import (
 from sniffer.capture.tls.bpf_asm import R0, Program
 from sniffer.capture.tls.probe_loader import load_probes
 from sniffer.capture.tls.ssl_probes import SYMBOLS
+from sniffer.capture.tls.streams import TlsStreams
 from sniffer.capture.tls.uprobes import elf_symbol_offsets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -383,8 +388,8 @@ def test_records_wrapping_around_a_small_ring_arrive_whole(gateway: HttpsGateway
     assert all(r.endswith(b"\r\n\r\n") for r in requests)
     assert len(responses) == calls
     assert all(r.startswith(b"HTTP/1.1 200 OK\r\n") and r.endswith(b'"}') for r in responses)
-    # each data record takes at least 8 (ring header) + 32 (ours) + 256 (smallest size class) bytes
-    assert (len(requests) + len(responses)) * 296 > 2 * 8 * 1024  # wrapped at least twice
+    # each data record takes at least 8 (ring header) + 40 (ours) + 256 (smallest size class) bytes
+    assert (len(requests) + len(responses)) * 304 > 2 * 8 * 1024  # wrapped at least twice
 
 
 def test_rate_limit_drops_whole_calls_and_counts_them(gateway: HttpsGateway) -> None:
@@ -569,3 +574,60 @@ def test_ssl_set_fd_on_what_is_not_a_tcp_socket(gateway: HttpsGateway) -> None:
     assert bound[far_ssl].fd == 1_000_000 and bound[far_ssl].local is None
     assert bound[tcp_ssl].local == ("127.0.0.1", lport) and bound[tcp_ssl].remote == ("127.0.0.1", rport)
     assert bound[udp_ssl].local == ("127.0.0.1", uport) and bound[udp_ssl].remote == ("127.0.0.1", 9)
+
+
+# --- stream offsets: a record lost in the kernel becomes an exact gap ---
+
+
+def _https_get(conn: ssl.SSLSocket, path: str) -> bytes:
+    """One keep-alive GET on an open TLS connection; the whole response (Content-Length framed)."""
+    conn.sendall(f"GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        raw += conn.recv(65536)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_records_the_full_ring_dropped_become_an_exact_gap(gateway: HttpsGateway) -> None:
+    """A 64 KiB ring nobody reads during a 400 KB response: most of its records are dropped (ring_full).
+    The next response on the same connection starts at the kernel's stream offset = the first
+    response's exact length, so the plaintext stage declares precisely the bytes lost and still parses
+    the second exchange whole."""
+    workers = set(gateway.worker_pids())
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    tap = TlsTap.open(config=ProbeConfig(ring_bytes=64 * 1024, wakeup_bytes=0))
+    with tap, socket.create_connection(("127.0.0.1", gateway.port)) as raw:
+        with context.wrap_socket(raw) as conn:
+            first = _https_get(conn, "/big?n=400000")  # the ring fills: not read meanwhile
+            records = tap.read()
+            second = _https_get(conn, "/after-the-loss")
+            records += collect(tap, lambda rs: any(isinstance(r, TlsData) and not r.is_read for r in rs))
+        records += collect(tap, lambda rs: any(isinstance(r, TlsFreed) for r in of(rs, workers)), 2.0)
+        counters = tap.counters()
+    mine = of(records, workers)
+    assert counters["ring_full"] > 0
+    ssl_obj = next(r.ssl for r in mine if isinstance(r, TlsBound))
+    writes = [r for r in mine if isinstance(r, TlsData) and r.ssl == ssl_obj and not r.is_read]
+    reads = [r for r in mine if isinstance(r, TlsData) and r.ssl == ssl_obj and r.is_read]
+    assert [r.offset for r in reads] == [0, len(b"".join(r.data for r in reads[:1]))]
+    after = [r for r in writes if r.offset is not None and r.offset >= len(first)]
+    assert after and after[0].offset == len(first)  # exact, whatever was dropped before it
+    assert b"".join(r.data for r in after) == second
+    captured = sum(len(r.data) for r in writes if r.offset is not None and r.offset < len(first))
+    assert 0 < captured < len(first)
+
+    stats = Stats()
+    streams = TlsStreams(stats=stats, epoch_offset=0.0)
+    exchanges = streams.feed(mine) + streams.close()
+    assert [(e.request.target, e.response.status) for e in exchanges if e.request and e.response] == [
+        (b"/big?n=400000", 200),
+        (b"/after-the-loss", 200),
+    ]
+    big, small = exchanges
+    assert big.flags and not small.flags  # the gap marks the first exchange only
+    assert stats["lost_tls_bytes"] == len(first) - captured and stats["lost_tls_gaps"] >= 1

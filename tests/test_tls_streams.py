@@ -195,3 +195,28 @@ def test_kernel_read_addresses_are_used_as_they_are_and_never_looked_up(tmp_path
     assert [(e.client, e.server) for e in exchanges] == [(ALICE, GW), (MALLORY, GW)]
     assert stats["tls_socket_from_kernel"] == 2
     assert not any(k.startswith("tls_socket_") and k != "tls_socket_from_kernel" for k in stats), stats
+
+
+def test_kernel_offsets_jumping_or_going_back() -> None:
+    """Offsets past the bytes seen: a gap of exactly the difference; an offset going back (the kernel's
+    LRU forgot the connection and counts from 0 again): followed from there, counted, no gap."""
+    stats = Stats()
+    tls = TlsStreams(stats=stats, epoch_offset=OFFSET)
+    req = b"GET /a HTTP/1.1\r\nHost: gw\r\n\r\n"
+    body = b"0123456789" * 10
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + body
+    head = len(resp) - len(body)
+    records: list[TlsRecord] = [
+        TlsBound(PID, 0x99, 7, ns(T0), GW, ALICE),
+        TlsData(PID, 0x99, True, ns(T0 + 0.001), len(req), req, 0),
+        TlsData(PID, 0x99, False, ns(T0 + 0.002), head + 20, resp[: head + 20], 0),
+        # 30 body bytes never arrived (a dropped record); the rest says where it starts
+        TlsData(PID, 0x99, False, ns(T0 + 0.003), 50, resp[head + 50 :], head + 50),
+        TlsData(PID, 0x99, True, ns(T0 + 0.004), len(req), req, 0),  # back to 0: the kernel lost count
+        TlsData(PID, 0x99, False, ns(T0 + 0.005), len(resp), resp, 0),
+    ]
+    exchanges = tls.feed(records) + tls.close()
+    assert [(e.request.target, e.response.status) for e in exchanges] == [(b"/a", 200), (b"/a", 200)]  # type: ignore[union-attr]
+    assert exchanges[0].flags and not exchanges[1].flags
+    assert stats["lost_tls_bytes"] == 30 and stats["lost_tls_gaps"] == 1
+    assert stats["tls_offset_reset"] == 2  # once per direction

@@ -19,6 +19,7 @@ import struct
 __all__ = [
     "MAP_ARRAY",
     "MAP_HASH",
+    "MAP_LRU_HASH",
     "MAP_PERCPU_ARRAY",
     "MAP_RINGBUF",
     "PROG_KPROBE",
@@ -41,7 +42,7 @@ _NR_BPF = _SYSCALLS.get(platform.machine(), -1)
 _CMD_MAP_CREATE, _CMD_MAP_LOOKUP, _CMD_MAP_UPDATE, _CMD_MAP_DELETE, _CMD_MAP_NEXT_KEY = 0, 1, 2, 3, 4
 _CMD_PROG_LOAD = 5
 
-MAP_HASH, MAP_ARRAY, MAP_PERCPU_ARRAY, MAP_RINGBUF = 1, 2, 6, 27
+MAP_HASH, MAP_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH, MAP_RINGBUF = 1, 2, 6, 9, 27
 PROG_KPROBE = 2  # uprobes run BPF_PROG_TYPE_KPROBE programs
 _ATTR_SIZE = 128  # larger than every field we set; the kernel checks the tail is zero
 

@@ -49,6 +49,7 @@ class ProbeConfig:
     wakeup_bytes: int = 64 * 1024
     max_watched: int = 4096  # processes
     max_threads_in_call: int = 16384  # threads inside an SSL call at once
+    max_connections: int = 65536  # SSL objects whose stream offsets are kept (LRU)
 
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_bytes <= 65536:
@@ -88,6 +89,7 @@ class LoadedProbes:
     watched_fd: int
     counters_fd: int
     ring_fd: int
+    offsets_fd: int
     args_fds: list[int]
     programs: dict[tuple[str, bool], int] = field(default_factory=dict)
     # struct offsets for the in-kernel socket lookup at SSL_set_fd; None: no BTF, addresses from /proc
@@ -95,7 +97,8 @@ class LoadedProbes:
     sock_layout_error: str | None = None  # why sock_layout is None
 
     def close(self) -> None:
-        for fd in (*self.programs.values(), *self.args_fds, self.watched_fd, self.counters_fd, self.ring_fd):
+        maps = (self.watched_fd, self.counters_fd, self.ring_fd, self.offsets_fd)
+        for fd in (*self.programs.values(), *self.args_fds, *maps):
             bpf_sys.close_fd(fd)
         self.programs.clear()
         self.args_fds.clear()
@@ -140,6 +143,7 @@ def load_probes(config: ProbeConfig, *, kernel_addresses: bool = True) -> Loaded
             watched_fd=new_map(bpf_sys.MAP_HASH, 4, 16, config.max_watched, "tls_watched"),
             counters_fd=new_map(bpf_sys.MAP_PERCPU_ARRAY, 4, 8, len(COUNTER_NAMES), "tls_counters"),
             ring_fd=new_map(bpf_sys.MAP_RINGBUF, 0, 0, config.ring_bytes, "tls_ring"),
+            offsets_fd=new_map(bpf_sys.MAP_LRU_HASH, 16, 16, config.max_connections, "tls_offsets"),
             args_fds=[],
             sock_layout=layout,
             sock_layout_error=layout_error,
@@ -185,10 +189,10 @@ def decode_record(raw: memoryview | bytes) -> TlsRecord | None:
     """One ring-buffer record as a TlsRecord; None for a record too short or of an unknown kind."""
     if len(raw) < HEADER.size:
         return None
-    kind, pid, ssl, ts_ns, total_len, captured = HEADER.unpack_from(raw)
+    kind, pid, ssl, ts_ns, total_len, captured, offset = HEADER.unpack_from(raw)
     if kind in (KIND_READ, KIND_WRITE):
         data = bytes(raw[HEADER.size : HEADER.size + captured])
-        return TlsData(pid, ssl, kind == KIND_READ, ts_ns, total_len, data)
+        return TlsData(pid, ssl, kind == KIND_READ, ts_ns, total_len, data, offset)
     if kind == KIND_BOUND:
         ends = decode_address(raw[HEADER.size : HEADER.size + captured]) if captured else None
         if ends is None:

@@ -27,6 +27,9 @@ class TlsData:
     ts_ns: int  # CLOCK_MONOTONIC when the call returned
     total_len: int  # bytes the call moved
     data: bytes  # the first min(total_len, per-call cap) of them; fewer than total_len means loss
+    # where data starts in its direction's stream, counted in the kernel (None: unknown); a record whose
+    # offset is beyond the previous one's end says exactly how many bytes were lost before it
+    offset: int | None = None
 
 
 @dataclass(slots=True, frozen=True)

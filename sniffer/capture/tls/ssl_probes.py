@@ -21,7 +21,15 @@ Bounds, all enforced in the kernel:
   machines), so user space polls with a timeout and reads whatever is there when it expires.
 
 x86_64 only: the programs read arguments and return values at the x86_64 `struct pt_regs` offsets.
-Record header ("<IIQQII", 32 bytes): kind, tgid, ssl, ts_ns, total_len (fd for BOUND), captured_len;
+Stream offsets: an LRU hash keyed by (tgid, ssl) keeps the bytes each direction has moved since the
+connection was bound (SSL_set_fd and SSL_free delete the entry). The return probe adds every call to it
+before the rate limit and the ring reservation, so a call the ring had no room for (or the rate limit
+dropped) still moves the offsets, and the next record's offset tells user space exactly how many bytes
+are missing (a StreamGap instead of an unmarked hole). An entry evicted from the LRU restarts at 0 for
+that connection: user space sees the offset go back and resynchronises (counted, no gap).
+
+Record header ("<IIQQIIQ", 40 bytes): kind, tgid, ssl, ts_ns, total_len (fd for BOUND), captured_len,
+stream offset of the record's first byte (data records; 0 for the others);
 a BOUND record has `sock_read.ADDRESS` after it (captured_len = its size when the addresses were read).
 """
 
@@ -50,7 +58,7 @@ __all__ = [
     "event_program",
 ]
 
-HEADER = struct.Struct("<IIQQII")
+HEADER = struct.Struct("<IIQQIIQ")
 KIND_READ, KIND_WRITE, KIND_BOUND, KIND_FREED = 1, 2, 3, 4
 
 COUNTER_NAMES = (
@@ -79,6 +87,8 @@ _MAX_CALL_LEN = 1 << 30  # a length beyond this is a garbage out-pointer read, n
 
 # stack slots (offsets from r10, the frame pointer)
 _S_TGID, _S_CTR, _S_KEY, _S_ARGS, _S_TS, _S_TMP = -4, -8, -16, -40, -48, -56  # _S_ARGS: ssl, buf, out
+_S_OKEY, _S_OVAL, _S_OFF = -72, -88, -96  # offsets-map key (tgid, 0, ssl) and new value; this call's offset
+_BPF_NOEXIST = 1
 
 
 class _Builder:
@@ -116,6 +126,16 @@ class _Builder:
             self.p.movr(R1, value_reg)
         self.p.atomic_add(8, R0, 0, R1)
         self.p.label(skip)
+
+    def offsets_key(self) -> None:
+        """The offsets-map key (tgid, 0, ssl) at _S_OKEY. Needs r7 = pid_tgid and the ssl at _S_ARGS."""
+        p = self.p
+        p.movr(R1, R7)
+        p.alu(R1, ">>", 32)
+        p.stx(4, R10, _S_OKEY, R1)
+        p.st(4, R10, _S_OKEY + 4, 0)
+        p.ldx(8, R1, R10, _S_ARGS)
+        p.stx(8, R10, _S_OKEY + 8, R1)
 
     def tgid_watched(self, miss: str) -> None:
         """Store the tgid at _S_TGID; r0 = its watched-map value, or jump to `miss`. Needs r7 = pid_tgid."""
@@ -182,6 +202,28 @@ def _return_program(b: _Builder, args_fd: int, kind: int, length_via_pointer: bo
         p.jif(R9, "==", 0, "out")
     p.jif(R9, ">", _MAX_CALL_LEN, "out")
 
+    # this call's stream offset (_S_OFF), and the direction's offset moved past it
+    b.offsets_key()
+    b.lookup(b.probes.offsets_fd, _S_OKEY)
+    p.jif(R0, "!=", 0, "have_offsets")
+    p.st(8, R10, _S_OVAL, 0)
+    p.st(8, R10, _S_OVAL + 8, 0)
+    p.ld_map_fd(R1, b.probes.offsets_fd)
+    p.movr(R2, R10)
+    p.alu(R2, "+", _S_OKEY)
+    p.movr(R3, R10)
+    p.alu(R3, "+", _S_OVAL)
+    p.mov(R4, _BPF_NOEXIST)
+    p.call(Helper.map_update_elem)
+    b.lookup(b.probes.offsets_fd, _S_OKEY)
+    p.jif(R0, "==", 0, "out")
+    p.label("have_offsets")
+    side = 0 if kind == KIND_READ else 8
+    p.ldx(8, R1, R0, side)
+    p.stx(8, R10, _S_OFF, R1)
+    p.alu(R1, "+", R9, reg=True)
+    p.stx(8, R0, side, R1)
+
     p.call(Helper.ktime_get_ns)
     p.stx(8, R10, _S_TS, R0)
     b.tgid_watched("out")
@@ -225,6 +267,9 @@ def _return_program(b: _Builder, args_fd: int, kind: int, length_via_pointer: bo
         else:
             p.stx(4, R7, 24, R6)
         p.stx(4, R7, 28, R6)
+        p.ldx(8, R1, R10, _S_OFF)
+        p.alu(R1, "+", offset)
+        p.stx(8, R7, 32, R1)
         p.movr(R1, R7)
         p.alu(R1, "+", HEADER.size)
         p.movr(R2, R6)
@@ -325,6 +370,12 @@ def _event_program(b: _Builder, kind: int) -> None:
     p.stx(8, R10, _S_ARGS, R1)
     b.arg(R8, R6, "rsi")
     p.alu(R8, "=", R8, reg=True, alu32=True)  # the fd is a C int: its low 32 bits, zero-extended
+    # a new connection (or none) under this SSL address: its stream offsets start again
+    b.offsets_key()
+    p.ld_map_fd(R1, b.probes.offsets_fd)
+    p.movr(R2, R10)
+    p.alu(R2, "+", _S_OKEY)
+    p.call(Helper.map_delete_elem)
     bound = kind == KIND_BOUND
     p.ld_map_fd(R1, b.probes.ring_fd)
     p.mov(R2, HEADER.size + (ADDRESS.size if bound else 0))
@@ -338,6 +389,7 @@ def _event_program(b: _Builder, kind: int) -> None:
     else:
         p.st(4, R7, 24, 0)
     p.st(4, R7, 28, 0)
+    p.st(8, R7, 32, 0)
     if bound:
         if b.probes.sock_layout is not None:
             emit_sock_read(p, b.probes.sock_layout, R8, R7, HEADER.size, _S_TMP)

@@ -148,7 +148,7 @@ class TlsStreams:
                 d: TlsData = rec  # type: ignore[assignment]
                 if self._unconfirmed:
                     self._check(rec, out)
-                streams.data(d.pid, d.ssl, ts, d.is_read, d.total_len, d.data, made)
+                streams.data(d.pid, d.ssl, ts, d.is_read, d.total_len, d.data, made, d.offset)
                 if made:
                     route(made, out)
             elif kind is TlsBound:
