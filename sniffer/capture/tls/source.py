@@ -28,6 +28,7 @@ with packet capture only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -135,6 +136,11 @@ class TlsSource:
                 per_call_cap=config.tls_max_call_bytes, rate_limit=config.tls_rate_limit, **wakeup
             )
             tap = TlsTap.open(config.tls_process, probe_config)
+            if not tap.kernel_addresses and probe_config.wakeup_bytes:
+                # BTF was there but the verifier refused the walk: the /proc reader needs every wakeup
+                tap.close()
+                probe_config = dataclasses.replace(probe_config, wakeup_bytes=0)
+                tap = TlsTap.open(config.tls_process, probe_config)
         except TlsUnavailable as exc:
             log.warning("%s; carrying on with packet capture only", exc)
             return None
