@@ -62,6 +62,8 @@ END_TO_END = (b"user-agent", b"content-type")
 CREDENTIALS = (b"authorization", b"apikey", b"x-api-key", b"cookie")
 PATH_PENALTY = 1_000.0  # a strip_path/suffix path match ranks behind an exact one
 QUERY_PENALTY = 10_000.0  # different query strings rank behind everything else
+# Counter names per leg kind, made once (formatting a StrEnum member costs a Python-level call per leg).
+_LEGS_STAT = {kind: f"kong_{kind.value}_legs" for kind in LegKind}
 
 
 @dataclass(slots=True, eq=False)
@@ -238,7 +240,7 @@ class LegJoiner:
             out.append(ApiCall(client_leg=exchange, upstream_leg=None, legs=Legs.SINGLE))
             return out
         leg = self._leg(exchange, kind, headers, start, end)
-        self.stats[f"kong_{kind}_legs"] += 1
+        self.stats[_LEGS_STAT[kind]] += 1
         if leg.rid is not None and self._gone_alone.get(leg.rid) not in (None, kind):
             self.stats[f"drop_leg_late_{kind}"] += 1  # its partner already went out as the whole call
             return out
