@@ -1,6 +1,7 @@
 """Gateway cost: nginx's throughput and p99 latency under load, without and with the daemon capturing.
 
-Usage: python bench/gateway_cost.py [--seconds 10] [--runs 1]
+Usage: python bench/gateway_cost.py [--seconds 10] [--runs 1] [--workers 1,2] [--priority normal,low]
+                                   [--core compiled|pure]
 Needs root (AF_PACKET on lo), nginx, wrk and hey (`apt-get install -y hey`).
 
 nginx (worker_processes 1, access_log off, keep-alive, a 56-byte JSON answer like make_capture.sh) on
@@ -10,7 +11,10 @@ nginx (worker_processes 1, access_log off, keep-alive, a 56-byte JSON answer lik
   baseline's saturated requests/s: p99 latency from hey's latency distribution.
 Each load runs with no capture (baseline), then with `moesif-sniffer run` on lo, SNIFFER_PORTS=<nginx
 port>, JSON lines to /dev/null, SNIFFER_WORKERS=1 and then 2, load shedding as shipped (on; whether
-it changed level is shown). "loss" is the throughput lost and the p99 added, relative to the baseline.
+it changed level is shown), the compiled core (bench/compiled.py, as the image ships it); "nice" rows
+start the daemon under `chrt --batch 0 nice -n 19` (the scheduler favours the gateway). The
+configurations take turns (`--runs` rounds, medians), so load from anything else on the machine falls
+on all of them alike. "loss" is the throughput lost and the p99 added, relative to the baseline.
 
 Measured on 2026-11-24, 2 vCPU (Firecracker VM), 10 s per load, one run:
 

@@ -1,12 +1,14 @@
 """Live capture drop rate: ours (1 and 2 workers) next to tcpdump, at increasing packet rates, in one run.
 
-Usage: python bench/live.py [--rates 20000,50000,100000,150000] [--seconds 4] [CAPTURE]
+Usage: python bench/live.py [--rates 20000,50000,100000,150000] [--seconds 4] [--core pure,compiled]
+                            [--workers 1,2] [CAPTURE]
 Needs root, tcpreplay (`apt-get install -y tcpreplay`) and tcpdump.
 
 A veth pair: one end in the root namespace, the other in a fresh network namespace. tcpreplay sends the
 capture (keep-alive wrk traffic against nginx on port 18080, bench/captures.py) into the root end at a
 fixed `--pps`; the capturer runs inside the namespace on the other end: `moesif-sniffer run` (JSON lines
-to /dev/null, SNIFFER_SHED=off so it never sheds, SNIFFER_WORKERS=1 then 2) or
+to /dev/null, SNIFFER_SHED=off so it never sheds, SNIFFER_WORKERS=1 then 2; with the pure Python
+core, then with the mypyc-compiled one, "ours C", built by bench/compiled.py as the image ships it) or
 `tcpdump -i <veth> -w /dev/null` (the C reference). The frames keep their loopback addresses and zero
 MACs: the IP layer drops them as martians, but AF_PACKET taps see every frame before that, which is
 all that is measured here. Both ends get MTU 65535 because the capture was taken on lo.
