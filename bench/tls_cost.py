@@ -47,6 +47,12 @@ handshake of ~600 us); with per-record wakeups SSL_set_fd took 6.1-8.3 us and SS
 (1.3 us batched). Hence the daemon's choice: addresses read in the kernel, batched wakeups, no reader
 process (sniffer/capture/tls/source.py).
 
+Keep-alive again with the stream-offset map (2026-11-24 21:17 UTC, --seconds 6 --runs 2, loadavg 7.3 ->
+4.2): baseline 42,832 req/s; unwatched 0.33x, watched 0.28x, wake per rec 0.21x, no sock walk 0.30x.
+Per hit: SSL_read_out ~845 ns, SSL_write_out ~1.6 us (770 ns and 1.4 us before the offsets: +0.1-0.2
+us per data call for the LRU lookup and update); per-record wakeups 2.5-2.7 us and 7.3 us. The Python
+draining thread fell behind at times (ring_full 3 and 40): those calls now become exact stream gaps.
+
 An earlier run (loadavg ~3, baseline 33,613): unwatched 0.31x, watched 0.22x (before wakeup_bytes).
 Reading: on this VM one probed call costs ~10 us whatever the program does (most likely because the
 uprobe single-steps the displaced instruction, and the #DB exception that ends it is intercepted by
