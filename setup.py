@@ -39,13 +39,35 @@ COMPILED_MODULES = [
     "reassembly/pipeline.py",
 ]
 
+# What the shell does per exchange after the core: leg join, identification, masks, bodies, the event
+# and its JSON line. Same rule: the shell's interface classes (config, ApiCall, the sinks' protocol) stay
+# Python. Compiled, these cut the work per exchange after the core by 13 % (wrk) to 31 % (Kong).
+COMPILED_SHELL_MODULES = [
+    "sniffer/engine.py",
+    "sniffer/kong/join.py",
+    "sniffer/kong/classify.py",
+    "sniffer/moesif/event.py",
+    "sniffer/moesif/headers.py",
+    "sniffer/moesif/identify.py",
+    "sniffer/moesif/ids.py",
+    "sniffer/moesif/client_ip.py",
+    "sniffer/moesif/body.py",
+    "sniffer/moesif/masks.py",
+    "sniffer/moesif/jsonlines.py",
+]
+
 
 def _ext_modules() -> list[object]:
     if os.environ.get("SNIFFER_COMPILE", "") not in ("1", "true", "yes"):
         return []
     from mypyc.build import mypycify  # only needed (and only installed) for the compiled build
 
-    return list(mypycify(COMPILED_MODULES, opt_level="3", group_name="reassembly_native"))
+    # One type-check of both lists, two shared libraries: `build_ext -j 2` compiles them side by side.
+    # Third-party imports (orjson, brotli: untyped, or absent from a build-only environment such as the
+    # Dockerfile's) are typed Any: the compiled code calls them as Python would.
+    groups = [(COMPILED_MODULES, "reassembly_native"), (COMPILED_SHELL_MODULES, "sniffer_native")]
+    args = ["--ignore-missing-imports", *COMPILED_MODULES, *COMPILED_SHELL_MODULES]
+    return list(mypycify(args, opt_level="3", separate=groups))
 
 
 setup(ext_modules=_ext_modules())

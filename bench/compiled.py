@@ -1,11 +1,11 @@
-"""The mypyc-compiled variant of the core, built into a throwaway directory (never the source tree).
+"""The mypyc-compiled variant (core and shell), built into a throwaway directory (never the source tree).
 
-`ensure_compiled()` copies setup.py and `reassembly/` to a scratch directory, builds the extensions there
-with `SNIFFER_COMPILE=1 setup.py build_ext`, and returns a directory holding the whole `reassembly`
-package (each hot module as .py and as its compiled extension, which Python imports first). Put it first
-on PYTHONPATH to run anything against the compiled core; `sniffer` still comes from the source tree.
-Builds are cached by a digest of the sources, so an edit to any core module means a fresh build; the
-newest `KEEP_BUILDS` are kept.
+`ensure_compiled()` copies setup.py, `reassembly/` and `sniffer/` to a scratch directory, builds the
+extensions there with `SNIFFER_COMPILE=1 setup.py build_ext`, and returns a directory holding both whole
+packages (each hot module as .py and as its compiled extension, which Python imports first). Put it first
+on PYTHONPATH to run anything against the compiled build. Builds are cached by a digest of every file of
+both packages (mypyc type-checks the compiled modules against the rest, and the copy must be current),
+so any edit means a fresh build; the newest `KEEP_BUILDS` are kept.
 Needs gcc, the Python headers and mypy (`pip install mypy`); `compile_unavailable()` says what is missing.
 
     python bench/compiled.py            build (or reuse) and print the directory
@@ -42,41 +42,64 @@ def compile_unavailable() -> str | None:
     return None
 
 
+PACKAGES = ("reassembly", "sniffer")
+# Where a finished build must have both packages (the publish below is all or nothing anyway).
+MARKERS = ("reassembly/pipeline.py", "sniffer/engine.py")
+_SKIP = ("__pycache__", "*.pyc", "*.so")
+
+
+def _sources() -> list[Path]:
+    files = [ROOT / "setup.py"]
+    for package in PACKAGES:
+        files += sorted(
+            p
+            for p in (ROOT / package).rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".so")
+        )
+    return files
+
+
 def _digest() -> str:
     h = hashlib.sha256(sys.version.encode())
-    for path in [ROOT / "setup.py", *sorted((ROOT / "reassembly").glob("*.py"))]:
-        h.update(path.name.encode())
+    for path in _sources():
+        h.update(str(path.relative_to(ROOT)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
+def _built(out: Path) -> bool:
+    return all((out / marker).exists() for marker in MARKERS)
+
+
 def ensure_compiled(quiet: bool = True) -> Path:
-    """The directory to put first on PYTHONPATH for the compiled core (built now if not cached)."""
+    """The directory to put first on PYTHONPATH for the compiled build (built now if not cached)."""
     why = compile_unavailable()
     if why is not None:
         raise RuntimeError(f"cannot build the compiled core: {why}")
     out = CACHE / _digest()
-    if (out / "reassembly" / "pipeline.py").exists():
+    if _built(out):
         return out
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         src = Path(tmp) / "src"
         src.mkdir()
         shutil.copy2(ROOT / "setup.py", src)
-        shutil.copytree(ROOT / "reassembly", src / "reassembly", ignore=shutil.ignore_patterns("__pycache__"))
+        for package in PACKAGES:
+            shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns(*_SKIP))
         lib = Path(tmp) / "lib"
-        cmd = [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(lib)]
+        cmd = [sys.executable, "setup.py", "-q", "build_ext", "--parallel", "2", "--build-lib", str(lib)]
         env = {**os.environ, "SNIFFER_COMPILE": "1"}
         done = subprocess.run(cmd, cwd=src, env=env, capture_output=quiet, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"compiled build failed:\n{(done.stderr or '')[-3000:]}")
-        for py in (src / "reassembly").glob("*.py"):
-            shutil.copy2(py, lib / "reassembly" / py.name)
+        for package in PACKAGES:  # the rest of each package, next to the extensions
+            skip = shutil.ignore_patterns(*_SKIP)
+            shutil.copytree(src / package, lib / package, ignore=skip, dirs_exist_ok=True)
         # Publish whole or not at all: a half-copied directory must never look like a finished build.
         try:
             os.replace(lib, out)
         except OSError:
-            if not (out / "reassembly" / "pipeline.py").exists():
+            if not _built(out):
                 raise
             # another process built the same sources at the same time: theirs is as good
     builds = sorted((d for d in CACHE.iterdir() if d.is_dir() and d != out), key=lambda d: d.stat().st_mtime)
