@@ -6,7 +6,7 @@ all workers see all numbers and all capture times, which keeps the result equal 
 (the same set of events; their order differs):
 - the core's timeouts run at the same frames as in one process: a worker runs them on the frames it
   skips too, on the core's own schedule (every `ADVANCE_INTERVAL_S` of capture time);
-- an exchange that cannot be a Kong leg whatever has been seen before (`_AnyHostIsKong`) becomes an event
+- an exchange that cannot be a Kong leg whatever has been seen before (`_SurelyPlain`) becomes an event
   in the worker, through an `Engine` of its own (the same builder as one process); its bytes (or event
   dicts, for the Moesif sender) go to the main process, which writes them;
 - every other exchange goes to the main process, tagged with its frame number, and so does the end time
@@ -65,11 +65,27 @@ NEVER = float("-inf")  # a capture time that never triggers the engine's joiner 
 Record = tuple[int, float, list[Any]]
 
 
-class _AnyHostIsKong(LegClassifier):
-    """The classifier with every address taken for a Kong host: PLAIN here is PLAIN in any state."""
+class _SurelyPlain:
+    """Whether an exchange is PLAIN for the Kong classifier whatever it learned before: classified with
+    its client address taken for a Kong host (the only state the classifier keeps). One classifier per
+    client address (a compiled LegClassifier cannot be subclassed), bounded."""
 
-    def is_kong_host(self, ip: str) -> bool:
-        return True
+    MAX = 4096
+
+    def __init__(self, kong_ports: frozenset[int], upstream_ports: frozenset[int]) -> None:
+        self._ports = (kong_ports, upstream_ports)
+        self._by_client: dict[str, LegClassifier] = {}
+
+    def __call__(self, ex: Exchange) -> bool:
+        ip = ex.client[0]
+        clf = self._by_client.get(ip)
+        if clf is None:
+            if len(self._by_client) >= self.MAX:
+                self._by_client.clear()
+            clf = LegClassifier(*self._ports, kong_hosts=frozenset({ip}), stats=Stats())
+            self._by_client[ip] = clf
+        req = ex.request
+        return clf.classify(ex, first_headers(req) if req is not None else {}) is LegKind.PLAIN
 
 
 class _Collect:
@@ -102,8 +118,7 @@ def _worker(
     engine = Engine(replace(config, kong_ports=()), sink, stats, capture=False)
     plain_engine = engine.feed_exchanges
     kong = bool(config.kong_ports)
-    surely = _AnyHostIsKong(frozenset(config.kong_ports), frozenset(config.upstream_ports), stats=Stats())
-    classify = surely.classify
+    surely_plain = _SurelyPlain(frozenset(config.kong_ports), frozenset(config.upstream_ports))
     owner = FlowSplitter(n).owner
     records: list[Record] = []
     frame_no = 0
@@ -120,10 +135,9 @@ def _worker(
         items: list[Any] = []
         plain: list[Exchange] = []
         for ex in exchanges:
-            req = ex.request
-            if classify(ex, first_headers(req) if req is not None else {}) is LegKind.PLAIN:
+            if surely_plain(ex):
                 plain.append(ex)
-                resp = ex.response
+                req, resp = ex.request, ex.response
                 items.append(resp.ts_end if resp is not None else (req.ts_end if req is not None else 0.0))
             else:
                 items.append(pack(ex))
