@@ -6,7 +6,10 @@ and shares nothing with the source tree. One child process runs the real command
 (["replay", ...])`, over every public capture and the Kong demo in each variant: the pure source tree,
 and the compiled build first on PYTHONPATH. Two configurations: the defaults, and one with Kong ports,
 user/company headers, a JWT company claim, header, body and query masks and small body limits. Every
-output file must be identical, and the compiled child must really have run the extensions.
+output file must be identical, and the compiled child must really have run the extensions. The Kong
+demo and the largest public capture are also replayed with `--workers 2` (the worker processes import
+the same variant; the events are the same set, in an order that may differ, so the lines are compared
+sorted): the interpreted worker code must work with the compiled classes it uses.
 Skipped with the reason when gcc, the Python headers or mypyc are missing.
 """
 
@@ -57,6 +60,8 @@ MUST_BE_COMPILED = [
 ]
 
 # The child: argv = output directory, the configurations and the modules to report (JSON), the captures.
+# The last WORKER_CAPTURES captures are also replayed with --workers 2.
+WORKER_CAPTURES = 2
 CHILD = """
 import importlib, json, os, sys
 from sniffer.cli import main
@@ -67,12 +72,20 @@ for name, args in configs.items():
         code = main(["replay", capture, "-q", "-o", os.path.join(out, f"{name}-{i}.jsonl"), *args])
         if code != 0:
             sys.exit(f"replay {capture} {name}: exit {code}")
+    for i, capture in enumerate(captures[-%d:]):
+        output = os.path.join(out, f"{name}-w{i}.jsonl")
+        code = main(["replay", capture, "-q", "-o", output, "--workers", "2", *args])
+        if code != 0:
+            sys.exit(f"replay --workers 2 {capture} {name}: exit {code}")
 print(json.dumps({m: importlib.import_module(m).__file__ for m in modules}))
-"""
+""".replace("%d", str(WORKER_CAPTURES))
 
 
 def _captures() -> list[str]:
-    found = sorted(PUBLIC.glob("*.pcap*")) if PUBLIC.is_dir() else []
+    """The public captures, the largest and the Kong demo last (the ones also run with workers)."""
+    found = (
+        sorted(PUBLIC.glob("*.pcap*"), key=lambda p: (p.stat().st_size, p.name)) if PUBLIC.is_dir() else []
+    )
     return [str(p) for p in [*found, ROOT / "pcaps" / "kong-demo.pcap"]]
 
 
@@ -123,5 +136,11 @@ def test_compiled_replay_writes_the_same_bytes(tmp_path: Path) -> None:
             total += pure.count(b"\n")
             outputs.setdefault(name, []).append(pure)
     assert total > 2000  # both configurations really produced events
+    for name in CONFIGS:
+        for i in range(WORKER_CAPTURES):
+            pure_lines = sorted((tmp_path / "pure" / f"{name}-w{i}.jsonl").read_bytes().splitlines())
+            built_lines = sorted((tmp_path / "compiled" / f"{name}-w{i}.jsonl").read_bytes().splitlines())
+            assert pure_lines, f"{name}-w{i}: no events with --workers 2"
+            assert built_lines == pure_lines, f"{name}, --workers 2, capture {i}: compiled events differ"
     differ = sum(a != b for a, b in zip(outputs["default"], outputs["masked"], strict=True))
     assert differ > len(captures) // 2  # and the second one really masked, joined and identified
