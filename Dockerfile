@@ -11,7 +11,7 @@
 # uses CAP_SETUID/CAP_SETGID, which docker and podman grant by default (a Kubernetes pod that drops
 # ALL must add them back: deploy/kubernetes/daemonset.yaml).
 #
-# Two stages: the builder makes a virtualenv in /opt/venv with the core's hot modules compiled by mypyc
+# Two stages: the builder makes a virtualenv in /opt/venv with the hot modules compiled by mypyc
 # (setup.py; gcc, the Python headers and mypy exist in the builder only); the final image has Debian's
 # python3 and that venv, without pip, compilers or apt lists. `--build-arg SNIFFER_COMPILE=0` builds
 # the pure-Python package instead (same behaviour, about 1.5x slower core: bench/core.py --compiled).

@@ -1,7 +1,7 @@
 """The optional mypyc-compiled core (setup.py, SNIFFER_COMPILE=1) gives exactly what the Python source gives.
 
 The compiled variant is built in a scratch directory (bench/compiled.py; cached by a digest of the
-sources, ~40 s when cold) and run in a child process that imports it first. Every public capture and the
+sources, ~25 s when cold) and run in a child process that imports it first. Every public capture and the
 Kong demo go through `Pipeline` in both variants; their exchanges and counters must be equal. Skipped
 with the reason when gcc, the Python headers or mypyc are missing.
 """
