@@ -18,37 +18,34 @@ repeats). "seen" is what the capturer got; "drop %" is the kernel's drop count (
 final summary, i.e. PACKET_STATISTICS tp_drops summed over its rings; tcpdump: its "dropped by kernel"
 line) over seen + dropped. "sent pps" is tcpreplay's achieved rate.
 
-Measured on 2026-11-24, 2 vCPU (Firecracker VM), 1M-packet capture, 4 s per rate (two runs: the
-default rates, then `--rates 65000,80000` to find the knee; tcpreplay shares the 2 vCPUs):
+Measured on 2026-11-24 21:50 UTC, 2 vCPU (Firecracker VM, load average ~1.4 from other work), 1M-packet
+capture, 4 s per rate, one run (tcpreplay shares the 2 vCPUs):
 
     offered pps | tool         |  sent pps |     sent |     seen | drop %
     ---------------------------------------------------------------------
-         20,000 | ours w=1     |    20,000 |   80,000 |   80,005 |   0.00
-         20,000 | ours w=2     |    19,999 |   80,000 |   80,000 |   0.00
-         20,000 | tcpdump      |    20,000 |   80,000 |   80,000 |   0.00
-         50,000 | ours w=1     |    50,000 |  200,000 |  200,000 |   0.00
+         50,000 | ours w=1     |    50,000 |  200,000 |  200,006 |   0.00
          50,000 | ours w=2     |    50,000 |  200,000 |  200,000 |   0.00
+         50,000 | ours C w=1   |    50,000 |  200,000 |  200,000 |   0.00
+         50,000 | ours C w=2   |    50,000 |  200,000 |  200,000 |   0.00
          50,000 | tcpdump      |    50,000 |  200,000 |  200,000 |   0.00
-         65,000 | ours w=1     |    65,000 |  260,000 |  242,267 |   6.82
-         65,000 | ours w=2     |    64,992 |  260,000 |  208,065 |  19.98
-         65,000 | tcpdump      |    65,000 |  260,000 |  260,000 |   0.00
-         80,000 | ours w=1     |    80,000 |  320,000 |  245,718 |  23.21
-         80,000 | ours w=2     |    79,989 |  320,000 |  214,588 |  32.94
-         80,000 | tcpdump      |    80,000 |  320,000 |  320,000 |   0.00
-        100,000 | ours w=1     |   100,000 |  400,000 |  247,812 |  38.05
-        100,000 | ours w=2     |    99,984 |  400,000 |  216,808 |  45.80
+        100,000 | ours w=1     |   100,000 |  400,000 |  310,145 |  22.46
+        100,000 | ours w=2     |    99,795 |  400,000 |  291,234 |  27.19
+        100,000 | ours C w=1   |   100,000 |  400,000 |  400,000 |   0.00
+        100,000 | ours C w=2   |   100,000 |  400,000 |  285,357 |  28.66
         100,000 | tcpdump      |   100,000 |  400,000 |  400,000 |   0.00
-        150,000 | ours w=1     |   150,000 |  600,000 |  262,048 |  56.33
-        150,000 | ours w=2     |   149,966 |  600,000 |  210,575 |  64.90
+        150,000 | ours w=1     |   150,000 |  600,000 |  336,308 |  43.95
+        150,000 | ours w=2     |   149,933 |  600,000 |  284,573 |  52.57
+        150,000 | ours C w=1   |   150,000 |  600,000 |  434,532 |  27.58
+        150,000 | ours C w=2   |   149,967 |  600,000 |  284,262 |  52.62
         150,000 | tcpdump      |   150,000 |  600,000 |  600,000 |   0.00
 
-Reading: ours keeps up to 50k packets/s and drops from about 60k (one worker walks ~60k packets/s
-through the full pipeline; the 16 MiB ring absorbs the first ~50k packets of a burst, so short runs
-flatter the drop %). Two workers do worse than one here: with tcpreplay and the veth softirq on one of
-the 2 vCPUs, two workers plus the main process (join, events, output) share what is left. tcpdump
-drops nothing up to 150k. Target 2 of issue 6 (no drops to >= 150k per worker) is NOT met: 2.5x short
-with one worker. (The 5 extra packets of the first w=1 row are most likely the inner veth's
-IPv6 MLD reports after link-up: hop-by-hop headers pass the kernel filter by design, see capture/bpf.py.)
+Reading: with the compiled core one worker keeps up with 100k packets/s (0 drops) and processes
+~108k/s at 150k; pure Python ~78k/s. Two workers do worse on 2 vCPUs: the main process decodes every
+exchange the workers send and builds every event (~70k packets/s is its ceiling), while tcpreplay and
+the veth softirq take a CPU too. The next lever is workers building the events of exchanges that
+cannot be Kong legs themselves (as `replay --workers` does), which needs the daemon to take encoded
+events from the pool. tcpdump drops nothing up to 150k. Target 2 of issue 6 (no drops to >= 150k per
+worker) is met to 100k with one compiled worker, not beyond.
 """
 
 from __future__ import annotations
