@@ -255,6 +255,19 @@ OPTIONS: tuple[Option, ...] = (
     _s("leg_wait", _seconds, 5.0, "Seconds to wait for the partner leg of a Kong call"),
     _s("shed", _bool, True, "Shed load under CPU pressure (bodies, then flows sampled); off: never"),
     _s(
+        "cpu_priority",
+        _choice("normal", "low"),
+        "normal",
+        "low: capture at nice 19 and SCHED_BATCH, so the gateway wins the CPU (what is missed is counted)",
+    ),
+    _s(
+        "drop_pure_acks",
+        _bool,
+        False,
+        "Drop pure ACKs in the kernel filter: fewer packets; a lost segment is then declared at the reorder"
+        " timeout instead of at the ACK",
+    ),
+    _s(
         "tls",
         _choice("off", "uprobe"),
         "off",
@@ -334,6 +347,8 @@ class Config:
     idle_timeout: float = _L.idle_timeout_s
     leg_wait: float = 5.0
     shed: bool = True
+    cpu_priority: str = "normal"
+    drop_pure_acks: bool = False
     tls: str = "off"
     tls_process: tuple[str, ...] = ("nginx",)
     tls_max_call_bytes: int = 64 << 10

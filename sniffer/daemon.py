@@ -61,6 +61,7 @@ from sniffer.capture.workers import (
     open_ring_sets,
 )
 from sniffer.config import OPTIONS, Config
+from sniffer.cpu_priority import apply_cpu_priority
 from sniffer.engine import Engine
 from sniffer.errors import CaptureError, ConfigError
 from sniffer.load_shedding import FlowSampler, Pressure, ShedPolicy
@@ -358,6 +359,7 @@ def run(
         return 2
     workers = config.worker_count()
     log.info("%s", startup_line(config, workers))
+    apply_cpu_priority(config.cpu_priority)
     for name in Config.ignored_env(os.environ):
         log.warning("%s is a Kong plugin option with no meaning for the sniffer; ignored", name)
     d = _Daemon(config, None, sender_factory)

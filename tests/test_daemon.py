@@ -523,3 +523,34 @@ def test_with_shedding_off_the_same_pressure_sheds_nothing(tmp_path: Path) -> No
     assert _metric(metrics, "moesif_sniffer_flows_sampled_out_total") == 0
     assert "load shedding" not in d.err.read_text()
     assert events and all(e["weight"] == 1 and "body_shed" not in e["metadata"]["capture"] for e in events)
+
+
+def test_low_cpu_priority_and_pure_ack_filter_keep_every_call(tmp_path: Path) -> None:
+    """SNIFFER_CPU_PRIORITY=low reaches the main process and the forked workers (nice 19, SCHED_BATCH);
+    with SNIFFER_DROP_PURE_ACKS the kernel filter sheds ACKs, and every call still becomes its event."""
+    with (
+        http_server() as port,
+        running_daemon(
+            tmp_path, port, SNIFFER_WORKERS="2", SNIFFER_CPU_PRIORITY="low", SNIFFER_DROP_PURE_ACKS="true"
+        ) as d,
+    ):
+        pids = [d.proc.pid]
+        children = subprocess.run(["pgrep", "-P", str(pids[0])], capture_output=True, text=True).stdout
+        pids += [int(p) for p in children.split()]
+        priorities = {p: (os.getpriority(os.PRIO_PROCESS, p), os.sched_getscheduler(p)) for p in pids}
+        n = 20
+        for i in range(n):
+            curl(f"http://127.0.0.1:{port}/low/{i}")
+        deadline = time.monotonic() + 10
+        while f"moesif_sniffer_exchanges_total {float(n)}" not in (metrics := d.get("/metrics")[1]):
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.2)
+        assert d.stop() == 0
+        events = d.events()
+        log_text = d.err.read_text()
+    assert len(pids) == 3
+    assert set(priorities.values()) == {(19, os.SCHED_BATCH)}, priorities
+    assert sorted(e["request"]["uri"] for e in events) == sorted(
+        f"http://127.0.0.1:{port}/low/{i}" for i in range(n)
+    )
+    assert "running at low CPU priority (nice 19, SCHED_BATCH)" in log_text, log_text

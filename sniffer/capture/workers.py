@@ -73,8 +73,8 @@ TEST_RING_ENV = "_SNIFFER_TEST_RING"
 def open_ring_sets(config: Config, workers: int) -> list[list[RingSocket]]:
     """`workers` lists of rings, one ring per interface in each, fanout groups joined."""
     ports = config.capture_ports()
-    # Not an option yet (see capture/bpf.py for what it costs); read here once the configuration has it.
-    lean = bool(getattr(config, "drop_pure_acks", False))
+    # SNIFFER_DROP_PURE_ACKS: see capture/bpf.py for what it costs.
+    lean = config.drop_pure_acks
     try:
         program = tcp_port_filter(ports, drop_pure_acks=lean)
     except ValueError as exc:
