@@ -25,7 +25,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -82,9 +81,7 @@ class TlsTopology(Topology):
     def comm(self) -> str:
         return f"tlsgw{self.prefix}"  # at most 15 characters, the kernel's comm length
 
-    def _start_gateway(self) -> None:
-        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (self.workdir / "nginx-tmp" / sub).mkdir(parents=True, exist_ok=True)
+    def _gateway_conf(self) -> str:
         cert, key = self.workdir / "gw-cert.pem", self.workdir / "gw-key.pem"
         subprocess.run(
             [*OPENSSL_SELF_SIGNED, "-keyout", str(key), "-out", str(cert)],
@@ -102,30 +99,20 @@ class TlsTopology(Topology):
             ports=(*GATEWAYS, *TLS_GATEWAYS),
         )
         text = re.sub(rf"(listen \S+:(?:{TLS_PORT}|{TLS_PORT_NO_ID}));", r"\1 ssl;", text)
-        text = text.replace(
+        return text.replace(
             "http {", f"http {{\n    ssl_certificate {cert};\n    ssl_certificate_key {key};", 1
         )
-        conf = self.workdir / "nginx.conf"
-        conf.write_text(text)
+
+    def _gateway_binary(self) -> str:
         # The gateway runs as its own command name, so the daemon watches it and no other nginx on
         # this machine (SNIFFER_TLS_PROCESS matches the comm; the copy maps the same libssl).
         binary = self.workdir / "bin" / self.comm
         binary.parent.mkdir(exist_ok=True)
         shutil.copy2(shutil.which("nginx") or "/usr/sbin/nginx", binary)
-        proc = self._spawn(
-            self.ns_gw, [str(binary), "-p", str(self.workdir), "-c", str(conf)], stderr=subprocess.PIPE
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"nginx exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
-                )
-            listening = self.gw_exec("ss", "-Hltn")
-            if all(f"{GW_V4}:{p}" in listening for p in (8000, TLS_PORT, TLS_PORT_NO_ID)):
-                return
-            time.sleep(0.05)
-        raise RuntimeError("nginx did not start listening within 10 s")
+        return str(binary)
+
+    def _gateway_listening(self) -> set[str]:
+        return {f"{GW_V4}:{p}" for p in (8000, TLS_PORT, TLS_PORT_NO_ID)}
 
 
 @pytest.fixture(scope="module")

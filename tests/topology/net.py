@@ -185,25 +185,36 @@ class Topology:
         if line.strip() != b"ready":
             raise RuntimeError(f"upstream app did not start: {line!r}")
 
+    def _gateway_conf(self) -> str:
+        """The gateway's nginx.conf (subclasses add listeners, e.g. TLS)."""
+        return render_nginx_conf(
+            self.workdir,
+            listen_v4=GW_V4,
+            listen_v6=GW_V6,
+            upstream_v4=UPSTREAM_V4,
+            upstream_v6=UPSTREAM_V6,
+            upstream_port=UPSTREAM_PORT,
+            ports=GATEWAYS,
+        )
+
+    def _gateway_binary(self) -> str:
+        return "nginx"
+
+    def _gateway_listening(self) -> set[str]:
+        """The `ss -ltn` local addresses the gateway must show before it counts as started."""
+        return {f"{a}:{g.port}" for g in GATEWAYS for a in (GW_V4, f"[{GW_V6}]")}
+
     def _start_gateway(self) -> None:
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.workdir / "nginx-tmp" / sub).mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "nginx.conf"
-        conf.write_text(
-            render_nginx_conf(
-                self.workdir,
-                listen_v4=GW_V4,
-                listen_v6=GW_V6,
-                upstream_v4=UPSTREAM_V4,
-                upstream_v6=UPSTREAM_V6,
-                upstream_port=UPSTREAM_PORT,
-                ports=GATEWAYS,
-            )
-        )
+        conf.write_text(self._gateway_conf())
         proc = self._spawn(
-            self.ns_gw, ["nginx", "-p", str(self.workdir), "-c", str(conf)], stderr=subprocess.DEVNULL
+            self.ns_gw,
+            [self._gateway_binary(), "-p", str(self.workdir), "-c", str(conf)],
+            stderr=subprocess.DEVNULL,
         )
-        want = {f"{a}:{g.port}" for g in GATEWAYS for a in (GW_V4, f"[{GW_V6}]")}
+        want = self._gateway_listening()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if proc.poll() is not None:
