@@ -12,22 +12,7 @@ Start-up, in this order (each step needs the previous one and the privileges it 
 4. with SNIFFER_WORKERS > 1, the capture workers forked (no thread may exist yet), then the TLS reader
    process (`TlsSource.start`; only on a kernel without BTF, see capture/tls/source.py);
 5. threads: the metrics endpoint, the Moesif sender.
-Then the loop: with one worker it walks the rings into the `Engine` itself; with more it takes the
-workers' exchanges (`Engine(capture=False)`) and runs the leg joiner, the event builder and the sink.
-When no packet arrives the engine's timeouts run with the wall clock (see `capture.workers`).
-TLS exchanges are made in the main process in both modes (`TlsSource.poll` after each wake-up, its
-`tick` about once a second) and go into the engine like the workers' exchanges. When the host cannot do
-TLS capture the daemon says so once in the log and carries on with packet capture.
-
-Load shedding (SNIFFER_SHED, `sniffer.load_shedding`): every tick the ring backlog, the kernel drops and
-the sender's queue fill go to a `ShedPolicy`; its level is applied here (bodies left out by the engine;
-flows sampled by a `FlowSampler` in front of the engine, or in each capture worker), logged once per
-change and exported as `moesif_sniffer_shed_level` with the shed counters.
-
-Signals: SIGTERM/SIGINT stop gracefully: capture stops after the rings are drained, in-flight exchanges
-are finished (`Engine.close()`), the sender flushes within MOESIF_FLUSH_TIMEOUT, exit 0. A second
-SIGTERM/SIGINT exits at once (during the sender's flush it ends the flush early instead: what is left
-is spooled or counted as unsent). SIGHUP reopens the log file (see `sniffer.logs`).
+The loop, load shedding and signals: `sniffer.daemon_loop`.
 
 Exit status: 0 after a graceful stop; 1 when a capture worker died; 2 when the configuration, the
 capture, the metrics address or the output cannot be set up.
@@ -37,36 +22,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing.connection
 import os
 import signal
 import sys
-import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from types import FrameType
 from typing import IO, Any
 
-from reassembly.stats import Stats
 from sniffer import __version__
-from sniffer.capture.afpacket import RingSocket
-from sniffer.capture.tls.source import TLS_POLL_S, TlsSource
-from sniffer.capture.workers import (
-    IDLE_LAG_S,
-    KERNEL_STATS_S,
-    TICK_S,
-    CaptureLoop,
-    WorkerPool,
-    open_ring_sets,
-)
+from sniffer.capture.tls.source import TlsSource
+from sniffer.capture.workers import WorkerPool, open_ring_sets
 from sniffer.config import OPTIONS, Config
 from sniffer.cpu_priority import apply_cpu_priority
+from sniffer.daemon_loop import DaemonLoop
 from sniffer.engine import Engine
 from sniffer.errors import CaptureError, ConfigError
-from sniffer.load_shedding import FlowSampler, Pressure, ShedPolicy
-from sniffer.logs import reopen, setup_logging
-from sniffer.metrics import Health, MetricsServer, Snapshot
+from sniffer.logs import setup_logging
+from sniffer.metrics import MetricsServer
 from sniffer.moesif.jsonlines import JsonLinesSink
 from sniffer.moesif.transport import mask_app_id, safe_url
 from sniffer.privileges import PrivilegeError, drop_privileges
@@ -74,15 +45,6 @@ from sniffer.privileges import PrivilegeError, drop_privileges
 __all__ = ["run", "startup_line"]
 
 log = logging.getLogger("sniffer.daemon")
-
-SUMMARY_S = 60.0  # a one-line progress summary in the log this often
-STOP_DRAIN_S = 10.0  # how long the workers get to drain and close after a stop request
-
-
-@dataclass
-class _Signals:
-    stop: int = 0
-    hup: bool = False
 
 
 def _preload(config: Config, sender_factory: Callable[[Config], Any]) -> None:
@@ -120,230 +82,6 @@ def startup_line(config: Config, workers: int) -> str:
     return " ".join(parts)
 
 
-class _Daemon:
-    def __init__(
-        self, config: Config, out: IO[bytes] | None, sender_factory: Callable[[Config], Any]
-    ) -> None:
-        self.config = config
-        self.out = out
-        self.sender_factory = sender_factory
-        self.signals = _Signals()
-        self.health = Health()
-        self.stats = Stats()
-        self.metrics: MetricsServer | None = None
-        self.pool: WorkerPool | None = None
-        self.loop: CaptureLoop | None = None
-        self.sender: Any = None
-        self.jsonl: JsonLinesSink | None = None
-        self.engine: Engine | None = None
-        self._core: Counter[str] = Counter()
-        self.policy = ShedPolicy(enabled=config.shed)
-        self.sampler: FlowSampler | None = None  # one worker: sampling in front of the engine
-        self._drops_seen = 0
-        self._sender_stats: dict[str, int] | None = None
-        self.tls: TlsSource | None = None
-
-    # ---- signals ----
-
-    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
-        self.signals.stop += 1
-        if self.signals.stop == 1:
-            log.info(
-                "%s: stopping (drain capture, finish exchanges, flush events)", signal.Signals(signum).name
-            )
-            return
-        log.warning("%s again: exiting now", signal.Signals(signum).name)
-        if self.pool is not None:
-            self.pool.kill()
-        os._exit(128 + signum)
-
-    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
-        self.signals.hup = True  # reopened by the loop, never inside the handler (logging locks)
-
-    # ---- periodic ----
-
-    def publish(self) -> None:
-        core: Counter[str] = Counter(self.stats)
-        gauges: dict[str, float] = {"capture_open": float(self.health.capture_open)}
-        engine = self.engine
-        if self.pool is not None:
-            for d in self.pool.stats:
-                core.update(d)
-            gauges["flows_active"] = sum(self.pool.flows)
-            gauges["workers"] = len(self.pool.procs)
-        elif engine is not None and engine.pipeline is not None:
-            gauges["flows_active"] = engine.pipeline.flow_count
-            gauges["workers"] = 1
-        if engine is not None:
-            gauges["legs_pending"] = engine.joiner.pending
-        if self.tls is not None:
-            tls_counters, tls_gauges = self.tls.counters()
-            core.update(tls_counters)
-            gauges.update(tls_gauges)
-        level = self.policy.level
-        gauges["shed_level"] = self.policy.index
-        gauges["shed_sample_1_in"] = level.sample
-        gauges["shed_bodies_off"] = float(not level.bodies)
-        core["shed_level_changes"] = self.policy.changes
-        gauges["last_tick_timestamp_seconds"] = time.time()
-        sender_stats = self.sender.stats if self.sender is not None else None
-        if sender_stats is not None:
-            self.health.observe_sender(sender_stats)
-        self._sender_stats = sender_stats
-        if self.metrics is not None:
-            self.metrics.snapshot = Snapshot(core=dict(core), sender=sender_stats, gauges=gauges)
-        self._core = core
-
-    def shed(self, backlog: float) -> None:
-        """One tick of the load-shedding policy, from the counters `publish` just gathered."""
-        drops = self._core["drop_kernel"]
-        delta, self._drops_seen = drops - self._drops_seen, drops
-        queue = (self._sender_stats or {}).get("queue_depth", 0) / max(1, self.config.event_queue_size)
-        before = self.policy.level
-        if self.policy.observe(Pressure(backlog, delta, queue)) is None:
-            return
-        level = self.policy.level
-        (log.warning if level.sample > before.sample or before.bodies else log.info)(
-            "load shedding: level %d (%s): bodies %s, new flows kept 1 in %d "
-            "(ring backlog %.0f%%, %d kernel drops, sender queue %.0f%%)",
-            self.policy.index, level.name, "captured" if level.bodies else "left out", level.sample,
-            backlog * 100, delta, queue * 100,
-        )  # fmt: skip
-        if self.engine is not None:
-            self.engine.shed_bodies = not level.bodies
-        if self.pool is not None:
-            self.pool.sample(level.sample)
-        elif self.sampler is not None:
-            self.sampler.rate = level.sample
-            self._install_sampler()
-
-    def _install_sampler(self) -> None:
-        if self.loop is None or self.sampler is None or self.engine is None:
-            return
-        feed = self.engine.feed
-        self.loop.set_handler(self.sampler.wrap(feed) if self.sampler.active else feed)  # type: ignore[arg-type]
-
-    def summary(self) -> None:
-        c = self._core
-        log.info(
-            "%d packets, %d kernel drops, %d flows, %d exchanges, %d events (%d partial)",
-            c["packets"], c["drop_kernel"], c["flows"], c["exchanges"], c["events"], c["events_partial"],
-        )  # fmt: skip
-        if self.tls is not None:
-            log.info(
-                "TLS: %d records, %d connections, %d ring-full drops, %d rate-limited, %d bytes truncated",
-                c["tls_records"], c["tls_connections"], c["drop_tls_ring_full"], c["drop_tls_rate_limited"],
-                c["truncated_tls_bytes"],
-            )  # fmt: skip
-
-    # ---- loops ----
-
-    def run_single(self, rings: list[RingSocket]) -> None:
-        engine = self.engine
-        assert engine is not None
-        loop = self.loop = CaptureLoop(rings, engine.feed)  # type: ignore[arg-type]
-        tls = self.tls
-        if tls is not None:
-            loop.watch(tls.fileno())
-        sampler = self.sampler = FlowSampler(
-            self.stats,
-            engine.flow_weights,
-            idle_s=self.config.idle_timeout,
-            max_flows=self.config.max_flows,
-        )
-        clock = 0.0
-        now = time.monotonic()
-        next_tick, next_kstats, next_summary = now, now + KERNEL_STATS_S, now + SUMMARY_S
-        wait_s = TLS_POLL_S if tls is not None else TICK_S / 4
-        while not self.signals.stop:
-            loop.run_once(wait_s)
-            if tls is not None:
-                tls.poll(engine)
-            now = time.monotonic()
-            if now < next_tick:
-                continue
-            next_tick = now + TICK_S
-            clock = max(clock, loop.last_ts)
-            wall = time.time() - IDLE_LAG_S
-            if wall > clock:
-                clock = wall
-                engine.advance(wall)
-            if tls is not None:
-                tls.tick(engine)
-            if len(sampler) and sampler.expire(clock) and not sampler.active:
-                self._install_sampler()
-            if now >= next_kstats:
-                next_kstats = now + KERNEL_STATS_S
-                loop.update_stats(self.stats)
-            self._housekeeping(now >= next_summary, backlog=loop.take_backlog())
-            if now >= next_summary:
-                next_summary = now + SUMMARY_S
-        self.health.capture_open = False
-        loop.drain()
-        loop.update_stats(self.stats)
-        loop.close()
-
-    def run_workers(self, pool: WorkerPool) -> bool:
-        """The main process's loop with capture workers; False when a worker died."""
-        engine = self.engine
-        assert engine is not None
-        now = time.monotonic()
-        next_tick, next_summary = now, now + SUMMARY_S
-        ok = True
-        wait_s = TLS_POLL_S if self.tls is not None else TICK_S / 4
-        while not self.signals.stop:
-            self._take(pool, wait_s)
-            if pool.running < len(pool.procs):
-                ok = False
-                break
-            now = time.monotonic()
-            if now < next_tick:
-                continue
-            next_tick = now + TICK_S
-            self.health.last_tick = min([*pool.last_tick, now])
-            if self.tls is not None:
-                self.tls.tick(engine)
-            self._housekeeping(now >= next_summary, tick=False, backlog=pool.take_backlog())
-            if now >= next_summary:
-                next_summary = now + SUMMARY_S
-        self.health.capture_open = False
-        pool.stop()
-        deadline = time.monotonic() + STOP_DRAIN_S
-        while pool.running and time.monotonic() < deadline:
-            self._take(pool, 0.25)
-        pool.close()
-        return ok
-
-    def _take(self, pool: WorkerPool, timeout_s: float) -> None:
-        feed = self.engine.feed_exchanges  # type: ignore[union-attr]
-        if self.tls is not None:
-            # Wake on the TLS records too (without kernel BTF: an SSL_set_fd must be read while its socket
-            # still exists).
-            live = [c for c, done in zip(pool.conns, pool.done, strict=True) if not done]
-            multiprocessing.connection.wait([*live, self.tls.fileno()], timeout_s)
-            timeout_s = 0.0
-        for _, msg in pool.messages(timeout_s):
-            if msg[0] == "x":
-                feed(msg[1], msg[2], msg[3])
-            else:
-                feed(msg[1], [])
-        if self.tls is not None:
-            self.tls.poll(self.engine)  # type: ignore[arg-type]
-
-    def _housekeeping(self, summary: bool, tick: bool = True, backlog: float = 0.0) -> None:
-        if tick:
-            self.health.tick()
-        if self.signals.hup:
-            self.signals.hup = False
-            reopen()
-        if self.out is not None:
-            self.out.flush()
-        self.publish()
-        self.shed(backlog)
-        if summary:
-            self.summary()
-
-
 def run(
     config: Config,
     *,
@@ -362,7 +100,7 @@ def run(
     apply_cpu_priority(config.cpu_priority)
     for name in Config.ignored_env(os.environ):
         log.warning("%s is a Kong plugin option with no meaning for the sniffer; ignored", name)
-    d = _Daemon(config, None, sender_factory)
+    d = DaemonLoop(config, None, sender_factory)
     out: IO[bytes] | None = None
     try:
         ring_sets = open_ring_sets(config, workers)
