@@ -31,9 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from topology.gateway import CONSUMERS, GatewayPort, render_nginx_conf
+from topology.gateway import CONSUMERS, GatewayPort
 from topology.live import LiveSniffer, live_sniffer
-from topology.net import GATEWAYS, GW_V4, GW_V6, UPSTREAM_PORT, UPSTREAM_V4, UPSTREAM_V6, Topology
+from topology.net import GATEWAYS, GW_V4, UPSTREAM_PORT, Topology
 from topology.skips import topology_skip_reason
 
 TLS_PORT = 8443
@@ -89,19 +89,14 @@ class TlsTopology(Topology):
             capture_output=True,
             timeout=60,
         )
-        text = render_nginx_conf(
-            self.workdir,
-            listen_v4=GW_V4,
-            listen_v6=GW_V6,
-            upstream_v4=UPSTREAM_V4,
-            upstream_v6=UPSTREAM_V6,
-            upstream_port=UPSTREAM_PORT,
-            ports=(*GATEWAYS, *TLS_GATEWAYS),
-        )
+        text = super()._gateway_conf()
         text = re.sub(rf"(listen \S+:(?:{TLS_PORT}|{TLS_PORT_NO_ID}));", r"\1 ssl;", text)
         return text.replace(
             "http {", f"http {{\n    ssl_certificate {cert};\n    ssl_certificate_key {key};", 1
         )
+
+    def _gateway_ports(self) -> tuple[GatewayPort, ...]:
+        return (*GATEWAYS, *TLS_GATEWAYS)
 
     def _gateway_binary(self) -> str:
         # The gateway runs as its own command name, so the daemon watches it and no other nginx on

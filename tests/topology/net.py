@@ -194,8 +194,11 @@ class Topology:
             upstream_v4=UPSTREAM_V4,
             upstream_v6=UPSTREAM_V6,
             upstream_port=UPSTREAM_PORT,
-            ports=GATEWAYS,
+            ports=self._gateway_ports(),
         )
+
+    def _gateway_ports(self) -> tuple[GatewayPort, ...]:
+        return GATEWAYS
 
     def _gateway_binary(self) -> str:
         return "nginx"
