@@ -230,6 +230,23 @@ class Pipeline:
                 self._flows.ignore(flow_id)
         return True
 
+    @property
+    def next_advance_ts(self) -> float | None:
+        """The capture time at which `feed` runs the timeouts next (None before the first frame)."""
+        return self._next_advance_ts
+
+    def tick(self, ts: float) -> list[Exchange]:
+        """A frame at `ts` that another pipeline took (replay workers split one file by flow): the
+        timeouts run exactly where `feed` would have run them, so every worker times out at the frames
+        one process would. Callers may skip it while `ts < next_advance_ts`."""
+        next_ts = self._next_advance_ts
+        if next_ts is None:
+            self._next_advance_ts = ts + ADVANCE_INTERVAL_S
+        elif ts >= next_ts:
+            self._next_advance_ts = ts + ADVANCE_INTERVAL_S
+            return self.advance(ts)
+        return []
+
     def advance(self, ts: float) -> list[Exchange]:
         """Capture time moved on without packets (live capture idle): run the timeouts."""
         out: list[Exchange] = []

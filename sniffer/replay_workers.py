@@ -42,7 +42,6 @@ from dataclasses import replace
 from typing import IO, Any
 
 from reassembly.events import Exchange
-from reassembly.pipeline import ADVANCE_INTERVAL_S
 from reassembly.stats import Stats
 from sniffer.capture.exchange_codec import pack, unpack
 from sniffer.capture.flow_hash import FlowSplitter
@@ -172,15 +171,13 @@ def _worker(
                     if owner(linktype, frame) == index:
                         stats["packets"] += 1
                         got = feed(ts, linktype, frame, wire_len)
-                        next_advance = pipeline._next_advance_ts
+                        next_advance = pipeline.next_advance_ts
                         if got:
                             out(frame_no, ts, got)
-                    elif next_advance is None:
-                        next_advance = pipeline._next_advance_ts = ts + ADVANCE_INTERVAL_S
-                    elif ts >= next_advance:
+                    elif next_advance is None or ts >= next_advance:
                         # the core's timeouts, at the frame one process would run them (see the docstring)
-                        next_advance = pipeline._next_advance_ts = ts + ADVANCE_INTERVAL_S
-                        got = pipeline.advance(ts)
+                        got = pipeline.tick(ts)
+                        next_advance = pipeline.next_advance_ts
                         if got:
                             out(frame_no, ts, got)
                     if kong and index == 0 and ts >= next_join:
