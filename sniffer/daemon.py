@@ -125,6 +125,7 @@ def run(
             else:
                 out = sys.stdout.buffer
             d.out = out
+            d.output_path = output
         _preload(config, sender_factory)
         user = config.user if os.geteuid() == 0 else None
         if config.user and user is None:
@@ -203,5 +204,5 @@ def run(
             d.metrics.close()
         if d.sender is not None:
             d.sender.close()
-        if out is not None and out is not sys.stdout.buffer:
-            out.close()
+        if d.out is not None and d.out is not sys.stdout.buffer:
+            d.out.close()  # the file open now: SIGHUP may have replaced the first

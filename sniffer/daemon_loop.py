@@ -15,7 +15,8 @@ change and exported as `moesif_sniffer_shed_level` with the shed counters.
 Signals: SIGTERM/SIGINT stop gracefully: capture stops after the rings are drained, in-flight exchanges
 are finished (`Engine.close()`), the sender flushes within MOESIF_FLUSH_TIMEOUT, exit 0. A second
 SIGTERM/SIGINT exits at once (during the sender's flush it ends the flush early instead: what is left
-is spooled or counted as unsent). SIGHUP reopens the log file (see `sniffer.logs`).
+is spooled or counted as unsent). SIGHUP reopens the log file (see `sniffer.logs`) and the `--output`
+file.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class DaemonLoop:
     ) -> None:
         self.config = config
         self.out = out
+        self.output_path: str | None = None  # --output: reopened on SIGHUP (logrotate)
         self.sender_factory = sender_factory
         self.signals = Signals()
         self.health = Health()
@@ -266,12 +268,32 @@ class DaemonLoop:
         if self.tls is not None:
             self.tls.poll(self.engine)  # type: ignore[arg-type]
 
+    def _reopen_output(self) -> None:
+        """SIGHUP: the `--output` file opened again at its path, so logrotate's move-then-HUP works. If it
+        cannot be (its directory not writable by SNIFFER_USER), events keep going to the old file."""
+        if self.output_path is None or self.jsonl is None or self.out is None:
+            return
+        try:
+            new = open(self.output_path, "ab")  # noqa: SIM115 - the daemon closes it at exit
+        except OSError as exc:
+            log.warning(
+                "SIGHUP: cannot reopen output %s (%s); still writing to the old one",
+                self.output_path,
+                exc.strerror,
+            )
+            return
+        old, self.out = self.out, new
+        self.jsonl.reopen(new)
+        old.close()
+        log.info("SIGHUP: output %s reopened", self.output_path)
+
     def _housekeeping(self, summary: bool, tick: bool = True, backlog: float = 0.0) -> None:
         if tick:
             self.health.tick()
         if self.signals.hup:
             self.signals.hup = False
             reopen()
+            self._reopen_output()
         if self.out is not None:
             self.out.flush()
         self.publish()

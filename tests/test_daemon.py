@@ -321,6 +321,35 @@ def test_sighup_reopens_the_log_file_and_is_harmless_on_stderr(tmp_path: Path) -
         shutil.rmtree(logdir)
 
 
+def _uris(path: Path) -> list[str]:
+    return [json.loads(line)["request"]["uri"] for line in path.read_bytes().splitlines()]
+
+
+def test_sighup_reopens_the_output_file_after_logrotate_moved_it(tmp_path: Path) -> None:
+    # the output directory must be writable by SNIFFER_USER (nobody) for the new file to be created
+    outdir = Path(tempfile.mkdtemp(prefix="sniffer-out-"))
+    os.chown(outdir, pwd.getpwnam("nobody").pw_uid, -1)
+    output, rotated = outdir / "events.jsonl", outdir / "events.jsonl.1"
+    try:
+        with http_server() as port:
+            base = f"http://127.0.0.1:{port}"
+            with running_daemon(tmp_path, port, "--output", str(output), SNIFFER_WORKERS="1") as d:
+                curl(f"{base}/before")
+                deadline = time.monotonic() + 10
+                while not (output.exists() and output.stat().st_size):
+                    assert time.monotonic() < deadline, "the first event never reached the file"
+                    time.sleep(0.05)
+                output.rename(rotated)  # what logrotate does before it sends SIGHUP
+                d.proc.send_signal(signal.SIGHUP)
+                _wait_for(d.err, f"SIGHUP: output {output} reopened")
+                curl(f"{base}/after")
+                assert d.stop() == 0
+        assert _uris(rotated) == [f"{base}/before"]
+        assert _uris(output) == [f"{base}/after"]
+    finally:
+        shutil.rmtree(outdir)
+
+
 def test_a_dead_capture_worker_stops_the_daemon_with_status_1(tmp_path: Path) -> None:
     with http_server() as port, running_daemon(tmp_path, port, SNIFFER_WORKERS="2") as d:
         children = subprocess.run(["pgrep", "-P", str(d.proc.pid)], capture_output=True, text=True).stdout

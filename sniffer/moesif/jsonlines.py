@@ -26,5 +26,12 @@ class JsonLinesSink:
         self._write(_DUMPS(event, option=_LINE))
         self.written += 1
 
+    def reopen(self, stream: IO[bytes]) -> None:
+        """Write to `stream` from now on (SIGHUP after logrotate moved the file); the old one is flushed,
+        its owner closes it."""
+        self._stream.flush()
+        self._stream = stream
+        self._write = stream.write
+
     def close(self) -> None:
         self._stream.flush()
