@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from reassembly.limits import Limits
 from sniffer.errors import ConfigError
 
-__all__ = ["IGNORED_ENV", "OPTIONS", "Config", "Option", "add_arguments", "options_markdown"]
+__all__ = ["IGNORED_ENV", "OPTIONS", "Config", "Option", "add_arguments", "options_markdown", "split_addr"]
 
 # Plugin options accepted and ignored: timers/keepalive of the Lua transport, header injection, and
 # compression (the sniffer always gzips batches, moesif.md "Transport").
@@ -158,16 +158,28 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def split_addr(addr: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host without brackets, port): the one parser of listen addresses
+    (the option's check, the metrics listener and the port the core must not parse all use it)."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected host:port (IPv6 as [addr]:port), got {addr!r}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ValueError(f"an IPv6 host needs brackets, e.g. [::1]:9464, got {addr!r}")
+    return host.strip("[]"), int(port)
+
+
 def _addr(raw: str) -> str | None:
     """host:port or [v6]:port; empty disables the listener."""
     raw = raw.strip()
     if not raw:
         return None
-    host, sep, port = raw.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        _, port = split_addr(raw)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+    if port == 0:
         raise _Bad(f"expected host:port (IPv6 as [addr]:port), got {raw!r}")
-    if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        raise _Bad(f"an IPv6 host needs brackets, e.g. [::1]:9464, got {raw!r}")
     return raw
 
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from reassembly.events import Endpoint, Exchange
 from reassembly.pipeline import Pipeline
 from reassembly.stats import Stats
-from sniffer.config import Config
+from sniffer.config import Config, split_addr
 from sniffer.kong.api_call import ApiCall
 from sniffer.kong.join import LegJoiner
 from sniffer.moesif.event import EventBuilder
@@ -48,7 +48,7 @@ def own_ports(config: Config) -> frozenset[int]:
     operator listed as an API port is kept."""
     if not config.metrics_addr:
         return frozenset()
-    port = int(config.metrics_addr.rsplit(":", 1)[1])
+    _, port = split_addr(config.metrics_addr)
     listed = set(config.ports) | set(config.kong_ports) | set(config.upstream_ports)
     return frozenset() if port in listed else frozenset({port})
 

@@ -34,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from sniffer import __version__
+from sniffer.config import split_addr
 
 __all__ = ["Health", "MetricsServer", "Snapshot", "collect"]
 
@@ -217,10 +218,9 @@ class _Server6(_Server):
 class MetricsServer:
     def __init__(self, addr: str, health: Health) -> None:
         """Bind `host:port` (IPv6 as `[addr]:port`); OSError if the address is unusable."""
-        host, _, port = addr.rpartition(":")
-        host = host.strip("[]")
+        host, port = split_addr(addr)
         server_class = _Server6 if ":" in host else _Server
-        self._httpd = server_class((host, int(port)), _Handler)
+        self._httpd = server_class((host, port), _Handler)
         self._httpd.owner = self
         self.health = health
         self.snapshot = Snapshot()
