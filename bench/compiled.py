@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(tempfile.gettempdir()) / "moesif-sniffer-compiled"
 KEEP_BUILDS = 3
 
-__all__ = ["compile_unavailable", "ensure_compiled", "is_compiled"]
+__all__ = ["compile_unavailable", "compiled_build_or_none", "ensure_compiled", "is_compiled"]
 
 
 def compile_unavailable() -> str | None:
@@ -69,6 +69,16 @@ def _digest() -> str:
 
 def _built(out: Path) -> bool:
     return all((out / marker).exists() for marker in MARKERS)
+
+
+def compiled_build_or_none() -> str | None:
+    """For a benchmark's compiled rows: the build's directory (built now if needed), or None after saying
+    on stderr why it cannot be built here."""
+    why = compile_unavailable()
+    if why is not None:
+        print(f"no compiled core: {why}", file=sys.stderr)
+        return None
+    return str(ensure_compiled())
 
 
 def ensure_compiled(quiet: bool = True) -> Path:

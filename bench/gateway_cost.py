@@ -56,6 +56,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compiled import compiled_build_or_none
+from daemon_run import DaemonRun, running_daemon
+
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "secs": 1e3}
 
@@ -110,12 +114,6 @@ def nginx() -> Iterator[int]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-@dataclass
-class DaemonRun:
-    log: str = ""
-    cpu_s: float = 0.0  # user + system seconds of the daemon and its workers
-
-
 # How the daemon's CPU priority is lowered in the "nice" rows: SCHED_BATCH (the scheduler treats it as
 # a CPU hog that never preempts an interactive task) and nice 19 (the smallest CPU share under load).
 LOW_PRIORITY = ["chrt", "--batch", "0", "nice", "-n", "19"]
@@ -124,70 +122,19 @@ LOW_PRIORITY = ["chrt", "--batch", "0", "nice", "-n", "19"]
 CORE: list[str | None] = [None]  # the compiled core's directory when --core compiled
 
 
-def compiled_core() -> str | None:
-    """The directory of the mypyc-compiled core (bench/compiled.py; built if needed), or None."""
-    sys.path.insert(0, str(ROOT))
-    from bench.compiled import compile_unavailable, ensure_compiled
-
-    if (why := compile_unavailable()) is not None:
-        print(f"no compiled core: {why}; measuring the pure one", file=sys.stderr)
-        return None
-    return str(ensure_compiled())
-
-
 @contextmanager
 def daemon(port: int, workers: int | None, low_priority: bool = False) -> Iterator[DaemonRun]:
     """The daemon capturing lo for `port` while the body runs (None: no daemon); its log and CPU time
     are filled in when it has stopped. `low_priority`: started under LOW_PRIORITY."""
-    run = DaemonRun()
     if workers is None:
-        yield run
+        yield DaemonRun()
         return
-    tmp = Path(tempfile.mkdtemp(prefix="bench-gw-daemon-"))
-    log = tmp / "daemon.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MOESIF_", "SNIFFER_"))}
-    env.update(
+    settings = dict(
         SNIFFER_INTERFACE="lo", SNIFFER_PORTS=str(port), SNIFFER_KONG_PORTS="",
         SNIFFER_WORKERS=str(workers), SNIFFER_METRICS_ADDR=f"127.0.0.1:{free_port()}",
     )  # fmt: skip
-    cmd = [
-        *(LOW_PRIORITY if low_priority else []),
-        sys.executable,
-        "-m",
-        "sniffer",
-        "run",
-        "--output",
-        "/dev/null",
-    ]
-    core = CORE[0]
-    if core:  # the compiled core first on the path (cwd too: the source tree's would shadow it)
-        env["PYTHONPATH"] = os.pathsep.join((core, str(ROOT)))
-    with open(log, "wb") as errf:
-        proc = subprocess.Popen(cmd, env=env, cwd=core or ROOT, stdout=subprocess.DEVNULL, stderr=errf)
-    try:
-        deadline = time.monotonic() + 20
-        while "capturing on" not in log.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("daemon did not start: " + log.read_text())
-            time.sleep(0.05)
-        time.sleep(0.5)
+    with running_daemon(settings, CORE[0], prefix=tuple(LOW_PRIORITY) if low_priority else ()) as run:
         yield run
-        proc.send_signal(signal.SIGTERM)
-        # wait4's usage of a child includes the children it reaped itself (the capture workers)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                run.cpu_s = usage.ru_utime + usage.ru_stime
-                break
-            time.sleep(0.05)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        run.log = log.read_text()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def wrk(port: int, seconds: float) -> Load:
@@ -248,7 +195,7 @@ def main() -> int:
         if not shutil.which(tool):
             sys.exit(f"{tool} not installed (apt-get install -y {tool})")
     if args.core == "compiled":
-        CORE[0] = compiled_core()
+        CORE[0] = compiled_build_or_none()
     configs: list[tuple[str, int | None, bool]] = [("baseline", None, False)]
     for prio in args.priority.split(","):
         for w in (int(x) for x in args.workers.split(",")):

@@ -59,13 +59,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from captures import BIG_CAPTURE, WRK_CAPTURE, ensure_capture
+from compiled import compiled_build_or_none
+from daemon_run import running_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT = 18080  # the port of make_capture.sh's nginx
@@ -137,52 +138,19 @@ def _packets_in(capture: Path) -> int:
     return _COUNTS[capture]
 
 
-def compiled_core() -> str | None:
-    """The directory of the mypyc-compiled core (bench/compiled.py; built if needed), or None."""
-    sys.path.insert(0, str(ROOT))
-    from bench.compiled import compile_unavailable, ensure_compiled
-
-    if (why := compile_unavailable()) is not None:
-        print(f"no compiled core: {why}", file=sys.stderr)
-        return None
-    return str(ensure_compiled())
-
-
 def run_ours(
     net: VethNamespace, capture: Path, pps: int, count: int, workers: int, core: str | None = None
 ) -> Result:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-live-"))
-    log = tmp / "daemon.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MOESIF_", "SNIFFER_"))}
-    env.update(
+    settings = dict(
         SNIFFER_INTERFACE=net.inner, SNIFFER_PORTS=str(PORT), SNIFFER_KONG_PORTS="",
         SNIFFER_WORKERS=str(workers), SNIFFER_SHED="off", SNIFFER_METRICS_ADDR="127.0.0.1:9464",
     )  # fmt: skip
-    cmd = net.exec(sys.executable, "-m", "sniffer", "run", "--output", "/dev/null")
-    if core:  # the compiled core first on the path (cwd too: the source tree's would shadow it)
-        env["PYTHONPATH"] = os.pathsep.join((core, str(ROOT)))
-    with open(log, "wb") as errf:
-        proc = subprocess.Popen(cmd, env=env, cwd=core or ROOT, stdout=subprocess.DEVNULL, stderr=errf)
-    try:
-        deadline = time.monotonic() + 20
-        while "capturing on" not in log.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("daemon did not start: " + log.read_text())
-            time.sleep(0.05)
-        time.sleep(0.5)  # workers forked and polling
+    with running_daemon(settings, core, prefix=tuple(net.exec())) as run:
         sent, rate = replay(net, capture, pps, count)
         time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-    text = log.read_text()
-    shutil.rmtree(tmp, ignore_errors=True)
-    found = re.findall(r"(\d+) packets, (\d+) kernel drops", text)
+    found = re.findall(r"(\d+) packets, (\d+) kernel drops", run.log)
     if not found:
-        raise RuntimeError("no summary in the daemon log: " + text[-2000:])
+        raise RuntimeError("no summary in the daemon log: " + run.log[-2000:])
     seen, dropped = (int(x) for x in found[-1])
     return Result(rate, sent, seen, dropped)
 
@@ -225,7 +193,7 @@ def main() -> int:
     rates = [int(r) for r in args.rates.split(",")]
     rows: list[tuple[str, int, str | None]] = []
     for kind in args.core.split(","):
-        core = compiled_core() if kind == "compiled" else None
+        core = compiled_build_or_none() if kind == "compiled" else None
         if kind == "compiled" and core is None:
             continue
         for w in (int(x) for x in args.workers.split(",")):

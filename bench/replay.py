@@ -35,6 +35,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from compiled import compiled_build_or_none  # noqa: E402
+
 TMP = Path(tempfile.gettempdir())
 
 SCAPY_SCRIPT = """
@@ -188,18 +191,6 @@ def bench_scapy(capture: Path, limit: int) -> Run | None:
     return Run(f"scapy ({int(n) // 1000}k packets)", float(seconds), rss, int(requests), int(n))
 
 
-def _compiled_build() -> str | None:
-    """The directory of the compiled core (built now if needed), or None when it cannot be built."""
-    sys.path.insert(0, str(ROOT))
-    from bench.compiled import compile_unavailable, ensure_compiled
-
-    why = compile_unavailable()
-    if why is not None:
-        print(f"no compiled core: {why}", file=sys.stderr)
-        return None
-    return str(ensure_compiled())
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("capture", nargs="?", type=Path)
@@ -217,7 +208,7 @@ def main() -> int:
         subprocess.run([str(HERE / "make_capture.sh"), str(capture), str(args.packets)], check=True)
     packets = count_packets(capture)
     only = set(filter(None, args.only.split(","))) or {"ours", "tshark", "httpry", "scapy"}
-    compiled = None if args.no_compiled or "ours" not in only else _compiled_build()
+    compiled = None if args.no_compiled or "ours" not in only else compiled_build_or_none()
     benches = []
     if "ours" in only:
         benches += [lambda: bench_ours(capture, packets, 1), lambda: bench_ours(capture, packets, 2)]
