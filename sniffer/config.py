@@ -268,9 +268,10 @@ OPTIONS: tuple[Option, ...] = (
     _s("shed", _bool, True, "Shed load under CPU pressure (bodies, then flows sampled); off: never"),
     _s(
         "cpu_priority",
-        _choice("normal", "low"),
+        _choice("normal", "low", "idle"),
         "normal",
-        "low: capture at nice 19 and SCHED_BATCH, so the gateway wins the CPU (what is missed is counted)",
+        "low: capture at nice 19 and SCHED_BATCH, so the gateway wins the CPU (what is missed is counted);"
+        " idle: SCHED_IDLE, the daemon gets only CPU time the gateway does not want",
     ),
     _s(
         "drop_pure_acks",
