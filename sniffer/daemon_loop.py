@@ -1,7 +1,8 @@
 """`DaemonLoop`: the live daemon's state while it runs, and its loops (`sniffer.daemon` sets it up).
 
-With one worker the loop it walks the rings into the `Engine` itself; with more it takes the
-workers' exchanges (`Engine(capture=False)`) and runs the leg joiner, the event builder and the sink.
+With one worker the loop walks the rings into the `Engine` itself; with more it takes the events the
+workers built and writes or sends them, and takes the exchanges that may be Kong legs
+(`Engine(capture=False)`) and runs the leg joiner, the event builder and the sink on them.
 When no packet arrives the engine's timeouts run with the wall clock (see `capture.workers`).
 TLS exchanges are made in the main process in both modes (`TlsSource.poll` after each wake-up, its
 `tick` about once a second) and go into the engine like the workers' exchanges. When the host cannot do
@@ -35,6 +36,7 @@ from typing import IO, Any
 from reassembly.stats import Stats
 from sniffer.capture.afpacket import RingSocket
 from sniffer.capture.tls.source import TLS_POLL_S, TlsSource
+from sniffer.capture.worker_events import events_of
 from sniffer.capture.workers import IDLE_LAG_S, KERNEL_STATS_S, TICK_S, CaptureLoop, WorkerPool
 from sniffer.config import Config
 from sniffer.engine import Engine
@@ -150,6 +152,7 @@ class DaemonLoop:
         if self.engine is not None:
             self.engine.shed_bodies = not level.bodies
         if self.pool is not None:
+            self.pool.capture_bodies(level.bodies)
             self.pool.sample(level.sample)
         elif self.sampler is not None:
             self.sampler.rate = level.sample
@@ -263,10 +266,21 @@ class DaemonLoop:
         for _, msg in pool.messages(timeout_s):
             if msg[0] == "x":
                 feed(msg[1], msg[2], msg[3])
+                if msg[4]:
+                    self._built(msg[4])
             else:
                 feed(msg[1], [])
         if self.tls is not None:
             self.tls.poll(self.engine)  # type: ignore[arg-type]
+
+    def _built(self, payload: bytes) -> None:
+        """Events a capture worker built (`WorkerEvents.take`) to where the engine's own go."""
+        if self.jsonl is not None:
+            self.jsonl.write_lines(payload)
+        elif self.sender is not None:
+            submit = self.sender.submit
+            for event in events_of(payload):
+                submit(event)
 
     def _reopen_output(self) -> None:
         """SIGHUP: the `--output` file opened again at its path, so logrotate's move-then-HUP works. If it

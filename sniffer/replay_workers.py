@@ -6,9 +6,9 @@ all workers see all numbers and all capture times, which keeps the result equal 
 (the same set of events; their order differs):
 - the core's timeouts run at the same frames as in one process: a worker runs them on the frames it
   skips too, on the core's own schedule (every `ADVANCE_INTERVAL_S` of capture time);
-- an exchange that cannot be a Kong leg whatever has been seen before (`_SurelyPlain`) becomes an event
-  in the worker, through an `Engine` of its own (the same builder as one process); its bytes (or event
-  dicts, for the Moesif sender) go to the main process, which writes them;
+- an exchange that cannot be a Kong leg whatever has been seen before becomes an event in the worker
+  (`capture.worker_events`: the same builder as one process); its JSON lines (or events for the Moesif
+  sender) go to the main process, which writes them;
 - every other exchange goes to the main process, tagged with its frame number, and so does the end time
   of each plain exchange when Kong ports are set (one process's joiner moves its clock on those); worker
   0 also sends the frames at which one process's engine would run the joiner's timeouts. The main
@@ -30,7 +30,6 @@ is `MAX_LEAD_FRAMES` ahead of the slowest.
 from __future__ import annotations
 
 import contextlib
-import io
 import marshal
 import multiprocessing
 import multiprocessing.connection
@@ -38,7 +37,6 @@ import pickle
 import signal
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from typing import IO, Any
 
 from reassembly.events import Exchange
@@ -46,16 +44,15 @@ from reassembly.stats import Stats
 from sniffer.capture.exchange_codec import pack, unpack
 from sniffer.capture.flow_hash import FlowSplitter
 from sniffer.capture.pcapfile import open_capture
+from sniffer.capture.worker_events import SurelyPlain, WorkerEvents, events_of
 from sniffer.config import Config
 from sniffer.engine import JOIN_ADVANCE_INTERVAL_S, Engine, EventSink, make_pipeline
 from sniffer.errors import CaptureError
-from sniffer.kong.classify import LegClassifier, LegKind, first_headers
 
 __all__ = ["MAX_LEAD_FRAMES", "replay_parallel"]
 
 MAX_LEAD_FRAMES = 1 << 18
 BATCH_RECORDS = 2048  # merge records per message
-BATCH_BYTES = 1 << 20  # encoded events per message
 BATCH_FRAMES = 1 << 15  # frames walked between messages at the latest (moves the merge forward)
 NEVER = float("-inf")  # a capture time that never triggers the engine's joiner timeouts
 
@@ -64,45 +61,10 @@ NEVER = float("-inf")  # a capture time that never triggers the engine's joiner 
 Record = tuple[int, float, list[Any]]
 
 
-class _SurelyPlain:
-    """Whether an exchange is PLAIN for the Kong classifier whatever it learned before: classified with
-    its client address taken for a Kong host (the only state the classifier keeps). One classifier per
-    client address (a compiled LegClassifier cannot be subclassed), bounded."""
-
-    MAX = 4096
-
-    def __init__(self, kong_ports: frozenset[int], upstream_ports: frozenset[int]) -> None:
-        self._ports = (kong_ports, upstream_ports)
-        self._by_client: dict[str, LegClassifier] = {}
-
-    def __call__(self, ex: Exchange) -> bool:
-        ip = ex.client[0]
-        clf = self._by_client.get(ip)
-        if clf is None:
-            if len(self._by_client) >= self.MAX:
-                self._by_client.clear()
-            clf = LegClassifier(*self._ports, kong_hosts=frozenset({ip}), stats=Stats())
-            self._by_client[ip] = clf
-        req = ex.request
-        return clf.classify(ex, first_headers(req) if req is not None else {}) is LegKind.PLAIN
-
-
-class _Collect:
-    """A worker's sink when the main process's sink is not JSON lines: event dicts, sent as they are."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def submit(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-
-
 def _worker(
     index: int, n: int, path: str, config: Config, conn: Any, encode: bool, others: list[Any]
 ) -> None:
     """Walk the whole file, feed own frames, send events and merge records to the main process."""
-    from sniffer.moesif.jsonlines import JsonLinesSink
-
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)  # the main process decides (it sends "stop")
     for other in others:  # the main process's pipe ends: held here, its exit would never be seen
@@ -110,14 +72,10 @@ def _worker(
     stats = Stats()
     pipeline = make_pipeline(config, stats)
     feed = pipeline.feed
-    buf = io.BytesIO()
-    sink: Any = JsonLinesSink(buf) if encode else _Collect()
-    # Only exchanges already found plain reach this engine: with no Kong ports its joiner does not
-    # classify them a second time (the builder does not look at the ports).
-    engine = Engine(replace(config, kong_ports=()), sink, stats, capture=False)
-    plain_engine = engine.feed_exchanges
+    events = WorkerEvents(config, stats, jsonl=encode)
+    plain_engine = events.feed
     kong = bool(config.kong_ports)
-    surely_plain = _SurelyPlain(frozenset(config.kong_ports), frozenset(config.upstream_ports))
+    surely_plain = SurelyPlain(frozenset(config.kong_ports), frozenset(config.upstream_ports))
     owner = FlowSplitter(n).owner
     records: list[Record] = []
     frame_no = 0
@@ -146,12 +104,7 @@ def _worker(
 
     def send(final: bool = False) -> None:
         nonlocal records
-        if encode:
-            payload: Any = buf.getvalue()
-            buf.seek(0)
-            buf.truncate()
-        else:
-            payload, sink.events = sink.events, []
+        payload = events.take()
         try:
             batch = marshal.dumps(records)
         except ValueError:  # a core field marshal cannot carry (see exchange_codec): slower, still right
@@ -185,7 +138,7 @@ def _worker(
                         if not records or records[-1][0] != frame_no:
                             records.append((frame_no, ts, []))
                     since += 1
-                    if since >= BATCH_FRAMES or len(records) >= BATCH_RECORDS or buf.tell() >= BATCH_BYTES:
+                    if since >= BATCH_FRAMES or len(records) >= BATCH_RECORDS or events.full:
                         since = 0
                         send()
                         if conn.poll() and conn.recv() == "stop":
@@ -274,7 +227,7 @@ def replay_parallel(
                         if encoded_out is not None:
                             encoded_out.write(payload)
                         else:
-                            for event in payload:
+                            for event in events_of(payload):
                                 sink.submit(event)
                     if i == 0 and progress is not None:
                         progress(nbytes, passed[0])

@@ -226,14 +226,17 @@ def test_sigterm_drains_the_ring_and_writes_every_event_before_exit_0(tmp_path: 
 
 
 @NEEDS_CURL
-def test_sigterm_flushes_the_moesif_sender_before_exit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_flushes_the_moesif_sender_before_exit(tmp_path: Path, workers: str) -> None:
+    """With two workers the events are built in the workers (no Kong ports) and reach the main
+    process's sender encoded: the collector gets each once, whole."""
     with running_collector() as collector, http_server() as port:
         extra = {
             "MOESIF_APPLICATION_ID": APP_ID,
             "MOESIF_API_ENDPOINT": collector.url,
             "MOESIF_BATCH_MAX_TIME": "60",  # nothing leaves before the shutdown flush
             "MOESIF_BATCH_SIZE": "1000",
-            "SNIFFER_WORKERS": "1",
+            "SNIFFER_WORKERS": workers,
         }
         with running_daemon(tmp_path, port, **extra) as d:
             made = calls(port)
@@ -241,7 +244,10 @@ def test_sigterm_flushes_the_moesif_sender_before_exit(tmp_path: Path) -> None:
             assert collector.collector.event_count == 0
             assert d.stop() == 0
         assert collector.collector.event_count == made
+        sent = collector.collector.events()
         log = d.err.read_text()
+    assert len({e["transaction_id"] for e in sent}) == made
+    assert {e["response"]["status"] for e in sent} == {200}
     assert APP_ID not in log and f"MOESIF_APPLICATION_ID=...{APP_ID[-4:]}" in log
     assert len([line for line in log.splitlines() if "starting:" in line]) == 1
 

@@ -6,18 +6,23 @@ the same worker; IPv4 fragments are reassembled by the kernel before hashing). W
 rings still join a group of one, for that defragmentation.
 
 With N > 1 workers, `WorkerPool` forks N processes; each walks its own rings into its own
-`reassembly.Pipeline` and sends what the walk completed to the main process over a pipe, one message
-per walk (a walk is one or more whole ring blocks, so messages batch naturally under load; exchanges
-travel as `exchange_codec` bytes, decoded by `WorkerPool.messages`):
-- ("x", ts, [Exchange, ...], weights): completed exchanges, `ts` the capture time reached, `weights`
-  None or {index: weight} for exchanges of flows kept by flow sampling (`sniffer.load_shedding`);
+`reassembly.Pipeline`. The exchanges a walk completed that cannot be Kong legs become events in the
+worker (`capture.worker_events`: the main process, which built every event, was the limit with two
+workers); the others may be one leg of a call whose other leg another worker sees, so they go to the
+main process, which joins them. One message per walk (a walk is one or more whole ring blocks, so
+messages batch naturally under load; exchanges travel as `exchange_codec` bytes, decoded by
+`WorkerPool.messages`):
+- ("x", ts, [Exchange, ...], weights, built): `ts` the capture time reached, the exchanges for the leg
+  joiner, `weights` None or {index: weight} for exchanges of flows kept by flow sampling
+  (`sniffer.load_shedding`), `built` the events made in the worker (`WorkerEvents.take`: JSON lines when
+  there is no application id, else events for the sender; b"" for none);
 - ("t", ts, stats, flows, backlog): a tick about once a second (counters, live flow count, the largest
   ring backlog fraction seen since the last tick: the load-shedding policy's input);
 - ("d", ts, stats, flows): the worker drained its rings and closed its pipeline after a stop request.
-The main process sends "stop", or ("shed", N) to sample new flows 1 in N (1: stop sampling; the
-flows already decided keep their fate). A worker ignores SIGINT/SIGTERM (the main process decides
-when to stop and says so over the pipe) and stops on its own when the main process goes away (end of
-file on the pipe).
+The main process sends "stop", ("shed", N) to sample new flows 1 in N (1: stop sampling; the
+flows already decided keep their fate), or ("bodies", on) to build events with or without bodies. A
+worker ignores SIGINT/SIGTERM (the main process decides when to stop and says so over the pipe) and
+stops on its own when the main process goes away (end of file on the pipe).
 
 Time: packets carry the kernel's capture time. When a ring is idle the pipeline's timeouts are run with
 the wall clock minus `IDLE_LAG_S` (more than a block's retire timeout, so no packet still waiting in a
@@ -43,6 +48,7 @@ from reassembly.stats import Stats
 from sniffer.capture.afpacket import RETIRE_MS, RingSocket, interface_names
 from sniffer.capture.bpf import tcp_port_filter
 from sniffer.capture.exchange_codec import decode, encode
+from sniffer.capture.worker_events import SurelyPlain, WorkerEvents
 from sniffer.config import Config
 from sniffer.engine import make_pipeline
 from sniffer.errors import CaptureError
@@ -180,8 +186,16 @@ class CaptureLoop:
             ring.close()
 
 
+def _weights_of(exchanges: list[Exchange], weights: dict[tuple[Any, Any], int]) -> dict[int, int] | None:
+    """{index: weight} of the exchanges whose flows were kept by flow sampling, None if none."""
+    if not weights:
+        return None
+    w = {i: n for i, ex in enumerate(exchanges) if (n := weights.get((ex.client, ex.server), 0))}
+    return w or None
+
+
 def _worker_main(index: int, rings: list[RingSocket], conn: Any, config: Config, others: list[Any]) -> None:
-    """One capture worker: rings -> pipeline -> batches of exchanges to the main process."""
+    """One capture worker: rings -> pipeline -> events of plain exchanges, Kong legs -> main process."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     for other in others:  # the main process's ends of other workers' pipes and their rings
@@ -192,12 +206,20 @@ def _worker_main(index: int, rings: list[RingSocket], conn: Any, config: Config,
     pending: list[Exchange] = []
     weights: dict[tuple[Any, Any], int] = {}
     sampler = FlowSampler(stats, weights, idle_s=config.idle_timeout, max_flows=config.max_flows)
+    events = WorkerEvents(config, stats, jsonl=not config.application_id)
+    kong, upstream = frozenset(config.kong_ports), frozenset(config.upstream_ports)
+    surely_plain = SurelyPlain(kong, upstream) if kong else None
 
     def send(ts: float) -> None:
-        w = None
-        if weights:
-            w = {i: n for i, ex in enumerate(pending) if (n := weights.get((ex.client, ex.server), 0))}
-        conn.send(("x", ts, encode(pending), w or None))
+        if surely_plain is None:
+            plain, legs = pending, []
+        else:
+            plain, legs = [], []
+            for ex in pending:
+                (plain if surely_plain(ex) else legs).append(ex)
+        if plain:
+            events.feed(ts, plain, _weights_of(plain, weights))
+        conn.send(("x", ts, encode(legs), _weights_of(legs, weights), events.take()))
         pending.clear()
 
     loop = CaptureLoop(rings, handle, pending)
@@ -217,6 +239,8 @@ def _worker_main(index: int, rings: list[RingSocket], conn: Any, config: Config,
                 if isinstance(msg, tuple) and msg[0] == "shed":
                     sampler.rate = msg[1]
                     loop.set_handler(sampler.wrap(handle) if sampler.active else handle)
+                elif isinstance(msg, tuple) and msg[0] == "bodies":
+                    events.shed_bodies = not msg[1]
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_S
@@ -255,7 +279,7 @@ def recv_batch(conn: Any) -> Any:
     try:
         msg = conn.recv()
         if msg[0] == "x":
-            msg = (msg[0], msg[1], decode(msg[2]), msg[3])
+            msg = (msg[0], msg[1], decode(msg[2]), *msg[3:])
         return msg
     finally:
         if enabled:
@@ -338,17 +362,21 @@ class WorkerPool:
 
     def sample(self, rate: int) -> None:
         """Ask every worker to keep 1 new flow in `rate` (1: no sampling)."""
-        for conn, done in zip(self.conns, self.done, strict=True):
-            if not done:
-                with contextlib.suppress(OSError):
-                    conn.send(("shed", rate))
+        self._tell(("shed", rate))
+
+    def capture_bodies(self, on: bool) -> None:
+        """Ask every worker to build its events with bodies (`on`) or without (load shedding)."""
+        self._tell(("bodies", on))
 
     def stop(self) -> None:
-        """Ask every worker to drain and close; `messages` then yields their last exchanges."""
+        """Ask every worker to drain and close; `messages` then yields their last exchanges and events."""
+        self._tell("stop")
+
+    def _tell(self, msg: Any) -> None:
         for conn, done in zip(self.conns, self.done, strict=True):
             if not done:
                 with contextlib.suppress(OSError):
-                    conn.send("stop")
+                    conn.send(msg)
 
     def close(self, timeout_s: float = 5.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -26,6 +26,11 @@ class JsonLinesSink:
         self._write(_DUMPS(event, option=_LINE))
         self.written += 1
 
+    def write_lines(self, lines: bytes) -> None:
+        """Events already encoded as JSON lines (a capture worker built them)."""
+        self._write(lines)
+        self.written += lines.count(b"\n")
+
     def reopen(self, stream: IO[bytes]) -> None:
         """Write to `stream` from now on (SIGHUP after logrotate moved the file); the old one is flushed,
         its owner closes it."""

@@ -1,0 +1,125 @@
+"""Events built inside a worker process (`replay --workers`, live `SNIFFER_WORKERS` > 1).
+
+The main process must see every exchange that may be one leg of a Kong call: the two legs of a call
+can reach different workers. Every other exchange can become its event in the worker that completed
+it, which spares the main process decoding the exchange and building the event (its share of the CPU
+was the limit with two workers). This module holds what both kinds of worker share:
+- `SurelyPlain`: whether an exchange cannot be a Kong leg whatever the classifier learned before;
+- `WorkerEvents`: the worker's own `Engine(capture=False)` (no Kong ports: only plain exchanges reach
+  it) and what it built, taken as one payload per message to the main process: JSON-lines bytes when
+  the main process writes JSON lines (`jsonl=True`: the main process writes them as they are), else
+  the events serialised with orjson (`events_of` loads them in the main process, for the Moesif sender,
+  which samples and weighs event dicts). Measured per event (wrk capture, batches of 500): pickle
+  ~8 us to dump + ~6 us to load, orjson ~1.3 us + ~3.6 us (and it is the sender's own encoding, so
+  whatever it carries the sender can carry).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from reassembly.events import Endpoint, Exchange
+from reassembly.stats import Stats
+from sniffer.config import Config
+from sniffer.engine import Engine
+from sniffer.kong.classify import LegClassifier, LegKind, first_headers
+from sniffer.moesif.jsonlines import JsonLinesSink
+
+__all__ = ["SurelyPlain", "WorkerEvents", "events_of"]
+
+# A message's worth of built events: past either, the worker sends what it has (`WorkerEvents.full`).
+BATCH_BYTES = 1 << 20  # of JSON lines
+BATCH_EVENTS = 2048  # of event dicts
+
+
+class SurelyPlain:
+    """Whether an exchange is PLAIN for the Kong classifier whatever it learned before: classified with
+    its client address taken for a Kong host (the only state the classifier keeps). One classifier per
+    client address (a compiled LegClassifier cannot be subclassed), bounded."""
+
+    MAX = 4096
+
+    def __init__(self, kong_ports: frozenset[int], upstream_ports: frozenset[int]) -> None:
+        self._ports = (kong_ports, upstream_ports)
+        self._by_client: dict[str, LegClassifier] = {}
+
+    def __call__(self, ex: Exchange) -> bool:
+        ip = ex.client[0]
+        clf = self._by_client.get(ip)
+        if clf is None:
+            if len(self._by_client) >= self.MAX:
+                self._by_client.clear()
+            clf = LegClassifier(*self._ports, kong_hosts=frozenset({ip}), stats=Stats())
+            self._by_client[ip] = clf
+        req = ex.request
+        return clf.classify(ex, first_headers(req) if req is not None else {}) is LegKind.PLAIN
+
+
+class _Collect:
+    """The worker engine's sink when the main process does not write JSON lines: event dicts."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def submit(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+
+class WorkerEvents:
+    """A worker's event builder for exchanges already found plain (`SurelyPlain`, or no Kong ports)."""
+
+    def __init__(self, config: Config, stats: Stats, *, jsonl: bool) -> None:
+        """`stats`: the worker's counters (events, events_partial, shed_bodies, ...: they travel with the
+        worker's other counters, so the main process counts these events once)."""
+        self.jsonl = jsonl
+        self._buf = io.BytesIO()
+        self._collect = _Collect()
+        sink: Any = JsonLinesSink(self._buf) if jsonl else self._collect
+        # Only plain exchanges reach this engine: with no Kong ports its joiner does not classify them a
+        # second time (the builder does not look at the ports).
+        self.engine = Engine(replace(config, kong_ports=()), sink, stats, capture=False)
+        self.feed = self.engine.feed_exchanges
+        """(ts, exchanges, weights=None): as `Engine.feed_exchanges`."""
+
+    @property
+    def flow_weights(self) -> dict[tuple[Endpoint, Endpoint], int]:
+        return self.engine.flow_weights
+
+    @property
+    def shed_bodies(self) -> bool:
+        return self.engine.shed_bodies
+
+    @shed_bodies.setter
+    def shed_bodies(self, on: bool) -> None:
+        """Build events without bodies (the main process's load-shedding level says so)."""
+        self.engine.shed_bodies = on
+
+    @property
+    def full(self) -> bool:
+        """Enough built for one message (`BATCH_BYTES` of JSON lines, `BATCH_EVENTS` event dicts)."""
+        if self.jsonl:
+            return self._buf.tell() >= BATCH_BYTES
+        return len(self._collect.events) >= BATCH_EVENTS
+
+    def take(self) -> bytes:
+        """What was built since the last call, for the main process (b"": nothing)."""
+        if self.jsonl:
+            buf = self._buf
+            data = buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+            return data
+        events = self._collect.events
+        if not events:
+            return b""
+        self._collect.events = []
+        return orjson.dumps(events)
+
+
+def events_of(payload: bytes) -> list[dict[str, Any]]:
+    """The event dicts of a non-JSON-lines payload (`WorkerEvents.take`), fresh for the sender."""
+    return orjson.loads(payload) if payload else []  # type: ignore[no-any-return]
