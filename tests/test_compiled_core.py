@@ -76,5 +76,7 @@ def test_compiled_core_same_exchanges_and_counters(tmp_path: Path) -> None:
     exec(compile(DUMP, str(script), "exec"), namespace)  # the same dump, in this (pure Python) process
     expected = namespace["dump"](paths)  # type: ignore[operator]
     assert reassembly.pipeline.__file__.endswith(".py")  # this process is the reference
-    assert sum(len(v["exchanges"]) for v in expected.values()) > 1000  # type: ignore[attr-defined]
+    # > 1000 with the public corpus; the Kong demo alone (a clone without ../shared) has 86
+    at_least = 1000 if PUBLIC.is_dir() else 80
+    assert sum(len(v["exchanges"]) for v in expected.values()) > at_least  # type: ignore[attr-defined]
     assert json.loads(json.dumps(expected)) == child["result"]

@@ -135,7 +135,8 @@ def test_compiled_replay_writes_the_same_bytes(tmp_path: Path) -> None:
             assert built == pure, f"{Path(capture).name} ({name}): compiled output differs"
             total += pure.count(b"\n")
             outputs.setdefault(name, []).append(pure)
-    assert total > 2000  # both configurations really produced events
+    # both configurations really produced events (the Kong demo alone, without ../shared: 90)
+    assert total > (2000 if PUBLIC.is_dir() else 80)
     for name in CONFIGS:
         for i in range(WORKER_CAPTURES):
             pure_lines = sorted((tmp_path / "pure" / f"{name}-w{i}.jsonl").read_bytes().splitlines())
