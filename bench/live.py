@@ -18,34 +18,35 @@ repeats). "seen" is what the capturer got; "drop %" is the kernel's drop count (
 final summary, i.e. PACKET_STATISTICS tp_drops summed over its rings; tcpdump: its "dropped by kernel"
 line) over seen + dropped. "sent pps" is tcpreplay's achieved rate.
 
-Measured on 2026-11-24 21:50 UTC, 2 vCPU (Firecracker VM, load average ~1.4 from other work), 1M-packet
-capture, 4 s per rate, one run (tcpreplay shares the 2 vCPUs):
+Measured on 2026-12-06 21:00 UTC, 2 vCPU (Firecracker VM, load average ~1.0), 1M-packet capture, 4 s
+per rate, one run (tcpreplay shares the 2 vCPUs), after capture workers began building the events of
+exchanges that cannot be Kong legs themselves:
 
     offered pps | tool         |  sent pps |     sent |     seen | drop %
     ---------------------------------------------------------------------
-         50,000 | ours w=1     |    50,000 |  200,000 |  200,006 |   0.00
+         50,000 | ours w=1     |    50,000 |  200,000 |  200,005 |   0.00
          50,000 | ours w=2     |    50,000 |  200,000 |  200,000 |   0.00
          50,000 | ours C w=1   |    50,000 |  200,000 |  200,000 |   0.00
          50,000 | ours C w=2   |    50,000 |  200,000 |  200,000 |   0.00
          50,000 | tcpdump      |    50,000 |  200,000 |  200,000 |   0.00
-        100,000 | ours w=1     |   100,000 |  400,000 |  310,145 |  22.46
-        100,000 | ours w=2     |    99,795 |  400,000 |  291,234 |  27.19
+        100,000 | ours w=1     |   100,000 |  400,000 |  343,125 |  14.22
+        100,000 | ours w=2     |    99,982 |  400,000 |  380,734 |   4.82
         100,000 | ours C w=1   |   100,000 |  400,000 |  400,000 |   0.00
-        100,000 | ours C w=2   |   100,000 |  400,000 |  285,357 |  28.66
+        100,000 | ours C w=2   |    99,982 |  400,000 |  400,000 |   0.00
         100,000 | tcpdump      |   100,000 |  400,000 |  400,000 |   0.00
-        150,000 | ours w=1     |   150,000 |  600,000 |  336,308 |  43.95
-        150,000 | ours w=2     |   149,933 |  600,000 |  284,573 |  52.57
-        150,000 | ours C w=1   |   150,000 |  600,000 |  434,532 |  27.58
-        150,000 | ours C w=2   |   149,967 |  600,000 |  284,262 |  52.62
+        150,000 | ours w=1     |   150,000 |  600,000 |  337,117 |  43.81
+        150,000 | ours w=2     |   149,966 |  600,000 |  371,595 |  38.07
+        150,000 | ours C w=1   |   150,000 |  600,000 |  419,022 |  30.16
+        150,000 | ours C w=2   |   149,842 |  600,000 |  450,645 |  24.89
         150,000 | tcpdump      |   150,000 |  600,000 |  600,000 |   0.00
 
-Reading: with the compiled core one worker keeps up with 100k packets/s (0 drops) and processes
-~108k/s at 150k; pure Python ~78k/s. Two workers do worse on 2 vCPUs: the main process decodes every
-exchange the workers send and builds every event (~70k packets/s is its ceiling), while tcpreplay and
-the veth softirq take a CPU too. The next lever is workers building the events of exchanges that
-cannot be Kong legs themselves (as `replay --workers` does), which needs the daemon to take encoded
-events from the pool. tcpdump drops nothing up to 150k. Target 2 of issue 6 (no drops to >= 150k per
-worker) is met to 100k with one compiled worker, not beyond.
+Reading: the compiled core keeps up with 100k packets/s with one worker and with two (0 drops); at
+150k, one compiled worker processes ~105k/s and two ~113k/s. Two workers now beat one (before, at
+100k: 28.66 % drops with two compiled workers, 0 with one; at 150k: 52.62 % against 24.89 % now): the
+main process only joins the exchanges that may be Kong legs (none here) and writes the JSON lines the
+workers built. On these 2 vCPUs, tcpreplay and the veth softirq take most of a CPU, so two workers
+share what is left; the per-worker figure needs a machine with free cores. tcpdump drops nothing up to
+150k. Target 2 of issue 6 (no drops to >= 150k per worker) is met to 100k, not beyond.
 """
 
 from __future__ import annotations
