@@ -63,7 +63,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -129,21 +129,20 @@ def nginx() -> Iterator[int]:
 CORE: list[str | None] = [None]  # the compiled core's directory when --core compiled
 
 
+# What runs beside the gateway in one configuration: given nginx's port, a context manager for the
+# duration of the load, whose DaemonRun is filled in when it has stopped.
+Capturer = Callable[[int], AbstractContextManager[DaemonRun]]
+
+
 @contextmanager
-def daemon(port: int, workers: int | None, priority: str = "normal") -> Iterator[DaemonRun]:
-    """The daemon capturing lo for `port` while the body runs (None: no daemon); its log and CPU time
-    are filled in when it has stopped. `priority`: its SNIFFER_CPU_PRIORITY."""
-    if workers is None:
-        yield DaemonRun()
-        return
-    if priority == "tcpdump":
-        with tcpdump(port) as run:
-            yield run
-        return
-    if priority == "spinner":
-        with idle_spinner() as run:
-            yield run
-        return
+def no_capture(port: int) -> Iterator[DaemonRun]:
+    yield DaemonRun()
+
+
+@contextmanager
+def daemon(port: int, workers: int, priority: str) -> Iterator[DaemonRun]:
+    """The daemon capturing lo for `port` while the body runs; its log and CPU time are filled in when
+    it has stopped. `priority`: its SNIFFER_CPU_PRIORITY."""
     settings = dict(
         SNIFFER_INTERFACE="lo", SNIFFER_PORTS=str(port), SNIFFER_KONG_PORTS="",
         SNIFFER_WORKERS=str(workers), SNIFFER_METRICS_ADDR=f"127.0.0.1:{free_port()}",
@@ -176,7 +175,7 @@ def tcpdump(port: int) -> Iterator[DaemonRun]:
 
 
 @contextmanager
-def idle_spinner() -> Iterator[DaemonRun]:
+def idle_spinner(port: int) -> Iterator[DaemonRun]:
     """A busy loop at SCHED_IDLE, doing nothing: what any process using the CPU the gateway leaves
     costs the gateway here, however low its priority (the floor for the daemon's "idle" rows)."""
     proc = subprocess.Popen(["chrt", "--idle", "0", sys.executable, "-c", "while True: pass"])
@@ -226,12 +225,32 @@ def daemon_note(run: DaemonRun, seconds: float) -> str:
     return f"{note}, {run.cpu_s / seconds:.2f} CPU"
 
 
-def measure(
-    port: int, workers: int | None, runs: int, load: Callable[[], Load], priority: str = "normal"
-) -> tuple[Load, DaemonRun]:
-    with daemon(port, workers, priority) as run:
-        loads = [load() for _ in range(runs)]
-    return median(loads), run
+def measure(port: int, capturer: Capturer, load: Callable[[], Load]) -> tuple[Load, DaemonRun]:
+    with capturer(port) as run:
+        loaded = load()
+    return loaded, run
+
+
+def round_robin(
+    port: int,
+    configs: list[tuple[str, Capturer]],
+    load: Callable[[], Load],
+    runs: int,
+    label: str,
+    notes: list[str],
+    seconds: float,
+) -> dict[str, Load]:
+    """Each configuration under `load`, taking turns `runs` times, so that load from anything else on
+    the machine falls on all of them alike; each result is the median of its runs."""
+    results: dict[str, list[Load]] = {name: [] for name, _ in configs}
+    for _ in range(runs):
+        for name, capturer in configs:
+            got, run = measure(port, capturer, load)
+            results[name].append(got)
+            if capturer is not no_capture:
+                notes.append(f"  {name}, {label}: {daemon_note(run, seconds)}")
+            print(f"{label} {name}: {got.rps:,.0f} req/s", file=sys.stderr, flush=True)
+    return {name: median(loads) for name, loads in results.items()}
 
 
 def main() -> int:
@@ -241,9 +260,7 @@ def main() -> int:
     ap.add_argument("--fraction", type=float, default=0.5, help="fixed rate as a fraction of capacity")
     ap.add_argument("--workers", default="1,2", help="daemon worker counts to measure")
     ap.add_argument("--core", choices=("pure", "compiled"), default="compiled", help="the daemon's core")
-    ap.add_argument(
-        "--priority", default="normal,low,idle", help="SNIFFER_CPU_PRIORITY values to measure"
-    )
+    ap.add_argument("--priority", default="normal,low,idle", help="SNIFFER_CPU_PRIORITY values to measure")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (AF_PACKET on lo)")
@@ -252,49 +269,34 @@ def main() -> int:
             sys.exit(f"{tool} not installed (apt-get install -y {tool})")
     if args.core == "compiled":
         CORE[0] = compiled_build_or_none()
-    configs: list[tuple[str, int | None, str]] = [
-        ("baseline", None, "normal"),
-        ("tcpdump", 1, "tcpdump"),
-        ("idle spinner", 1, "spinner"),
+    configs: list[tuple[str, Capturer]] = [
+        ("baseline", no_capture),
+        ("tcpdump", tcpdump),
+        ("idle spinner", idle_spinner),
     ]
     for prio in args.priority.split(","):
         for w in (int(x) for x in args.workers.split(",")):
-            configs.append((f"daemon w={w}{'' if prio == 'normal' else ' ' + prio}", w, prio))
-    sat_runs: dict[str, list[Load]] = {name: [] for name, _, _ in configs}
-    fixed_runs: dict[str, list[Load]] = {name: [] for name, _, _ in configs}
+            name = f"daemon w={w}{'' if prio == 'normal' else ' ' + prio}"
+            configs.append((name, partial(daemon, workers=w, priority=prio)))
     notes: list[str] = []
     secs = args.seconds
     with nginx() as port:
         wrk(port, 2)  # warm-up
-        # Round robin: the configurations take turns, `--runs` times, so that load from anything else
-        # on the machine falls on all of them alike; each cell is the median of its runs.
-        for _ in range(args.runs):
-            for name, workers, prio in configs:
-                load, run = measure(port, workers, 1, partial(wrk, port, args.seconds), prio)
-                sat_runs[name].append(load)
-                if workers:
-                    notes.append(f"  {name}, wrk saturation: {daemon_note(run, secs)}")
-                print(f"saturation {name}: {load.rps:,.0f} req/s", file=sys.stderr, flush=True)
-        sat = {name: median(runs) for name, runs in sat_runs.items()}
+        sat = round_robin(port, configs, partial(wrk, port, secs), args.runs, "wrk saturation", notes, secs)
         # hey's Go client costs more CPU per request than wrk: when it cannot deliver the asked rate
         # on this machine even without the daemon, the rate is lowered until it can (a fixed rate
         # the client cannot hold would measure the client's saturation, not nginx's latency).
         rate = sat["baseline"].rps * args.fraction
         for _ in range(4):
-            probe, _run = measure(port, None, 1, partial(hey, port, args.seconds, rate))
+            probe, _run = measure(port, no_capture, partial(hey, port, secs, rate))
             if probe.rps >= 0.95 * rate:
                 break
             print(f"hey reached {probe.rps:,.0f} of {rate:,.0f} req/s: lowering the rate",
                   file=sys.stderr, flush=True)  # fmt: skip
             rate = 0.8 * probe.rps
-        for _ in range(args.runs):
-            for name, workers, prio in configs:
-                load, run = measure(port, workers, 1, partial(hey, port, args.seconds, rate), prio)
-                fixed_runs[name].append(load)
-                if workers:
-                    notes.append(f"  {name}, hey fixed rate: {daemon_note(run, secs)}")
-                print(f"fixed {name}: {load.rps:,.0f} req/s", file=sys.stderr, flush=True)
-        fixed = {name: median(runs) for name, runs in fixed_runs.items()}
+        fixed = round_robin(
+            port, configs, partial(hey, port, secs, rate), args.runs, "hey fixed rate", notes, secs
+        )
     base_s, base_f = sat["baseline"], fixed["baseline"]
     share = 100 * rate / base_s.rps
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end (2 vCPUs shared)")
@@ -305,7 +307,7 @@ def main() -> int:
               f"{'hey p99':>8} | {'p99 added':>9}")  # fmt: skip
     print(header)
     print("-" * len(header))
-    for name, _, _ in configs:
+    for name, _ in configs:
         s, f = sat[name], fixed[name]
         loss = 100 * (1 - s.rps / base_s.rps)
         added = 100 * (f.p99_ms / base_f.p99_ms - 1)

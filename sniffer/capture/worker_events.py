@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from reassembly.events import Endpoint, Exchange
+from reassembly.events import Exchange
 from reassembly.stats import Stats
 from sniffer.config import Config
 from sniffer.engine import Engine
@@ -84,10 +84,6 @@ class WorkerEvents:
         self.engine = Engine(replace(config, kong_ports=()), sink, stats, capture=False)
         self.feed = self.engine.feed_exchanges
         """(ts, exchanges, weights=None): as `Engine.feed_exchanges`."""
-
-    @property
-    def flow_weights(self) -> dict[tuple[Endpoint, Endpoint], int]:
-        return self.engine.flow_weights
 
     @property
     def shed_bodies(self) -> bool:

@@ -20,16 +20,13 @@ class JsonLinesSink:
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
         self._write = stream.write  # once per event: looked up once
-        self.written = 0
 
     def submit(self, event: dict[str, Any]) -> None:
         self._write(_DUMPS(event, option=_LINE))
-        self.written += 1
 
     def write_lines(self, lines: bytes) -> None:
         """Events already encoded as JSON lines (a capture worker built them)."""
         self._write(lines)
-        self.written += lines.count(b"\n")
 
     def reopen(self, stream: IO[bytes]) -> None:
         """Write to `stream` from now on (SIGHUP after logrotate moved the file); the old one is flushed,
