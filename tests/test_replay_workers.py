@@ -63,6 +63,15 @@ def test_kong_demo_joins_the_same_calls_with_workers(workers: int) -> None:
     assert n >= 30
 
 
+def test_kong_demo_joins_the_same_calls_when_every_leg_is_its_own_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The workers are forked, so they see the patched batch size: one packed leg per message, and the
+    # main process merges many small messages per frame range.
+    monkeypatch.setattr("sniffer.replay_workers.BATCH_PACKED", 1)
+    assert _same(DEMO, 2, KONG_ENV) >= 30
+
+
 def test_cli_writes_the_same_lines_with_two_workers(tmp_path: Path) -> None:
     outs = []
     for w in ("1", "2"):
