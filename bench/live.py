@@ -1,7 +1,7 @@
 """Live capture drop rate: ours (1 and 2 workers) next to tcpdump, at increasing packet rates, in one run.
 
 Usage: python bench/live.py [--rates 20000,50000,100000,150000] [--seconds 4] [--core pure,compiled]
-                            [--workers 1,2] [CAPTURE]
+                            [--workers 1,2] [--traffic wrk|kong] [--set NAME=VALUE ...] [CAPTURE]
 Needs root, tcpreplay (`apt-get install -y tcpreplay`) and tcpdump.
 
 A veth pair: one end in the root namespace, the other in a fresh network namespace. tcpreplay sends the
@@ -12,6 +12,13 @@ core, then with the mypyc-compiled one, "ours C", built by bench/compiled.py as 
 `tcpdump -i <veth> -w /dev/null` (the C reference). The frames keep their loopback addresses and zero
 MACs: the IP layer drops them as martians, but AF_PACKET taps see every frame before that, which is
 all that is measured here. Both ends get MTU 65535 because the capture was taken on lo.
+
+`--traffic kong` sends Kong traffic instead: the bundled Kong demo repeated (bench/kong_capture.py
+`--ethernet`, 1M frames; client legs to the proxy ports 8000/8001, upstream legs to 9000), captured on
+those ports with `SNIFFER_KONG_PORTS=8000,8001`: every exchange is a possible Kong leg, so with 2 workers
+the main process joins and builds every event.
+
+`--set` passes a setting to every daemon run (e.g. `--set SNIFFER_DROP_PURE_ACKS=true`).
 
 Each run sends `rate x seconds` packets (`--limit`, from the 1M capture when present, so no packet
 repeats). "seen" is what the capturer got; "drop %" is the kernel's drop count (ours: the daemon's
@@ -68,9 +75,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from captures import BIG_CAPTURE, WRK_CAPTURE, ensure_capture
 from compiled import compiled_build_or_none
 from daemon_run import running_daemon
+from kong_capture import ETHERNET_OUT
+from kong_capture import make as make_kong_capture
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sniffer.capture.pcapfile import open_capture
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT = 18080  # the port of make_capture.sh's nginx
+KONG_PORTS = "8000,8001"  # the Kong demo's proxy ports (bench/kong_capture.py)
+KONG_CAPTURE_PORTS = "8000,8001,8443,9000"  # and its upstream port
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What is sent and what the capturers are told to capture."""
+
+    ports: str  # SNIFFER_PORTS, and tcpdump's port filter
+    kong_ports: str  # SNIFFER_KONG_PORTS
+
+
+WRK = Traffic(str(PORT), "")
+KONG = Traffic(KONG_CAPTURE_PORTS, KONG_PORTS)
 
 
 @dataclass
@@ -135,17 +161,26 @@ _COUNTS: dict[Path, int] = {}
 
 def _packets_in(capture: Path) -> int:
     if capture not in _COUNTS:
-        _COUNTS[capture] = 1_000_000 if capture == BIG_CAPTURE else 100_000
+        with open_capture(capture) as cap:
+            _COUNTS[capture] = sum(1 for _ in cap)
     return _COUNTS[capture]
 
 
 def run_ours(
-    net: VethNamespace, capture: Path, pps: int, count: int, workers: int, core: str | None = None
+    net: VethNamespace,
+    capture: Path,
+    traffic: Traffic,
+    pps: int,
+    count: int,
+    workers: int,
+    core: str | None = None,
+    extra: dict[str, str] | None = None,
 ) -> Result:
     settings = dict(
-        SNIFFER_INTERFACE=net.inner, SNIFFER_PORTS=str(PORT), SNIFFER_KONG_PORTS="",
+        SNIFFER_INTERFACE=net.inner, SNIFFER_PORTS=traffic.ports, SNIFFER_KONG_PORTS=traffic.kong_ports,
         SNIFFER_WORKERS=str(workers), SNIFFER_SHED="off", SNIFFER_METRICS_ADDR="127.0.0.1:9464",
     )  # fmt: skip
+    settings.update(extra or {})
     with running_daemon(settings, core, prefix=tuple(net.exec())) as run:
         sent, rate = replay(net, capture, pps, count)
         time.sleep(1.0)
@@ -156,8 +191,9 @@ def run_ours(
     return Result(rate, sent, seen, dropped)
 
 
-def run_tcpdump(net: VethNamespace, capture: Path, pps: int, count: int) -> Result:
-    cmd = net.exec("tcpdump", "-i", net.inner, "-n", "-w", "/dev/null", f"tcp port {PORT}")
+def run_tcpdump(net: VethNamespace, capture: Path, traffic: Traffic, pps: int, count: int) -> Result:
+    ports = " or ".join(f"port {p}" for p in traffic.ports.split(","))
+    cmd = net.exec("tcpdump", "-i", net.inner, "-n", "-w", "/dev/null", f"tcp and ({ports})")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
@@ -184,13 +220,24 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--core", default="pure,compiled", help="pure and/or compiled (mypyc) core")
     ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--traffic", choices=("wrk", "kong"), default="wrk", help="what CAPTURE defaults to")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a daemon setting")
     args = ap.parse_args()
+    extra = dict(item.split("=", 1) for item in args.set)
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces, AF_PACKET)")
     for tool in ("tcpreplay", "tcpdump"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not installed (apt-get install -y {tool})")
-    capture = args.capture or (BIG_CAPTURE if BIG_CAPTURE.exists() else ensure_capture(WRK_CAPTURE))
+    traffic = KONG if args.traffic == "kong" else WRK
+    if args.capture:
+        capture = args.capture
+    elif traffic is KONG:
+        capture = ETHERNET_OUT
+        if not capture.exists():
+            make_kong_capture(capture, 2000, ethernet=True)
+    else:
+        capture = BIG_CAPTURE if BIG_CAPTURE.exists() else ensure_capture(WRK_CAPTURE)
     rates = [int(r) for r in args.rates.split(",")]
     rows: list[tuple[str, int, str | None]] = []
     for kind in args.core.split(","):
@@ -202,7 +249,7 @@ def main() -> int:
     header = f"{'offered pps':>11} | {'tool':<12} | {'sent pps':>9} | {'sent':>8} | {'seen':>8} | drop %"
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"capture {capture}, {args.seconds:g} s per rate; load average {load} (2 vCPUs shared); "
-          "ours C = the mypyc-compiled core")  # fmt: skip
+          f"ours C = the mypyc-compiled core; settings {extra or 'default'}")  # fmt: skip
     print(header)
     print("-" * len(header))
     with VethNamespace() as net:
@@ -210,9 +257,9 @@ def main() -> int:
             count = int(pps * args.seconds)
             for name, workers, core in [*rows, ("tcpdump", 0, None)]:
                 if name == "tcpdump":
-                    r = run_tcpdump(net, capture, pps, count)
+                    r = run_tcpdump(net, capture, traffic, pps, count)
                 else:
-                    r = run_ours(net, capture, pps, count, workers, core)
+                    r = run_ours(net, capture, traffic, pps, count, workers, core, extra)
                 print(f"{pps:>11,} | {name:<12} | {r.sent_pps:>9,.0f} | {r.sent:>8,} | {r.seen:>8,} | "
                       f"{r.drop_pct:6.2f}", flush=True)  # fmt: skip
     return 0
