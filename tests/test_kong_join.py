@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from reassembly.events import Exchange, HttpRequest, HttpResponse
 from reassembly.stats import Stats
+from sniffer.capture.worker_events import SurelyPlain
 from sniffer.kong.api_call import ApiCall, Legs
 from sniffer.kong.classify import LegClassifier, LegKind
 from sniffer.kong.join import LegJoiner
@@ -231,6 +232,23 @@ def test_is_plain_only_for_what_classify_calls_plain_in_any_header_case() -> Non
                 assert fast == (ex is plain or ex is plain_too)
             assert cls.classify(via_nginx) is LegKind.PLAIN
     assert LegClassifier(frozenset()).is_plain(cases[0])
+
+
+def test_surely_plain_only_for_what_any_classifier_calls_plain() -> None:
+    """What capture workers turn into events themselves: plain whatever hosts the classifier learned."""
+    old_kong = upstream_leg("bob", 0.001, 0.009, via=False, gw=(GW_FRONT, 52000))
+    plain = _exchange(("10.0.0.5", 41000), ("10.0.0.6", 80), "GET", "/", [("Host", "a")], 200, [], 0, 1)
+    proxied = _exchange(  # a generic reverse proxy's headers: plain unless its sender is a Kong host
+        (GW_FRONT, 53000), SERVICE, "GET", "/x", [("X-Consumer-Username", "bob")], 200, [], 0, 1
+    )
+    cases = [client_leg("alice", 0.0, 0.01), upstream_leg("alice", 0.001, 0.009), old_kong, plain, proxied]
+    surely = SurelyPlain(KONG, frozenset())
+    for ex in cases * 2:  # twice: the second time the header names are known
+        answer = surely(ex)
+        assert answer == (ex is plain)
+        for kong_hosts in (frozenset(), frozenset({GW_FRONT})):
+            assert not answer or LegClassifier(KONG, kong_hosts=kong_hosts).classify(ex) is LegKind.PLAIN
+    assert LegClassifier(KONG).classify(proxied) is LegKind.PLAIN  # yet not surely so: GW_FRONT may be Kong
 
 
 def test_classify_weak_markers_need_a_kong_host_or_an_upstream_port() -> None:
