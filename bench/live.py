@@ -54,6 +54,25 @@ main process only joins the exchanges that may be Kong legs (none here) and writ
 workers built. On these 2 vCPUs, tcpreplay and the veth softirq take most of a CPU, so two workers
 share what is left; the per-worker figure needs a machine with free cores. tcpdump drops nothing up to
 150k. Target 2 of issue 6 (no drops to >= 150k per worker) is met to 100k, not beyond.
+
+`--traffic kong`, measured on 2026-12-06 22:25 UTC (same VM, load average ~0.5-1.2, 1,002,000-frame Kong
+capture: 90,000 calls, about 11 frames per call, a third of them pure ACKs), drop %:
+
+    offered pps | ours w=1 | ours w=2 | ours C w=1 | ours C w=2 | tcpdump
+         50,000 |     0.00 |     0.00 |       0.00 |       0.00 |    0.00
+         60,000 |     0.00 |     1.34 |       0.00 |       0.00 |    0.00
+         80,000 |    23.91 |    19.13 |       0.79 |       4.55 |    0.00
+        100,000 |    45.85 |    43.59 |      13.65 |      35.13 |    0.00
+        150,000 |    57.69 |    59.92 |      51.39 |      62.49 |    0.00
+
+Reading: on Kong traffic one worker keeps up to 60k frames/s pure (~5,400 calls/s, both legs) and to
+~80k compiled; two workers do not help on these 2 vCPUs (compiled, they are worse from 80k on): every
+exchange may be a leg, so the main process decodes, joins and builds every event, and three busy
+processes share the one CPU tcpreplay leaves. A check at 20k frames/s with the events written out: 4,500
+events, 4,100 of them both legs joined, with 1 and with 2 workers, as `replay` gives on the same frames.
+`--set SNIFFER_DROP_PURE_ACKS=true` (a third fewer frames reach the ring) moved the compiled 1-worker
+limit only a little (at 100k offered: 208k of 266k frames kept, 22 % drops), as pure ACKs are the
+cheapest frames (~2 us each in the core against ~12 us for a data frame and ~10 us for a SYN or FIN).
 """
 
 from __future__ import annotations
