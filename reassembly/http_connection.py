@@ -58,6 +58,11 @@ from reassembly.stats import Stats
 
 __all__ = ["HttpConnectionParser"]
 
+# Where `_out` points between calls. Exchanges are only emitted while feed, feed_data or close runs;
+# keeping the caller's list after it returned would keep the last exchanges of every idle connection
+# alive (bodies and all: up to the body limits times the flow cap, outside every memory budget).
+_NOWHERE: Final[list[Exchange]] = []
+
 # More interim (1xx) responses than this before one final response are not worth keeping.
 _MAX_INTERIM: Final = 16
 # A flow whose start we did not see (mid-stream, or its first bytes lost) is scanned for a start line;
@@ -149,7 +154,7 @@ class HttpConnectionParser:
         self._dead = False
         self._closed = False
         self._unproven_bytes = 0  # bytes fed before any head was parsed; -1 once one was
-        self._out: list[Exchange] = []
+        self._out: list[Exchange] = _NOWHERE  # the caller's list, only while a feed or close runs
 
     # -- public API ----------------------------------------------------------------------------------------
 
@@ -183,6 +188,8 @@ class HttpConnectionParser:
             reader.gap(gap.offset, gap.length)
         except Exception:
             self._recover(reader)
+        finally:
+            self._out = _NOWHERE
         return out
 
     def feed_data(self, to_server: bool, data: bytes, offset: int, ts: float, out: list[Exchange]) -> None:
@@ -202,6 +209,8 @@ class HttpConnectionParser:
             reader.feed(data, offset, ts)
         except Exception:
             self._recover(reader)
+        finally:
+            self._out = _NOWHERE
 
     def close(self, ts: float, out: list[Exchange] | None = None) -> list[Exchange]:
         """The flow ended: finish close-delimited bodies and emit everything pending, flagged."""
@@ -227,6 +236,8 @@ class HttpConnectionParser:
             self._from_client.release()
             self._from_server.release()
             self._release_entries()
+        finally:
+            self._out = _NOWHERE
         return out
 
     # -- reader sink ---------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 import reassembly.http_connection as http_connection
@@ -94,6 +96,29 @@ def test_one_exchange_fields_and_emitted_when_the_response_completes() -> None:
     )
     assert parser.close(4.0) == []
     assert stats["exchanges"] == 1
+
+
+def test_an_idle_connection_keeps_no_exchange_it_emitted() -> None:
+    # Keep-alive connections sit idle between calls, tens of thousands of them on a gateway: what a
+    # parser emitted (bodies and all) must belong to the caller alone once the call returned.
+    parser = HttpConnectionParser(7, CLIENT, SERVER, Limits(), Stats())
+    parser.feed(StreamData(7, C, 0, GET, 1.0))
+    out = parser.feed(StreamData(7, S, 0, OK, 2.0))
+    (x,) = out
+    del out
+    assert sys.getrefcount(x) == 2  # `x` and getrefcount's argument
+    out = []  # feed_data, as the pipeline's fast path calls it, with the caller's list
+    parser.feed_data(True, GET, len(GET), 3.0, out)
+    parser.feed_data(False, OK, len(OK), 4.0, out)
+    (y,) = out
+    del out
+    assert y.index == 1 and sys.getrefcount(y) == 2
+    out = []  # and close, which emits the request still unanswered
+    parser.feed_data(True, GET, 2 * len(GET), 5.0, out)
+    parser.close(6.0, out)
+    (z,) = out
+    del out
+    assert F.UNANSWERED in z.flags and sys.getrefcount(z) == 2
 
 
 def test_pipelined_head_then_get() -> None:
