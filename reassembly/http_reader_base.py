@@ -305,3 +305,4 @@ class ReaderBase:
         self.state = START
         self._first = False
         self._sink.on_message(self, msg)
+        self.head_fields = NO_FIELDS  # read up to on_message; an idle connection need not keep them
