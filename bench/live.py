@@ -65,8 +65,12 @@ capture: 90,000 calls, about 11 frames per call, a third of them pure ACKs), dro
         100,000 |    45.85 |    43.59 |      13.65 |      35.13 |    0.00
         150,000 |    57.69 |    59.92 |      51.39 |      62.49 |    0.00
 
-Reading: on Kong traffic one worker keeps up to 60k frames/s pure (~5,400 calls/s, both legs) and to
-~80k compiled; two workers do not help on these 2 vCPUs (compiled, they are worse from 80k on): every
+A second run an hour later (after the parser stopped keeping idle connections' last exchanges), at
+60k / 80k / 100k: ours C w=1 0.00 / 23.81 / 21.52 %, ours C w=2 0.00 / 26.56 / 52.23 %, ours w=1 0.00 /
+24.99 / 51.10 %, ours w=2 4.96 / 29.44 / 44.80 %: the VM's speed varies that much from hour to hour.
+
+Reading: on Kong traffic one worker keeps up to 60k frames/s (~5,400 calls/s, both legs), pure or
+compiled, and compiled somewhere between 60k and 80k; two workers do not help on these 2 vCPUs (compiled, they are worse from 80k on): every
 exchange may be a leg, so the main process decodes, joins and builds every event, and three busy
 processes share the one CPU tcpreplay leaves. A check at 20k frames/s with the events written out: 4,500
 events, 4,100 of them both legs joined, with 1 and with 2 workers, as `replay` gives on the same frames.
