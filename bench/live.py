@@ -70,7 +70,7 @@ A second run an hour later (after the parser stopped keeping idle connections' l
 24.99 / 51.10 %, ours w=2 4.96 / 29.44 / 44.80 %: the VM's speed varies that much from hour to hour.
 
 Reading: on Kong traffic one worker keeps up to 60k frames/s (~5,400 calls/s, both legs), pure or
-compiled, and compiled somewhere between 60k and 80k; two workers do not help on these 2 vCPUs (compiled, they are worse from 80k on): every
+compiled, and compiled somewhere between 60k and 80k. Two workers do not help on these 2 vCPUs: every
 exchange may be a leg, so the main process decodes, joins and builds every event, and three busy
 processes share the one CPU tcpreplay leaves. A check at 20k frames/s with the events written out: 4,500
 events, 4,100 of them both legs joined, with 1 and with 2 workers, as `replay` gives on the same frames.
