@@ -36,10 +36,22 @@ MAX_FLOW_WEIGHTS = 1 << 17
 JOIN_ADVANCE_INTERVAL_S = 1.0
 
 
-def make_pipeline(config: Config, stats: Stats) -> Pipeline:
-    """The core as the configuration wants it (also what each capture worker runs)."""
+def make_pipeline(config: Config, stats: Stats, workers: int = 1) -> Pipeline:
+    """The core as the configuration wants it (also what each capture worker runs).
+
+    The budgets over all flows (flows, buffered bytes, HTTP bytes) are the daemon's: with `workers`
+    processes splitting the flows between them, each takes its share, so the daemon's memory stays
+    what the configuration says whatever the worker count (the flow hash spreads flows evenly)."""
+    limits = config.limits()
+    if workers > 1:
+        limits = replace(
+            limits,
+            max_flows=max(1, limits.max_flows // workers),
+            max_buffer_bytes=max(1, limits.max_buffer_bytes // workers),
+            max_http_buffer_bytes=max(1, limits.max_http_buffer_bytes // workers),
+        )
     return Pipeline(
-        config.limits(), server_ports=frozenset(config.ports), ignored_ports=own_ports(config), stats=stats
+        limits, server_ports=frozenset(config.ports), ignored_ports=own_ports(config), stats=stats
     )
 
 

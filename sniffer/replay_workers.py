@@ -73,7 +73,7 @@ def _worker(
     for other in others:  # the main process's pipe ends: held here, its exit would never be seen
         other.close()
     stats = Stats()
-    pipeline = make_pipeline(config, stats)
+    pipeline = make_pipeline(config, stats, n)
     feed = pipeline.feed
     events = WorkerEvents(config, stats, jsonl=encode)
     plain_engine = events.feed

@@ -15,8 +15,10 @@ from scapy.layers.inet import IP, TCP, fragment
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Packet
 
+from reassembly.stats import Stats
 from sniffer.capture.flow_hash import FlowSplitter
 from sniffer.config import Config
+from sniffer.engine import make_pipeline
 from sniffer.replay import replay_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +72,20 @@ def test_kong_demo_joins_the_same_calls_when_every_leg_is_its_own_message(
     # main process merges many small messages per frame range.
     monkeypatch.setattr("sniffer.replay_workers.BATCH_PACKED", 1)
     assert _same(DEMO, 2, KONG_ENV) >= 30
+
+
+def test_workers_share_the_daemons_budgets_over_all_flows() -> None:
+    config = Config.load(None, {"SNIFFER_MAX_FLOWS": "1000", "SNIFFER_MAX_BUFFER_BYTES": str(64 << 20)})
+    one = make_pipeline(config, Stats()).limits
+    assert (one.max_flows, one.max_buffer_bytes, one.max_http_buffer_bytes) == (1000, 64 << 20, 64 << 20)
+    two = make_pipeline(config, Stats(), 2).limits
+    assert (two.max_flows, two.max_buffer_bytes, two.max_http_buffer_bytes) == (500, 32 << 20, 32 << 20)
+    # per-flow and per-message caps are not shared
+    assert (two.max_flow_buffer_bytes, two.max_header_bytes, two.max_body_bytes) == (
+        one.max_flow_buffer_bytes,
+        one.max_header_bytes,
+        one.max_body_bytes,
+    )
 
 
 def test_cli_writes_the_same_lines_with_two_workers(tmp_path: Path) -> None:

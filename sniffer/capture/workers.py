@@ -194,14 +194,16 @@ def _weights_of(exchanges: list[Exchange], weights: dict[tuple[Any, Any], int]) 
     return w or None
 
 
-def _worker_main(index: int, rings: list[RingSocket], conn: Any, config: Config, others: list[Any]) -> None:
+def _worker_main(
+    index: int, n: int, rings: list[RingSocket], conn: Any, config: Config, others: list[Any]
+) -> None:
     """One capture worker: rings -> pipeline -> events of plain exchanges, Kong legs -> main process."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     for other in others:  # the main process's ends of other workers' pipes and their rings
         other.close()
     stats = Stats()
-    pipeline = make_pipeline(config, stats)
+    pipeline = make_pipeline(config, stats, n)
     handle = pipeline.feed  # the walk collects what it returns into `pending`: no wrapper per packet
     pending: list[Exchange] = []
     weights: dict[tuple[Any, Any], int] = {}
@@ -309,7 +311,7 @@ class WorkerPool:
             others += [r for j, rs in enumerate(self._ring_sets) if j != i for r in rs]
             proc = ctx.Process(
                 target=_worker_main,
-                args=(i, rings, child, self._config, others),
+                args=(i, len(self._ring_sets), rings, child, self._config, others),
                 name=f"capture-{i}",
                 daemon=True,
             )
