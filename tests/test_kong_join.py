@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from reassembly.events import Exchange, HttpRequest, HttpResponse
 from reassembly.stats import Stats
 from sniffer.capture.worker_events import SurelyPlain
+from sniffer.kong import join as join_module
 from sniffer.kong.api_call import ApiCall, Legs
 from sniffer.kong.classify import LegClassifier, LegKind
 from sniffer.kong.join import LegJoiner
@@ -284,6 +285,39 @@ def test_plain_http_beside_kong_is_single() -> None:
 
 
 # -- joining ---------------------------------------------------------------------------------------------
+def test_a_leg_with_a_request_id_is_never_fitted_against_legs_with_other_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A busy gateway: thousands of upstream legs of the same route wait for their client legs (they
+    # arrive from another capture worker). Fitting each new leg against all of them made the join
+    # quadratic; only legs without an id (older Kong) can be a leg's partner besides its namesake.
+    fits = 0
+    real_fit = join_module._fit
+
+    def counting_fit(c: object, u: object) -> float | None:
+        nonlocal fits
+        fits += 1
+        return real_fit(c, u)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(join_module, "_fit", counting_fit)
+    joiner = LegJoiner(KONG)
+    for i in range(2000):
+        assert joiner.feed(upstream_leg("alice", 10.0 + i * 1e-4, 10.5, rid=f"{i:032x}")) == []
+    no_id = upstream_leg("bob", 10.3, 10.4, src_ip="10.77.1.9")  # Kong 2.x sends no request id
+    assert joiner.feed(no_id) == []
+    assert fits == 0 and joiner.pending == 2001
+    # A client leg whose partner is pending: found by its id, one fit.
+    c = client_leg("alice", 10.05, 10.6, rid=f"{500:032x}")
+    (call,) = joiner.feed(c)
+    assert call.upstream_leg is not None and call.kong_request_id == f"{500:032x}" and fits == 1
+    # A client leg whose id nobody has: fitted against the one leg without an id, which is its partner.
+    fits = 0
+    c2 = client_leg("bob", 10.25, 10.45, rid=f"{99999:032x}", src=("10.77.1.9", 40007))
+    (call2,) = joiner.feed(c2)
+    assert call2.upstream_leg is no_id and fits == 1
+    assert joiner.pending == 1999
+
+
 @pytest.mark.parametrize("upstream_first", [True, False])
 def test_join_by_request_id(upstream_first: bool) -> None:
     joiner = LegJoiner(KONG)

@@ -30,6 +30,7 @@ client draining a large buffered response) yields two partial events instead of 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 from collections import OrderedDict
@@ -209,6 +210,13 @@ class LegJoiner:
             LegKind.CLIENT: {},
             LegKind.UPSTREAM: {},
         }
+        # The same, for the legs without a request id only: a leg with one can only join its namesake
+        # or a leg without one (`_fit`), and on a busy gateway the other legs pending under one key (same
+        # method and path) may be thousands, each with its own id.
+        self._by_key_no_rid: dict[LegKind, dict[tuple[bytes, bytes], list[_Leg]]] = {
+            LegKind.CLIENT: {},
+            LegKind.UPSTREAM: {},
+        }
         self._gone_alone: OrderedDict[str, LegKind] = OrderedDict()  # request id -> kind of the leg sent
 
     @property
@@ -322,12 +330,18 @@ class LegJoiner:
             same = self._by_rid[other].get(leg.rid)
             if same:
                 return list(same)
-        index = self._by_key[other]
+            index = self._by_key_no_rid[other]  # a leg with another id can never fit this one
+        else:
+            index = self._by_key[other]
         found = list(index.get(leg.key, ()))
         if other is LegKind.UPSTREAM and leg.key[1]:
             found += index.get((leg.method, b""), ())  # upstream legs whose whole path was stripped
         elif other is LegKind.CLIENT and not leg.key[1] and b"x-forwarded-path" not in leg.headers:
-            found = [c for c in self._pending[LegKind.CLIENT].values() if c.method == leg.method]
+            found = [
+                c
+                for c in self._pending[LegKind.CLIENT].values()
+                if c.method == leg.method and (leg.rid is None or c.rid is None)
+            ]
         return found
 
     @staticmethod
@@ -373,6 +387,8 @@ class LegJoiner:
         pending[leg.seq] = leg
         if leg.rid is not None:
             self._by_rid[leg.kind].setdefault(leg.rid, []).append(leg)
+        else:
+            self._by_key_no_rid[leg.kind].setdefault(leg.key, []).append(leg)
         self._by_key[leg.kind].setdefault(leg.key, []).append(leg)
         self._bytes += leg.size
         while self.pending > self.max_pending or (self._bytes > self.max_pending_bytes and self.pending > 1):
@@ -386,6 +402,8 @@ class LegJoiner:
         self._bytes -= leg.size
         if leg.rid is not None:
             _discard(self._by_rid[leg.kind], leg.rid, leg)
+        else:
+            _discard(self._by_key_no_rid[leg.kind], leg.key, leg)
         _discard(self._by_key[leg.kind], leg.key, leg)
 
     def _expire(self, ts: float) -> list[ApiCall]:
@@ -405,9 +423,7 @@ def _discard(index: dict[K, list[_Leg]], key: K, leg: _Leg) -> None:
     bucket = index.get(key)
     if bucket is None:
         return
-    for i, item in enumerate(bucket):
-        if item is leg:
-            del bucket[i]
-            break
+    with contextlib.suppress(ValueError):
+        bucket.remove(leg)  # legs compare by identity (eq=False): one C-level scan
     if not bucket:
         del index[key]
