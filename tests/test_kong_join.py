@@ -555,3 +555,43 @@ def test_every_call_once_with_its_own_identity(n: int, seed: int, request_ids: b
         assert KEYS[_user_of(call)] == _key_of(call)  # type: ignore[index]
         if request_ids:
             assert truth[id(call.client_leg)] is call.upstream_leg
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(9, 60), seed=st.integers(0, 2**32 - 1))
+def test_time_filter_of_many_candidates_changes_no_join(n: int, seed: int) -> None:
+    """Identical calls without request ids from one client address, overlapping in time, legs fed in a
+    shuffled order: the joiner pairs them as it does when it fits every candidate."""
+    rnd = random.Random(seed)
+    exchanges = []
+    for i in range(n):
+        start = rnd.uniform(0, 0.2)
+        up_start = start + rnd.uniform(0.00005, 0.0008)
+        up_end = up_start + rnd.uniform(0.001, 0.05)
+        end = up_end + rnd.uniform(0.00005, 0.0008)
+        exchanges += [
+            client_leg("alice", start, end, src=("10.77.1.1", 40000 + i)),
+            upstream_leg("alice", up_start, up_end, gw=(GW_BACK, 51000 + i % 4)),
+        ]
+    rnd.shuffle(exchanges)
+
+    index = {id(ex): i for i, ex in enumerate(exchanges)}
+
+    def pairs() -> list[tuple[int, int]]:
+        joiner = LegJoiner(KONG, stats=Stats())
+        calls: list[ApiCall] = []
+        for ex in exchanges:  # in the shuffled order: legs reach the main process from two workers
+            calls += joiner.feed(ex)
+        calls += joiner.close()
+        return sorted(
+            (
+                index[id(c.client_leg)] if c.client_leg else -1,
+                index[id(c.upstream_leg)] if c.upstream_leg else -1,
+            )
+            for c in calls
+        )
+
+    filtered = pairs()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(join_module, "TIME_FILTER_FROM", 1 << 30)
+        assert pairs() == filtered
