@@ -18,6 +18,7 @@ from typing import IO, Any
 from sniffer import __version__
 from sniffer.config import Config, add_arguments
 from sniffer.errors import CaptureError, ConfigError
+from sniffer.gc_policy import tune_collector
 
 __all__ = ["main"]
 
@@ -163,8 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         from sniffer.daemon import run
 
+        if argv is None:  # this process is the command (tests call main(argv) in their own)
+            tune_collector()
         return run(config, output=args.output, log_file=args.log_file, sender_factory=_make_sender)
     if args.command == "replay":
+        if argv is None:
+            tune_collector()
         try:
             return _cmd_replay(args, config)
         except BrokenPipeError:  # `| head`: the reader went away; not an error worth a traceback
