@@ -69,8 +69,12 @@ A second run an hour later (after the parser stopped keeping idle connections' l
 60k / 80k / 100k: ours C w=1 0.00 / 23.81 / 21.52 %, ours C w=2 0.00 / 26.56 / 52.23 %, ours w=1 0.00 /
 24.99 / 51.10 %, ours w=2 4.96 / 29.44 / 44.80 %: the VM's speed varies that much from hour to hour.
 
-Reading: on Kong traffic one worker keeps up to 60k frames/s (~5,400 calls/s, both legs), pure or
-compiled, and compiled somewhere between 60k and 80k. Two workers do not help on these 2 vCPUs: every
+After the idle-connection, leg-join and garbage-collector fixes (23:40, 60k / 80k / 100k; 120k from a
+second run): ours w=1 0.00 / 9.64 / 30.85 / 56.28 %, ours w=2 0.00 / 0.00 / 14.95 / 33.58 %, ours C w=1
+0.00 / 0.00 / 3.79 / 12.83 %, ours C w=2 0.00 / 0.00 / 22.87 / 27.86 %, tcpdump 0 everywhere.
+
+Reading: on Kong traffic one worker keeps up to 60k frames/s (~5,400 calls/s, both legs) pure and 80k
+compiled. Two workers do not help on these 2 vCPUs: every
 exchange may be a leg, so the main process decodes, joins and builds every event, and three busy
 processes share the one CPU tcpreplay leaves. A check at 20k frames/s with the events written out: 4,500
 events, 4,100 of them both legs joined, with 1 and with 2 workers, as `replay` gives on the same frames.
