@@ -134,3 +134,23 @@ def test_bundled_demo_replays(tmp_path: Path) -> None:
     events = events_of(p.stdout)
     calls = json.loads((ROOT / "pcaps" / "kong-demo.calls.json").read_text())
     assert len(events) == len(calls)
+
+
+def test_the_replay_command_tunes_the_collector_and_an_in_process_call_does_not(tmp_path: Path) -> None:
+    # sniffer/gc_policy.py: the command's own process gets the raised thresholds and a frozen start-up
+    # heap; main(argv) called from other code (tests) leaves that process's collector alone.
+    code = (
+        "import gc, sys\n"
+        "from sniffer.cli import main\n"
+        "default = gc.get_threshold()\n"
+        f"main(['replay', {str(DEMO)!r}, '-q', '-o', {str(tmp_path / 'a.jsonl')!r}])\n"
+        "print(gc.get_threshold() == default, gc.get_freeze_count() == 0)\n"
+        f"sys.argv = ['moesif-sniffer', 'replay', {str(DEMO)!r}, '-q', '-o', {str(tmp_path / 'b.jsonl')!r}]\n"
+        "main()\n"
+        "from sniffer.gc_policy import THRESHOLDS\n"
+        "print(gc.get_threshold() == THRESHOLDS, gc.get_freeze_count() > 0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True", "True"]
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes() != b""
