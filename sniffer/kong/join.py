@@ -119,9 +119,19 @@ def _path_fits(client_path: bytes, upstream_path: bytes, prefix: bytes | None) -
     return client_path.endswith(upstream_path) or upstream_path.endswith(client_path)
 
 
+def _nests(c: _Leg, u: _Leg) -> bool:
+    """`u` lies inside `c` in time, as an upstream leg inside its client leg (the legs' capture times
+    may disagree by NEST_SLACK_S); the ends are only compared when both legs were answered."""
+    return u.start >= c.start - NEST_SLACK_S and (
+        c.ex.response is None or u.ex.response is None or u.end <= c.end + NEST_SLACK_S
+    )
+
+
 def _fit(c: _Leg, u: _Leg) -> float | None:
     """How tightly `u` fits inside `c` as its upstream leg (lower is better); None: it cannot be."""
     if c.method != u.method or (c.rid is not None and u.rid is not None and c.rid != u.rid):
+        return None
+    if not _nests(c, u):  # the cheapest test that tells identical concurrent calls apart
         return None
     cu, uh, ch = c.ex, u.headers, c.headers
     penalty = 0.0
@@ -155,10 +165,6 @@ def _fit(c: _Leg, u: _Leg) -> float | None:
         b = uh.get(name)
         if b is not None and ch.get(name) != b:
             return None
-    if u.start < c.start - NEST_SLACK_S:
-        return None
-    if cu.response is not None and u.ex.response is not None and u.end > c.end + NEST_SLACK_S:
-        return None
     return penalty + (u.start - c.start) + max(c.end - u.end, 0.0)
 
 
@@ -346,22 +352,23 @@ class LegJoiner:
             ]
         if len(found) > TIME_FILTER_FROM:
             # Many identical calls pending (no request ids, one route, one client address): keep those
-            # `_fit`'s time nesting admits, in one pass. None of these shares the leg's id (see above),
-            # so `_best` would skip the others anyway.
-            has_resp = leg.ex.response is not None
+            # that nest in time, in one pass. None of these shares the leg's id (see above), so `_best`
+            # would skip the others anyway (`_fit` tests `_nests` too). `_nests` is inlined here: a call
+            # per candidate doubled the cost (3,000 identical calls pending: 546 against 268 ms).
+            answered = leg.ex.response is not None
             if other is LegKind.UPSTREAM:
                 low, high = leg.start - NEST_SLACK_S, leg.end + NEST_SLACK_S
                 found = [
                     u
                     for u in found
-                    if u.start >= low and (u.end <= high or not has_resp or u.ex.response is None)
+                    if u.start >= low and (not answered or u.ex.response is None or u.end <= high)
                 ]
             else:
                 found = [
                     c
                     for c in found
                     if leg.start >= c.start - NEST_SLACK_S
-                    and (leg.end <= c.end + NEST_SLACK_S or not has_resp or c.ex.response is None)
+                    and (not answered or c.ex.response is None or leg.end <= c.end + NEST_SLACK_S)
                 ]
         return found
 
