@@ -49,9 +49,7 @@ def _copy(frame: bytes, k: int, ethernet: bool) -> bytes:
     sll = dpkt.sll2.SLL2(frame)
     ip = sll.data
     tcp = ip.data
-    if not isinstance(tcp, dpkt.tcp.TCP):
-        return _framed(sll, ethernet)
-    if k == 0:
+    if k == 0 or not isinstance(tcp, dpkt.tcp.TCP):
         return _framed(sll, ethernet)
     if tcp.data:
         tcp.data = KONG_ID.sub(lambda m: m.group(1) + b"%04x" % (k & 0xFFFF), tcp.data)
