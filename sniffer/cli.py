@@ -81,6 +81,7 @@ def _make_sender(config: Config) -> Any:
         batch_size=config.batch_size,
         batch_max_time_s=config.batch_max_time,
         queue_size=config.event_queue_size,
+        queue_bytes=config.event_queue_bytes,
         connect_timeout_s=config.connect_timeout / 1000.0,
         send_timeout_s=config.send_timeout / 1000.0,
         flush_timeout_s=config.flush_timeout,

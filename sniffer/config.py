@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from reassembly.limits import Limits
 from sniffer.errors import ConfigError
+from sniffer.moesif.batcher import DEFAULT_QUEUE_BYTES
 
 __all__ = ["IGNORED_ENV", "OPTIONS", "Config", "Option", "add_arguments", "options_markdown", "split_addr"]
 
@@ -236,6 +237,12 @@ OPTIONS: tuple[Option, ...] = (
     _m("batch_size", _count, 50, "Maximum events per batch POST"),
     _m("batch_max_time", _seconds, 2.0, "Seconds an event may wait before its batch is sent"),
     _m("event_queue_size", _count, 100_000, "Events queued for sending; the oldest are dropped when full"),
+    _m(
+        "event_queue_bytes",
+        _count,
+        DEFAULT_QUEUE_BYTES,
+        "Bytes of encoded events queued for sending; the oldest are dropped when over",
+    ),
     _m("connect_timeout", _ms, 1000, "Milliseconds for the config fetch (plugin unit)"),
     _m("send_timeout", _ms, 5000, "Milliseconds for a batch POST (plugin unit)"),
     _m("flush_timeout", _seconds, 10.0, "Seconds allowed for the final flush on shutdown"),
@@ -335,6 +342,7 @@ class Config:
     batch_size: int = 50
     batch_max_time: float = 2.0
     event_queue_size: int = 100_000
+    event_queue_bytes: int = DEFAULT_QUEUE_BYTES
     connect_timeout: int = 1000
     send_timeout: int = 5000
     flush_timeout: float = 10.0

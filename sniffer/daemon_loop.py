@@ -138,7 +138,7 @@ class DaemonLoop:
         """One tick of the load-shedding policy, from the counters `publish` just gathered."""
         drops = self._core["drop_kernel"]
         delta, self._drops_seen = drops - self._drops_seen, drops
-        queue = (self._sender_stats or {}).get("queue_depth", 0) / max(1, self.config.event_queue_size)
+        queue = (self._sender_stats or {}).get("queue_fill_permille", 0) / 1000
         before = self.policy.level
         if self.policy.observe(Pressure(backlog, delta, queue)) is None:
             return

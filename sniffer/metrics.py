@@ -68,6 +68,8 @@ _LOSS_PREFIXES = ("drop_", "evict_", "cap_", "truncated_", "conflict_", "http_de
 # Sender values that are levels, not counts.
 _SENDER_GAUGES = {
     "queue_depth": ("queue_depth", "Events waiting in the sender's queue"),
+    "queue_bytes": ("queue_bytes", "Bytes the sender's queue holds (MOESIF_EVENT_QUEUE_BYTES caps it)"),
+    "queue_fill_permille": ("queue_fill_permille", "Sender queue fill, by count or bytes, in 1/1000"),
     "in_flight": ("batches_in_flight", "Batch POSTs in flight"),
     "spool_batches": ("spool_batches", "Batches waiting in the spool directory"),
     "spool_bytes": ("spool_bytes", "Bytes in the spool directory"),

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -347,6 +348,28 @@ def test_full_queue_during_outage_counter_equals_missing(collector: CollectorThr
     assert all(n == 1 for n in c.counts().values())
 
 
+def test_outage_queue_is_bounded_by_bytes_not_only_by_count(collector: CollectorThread) -> None:
+    """Events with 50 KB bodies during an outage: the count cap alone (100,000) would let them hold
+    5 GB; the byte cap keeps the queue's memory under 2 MB and says how many were dropped."""
+    c = collector.collector
+    c.control(fail_503_for=60)
+    s = make_sender(collector.url, batch_size=10, max_in_flight=1, queue_bytes=2_000_000)
+    s.start()
+    body = {"blob": "b" * 50_000}
+    peak = 0
+    for i in range(400):
+        s.submit(make_event(i, body=body))
+        peak = max(peak, s.stats["queue_bytes"])
+    stats = s.stats
+    assert 1_800_000 < peak <= 2_000_000
+    assert stats["queue_fill_permille"] >= 900
+    # At most one batch of 10 left the queue for the retry loop; the rest waited or were dropped.
+    assert 400 - 10 - 40 <= stats["events_dropped_queue_full"] <= 400 - 39
+    report = s.close(timeout_s=0.3)
+    assert report.dropped["queue_full"] == stats["events_dropped_queue_full"]
+    assert report.left_unsent + report.dropped["queue_full"] == 400 and c.event_count == 0
+
+
 def test_close_flushes_everything_queued(collector: CollectorThread) -> None:
     s = make_sender(collector.url, batch_size=1000, batch_max_time_s=60)
     s.start()
@@ -414,12 +437,30 @@ def test_queue_wakes_consumer_only_on_edges() -> None:
     q = EventQueue(maxsize=10, batch_size=4)
     q.set_waker(lambda: wakes.append(len(q)))
     for i in range(12):
-        q.put({"i": i})
+        q.put(b'{"i":%d}' % i)
     assert wakes == [1]  # went non-empty; no re-arm, so no more wake-ups
     q.arm()
-    q.put({"i": 12})
+    q.put(b'{"i":12}')
     assert wakes == [1, 10]
-    assert q.dropped_full == 3 and [e["i"] for e in q.take(3)] == [3, 4, 5]
+    assert q.dropped_full == 3 and q.take(3) == [b'{"i":3}', b'{"i":4}', b'{"i":5}']
+
+
+def test_queue_byte_cap_drops_the_oldest_and_accounts_every_byte() -> None:
+    q = EventQueue(maxsize=1000, batch_size=50, max_bytes=10_000)
+    events = [orjson.dumps({"i": i, "pad": "p" * 900}) for i in range(40)]
+    peak = 0
+    for data in events:
+        q.put(data)
+        peak = max(peak, q.bytes)
+    assert peak <= 10_000
+    kept = q.take(1000)
+    assert kept == events[-len(kept) :] and 5 <= len(kept) < 11  # the newest, whole, in order
+    assert q.dropped_full == 40 - len(kept) and q.bytes == 0
+    # One event over the cap on its own is still kept (it passed max_event_bytes), the rest go.
+    q.put(events[0])
+    q.put(b"x" * 20_000)
+    assert q.take(5) == [b"x" * 20_000] and q.dropped_full == 40 - len(kept) + 1
+    assert q.fill() == 0.0
 
 
 def test_retry_after_parsing_and_backoff_bounds() -> None:

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
-from sniffer.moesif.batcher import Batch, EventQueue, encode_batches, wait_woken
+from sniffer.moesif.batcher import Batch, EventQueue, pack_batches
 from sniffer.moesif.spool import Spool
 from sniffer.moesif.transport import Courier, Outcome, PostResult
 
@@ -44,7 +44,6 @@ class Delivery:
         batch_max_time_s: float,
         max_in_flight: int,
         max_batch_bytes: int,
-        max_event_bytes: int,
     ) -> None:
         self._queue = queue
         self._spool = spool
@@ -53,7 +52,6 @@ class Delivery:
         self._batch_size = batch_size
         self._batch_max_time_s = batch_max_time_s
         self._max_batch_bytes = max_batch_bytes
-        self._max_event_bytes = max_event_bytes
         self._slots = asyncio.Semaphore(max_in_flight)
         self._wake = asyncio.Event()
         self._spool_wake = asyncio.Event()
@@ -129,13 +127,8 @@ class Delivery:
             log.warning("%d events could not be sent in time and are lost (no spool)", left)
         return left
 
-    def _encode(self, events: list[dict[str, Any]]) -> list[Batch]:
-        return encode_batches(
-            events,
-            self._counters,
-            max_event_bytes=self._max_event_bytes,
-            max_batch_bytes=self._max_batch_bytes,
-        )
+    def _encode(self, encoded: list[bytes]) -> list[Batch]:
+        return pack_batches(encoded, self._max_batch_bytes)
 
     def _spooling(self) -> bool:
         return self._spool is not None and not self._courier.healthy and len(self._spool) > 0
@@ -243,3 +236,15 @@ class Delivery:
             self._counters["events_spooled"] -= sum(h.count for h in halves)  # not new events
         spool.remove(batch.spool_name)
         return None
+
+
+async def wait_woken(event: asyncio.Event, timeout: float | None) -> None:
+    """Wait for `event` up to `timeout` seconds (None: forever), then clear it."""
+    try:
+        if timeout is None:
+            await event.wait()
+        else:
+            await asyncio.wait_for(event.wait(), timeout=max(0.0, timeout))
+    except TimeoutError:
+        pass
+    event.clear()

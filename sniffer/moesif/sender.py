@@ -1,9 +1,9 @@
 """`MoesifSender`: the thread-safe front of delivery to Moesif's collector.
 
-`submit()` (any thread) samples the event (`sampling.Sampler`, config from `app_config`) and
-appends it to a bounded queue (`batcher.EventQueue`): it never blocks and never touches the
-network. The sender's own thread runs an asyncio loop where `delivery.Delivery` batches, sends
-(`transport`), retries and spools (`spool`) until `close()`.
+`submit()` (any thread) samples the event (`sampling.Sampler`, config from `app_config`), encodes
+it to JSON and appends it to a queue bounded by count and bytes (`batcher.EventQueue`): it never
+blocks and never touches the network. The sender's own thread runs an asyncio loop where
+`delivery.Delivery` batches, sends (`transport`), retries and spools (`spool`) until `close()`.
 
 `close()` stops taking events, sends everything within the deadline, then writes what is left to
 the spool or counts it as left unsent, and reports what became of every event (`SendReport`).
@@ -27,7 +27,13 @@ from typing import Any
 
 from sniffer.errors import ConfigError
 from sniffer.moesif.app_config import AppConfigFetcher
-from sniffer.moesif.batcher import MAX_BATCH_BYTES, MAX_EVENT_BYTES, EventQueue
+from sniffer.moesif.batcher import (
+    DEFAULT_QUEUE_BYTES,
+    MAX_BATCH_BYTES,
+    MAX_EVENT_BYTES,
+    EventQueue,
+    encode_event,
+)
 from sniffer.moesif.delivery import Delivery
 from sniffer.moesif.sampling import Sampler
 from sniffer.moesif.spool import Spool
@@ -64,6 +70,7 @@ class MoesifSender:
         batch_size: int = 50,
         batch_max_time_s: float = 2.0,
         queue_size: int = 100_000,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
         connect_timeout_s: float,
         send_timeout_s: float,
         flush_timeout_s: float = 10.0,
@@ -80,7 +87,11 @@ class MoesifSender:
             raise ConfigError("MOESIF_APPLICATION_ID is empty")
         if not endpoint.startswith(("http://", "https://")):
             raise ConfigError(f"MOESIF_API_ENDPOINT {endpoint!r}: must start with http:// or https://")
-        for name, value in (("MOESIF_BATCH_SIZE", batch_size), ("MOESIF_EVENT_QUEUE_SIZE", queue_size)):
+        for name, value in (
+            ("MOESIF_BATCH_SIZE", batch_size),
+            ("MOESIF_EVENT_QUEUE_SIZE", queue_size),
+            ("MOESIF_EVENT_QUEUE_BYTES", queue_bytes),
+        ):
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
         self._app_id = application_id
@@ -97,10 +108,11 @@ class MoesifSender:
         self._policy = retry_policy or RetryPolicy()
         self._max_batch_bytes = max_batch_bytes
         self._max_event_bytes = max_event_bytes
-        self._queue = EventQueue(queue_size, batch_size)
+        self._queue = EventQueue(queue_size, batch_size, queue_bytes)
         self._sampler = Sampler(rng)
         self._counters: Counter[str] = Counter()  # written by the loop thread only
         self._lock = threading.Lock()
+        self._encode_outcomes: Counter[str] = Counter()  # oversize and unserializable, under _lock
         self._sampled_out = 0
         self._after_close = 0
         self._closed = False
@@ -141,7 +153,12 @@ class MoesifSender:
             return
         # The capture may already stand for several calls (flow sampling under load): weights multiply.
         event["weight"] = weight * event.get("weight", 1)
-        self._queue.put(event)
+        data, outcome = encode_event(event, self._max_event_bytes)
+        if outcome:
+            with self._lock:
+                self._encode_outcomes[outcome] += 1
+        if data is not None:
+            self._queue.put(data)
 
     def close(self, timeout_s: float | None = None) -> SendReport:
         """Stop taking events, deliver what is queued within the deadline, stop the thread."""
@@ -207,9 +224,12 @@ class MoesifSender:
         with self._lock:
             snap["events_sampled_out"] = self._sampled_out
             snap["events_dropped_after_close"] = self._after_close
+            snap.update(self._encode_outcomes)
         snap["events_queued"] = self._queue.accepted
         snap["events_dropped_queue_full"] = self._queue.dropped_full
         snap["queue_depth"] = len(self._queue)
+        snap["queue_bytes"] = self._queue.bytes
+        snap["queue_fill_permille"] = round(self._queue.fill() * 1000)
         snap["in_flight"] = self._delivery.in_flight if self._delivery is not None else 0
         if self._spool is not None:
             snap["spool_batches"] = len(self._spool)
@@ -266,7 +286,6 @@ class MoesifSender:
             batch_max_time_s=self._batch_max_time_s,
             max_in_flight=self._max_in_flight,
             max_batch_bytes=self._max_batch_bytes,
-            max_event_bytes=self._max_event_bytes,
         )
         config_task = loop.create_task(fetcher.run())
         delivery.start()
