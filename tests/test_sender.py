@@ -10,6 +10,7 @@ import socket
 import sys
 import threading
 import time
+import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from collector import APP_ID, CollectorThread, running_collector
 
-from sniffer.moesif.batcher import EventQueue
+from sniffer.moesif.batcher import EventQueue, encode_event
 from sniffer.moesif.sender import MoesifSender
 from sniffer.moesif.transport import Backoff, RetryPolicy, parse_retry_after, safe_url
 
@@ -346,6 +347,25 @@ def test_full_queue_during_outage_counter_equals_missing(collector: CollectorThr
     assert dropped > 0
     assert c.event_count == 1000 - dropped
     assert all(n == 1 for n in c.counts().values())
+
+
+def test_queued_events_hold_their_counted_bytes_not_the_encoders_buffers() -> None:
+    """What the byte cap counts is what the queue holds: orjson's output keeps its buffer's capacity
+    (16 KiB for a 1.4 KB event), so queueing it as such held ten times the counted bytes."""
+    q = EventQueue(maxsize=100_000, batch_size=50, max_bytes=1 << 30)
+    event = make_event(0, body={"note": "n" * 1200})
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(2000):
+            data, outcome = encode_event(event)
+            assert data is not None and outcome == ""
+            q.put(data)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(data) > 1300 and q.bytes == 2000 * (len(data) + 120)
+    assert held < 1.1 * q.bytes
 
 
 def test_outage_queue_is_bounded_by_bytes_not_only_by_count(collector: CollectorThread) -> None:

@@ -136,7 +136,7 @@ class Batch:
 
     def encoded_events(self) -> list[bytes]:
         if self.events is None:
-            self.events = [orjson.dumps(e) for e in orjson.loads(gzip.decompress(self.body))]
+            self.events = [_exact(orjson.dumps(e)) for e in orjson.loads(gzip.decompress(self.body))]
         return self.events
 
     def split(self) -> tuple[Batch, Batch]:
@@ -170,11 +170,18 @@ def encode_event(event: dict[str, Any], max_event_bytes: int = MAX_EVENT_BYTES) 
     except TypeError:
         return None, "events_dropped_unserializable"
     if len(data) <= max_event_bytes:
-        return data, ""
+        return _exact(data), ""
     data = orjson.dumps(_omit_bodies(event, len(data)))
     if len(data) > max_event_bytes:
         return None, "events_dropped_oversize"
-    return data, "events_bodies_omitted_oversize"
+    return _exact(data), "events_bodies_omitted_oversize"
+
+
+def _exact(data: bytes) -> bytes:
+    """A copy of `data` that holds only its bytes. orjson's result keeps the capacity of its output
+    buffer (at least 4 KiB, 16 KiB for a 1.4 KB Kong event), which matters for bytes that are kept:
+    queued, 46,000 such events held 190 MB of RSS instead of 64 MiB (tests/test_sender.py)."""
+    return memoryview(data).tobytes()
 
 
 def pack_batches(encoded: list[bytes], max_batch_bytes: int = MAX_BATCH_BYTES) -> list[Batch]:
