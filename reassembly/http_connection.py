@@ -238,6 +238,12 @@ class HttpConnectionParser:
             self._release_entries()
         finally:
             self._out = _NOWHERE
+            # Each reader points back at this parser. Unlinked, a closed connection is freed by reference
+            # counting the moment the pipeline lets it go; linked, it is cyclic garbage that waits for a
+            # full collection (rare under gc_policy's thresholds): a flood of evicted connections held
+            # 300 MB of them where the budgets allowed 130 (bench/memory_flood.py).
+            self._from_client.unlink(_UNLINKED)
+            self._from_server.unlink(_UNLINKED)
         return out
 
     # -- reader sink ---------------------------------------------------------------------------------------
@@ -470,3 +476,7 @@ class HttpConnectionParser:
             reader.reset()
         except Exception:
             self._kill()
+
+
+# What a closed connection's readers point at instead of their parser (see `close`): a parser no one feeds.
+_UNLINKED: Final = HttpConnectionParser(-1, ("", 0), ("", 0), Limits(max_http_buffer_bytes=0), Stats())

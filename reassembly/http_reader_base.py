@@ -147,6 +147,10 @@ class ReaderBase:
         self.head_fields: Fields = NO_FIELDS
         self.state = RESYNC if mid_stream else START
 
+    def unlink(self, placeholder: HttpConnectionParser) -> None:
+        """Stop pointing at this reader's parser, which closed (see `HttpConnectionParser.close`)."""
+        self._sink = placeholder
+
     def kill(self) -> None:
         self._drop_buffer()
         self._clear_message()

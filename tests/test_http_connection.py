@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import pytest
@@ -119,6 +120,25 @@ def test_an_idle_connection_keeps_no_exchange_it_emitted() -> None:
     (z,) = out
     del out
     assert F.UNANSWERED in z.flags and sys.getrefcount(z) == 2
+
+
+def test_a_closed_connection_is_freed_without_the_cycle_collector() -> None:
+    # A parser's readers point back at it. Left linked, every closed or evicted connection is cyclic
+    # garbage that waits for a full collection, which the daemon's collector thresholds make rare: a
+    # flood of evicted connections then held twice what the budgets allow.
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(50):
+            parser = HttpConnectionParser(i, CLIENT, SERVER, Limits(), Stats())
+            parser.feed(StreamData(i, C, 0, GET, 1.0))
+            parser.feed(StreamData(i, S, 0, OK, 2.0))
+            parser.feed(StreamData(i, C, len(GET), GET[:20], 3.0))  # a head left unfinished
+            parser.close(4.0)
+        del parser
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_pipelined_head_then_get() -> None:
