@@ -19,6 +19,7 @@ from sniffer import __version__
 from sniffer.config import Config, add_arguments
 from sniffer.errors import CaptureError, ConfigError
 from sniffer.gc_policy import tune_collector
+from sniffer.memory_plan import fit_config
 
 __all__ = ["main"]
 
@@ -160,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor(args, os.environ)
     try:
         config = Config.load(args, os.environ)
+        workers = config.worker_count() if args.command == "run" else config.workers or 1
+        config, plan = fit_config(config, Config.given(args, os.environ), workers)
     except ConfigError as exc:
         return _error(str(exc))
     if args.command == "run":
@@ -167,8 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if argv is None:  # this process is the command (tests call main(argv) in their own)
             tune_collector()
-        return run(config, output=args.output, log_file=args.log_file, sender_factory=_make_sender)
+        return run(
+            config, output=args.output, log_file=args.log_file, sender_factory=_make_sender, memory_plan=plan
+        )
     if args.command == "replay":
+        if plan is not None:
+            logging.getLogger("sniffer").info("%s", plan.describe())
         if argv is None:
             tune_collector()
         try:

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from reassembly.limits import Limits
 from sniffer.errors import ConfigError
+from sniffer.kong.join import DEFAULT_MAX_PENDING_BYTES, DEFAULT_MAX_PENDING_LEGS
 from sniffer.moesif.batcher import DEFAULT_QUEUE_BYTES
 
 __all__ = ["IGNORED_ENV", "OPTIONS", "Config", "Option", "add_arguments", "options_markdown", "split_addr"]
@@ -78,6 +79,29 @@ def _int_min(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "ki": 1 << 10,
+    "mi": 1 << 20,
+    "gi": 1 << 30,
+}
+
+
+def _memory_limit(raw: str) -> int:
+    """Bytes, with Kubernetes' suffixes (K M G decimal, Ki Mi Gi binary); 0 or off: no limit."""
+    text = raw.strip().lower().removesuffix("b")
+    if text == "off":
+        return 0
+    digits = text.rstrip("kmgi")
+    unit = _SIZE_UNITS.get(text[len(digits) :])
+    if not digits.isdigit() or unit is None:
+        raise _Bad(f"expected bytes, optionally with K, M, G, Ki, Mi or Gi (e.g. 512Mi), or off, got {raw!r}")
+    return int(digits) * unit
 
 
 def _seconds(raw: str) -> float:
@@ -258,6 +282,13 @@ OPTIONS: tuple[Option, ...] = (
     _s("metrics_addr", _addr, "127.0.0.1:9464", "Prometheus metrics listen address; empty: off"),
     _s("log_format", _choice("text", "json"), "text", "Log line format: text or json"),
     _s("user", _str, "nobody", "User to drop privileges to after opening the capture; empty: stay"),
+    _s(
+        "memory_limit",
+        _memory_limit,
+        None,
+        "Memory the daemon may use (e.g. 512Mi): the budgets not set below are sized to fit in it;"
+        " unset: the container's cgroup limit, if any; off: each budget's default",
+    ),
     _s("max_flows", _count, _L.max_flows, "Concurrent TCP flows tracked"),
     _s("max_buffer_bytes", _bytes, _L.max_buffer_bytes, "Out-of-order bytes held across all flows"),
     _s("max_flow_buffer_bytes", _bytes, _L.max_flow_buffer_bytes, "Out-of-order bytes held per direction"),
@@ -272,6 +303,13 @@ OPTIONS: tuple[Option, ...] = (
     _s("reorder_timeout", _seconds, _L.reorder_timeout_s, "Seconds a hole in a stream is waited for"),
     _s("idle_timeout", _seconds, _L.idle_timeout_s, "Seconds of silence before a flow is closed"),
     _s("leg_wait", _seconds, 5.0, "Seconds to wait for the partner leg of a Kong call"),
+    _s("max_pending_legs", _count, DEFAULT_MAX_PENDING_LEGS, "Kong legs awaiting their partner leg"),
+    _s(
+        "max_pending_leg_bytes",
+        _bytes,
+        DEFAULT_MAX_PENDING_BYTES,
+        "Body bytes of the Kong legs awaiting their partner leg",
+    ),
     _s("shed", _bool, True, "Shed load under CPU pressure (bodies, then flows sampled); off: never"),
     _s(
         "cpu_priority",
@@ -358,6 +396,7 @@ class Config:
     metrics_addr: str | None = "127.0.0.1:9464"
     log_format: str = "text"
     user: str | None = "nobody"
+    memory_limit: int | None = None  # None: the cgroup's limit, if any (see memory_plan); 0: none
     max_flows: int = _L.max_flows
     max_buffer_bytes: int = _L.max_buffer_bytes
     max_flow_buffer_bytes: int = _L.max_flow_buffer_bytes
@@ -367,6 +406,8 @@ class Config:
     reorder_timeout: float = _L.reorder_timeout_s
     idle_timeout: float = _L.idle_timeout_s
     leg_wait: float = 5.0
+    max_pending_legs: int = DEFAULT_MAX_PENDING_LEGS
+    max_pending_leg_bytes: int = DEFAULT_MAX_PENDING_BYTES
     shed: bool = True
     cpu_priority: str = "normal"
     drop_pure_acks: bool = False
@@ -398,6 +439,19 @@ class Config:
                 given = " (given as the flag)" if source == opt.flag else ""
                 raise ConfigError(f"{opt.env} / {opt.flag}: {exc}{given}") from None
         return replace(cls(), **values)
+
+    @staticmethod
+    def _given(args: argparse.Namespace | None, environ: Mapping[str, str]) -> list[Option]:
+        return [
+            opt
+            for opt in OPTIONS
+            if (args is not None and getattr(args, opt.name, None) is not None) or opt.env in environ
+        ]
+
+    @classmethod
+    def given(cls, args: argparse.Namespace | None, environ: Mapping[str, str]) -> frozenset[str]:
+        """Names of the options set by a flag or a variable (not left at their default)."""
+        return frozenset(opt.name for opt in cls._given(args, environ))
 
     def worker_count(self) -> int:
         """SNIFFER_WORKERS, or one capture worker per core (at most MAX_AUTO_WORKERS) when unset."""

@@ -37,6 +37,7 @@ from sniffer.daemon_loop import DaemonLoop
 from sniffer.engine import Engine
 from sniffer.errors import CaptureError, ConfigError
 from sniffer.logs import setup_logging
+from sniffer.memory_plan import MemoryPlan
 from sniffer.metrics import MetricsServer
 from sniffer.moesif.jsonlines import JsonLinesSink
 from sniffer.moesif.transport import mask_app_id, safe_url
@@ -88,8 +89,10 @@ def run(
     output: str | None = None,
     log_file: str | None = None,
     sender_factory: Callable[[Config], Any],
+    memory_plan: MemoryPlan | None = None,
 ) -> int:
-    """The daemon, until a signal stops it; returns the exit status."""
+    """The daemon, until a signal stops it; returns the exit status. `memory_plan` is logged: it says
+    which budgets `config` got from the memory limit."""
     try:
         setup_logging(config.log_format, log_file, config.debug)
     except OSError as exc:
@@ -97,6 +100,8 @@ def run(
         return 2
     workers = config.worker_count()
     log.info("%s", startup_line(config, workers))
+    if memory_plan is not None:
+        log.info("%s", memory_plan.describe())
     apply_cpu_priority(config.cpu_priority)
     for name in Config.ignored_env(os.environ):
         log.warning("%s is a Kong plugin option with no meaning for the sniffer; ignored", name)

@@ -46,6 +46,7 @@ from sniffer.capture.bpf import SNAPLEN, tcp_port_filter
 from sniffer.capture.tls.check import tls_check
 from sniffer.config import Config
 from sniffer.errors import CaptureError, ConfigError
+from sniffer.memory_plan import fit_config
 from sniffer.moesif.transport import mask_app_id, safe_url
 from sniffer.privileges import process_status
 
@@ -116,6 +117,25 @@ def check_config(args: argparse.Namespace | None, environ: Mapping[str, str]) ->
         ),
         config,
     )
+
+
+def check_memory(args: argparse.Namespace | None, environ: Mapping[str, str], config: Config) -> Check:
+    """The memory plan `run` would log (README, Budgets), or why there is none."""
+    try:
+        _, plan = fit_config(config, Config.given(args, environ), config.worker_count())
+    except ConfigError as exc:
+        return Check(
+            "memory", "FAIL", str(exc), "raise the container's memory limit, or run fewer SNIFFER_WORKERS"
+        )
+    if plan is None:
+        return Check(
+            "memory",
+            "WARN",
+            "no memory limit (no cgroup limit, SNIFFER_MEMORY_LIMIT unset or off): every budget keeps its"
+            " default, about 700 MB when all are full",
+            "give the container a memory limit, or set SNIFFER_MEMORY_LIMIT",
+        )
+    return Check("memory", "ok", plan.describe().removeprefix("memory plan: "))
 
 
 def check_capture() -> Check:
@@ -401,11 +421,11 @@ def run_checks(args: argparse.Namespace | None, environ: Mapping[str, str], seco
             *checks,
             *(
                 Check(n, "skip", "needs a valid configuration")
-                for n in ("user", "interfaces", "traffic", "offloads", "tls", "moesif")
+                for n in ("memory", "user", "interfaces", "traffic", "offloads", "tls", "moesif")
             ),
         ]
     interfaces = check_interfaces(config)
-    checks += [check_user(config), interfaces]
+    checks += [check_memory(args, environ, config), check_user(config), interfaces]
     if capture.status == "FAIL":
         checks.append(Check("traffic", "skip", "needs the capture (see above)"))
     elif interfaces.status == "FAIL":

@@ -76,7 +76,12 @@ class Engine:
         self.stats = stats if stats is not None else Stats()
         self.pipeline = make_pipeline(config, self.stats) if capture else None
         self.joiner = LegJoiner(
-            config.kong_ports, config.upstream_ports, wait_s=config.leg_wait, stats=self.stats
+            config.kong_ports,
+            config.upstream_ports,
+            wait_s=config.leg_wait,
+            stats=self.stats,
+            max_pending=config.max_pending_legs,
+            max_pending_bytes=config.max_pending_leg_bytes,
         )
         self.builder = EventBuilder(config)
         self.sink = sink

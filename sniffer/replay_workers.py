@@ -45,6 +45,7 @@ from sniffer.capture.exchange_codec import pack, unpack
 from sniffer.capture.flow_hash import FlowSplitter
 from sniffer.capture.pcapfile import open_capture
 from sniffer.capture.worker_events import SurelyPlain, WorkerEvents, events_of
+from sniffer.capture.workers import exit_reason
 from sniffer.config import Config
 from sniffer.engine import JOIN_ADVANCE_INTERVAL_S, Engine, EventSink, make_pipeline
 from sniffer.errors import CaptureError
@@ -231,7 +232,9 @@ def replay_parallel(
                 try:
                     msg = conn.recv()
                 except (EOFError, OSError):
-                    raise CaptureError(f"replay worker {i} exited unexpectedly") from None
+                    procs[i].join(1.0)
+                    why = exit_reason(procs[i].exitcode)
+                    raise CaptureError(f"replay worker {i} exited unexpectedly ({why})") from None
                 if msg[0] == "b":
                     _, passed[i], records, payload, nbytes = msg
                     queues[i].extend(_decoded(records))

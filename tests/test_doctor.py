@@ -268,3 +268,18 @@ def test_bad_configuration_is_a_failed_check(
     assert _line(out, "config").startswith("FAIL config: SNIFFER_PORTS / --ports: expected")
     for name in ("interfaces", "traffic", "moesif"):
         assert _line(out, name).startswith("skip")
+
+
+def test_memory_plan_is_reported(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SNIFFER_MEMORY_LIMIT", "512Mi")
+    monkeypatch.setenv("SNIFFER_WORKERS", "2")
+    main(["doctor"])
+    line = _line(capsys.readouterr().out, "memory")
+    assert line.startswith("ok   memory: limit 512 MiB (SNIFFER_MEMORY_LIMIT), 2 worker(s): max_flows=")
+    monkeypatch.setenv("SNIFFER_MEMORY_LIMIT", "100Mi")
+    main(["doctor"])
+    line = _line(capsys.readouterr().out, "memory")
+    assert line.startswith("FAIL memory: SNIFFER_MEMORY_LIMIT: 100 MiB is too little for 2 capture worker(s)")
+    monkeypatch.setenv("SNIFFER_MEMORY_LIMIT", "off")
+    main(["doctor"])
+    assert _line(capsys.readouterr().out, "memory").startswith("WARN memory: no memory limit")

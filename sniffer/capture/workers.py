@@ -60,6 +60,7 @@ __all__ = [
     "TICK_S",
     "CaptureLoop",
     "WorkerPool",
+    "exit_reason",
     "open_ring_sets",
     "recv_batch",
 ]
@@ -105,6 +106,17 @@ def open_ring_sets(config: Config, workers: int) -> list[list[RingSocket]]:
         raise
     return sets
 
+
+
+def exit_reason(code: int | None) -> str:
+    """A worker's exit code, as an operator reads it: a SIGKILL is nearly always the OOM killer."""
+    if code is None:
+        return "still running"
+    if code == -signal.SIGKILL:
+        return "killed by SIGKILL: out of memory? see SNIFFER_MEMORY_LIMIT"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 class CaptureLoop:
     """Poll a process's rings and walk whichever the kernel released blocks in."""
@@ -349,12 +361,12 @@ class WorkerPool:
                         break
             except (EOFError, OSError):
                 if not self.done[i]:
-                    log.error("capture worker %d exited unexpectedly (exit code %s)", i, self._exitcode(i))
+                    log.error("capture worker %d exited unexpectedly (%s)", i, self._exitcode(i))
                 self.done[i] = True
 
-    def _exitcode(self, i: int) -> int | None:
+    def _exitcode(self, i: int) -> str:
         self.procs[i].join(1.0)
-        return self.procs[i].exitcode
+        return exit_reason(self.procs[i].exitcode)
 
     def take_backlog(self) -> float:
         """The largest backlog fraction any worker reported since the last call."""

@@ -1,0 +1,159 @@
+"""One memory limit -> budgets whose sum fits in it.
+
+The daemon's memory is what does not scale (one interpreter per process, a 16 MiB capture ring per
+worker) plus its budgets: TCP flows, out-of-order bytes, HTTP bytes, Kong legs awaiting their partner,
+the sender's queue. Each budget has its own setting, and their defaults add up to about 700 MB: more
+than the DaemonSet's 512 MiB, so under adversarial traffic (a flood of connections, lost upstream legs,
+a Moesif outage, all at once) the kernel would kill the pod before the budgets bit.
+
+With a limit (SNIFFER_MEMORY_LIMIT, or else the cgroup limit of the container), every budget the user did
+not set gets a share of what the limit leaves after the fixed costs and a headroom, and never more than
+its default. A budget set explicitly is kept as given. `bench/memory_flood.py` runs a capture that hits
+every budget at once inside a real cgroup limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from reassembly.limits import DEFAULT_MAX_BUFFER_BYTES, DEFAULT_MAX_FLOWS
+from sniffer.config import Config
+from sniffer.errors import ConfigError
+from sniffer.kong.join import DEFAULT_MAX_PENDING_BYTES, DEFAULT_MAX_PENDING_LEGS
+from sniffer.moesif.batcher import DEFAULT_QUEUE_BYTES
+
+__all__ = ["MemoryPlan", "cgroup_memory_limit", "fit_config", "plan_budgets"]
+
+MiB = 1 << 20
+# Idle processes, measured (PSS, `moesif-sniffer run`, 2026-12-07): one worker 55 MiB; two workers
+# 22 MiB for the main process and 28 MiB each. Plus each worker's ring, which fills under load.
+MAIN_PROCESS_BYTES = 32 * MiB
+WORKER_BYTES = 24 * MiB + 16 * MiB
+# Left free: allocator fragmentation, batches being gzip'd and sent, the garbage of a busy second.
+HEADROOM = 0.15
+# What one tracked flow costs beyond the bytes the buffer budgets count: an idle keep-alive connection
+# measured about 2 KiB (README, Budgets); a busy one holds a little more.
+FLOW_BYTES = 2560
+# A pending Kong leg's exchange (heads, parsed headers) beyond its bodies, which the byte cap counts.
+LEG_BYTES = 4096
+# The smallest budgets worth running with: below this the daemon would drop most of the traffic.
+MIN_USABLE_BYTES = 32 * MiB
+
+# Shares of what is usable. Flows and the queue come first: a flow lost is every call on it, and the queue
+# is what carries a collector outage. Out-of-order and HTTP bytes are only held across a few packets.
+SHARES = {
+    "flows": 0.25,
+    "max_buffer_bytes": 0.15,
+    "max_http_buffer_bytes": 0.15,
+    "legs": 0.20,
+    "event_queue_bytes": 0.25,
+}
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    limit: int
+    source: str  # "SNIFFER_MEMORY_LIMIT" or the cgroup file it came from
+    workers: int
+    budgets: dict[str, int]  # option name -> planned value (explicitly set options not included)
+    kept: tuple[str, ...]  # budget options the user set, kept as given
+
+    def describe(self) -> str:
+        parts = [f"memory plan: limit {self.limit / MiB:,.0f} MiB ({self.source}), {self.workers} worker(s):"]
+        parts += [f"{name}={value}" for name, value in self.budgets.items()]
+        if self.kept:
+            parts.append("kept as set: " + ",".join(self.kept))
+        return " ".join(parts)
+
+
+def plan_budgets(
+    limit: int, workers: int, *, given: frozenset[str] = frozenset(), source: str = "SNIFFER_MEMORY_LIMIT"
+) -> MemoryPlan:
+    """The budgets for `limit` bytes and `workers` capture processes; options in `given` are left alone."""
+    fixed = MAIN_PROCESS_BYTES + workers * WORKER_BYTES
+    usable = int(limit * (1 - HEADROOM)) - fixed
+    if usable < MIN_USABLE_BYTES:
+        need = (fixed + MIN_USABLE_BYTES) / (1 - HEADROOM)
+        raise ConfigError(
+            f"{source}: {limit / MiB:,.0f} MiB is too little for {workers} capture worker(s): "
+            f"at least {need / MiB:,.0f} MiB (or fewer SNIFFER_WORKERS)"
+        )
+    share = {name: int(usable * part) for name, part in SHARES.items()}
+    legs_bytes = share["legs"] // 2
+    planned: dict[str, int] = {
+        "max_flows": min(DEFAULT_MAX_FLOWS, share["flows"] // FLOW_BYTES),
+        "max_buffer_bytes": min(DEFAULT_MAX_BUFFER_BYTES, share["max_buffer_bytes"]),
+        "max_http_buffer_bytes": min(DEFAULT_MAX_BUFFER_BYTES, share["max_http_buffer_bytes"]),
+        "max_pending_legs": min(DEFAULT_MAX_PENDING_LEGS, (share["legs"] - legs_bytes) // LEG_BYTES),
+        "max_pending_leg_bytes": min(DEFAULT_MAX_PENDING_BYTES, legs_bytes),
+        "event_queue_bytes": min(DEFAULT_QUEUE_BYTES, share["event_queue_bytes"]),
+    }
+    kept = tuple(name for name in planned if name in given)
+    budgets = {name: value for name, value in planned.items() if name not in given}
+    return MemoryPlan(limit, source, workers, budgets, kept)
+
+
+def fit_config(
+    config: Config,
+    given: frozenset[str],
+    workers: int,
+    detect: Callable[[], tuple[int, str] | None] | None = None,
+) -> tuple[Config, MemoryPlan | None]:
+    """`config` with its unset budgets sized for SNIFFER_MEMORY_LIMIT, else for the cgroup limit
+    (`detect`, default `cgroup_memory_limit`); unchanged (and no plan) when there is no limit."""
+    if config.memory_limit == 0:
+        return config, None
+    if config.memory_limit is not None:
+        limit, source = config.memory_limit, "SNIFFER_MEMORY_LIMIT"
+    else:
+        found = (detect or cgroup_memory_limit)()
+        if found is None:
+            return config, None
+        limit, source = found
+    plan = plan_budgets(limit, workers, given=given, source=source)
+    return replace(config, **plan.budgets), plan
+
+
+# A cgroup v1 "no limit" is the largest page-aligned 64-bit value; anything this large means none.
+_UNLIMITED_FROM = 1 << 60
+
+
+def cgroup_memory_limit(
+    proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup"
+) -> tuple[int, str] | None:
+    """(limit in bytes, file it came from) of the cgroup this process runs in, the tightest of it and its
+    ancestors; None when there is none. cgroup v2 (`memory.max`) or v1 (`memory/memory.limit_in_bytes`).
+
+    In a container the cgroup namespace makes the mount's root the container's own cgroup, while
+    /proc/self/cgroup may still name the host path: every existing directory on the way is read."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    candidates: list[Path] = []
+    for line in lines:
+        hier, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hier == "0" and controllers == "":
+            base, name = Path(root), "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = Path(root) / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts), -1, -1):
+            candidates.append(base.joinpath(*parts[:depth], name))
+    best: tuple[int, str] | None = None
+    for file in candidates:
+        try:
+            text = file.read_text().strip()
+        except OSError:
+            continue
+        if not text.isdigit():  # "max": no limit at this level
+            continue
+        value = int(text)
+        if value < _UNLIMITED_FROM and (best is None or value < best[0]):
+            best = (value, str(file))
+    return best

@@ -1,0 +1,196 @@
+"""One memory limit -> budgets that fit in it (sniffer/memory_plan.py), and the cgroup limit found."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sniffer.config import Config
+from sniffer.errors import ConfigError
+from sniffer.memory_plan import (
+    FLOW_BYTES,
+    HEADROOM,
+    LEG_BYTES,
+    MAIN_PROCESS_BYTES,
+    MIN_USABLE_BYTES,
+    WORKER_BYTES,
+    cgroup_memory_limit,
+    fit_config,
+    plan_budgets,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "pcaps" / "kong-demo.pcap"
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("512Mi", 512 * MiB), ("1G", 10**9), ("2gi", 2 << 30), ("300000000", 300_000_000), ("64MiB", 64 * MiB)],
+)
+def test_the_limit_takes_kubernetes_quantities(raw: str, value: int) -> None:
+    assert Config.load(None, {"SNIFFER_MEMORY_LIMIT": raw}).memory_limit == value
+
+
+@pytest.mark.parametrize("raw", ["lots", "12Q", "-5Mi", "1.5Gi", ""])
+def test_a_bad_limit_names_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError, match="SNIFFER_MEMORY_LIMIT"):
+        Config.load(None, {"SNIFFER_MEMORY_LIMIT": raw})
+
+
+def _estimate(budgets: dict[str, int], config: Config, workers: int) -> int:
+    """What the daemon may hold when every budget is full, by the plan's own unit costs."""
+    b = {name: budgets.get(name, getattr(config, name)) for name in budgets}
+    return (
+        MAIN_PROCESS_BYTES
+        + workers * WORKER_BYTES
+        + b["max_flows"] * FLOW_BYTES
+        + b["max_buffer_bytes"]
+        + b["max_http_buffer_bytes"]
+        + b["max_pending_legs"] * LEG_BYTES
+        + b["max_pending_leg_bytes"]
+        + b["event_queue_bytes"]
+    )
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+@pytest.mark.parametrize("limit_mib", [200, 256, 512, 1024, 8192])
+def test_full_budgets_fit_under_the_limit_and_never_exceed_the_defaults(limit_mib: int, workers: int) -> None:
+    limit = limit_mib * MiB
+    too_little = limit * (1 - HEADROOM) - MAIN_PROCESS_BYTES - workers * WORKER_BYTES < MIN_USABLE_BYTES
+    if too_little:  # (4 workers' interpreters and rings in 200 or 256 MiB)
+        with pytest.raises(ConfigError, match="too little"):
+            plan_budgets(limit, workers)
+        return
+    plan = plan_budgets(limit, workers)
+    defaults = Config()
+    assert _estimate(plan.budgets, defaults, workers) <= limit * (1 - HEADROOM)
+    for name, value in plan.budgets.items():
+        default = getattr(defaults, name)
+        assert 0 < value <= (default if default is not None else defaults.max_buffer_bytes)
+    if limit_mib >= 8192:  # plenty of memory: the defaults themselves
+        assert plan.budgets["max_flows"] == defaults.max_flows
+
+
+def test_the_defaults_alone_do_not_fit_the_daemonsets_limit() -> None:
+    # Why the plan exists: every budget at its default, full, is more than the 512 MiB the DaemonSet gives.
+    defaults = Config()
+    budgets = {
+        "max_flows": defaults.max_flows,
+        "max_buffer_bytes": defaults.max_buffer_bytes,
+        "max_http_buffer_bytes": defaults.max_buffer_bytes,
+        "max_pending_legs": defaults.max_pending_legs,
+        "max_pending_leg_bytes": defaults.max_pending_leg_bytes,
+        "event_queue_bytes": defaults.event_queue_bytes,
+    }
+    assert _estimate(budgets, defaults, 2) > 512 * MiB
+    daemonset = (ROOT / "deploy" / "kubernetes" / "daemonset.yaml").read_text()
+    assert "memory: 512Mi" in daemonset
+
+
+def test_settings_given_explicitly_are_kept() -> None:
+    env = {"SNIFFER_MEMORY_LIMIT": "256Mi", "SNIFFER_MAX_FLOWS": "99", "MOESIF_EVENT_QUEUE_BYTES": "12345678"}
+    config = Config.load(None, env)
+    given = Config.given(None, env)
+    assert given == {"memory_limit", "max_flows", "event_queue_bytes"}
+    fitted, plan = fit_config(config, given, workers=1)
+    assert plan is not None and plan.kept == ("max_flows", "event_queue_bytes")
+    assert fitted.max_flows == 99 and fitted.event_queue_bytes == 12_345_678
+    assert fitted.max_buffer_bytes == plan.budgets["max_buffer_bytes"] < config.max_buffer_bytes
+    assert fitted.limits().max_http_buffer_bytes == plan.budgets["max_http_buffer_bytes"]
+    assert "limit 256 MiB (SNIFFER_MEMORY_LIMIT)" in plan.describe() and "kept as set" in plan.describe()
+
+
+def test_no_limit_or_off_leaves_every_default() -> None:
+    config = Config.load(None, {})
+    assert fit_config(config, frozenset(), 2, detect=lambda: None) == (config, None)
+    off = Config.load(None, {"SNIFFER_MEMORY_LIMIT": "off"})
+    assert fit_config(off, frozenset({"memory_limit"}), 2, detect=lambda: (1, "never read")) == (off, None)
+
+
+def test_the_cgroup_limit_is_used_when_none_is_set() -> None:
+    config = Config.load(None, {})
+    found = (300 * MiB, "/sys/fs/cgroup/memory.max")
+    fitted, plan = fit_config(config, frozenset(), 1, detect=lambda: found)
+    assert plan is not None and plan.source == "/sys/fs/cgroup/memory.max"
+    assert fitted.max_flows == plan.budgets["max_flows"] < config.max_flows
+
+
+def test_too_little_memory_is_a_clear_error() -> None:
+    with pytest.raises(
+        ConfigError, match=r"SNIFFER_MEMORY_LIMIT: 100 MiB is too little for 2 capture worker"
+    ):
+        plan_budgets(100 * MiB, 2)
+
+
+def _cgroup_tree(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[str, str]:
+    (tmp_path / "proc").write_text(proc)
+    for rel, text in files.items():
+        f = tmp_path / "fs" / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text + "\n")
+    return str(tmp_path / "proc"), str(tmp_path / "fs")
+
+
+def test_cgroup_v2_takes_the_tightest_ancestor(tmp_path: Path) -> None:
+    proc, root = _cgroup_tree(
+        tmp_path,
+        "0::/kubepods/pod1/ctr\n",
+        {
+            "kubepods/memory.max": "max",
+            "kubepods/pod1/memory.max": "536870912",
+            "kubepods/pod1/ctr/memory.max": "max",
+        },
+    )
+    assert cgroup_memory_limit(proc, root) == (512 * MiB, f"{root}/kubepods/pod1/memory.max")
+
+
+def test_cgroup_v1_in_a_container_reads_the_namespace_root(tmp_path: Path) -> None:
+    # /proc/self/cgroup names the host path; inside the container only the mount's root exists.
+    proc, root = _cgroup_tree(
+        tmp_path,
+        "12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n",
+        {"memory/memory.limit_in_bytes": "268435456"},
+    )
+    assert cgroup_memory_limit(proc, root) == (256 * MiB, f"{root}/memory/memory.limit_in_bytes")
+
+
+def test_no_cgroup_limit_is_none(tmp_path: Path) -> None:
+    proc, root = _cgroup_tree(
+        tmp_path,
+        "4:memory:/\n0::/\n",
+        {"memory/memory.limit_in_bytes": "9223372036854771712", "memory.max": "max"},
+    )
+    assert cgroup_memory_limit(proc, root) is None
+    assert cgroup_memory_limit(str(tmp_path / "missing"), root) is None
+
+
+def _replay(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MOESIF_", "SNIFFER_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "sniffer", "replay", str(DEMO), *args],
+        capture_output=True,
+        text=True,
+        env={**base, **env},
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def test_replay_logs_the_plan_and_gives_the_same_events(tmp_path: Path) -> None:
+    planned = _replay({"SNIFFER_MEMORY_LIMIT": "300Mi"}, "-o", str(tmp_path / "a.jsonl"))
+    assert planned.returncode == 0, planned.stderr
+    assert "memory plan: limit 300 MiB (SNIFFER_MEMORY_LIMIT), 1 worker(s): max_flows=" in planned.stderr
+    plain = _replay({"SNIFFER_MEMORY_LIMIT": "off"}, "-o", str(tmp_path / "b.jsonl"))
+    assert "memory plan" not in plain.stderr
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes() != b""
+
+
+def test_replay_refuses_a_limit_too_small() -> None:
+    p = _replay({"SNIFFER_MEMORY_LIMIT": "64Mi"})
+    assert p.returncode == 2 and "SNIFFER_MEMORY_LIMIT: 64 MiB is too little" in p.stderr
+    assert "Traceback" not in p.stderr
