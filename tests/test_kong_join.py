@@ -21,6 +21,7 @@ from sniffer.kong import join as join_module
 from sniffer.kong.api_call import ApiCall, Legs
 from sniffer.kong.classify import LegClassifier, LegKind
 from sniffer.kong.join import LegJoiner
+from sniffer.kong.leg_index import EndOrdered
 
 KONG = frozenset({8000})
 GW_FRONT, GW_BACK, SERVICE = "10.77.1.2", "10.77.2.1", ("10.77.2.2", 9000)
@@ -316,6 +317,45 @@ def test_a_leg_with_a_request_id_is_never_fitted_against_legs_with_other_ids(
     (call2,) = joiner.feed(c2)
     assert call2.upstream_leg is no_id and fits == 1
     assert joiner.pending == 1999
+
+
+def test_legs_that_cannot_nest_are_never_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Thousands of identical client legs without request ids wait for an upstream leg that was never
+    # captured. A new call's upstream leg can only be inside a client leg that ended after it did: the
+    # joiner reads only those (sniffer/kong/leg_index.py), not every pending leg of the route.
+    read = 0
+    real_window = EndOrdered.window
+
+    def counting_window(self: EndOrdered[object], lo: float, hi: float) -> list[object]:
+        nonlocal read
+        found = real_window(self, lo, hi)
+        read += len(found)
+        return found
+
+    monkeypatch.setattr(EndOrdered, "window", counting_window)
+    joiner = LegJoiner(KONG)
+    for i in range(3000):
+        start = i * 1e-3
+        assert joiner.feed(client_leg("alice", start, start + 5e-4, src=("10.78.0.1", 1000 + i))) == []
+    read = 0
+    u = upstream_leg("alice", 3.0001, 3.0004)
+    assert joiner.feed(u) == [] and read == 0  # no pending client leg ends after 3.0004
+    c = client_leg("alice", 3.0, 3.0005, src=("10.77.1.1", 40001))
+    (call,) = joiner.feed(c)
+    assert call.upstream_leg is u and read == 1 and joiner.pending == 3000
+
+
+def test_end_ordered_windows_and_removal() -> None:
+    index: EndOrdered[str] = EndOrdered()
+    for name, end in [("a", 1.0), ("c", 3.0), ("b", 2.0), ("b2", 2.0), ("d", 4.0)]:
+        index.add(name, end, True)
+    index.add("open", 0.5, False)  # unanswered: in every window
+    assert index.window(2.0, 3.0) == ["b", "b2", "c", "open"]
+    assert index.window(-float("inf"), float("inf")) == ["a", "b", "b2", "c", "d", "open"]
+    assert index.window(4.5, 9.0) == ["open"] and len(index) == 6
+    index.remove("b2", 2.0, True)
+    index.remove("open", 0.5, False)
+    assert index.window(2.0, 2.0) == ["b"] and len(index) == 4
 
 
 @pytest.mark.parametrize("upstream_first", [True, False])

@@ -42,6 +42,7 @@ from reassembly.events import Exchange
 from reassembly.stats import Stats
 from sniffer.kong.api_call import ApiCall, Legs
 from sniffer.kong.classify import KONG_REQUEST_ID, LegClassifier, LegKind, first_headers, is_kong_via
+from sniffer.kong.leg_index import EndOrdered
 
 __all__ = ["DEFAULT_MAX_PENDING_BYTES", "DEFAULT_MAX_PENDING_LEGS", "DEFAULT_WAIT_S", "LegJoiner"]
 
@@ -63,6 +64,7 @@ END_TO_END = (b"user-agent", b"content-type")
 CREDENTIALS = (b"authorization", b"apikey", b"x-api-key", b"cookie")
 # From this many candidates on, the time nesting `_fit` requires is tested first, in one pass.
 TIME_FILTER_FROM = 8
+_INF = float("inf")
 PATH_PENALTY = 1_000.0  # a strip_path/suffix path match ranks behind an exact one
 QUERY_PENALTY = 10_000.0  # different query strings rank behind everything else
 # Counter names per leg kind, made once (formatting a StrEnum member costs a Python-level call per leg).
@@ -214,14 +216,16 @@ class LegJoiner:
             LegKind.UPSTREAM: self._pending_upstream,
         }
         self._by_rid: dict[LegKind, dict[str, list[_Leg]]] = {LegKind.CLIENT: {}, LegKind.UPSTREAM: {}}
-        self._by_key: dict[LegKind, dict[tuple[bytes, bytes], list[_Leg]]] = {
+        # Pending legs per (method, path) key, in end order (leg_index: a new leg reads only those whose
+        # end allows it to nest).
+        self._by_key: dict[LegKind, dict[tuple[bytes, bytes], EndOrdered[_Leg]]] = {
             LegKind.CLIENT: {},
             LegKind.UPSTREAM: {},
         }
         # The same, for the legs without a request id only: a leg with one can only join its namesake
         # or a leg without one (`_fit`), and on a busy gateway the other legs pending under one key (same
         # method and path) may be thousands, each with its own id.
-        self._by_key_no_rid: dict[LegKind, dict[tuple[bytes, bytes], list[_Leg]]] = {
+        self._by_key_no_rid: dict[LegKind, dict[tuple[bytes, bytes], EndOrdered[_Leg]]] = {
             LegKind.CLIENT: {},
             LegKind.UPSTREAM: {},
         }
@@ -341,9 +345,19 @@ class LegJoiner:
             index = self._by_key_no_rid[other]  # a leg with another id can never fit this one
         else:
             index = self._by_key[other]
-        found = list(index.get(leg.key, ()))
+        # The ends a partner may have (see `_nests`): an upstream leg ends after its client leg began and,
+        # both answered, before the client leg ended; a client leg, both answered, after the upstream leg.
+        answered = leg.ex.response is not None
+        if other is LegKind.UPSTREAM:
+            lo, hi = leg.start - NEST_SLACK_S, (leg.end + NEST_SLACK_S if answered else _INF)
+        else:
+            lo, hi = (leg.end - NEST_SLACK_S if answered else -_INF), _INF
+        same_key = index.get(leg.key)
+        found = same_key.window(lo, hi) if same_key is not None else []
         if other is LegKind.UPSTREAM and leg.key[1]:
-            found += index.get((leg.method, b""), ())  # upstream legs whose whole path was stripped
+            stripped = index.get((leg.method, b""))  # upstream legs whose whole path was stripped
+            if stripped is not None:
+                found += stripped.window(lo, hi)
         elif other is LegKind.CLIENT and not leg.key[1] and b"x-forwarded-path" not in leg.headers:
             found = [
                 c
@@ -355,7 +369,6 @@ class LegJoiner:
             # that nest in time, in one pass. None of these shares the leg's id (see above), so `_best`
             # would skip the others anyway (`_fit` tests `_nests` too). `_nests` is inlined here: a call
             # per candidate doubled the cost (3,000 identical calls pending: 546 against 268 ms).
-            answered = leg.ex.response is not None
             if other is LegKind.UPSTREAM:
                 low, high = leg.start - NEST_SLACK_S, leg.end + NEST_SLACK_S
                 found = [
@@ -413,11 +426,12 @@ class LegJoiner:
         leg.seq, leg.deadline = self._seq, self._now + self.wait_s
         pending = self._pending[leg.kind]
         pending[leg.seq] = leg
+        answered = leg.ex.response is not None
         if leg.rid is not None:
             self._by_rid[leg.kind].setdefault(leg.rid, []).append(leg)
         else:
-            self._by_key_no_rid[leg.kind].setdefault(leg.key, []).append(leg)
-        self._by_key[leg.kind].setdefault(leg.key, []).append(leg)
+            _ordered(self._by_key_no_rid[leg.kind], leg.key).add(leg, leg.end, answered)
+        _ordered(self._by_key[leg.kind], leg.key).add(leg, leg.end, answered)
         self._bytes += leg.size
         while self.pending > self.max_pending or (self._bytes > self.max_pending_bytes and self.pending > 1):
             oldest = min((next(iter(p.values())) for p in self._pending.values() if p), key=lambda x: x.seq)
@@ -431,8 +445,8 @@ class LegJoiner:
         if leg.rid is not None:
             _discard(self._by_rid[leg.kind], leg.rid, leg)
         else:
-            _discard(self._by_key_no_rid[leg.kind], leg.key, leg)
-        _discard(self._by_key[leg.kind], leg.key, leg)
+            _unorder(self._by_key_no_rid[leg.kind], leg)
+        _unorder(self._by_key[leg.kind], leg)
 
     def _expire(self, ts: float) -> list[ApiCall]:
         self._now = max(self._now, ts)
@@ -445,6 +459,22 @@ class LegJoiner:
                 self._remove(leg)
                 out.append(self._alone(leg))
         return out
+
+
+def _ordered(
+    index: dict[tuple[bytes, bytes], EndOrdered[_Leg]], key: tuple[bytes, bytes]
+) -> EndOrdered[_Leg]:
+    bucket = index.get(key)
+    if bucket is None:
+        bucket = index[key] = EndOrdered()
+    return bucket
+
+
+def _unorder(index: dict[tuple[bytes, bytes], EndOrdered[_Leg]], leg: _Leg) -> None:
+    bucket = index[leg.key]
+    bucket.remove(leg, leg.end, leg.ex.response is not None)
+    if not bucket:
+        del index[leg.key]
 
 
 def _discard(index: dict[K, list[_Leg]], key: K, leg: _Leg) -> None:
