@@ -33,13 +33,13 @@ BODY_SIZE_DIFFERENCES: dict[tuple[str, str, str], tuple[str, int, str]] = {
         "request",
         12,
         "chunk-size lines are '8 ' and '4 ' (trailing whitespace, allowed as BWS by RFC 9112 and by "
-        "nginx/node): the body is 'tototata' + 'titi' = 12 bytes; tshark 4.0 stops after the first chunk"
+        "nginx/node): the body is 'tototata' + 'titi' = 12 bytes; tshark 4.0 stops after the first chunk",
     ),
     ("suri-connect-tunnel", "CONNECT", "abc:443"): (
         "response",
         0,
         "a 2xx answer to CONNECT has no body (RFC 9110 9.3.6); tshark counts the stray LF after the "
-        "header block as a 1-byte body (SOURCES.md notes it)"
+        "header block as a 1-byte body (SOURCES.md notes it)",
     ),
 }
 

@@ -107,7 +107,6 @@ def open_ring_sets(config: Config, workers: int) -> list[list[RingSocket]]:
     return sets
 
 
-
 def exit_reason(code: int | None) -> str:
     """A worker's exit code, as an operator reads it: a SIGKILL is nearly always the OOM killer."""
     if code is None:
@@ -117,6 +116,7 @@ def exit_reason(code: int | None) -> str:
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exit code {code}"
+
 
 class CaptureLoop:
     """Poll a process's rings and walk whichever the kernel released blocks in."""

@@ -45,7 +45,6 @@ class AppConfig:
     KEEP_ALL: ClassVar[AppConfig]
 
 
-
 AppConfig.KEEP_ALL = AppConfig()
 
 
