@@ -1,6 +1,7 @@
 """Every memory budget hit at once, inside a real cgroup memory limit: does the process survive?
 
 Usage: sudo python bench/memory_flood.py [--limit 200Mi] [--flows N] [--legs N] [--holes N] [--keep]
+                                        [--live PPS]
 Writes /tmp/moesif-sniffer-memory-flood.pcap (made here, all within 4 s of capture time, so no timeout
 frees anything):
   - N flows (default 80,000) to port 80 that each send a 1,200-byte request head and never finish it:
@@ -13,6 +14,9 @@ that cannot be reached (127.0.0.1:9), so the sender's queue fills too:
   - SNIFFER_MEMORY_LIMIT=off: every budget at its default (what the daemon did before the memory plan);
   - unset: the budgets sized for the cgroup's limit (sniffer/memory_plan.py).
 Printed per run: exit status (137: killed by the OOM killer), peak RSS, events, and the budget counters.
+With `--live PPS` the daemon itself runs instead (`moesif-sniffer run`, 2 workers, in a network namespace
+and the cgroup; tcpreplay sends the capture into its veth at PPS): SNIFFER_MEMORY_LIMIT=off, then equal
+to the cgroup's limit (`ip netns exec` hides the cgroup files, see `run_live`).
 
 Result (2026-12-07, 2 vCPU, cgroup v1, default sizes: 315,000 frames, 298 MB):
   --limit 200Mi: defaults killed by the OOM killer after 1.6 s (peak RSS 213 MB); planned: exit 0, peak
@@ -20,20 +24,29 @@ Result (2026-12-07, 2 vCPU, cgroup v1, default sizes: 315,000 frames, 298 MB):
   dropped_queue_full).
   SNIFFER_WORKERS=2, --limit 300Mi: defaults: "replay worker 1 exited unexpectedly" (killed); planned:
   exit 0, main process peak RSS 134 MB.
+  --live 40000 --limit 300Mi: defaults: a capture worker OOM-killed after 127,481 of 315,000 frames, the
+  daemon exits 1 saying so; planned: exit 0, every frame seen, 0 kernel drops, cgroup peak 238 MB,
+  20,000 events (11,904 dropped from the full queue, 8,096 unsent at the flush deadline: counted).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sniffer.config import Config  # noqa: E402
+
 OUT = Path("/tmp/moesif-sniffer-memory-flood.pcap")
 _ETH = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
 _SYN, _ACK, _PSH = 0x02, 0x10, 0x08
@@ -137,6 +150,25 @@ class _Cgroup:
     def enter(self) -> None:  # in the child, before exec
         (self.dir / "cgroup.procs").write_text(str(os.getpid()))
 
+    def oom_kills(self) -> int:
+        """Processes the kernel killed in this cgroup for want of memory."""
+        for name in ("memory.events", "memory.oom_control"):  # v2, v1
+            f = self.dir / name
+            if f.exists():
+                for line in f.read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        return 0
+
+    def peak_mb(self) -> float:
+        """The cgroup's peak charge (RSS, ring pages, kernel memory and page cache), in MB."""
+        for name in ("memory.peak", "memory.max_usage_in_bytes"):  # v2, v1
+            f = self.dir / name
+            if f.exists():
+                return int(f.read_text()) / 1e6
+        return float("nan")
+
     def remove(self) -> None:
         for _ in range(50):
             try:
@@ -180,10 +212,61 @@ def run_once(capture: Path, limit: int, memory_limit: str | None) -> dict[str, o
     }
 
 
+def run_live(capture: Path, limit: int, memory_limit: str, pps: int) -> dict[str, object]:
+    """`moesif-sniffer run` (2 workers) in the cgroup, in a network namespace, the capture sent into its
+    veth by tcpreplay at `pps`; SIGTERM once it is all sent. `ip netns exec` mounts a fresh /sys, where
+    the cgroup files are not to be seen, so the limit is given as SNIFFER_MEMORY_LIMIT (or off)."""
+    from bench.live import VethNamespace, _packets_in, replay
+
+    cg = _Cgroup(limit)
+    start = time.monotonic()
+    try:
+        with VethNamespace() as net, tempfile.TemporaryFile("w+") as err:
+            env = dict(os.environ)
+            env.update(
+                MOESIF_APPLICATION_ID="flood",
+                MOESIF_API_ENDPOINT="http://127.0.0.1:9",
+                MOESIF_FLUSH_TIMEOUT="1",
+                SNIFFER_MEMORY_LIMIT=memory_limit,
+                SNIFFER_WORKERS="2",
+                SNIFFER_INTERFACE=net.inner,
+                SNIFFER_USER="",
+                SNIFFER_SHED="off",
+                SNIFFER_METRICS_ADDR="",
+            )
+            cmd = net.exec(sys.executable, "-m", "sniffer", "run", "-o", os.devnull)
+            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, preexec_fn=cg.enter, stderr=err)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and "capturing on" not in _read(err):
+                time.sleep(0.2)
+            sent, _ = replay(net, capture, pps, _packets_in(capture))
+            time.sleep(2)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            status = proc.wait(60)
+            text = _read(err)
+    finally:
+        peak, kills = cg.peak_mb(), cg.oom_kills()
+        cg.remove()
+    wanted = ("memory plan", "exited", "packets,", "delivery:", "not captured whole")
+    return {
+        "status": status,
+        "sent": sent,
+        "peak_cgroup_mb": peak,
+        "oom_kills": kills,
+        "seconds": time.monotonic() - start,
+        "summary": [ln for ln in text.splitlines() if any(w in ln for w in wanted)],
+    }
+
+
+def _read(f: IO[str]) -> str:
+    f.seek(0)
+    return f.read()
+
+
 def parse_size(text: str) -> int:
-    units = {"ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "k": 10**3, "m": 10**6, "g": 10**9, "": 1}
-    digits = text.lower().rstrip("kmgi")
-    return int(digits) * units[text.lower()[len(digits) :]]
+    """512Mi, 1G, ...: as SNIFFER_MEMORY_LIMIT reads it."""
+    return Config.load(None, {"SNIFFER_MEMORY_LIMIT": text}).memory_limit or 0
 
 
 def main() -> None:
@@ -193,6 +276,7 @@ def main() -> None:
     ap.add_argument("--legs", type=int, default=20_000)
     ap.add_argument("--holes", type=int, default=3_000)
     ap.add_argument("--keep", action="store_true", help="reuse the capture if it exists")
+    ap.add_argument("--live", type=int, metavar="PPS", help="the daemon, live, at this rate (tcpreplay)")
     args = ap.parse_args()
     why = cgroup_unavailable()
     if why is not None:
@@ -201,6 +285,16 @@ def main() -> None:
         frames = make_capture(OUT, args.flows, args.legs, args.holes)
         print(f"{OUT}: {frames:,} frames, {OUT.stat().st_size / 1e6:,.0f} MB")
     limit = parse_size(args.limit)
+    if args.live:
+        for setting in ("off", args.limit):
+            r = run_live(OUT, limit, setting, args.live)
+            print(f"\nlive, 2 workers, SNIFFER_MEMORY_LIMIT={setting}, cgroup limit {args.limit}:")
+            sent = f"{r['sent']:,} frames sent at {args.live:,}/s"
+            print(f"    exit {r['status']}, {sent}, OOM kills {r['oom_kills']}")
+            print(f"    cgroup peak {r['peak_cgroup_mb']:.0f} MB, {r['seconds']:.1f} s")
+            for line in r["summary"]:  # type: ignore[attr-defined]
+                print("   ", line.strip()[:400])
+        return
     for label, setting in (
         ("budgets at their defaults (SNIFFER_MEMORY_LIMIT=off)", "off"),
         ("memory plan from the cgroup limit", None),

@@ -102,6 +102,11 @@ def run(
     log.info("%s", startup_line(config, workers))
     if memory_plan is not None:
         log.info("%s", memory_plan.describe())
+    else:
+        log.info(
+            "memory: %s; every budget keeps its default (about 900 MiB when all are full)",
+            "SNIFFER_MEMORY_LIMIT=off" if config.memory_limit == 0 else "no cgroup memory limit found",
+        )
     apply_cpu_priority(config.cpu_priority)
     for name in Config.ignored_env(os.environ):
         log.warning("%s is a Kong plugin option with no meaning for the sniffer; ignored", name)

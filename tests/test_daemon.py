@@ -211,7 +211,9 @@ def test_live_capture_gives_the_events_of_a_replay_of_tcpdumps_pcap(tmp_path: Pa
 def test_sigterm_drains_the_ring_and_writes_every_event_before_exit_0(tmp_path: Path) -> None:
     with (
         http_server() as port,
-        running_daemon(tmp_path, port, SNIFFER_WORKERS="1", SNIFFER_LOG_FORMAT="json") as d,
+        running_daemon(
+            tmp_path, port, SNIFFER_WORKERS="1", SNIFFER_LOG_FORMAT="json", SNIFFER_MEMORY_LIMIT="off"
+        ) as d,
     ):
         made = calls(port)
         status = d.stop()  # at once: the last packets are still in a block the kernel has not retired
@@ -223,6 +225,7 @@ def test_sigterm_drains_the_ring_and_writes_every_event_before_exit_0(tmp_path: 
     messages = [rec["message"] for rec in log]
     assert sum("starting:" in m for m in messages) == 1 and messages[-1] == "stopped"
     assert any(rec["message"].startswith("SIGTERM") for rec in log)
+    assert "memory: SNIFFER_MEMORY_LIMIT=off; every budget keeps its default" in "\n".join(messages)
 
 
 @NEEDS_CURL
@@ -237,6 +240,7 @@ def test_sigterm_flushes_the_moesif_sender_before_exit(tmp_path: Path, workers: 
             "MOESIF_BATCH_MAX_TIME": "60",  # nothing leaves before the shutdown flush
             "MOESIF_BATCH_SIZE": "1000",
             "SNIFFER_WORKERS": workers,
+            "SNIFFER_MEMORY_LIMIT": "400Mi",  # the budgets sized for it: the same events arrive
         }
         with running_daemon(tmp_path, port, **extra) as d:
             made = calls(port)
@@ -250,6 +254,7 @@ def test_sigterm_flushes_the_moesif_sender_before_exit(tmp_path: Path, workers: 
     assert {e["response"]["status"] for e in sent} == {200}
     assert APP_ID not in log and f"MOESIF_APPLICATION_ID=...{APP_ID[-4:]}" in log
     assert len([line for line in log.splitlines() if "starting:" in line]) == 1
+    assert f"memory plan: limit 400 MiB (SNIFFER_MEMORY_LIMIT), {workers} worker(s): max_flows=" in log
 
 
 @NEEDS_CURL
