@@ -173,8 +173,11 @@ class FlowTable:
             if flags & _ACK and hs.started:
                 if peer.started:
                     a = (seg.ack - peer.seq_next) & SEQ_MASK
-                    if a and a <= CONTROL_WINDOW:
-                        return self._process(flow, hs, peer, seg, [])
+                    if a:
+                        if a <= CONTROL_WINDOW:
+                            return self._process(flow, hs, peer, seg, [])
+                    elif peer.recent is not None:
+                        peer.recent = None  # all acknowledged (see HalfStream.recent)
                 elif peer.need_hint:
                     return self._process(flow, hs, peer, seg, [])
             payload = seg.payload
@@ -344,8 +347,11 @@ class FlowTable:
             # from one we never saw start is a stale or challenge ACK, not proof of loss.
             if peer.started:
                 a = (seg.ack - peer.seq_next) & SEQ_MASK
-                if a and a <= CONTROL_WINDOW:
-                    peer.on_ack(peer.next + a, ts, out)
+                if a:
+                    if a <= CONTROL_WINDOW:
+                        peer.on_ack(peer.next + a, ts, out)
+                elif peer.recent is not None:
+                    peer.recent = None  # all acknowledged (see HalfStream.recent)
             elif peer.need_hint:
                 peer.hint = seg.ack & SEQ_MASK
                 peer.need_hint = False

@@ -196,8 +196,11 @@ class Pipeline:
         if flags & _ACK and hs.started:
             if peer.started:
                 a = (ack - peer.seq_next) & SEQ_MASK
-                if a and a <= CONTROL_WINDOW:
-                    return False  # acknowledges bytes the capture did not see: a gap to declare
+                if a:
+                    if a <= CONTROL_WINDOW:
+                        return False  # acknowledges bytes the capture did not see: a gap to declare
+                elif peer.recent is not None:
+                    peer.recent = None  # all acknowledged (see HalfStream.recent)
             elif peer.need_hint:
                 return False
         if end == start:

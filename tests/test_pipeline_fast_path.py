@@ -15,9 +15,10 @@ import pytest
 from helpers import frames, tcp_conversation
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import CookedLinux
 
-from reassembly.events import Exchange
+from reassembly.events import Direction, Exchange
 from reassembly.flow_table import FlowEntry
 from reassembly.pipeline import Pipeline
 from sniffer.capture.pcapfile import open_capture
@@ -131,3 +132,31 @@ def test_loss_duplicates_reordering_same_as_stage_by_stage(edits: list[tuple[str
         else:
             frames[i], frames[i + 1] = frames[i + 1], frames[i]
     assert _run(CountingPipeline(), frames) == _run(StageByStage(), frames)
+
+
+@pytest.mark.parametrize("kind", [Pipeline, StageByStage], ids=["fast path", "stage by stage"])
+def test_an_idle_connection_keeps_no_payload_once_all_is_acknowledged(kind: type[Pipeline]) -> None:
+    # Thousands of idle keep-alive connections on a gateway: the last segment of each direction is only
+    # kept (to count a retransmission with other bytes) until the peer acknowledges it.
+    get = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    packets = tcp_conversation([get, get], [ok, ok], close=False)
+    last_client = [p for p in packets if p[TCP].sport == 40000][-1]
+    last_server = packets[-1]
+    ack = last_client.copy()
+    ack[TCP].remove_payload()
+    ack[TCP].seq = last_client[TCP].seq + len(last_client[TCP].payload)
+    ack[TCP].ack = last_server[TCP].seq + len(last_server[TCP].payload)
+    ack[TCP].flags = "A"
+    del ack[IP].len, ack[IP].chksum, ack[TCP].chksum
+    ack.time = last_server.time + 0.001
+    pipeline = kind()
+    for ts, linktype, frame, wire_len in frames(packets):
+        pipeline.feed(ts, linktype, frame, wire_len)
+    ((_flow, c2s, s2c),) = {id(e[0]): e for e in pipeline._raw_index.values()}.values()
+    halves = {c2s.direction: c2s, s2c.direction: s2c}
+    assert halves[Direction.TO_SERVER].recent is None  # the server's response acknowledged the request
+    assert halves[Direction.TO_CLIENT].recent == ok  # the response: not acknowledged yet
+    ((ts, linktype, frame, wire_len),) = frames([ack])
+    assert pipeline.feed(ts, linktype, frame, wire_len) == []
+    assert halves[Direction.TO_CLIENT].recent is None and pipeline.flow_count == 1
