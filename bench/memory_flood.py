@@ -19,14 +19,14 @@ and the cgroup; tcpreplay sends the capture into its veth at PPS): SNIFFER_MEMOR
 to the cgroup's limit (`ip netns exec` hides the cgroup files, see `run_live`).
 
 Result (2026-12-07, 2 vCPU, cgroup v1, default sizes: 315,000 frames, 298 MB):
-  --limit 200Mi: defaults killed by the OOM killer after 1.6 s (peak RSS 213 MB); planned: exit 0, peak
-  RSS 159 MB, 8.0 s, every budget hit (evict_flows, cap_http_buffer_other, cap_buffer, evict_leg_client,
+  --limit 200Mi: defaults killed by the OOM killer after 1.7 s (peak RSS 213 MB); planned: exit 0, peak
+  RSS 140 MB, 7.3 s, every budget hit (evict_flows, cap_http_buffer_other, cap_buffer, evict_leg_client,
   dropped_queue_full).
   SNIFFER_WORKERS=2, --limit 300Mi: defaults: "replay worker 1 exited unexpectedly" (killed); planned:
-  exit 0, main process peak RSS 134 MB.
-  --live 40000 --limit 300Mi: defaults: a capture worker OOM-killed after 127,481 of 315,000 frames, the
-  daemon exits 1 saying so; planned: exit 0, every frame seen, 0 kernel drops, cgroup peak 238 MB,
-  20,000 events (11,904 dropped from the full queue, 8,096 unsent at the flush deadline: counted).
+  exit 0, main process peak RSS 120 MB.
+  --live 40000 --limit 300Mi: defaults: a capture worker OOM-killed after 128,949 of 315,000 frames, the
+  daemon exits 1 saying so; planned: exit 0, every frame seen, 0 kernel drops, cgroup peak 205 MB,
+  20,000 events (13,483 dropped from the full queue, 6,517 unsent at the flush deadline: counted).
 """
 
 from __future__ import annotations

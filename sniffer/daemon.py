@@ -104,7 +104,7 @@ def run(
         log.info("%s", memory_plan.describe())
     else:
         log.info(
-            "memory: %s; every budget keeps its default (about 900 MiB when all are full)",
+            "memory: %s; every budget keeps its default (about 1 GiB when all are full)",
             "SNIFFER_MEMORY_LIMIT=off" if config.memory_limit == 0 else "no cgroup memory limit found",
         )
     apply_cpu_priority(config.cpu_priority)

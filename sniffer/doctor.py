@@ -132,7 +132,7 @@ def check_memory(args: argparse.Namespace | None, environ: Mapping[str, str], co
             "memory",
             "WARN",
             "no memory limit (no cgroup limit, SNIFFER_MEMORY_LIMIT unset or off): every budget keeps its"
-            " default, about 900 MiB when all are full",
+            " default, about 1 GiB when all are full",
             "give the container a memory limit, or set SNIFFER_MEMORY_LIMIT",
         )
     return Check("memory", "ok", plan.describe().removeprefix("memory plan: "))

@@ -2,7 +2,7 @@
 
 The daemon's memory is what does not scale (one interpreter per process, a 16 MiB capture ring per
 worker) plus its budgets: TCP flows, out-of-order bytes, HTTP bytes, Kong legs awaiting their partner,
-the sender's queue. Each budget has its own setting, and their defaults add up to about 900 MiB: more
+the sender's queue. Each budget has its own setting, and their defaults add up to about 1 GiB: more
 than the DaemonSet's 512 MiB, so under adversarial traffic (a flood of connections, lost upstream legs,
 a Moesif outage, all at once) the kernel would kill the pod before the budgets bit.
 
@@ -33,9 +33,10 @@ MAIN_PROCESS_BYTES = 32 * MiB
 WORKER_BYTES = 24 * MiB + 16 * MiB
 # Left free: allocator fragmentation, batches being gzip'd and sent, the garbage of a busy second.
 HEADROOM = 0.15
-# What one tracked flow costs beyond the bytes the buffer budgets count: an idle keep-alive connection
-# measured about 2 KiB (README, Budgets); a busy one holds a little more.
-FLOW_BYTES = 2560
+# What one tracked flow costs beyond the bytes the buffer budgets count, measured on Kong traffic (its
+# parser, both directions' state, the two lookup keys, and its share of the tombstones closed flows leave,
+# up to two per flow of the cap): 4,000 more idle keep-alive connections, 20 MB more RSS.
+FLOW_BYTES = 5 * 1024
 # A pending Kong leg's exchange (heads, parsed headers) beyond its bodies, which the byte cap counts.
 LEG_BYTES = 4096
 # The smallest budgets worth running with: below this the daemon would drop most of the traffic.
@@ -44,11 +45,11 @@ MIN_USABLE_BYTES = 32 * MiB
 # Shares of what is usable. Flows and the queue come first: a flow lost is every call on it, and the queue
 # is what carries a collector outage. Out-of-order and HTTP bytes are only held across a few packets.
 SHARES = {
-    "flows": 0.25,
+    "flows": 0.35,
     "max_buffer_bytes": 0.15,
     "max_http_buffer_bytes": 0.15,
-    "legs": 0.20,
-    "event_queue_bytes": 0.25,
+    "legs": 0.15,
+    "event_queue_bytes": 0.20,
 }
 
 
