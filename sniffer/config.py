@@ -296,7 +296,8 @@ OPTIONS: tuple[Option, ...] = (
         "max_http_buffer_bytes",
         _bytes,
         None,
-        "HTTP bytes held across all flows (open heads, bodies in flight); unset: SNIFFER_MAX_BUFFER_BYTES",
+        "HTTP bytes held across all flows (open heads, bodies in flight); unset: SNIFFER_MAX_BUFFER_BYTES"
+        " (with a memory limit: its own share)",
     ),
     _s("max_header_bytes", _count, _L.max_header_bytes, "Largest HTTP header block parsed"),
     _s("max_pending_requests", _count, _L.max_pending_requests, "Pipelined requests awaiting a response"),
