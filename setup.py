@@ -47,6 +47,7 @@ COMPILED_MODULES = [
 COMPILED_SHELL_MODULES = [
     "sniffer/engine.py",
     "sniffer/kong/join.py",
+    "sniffer/kong/leg_index.py",
     "sniffer/kong/classify.py",
     "sniffer/moesif/event.py",
     "sniffer/moesif/headers.py",
