@@ -160,10 +160,11 @@ def _processes(name: str) -> list[dict[str, str]]:
 VARIANTS = {
     # The README's command line.
     "docker-run": ["--cap-add", "NET_RAW"],
-    # The DaemonSet's securityContext.
+    # The DaemonSet's securityContext and memory limit.
     "kubernetes": [
         "--cap-drop", "ALL", "--cap-add", "NET_RAW,SETUID,SETGID",
         "--read-only", "--read-only-tmpfs=false", "--security-opt", "no-new-privileges",
+        "--memory", "512m",
     ],
 }  # fmt: skip
 
@@ -243,6 +244,12 @@ def test_container_captures_host_traffic_as_nobody(image: str, web: int, variant
     text = logs.decode(errors="replace")
     assert "running as uid 65534 gid 65534 with no capabilities" in text
     assert APP_ID not in text  # the app id is only ever shown by its last 4 characters
+    if variant == "kubernetes":  # the budgets sized for the container's memory limit, read from its cgroup
+        assert re.search(
+            r"memory plan: limit 512 MiB \(/sys/fs/cgroup/\S+\), 2 worker\(s\): max_flows=23166 ", text
+        )
+    else:
+        assert "memory: no cgroup memory limit found" in text
 
 
 def test_container_doctor_names_the_missing_capability(image: str) -> None:
