@@ -70,9 +70,16 @@ class MemoryPlan:
 
 
 def plan_budgets(
-    limit: int, workers: int, *, given: frozenset[str] = frozenset(), source: str = "SNIFFER_MEMORY_LIMIT"
+    limit: int,
+    workers: int,
+    *,
+    given: frozenset[str] = frozenset(),
+    source: str = "SNIFFER_MEMORY_LIMIT",
+    tls: bool = False,
 ) -> MemoryPlan:
-    """The budgets for `limit` bytes and `workers` capture processes; options in `given` are left alone."""
+    """The budgets for `limit` bytes and `workers` capture processes; options in `given` are left alone.
+    With `tls` (SNIFFER_TLS=uprobe) the TLS plaintext connections, tracked up to SNIFFER_MAX_FLOWS of
+    their own, share the flows' memory with the packet flows."""
     fixed = MAIN_PROCESS_BYTES + workers * WORKER_BYTES
     usable = int(limit * (1 - HEADROOM)) - fixed
     if usable < MIN_USABLE_BYTES:
@@ -84,7 +91,7 @@ def plan_budgets(
     share = {name: int(usable * part) for name, part in SHARES.items()}
     legs_bytes = share["legs"] // 2
     planned: dict[str, int] = {
-        "max_flows": min(DEFAULT_MAX_FLOWS, share["flows"] // FLOW_BYTES),
+        "max_flows": min(DEFAULT_MAX_FLOWS, share["flows"] // (FLOW_BYTES * (2 if tls else 1))),
         "max_buffer_bytes": min(DEFAULT_MAX_BUFFER_BYTES, share["max_buffer_bytes"]),
         "max_http_buffer_bytes": min(DEFAULT_MAX_BUFFER_BYTES, share["max_http_buffer_bytes"]),
         "max_pending_legs": min(DEFAULT_MAX_PENDING_LEGS, (share["legs"] - legs_bytes) // LEG_BYTES),
@@ -113,7 +120,7 @@ def fit_config(
         if found is None:
             return config, None
         limit, source = found
-    plan = plan_budgets(limit, workers, given=given, source=source)
+    plan = plan_budgets(limit, workers, given=given, source=source, tls=config.tls == "uprobe")
     return replace(config, **plan.budgets), plan
 
 

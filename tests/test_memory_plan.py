@@ -105,6 +105,15 @@ def test_settings_given_explicitly_are_kept() -> None:
     assert "limit 256 MiB (SNIFFER_MEMORY_LIMIT)" in plan.describe() and "kept as set" in plan.describe()
 
 
+def test_tls_connections_share_the_flows_memory() -> None:
+    plain = plan_budgets(512 * MiB, 2).budgets
+    tls = fit_config(
+        Config.load(None, {"SNIFFER_TLS": "uprobe"}), frozenset(), 2, detect=lambda: (512 * MiB, "cg")
+    )
+    assert tls[1] is not None and tls[0].max_flows == plain["max_flows"] // 2
+    assert tls[0].event_queue_bytes == plain["event_queue_bytes"]
+
+
 def test_no_limit_or_off_leaves_every_default() -> None:
     config = Config.load(None, {})
     assert fit_config(config, frozenset(), 2, detect=lambda: None) == (config, None)
