@@ -47,7 +47,8 @@ MAX_BATCH_BYTES = 5_000_000  # well under the collector's 50 MB per batch
 # About 50,000 Kong events of 1.3 KB: tens of seconds of a busy node's calls while the collector is
 # unreachable, inside the DaemonSet's memory limit next to the capture budgets.
 DEFAULT_QUEUE_BYTES = 64 << 20
-# What a queued event costs beyond its JSON: the deque slot and the (time, bytes) tuple.
+# What a queued event costs beyond its JSON, measured with tracemalloc: 88 bytes for the deque slot and the
+# (time, bytes) tuple, 33 for the bytes object's header (malloc's own headers come on top).
 _ITEM_OVERHEAD = 120
 
 
