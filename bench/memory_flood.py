@@ -125,6 +125,8 @@ def cgroup_unavailable() -> str | None:
         return "needs root to create a memory cgroup"
     v2 = Path("/sys/fs/cgroup/cgroup.controllers")
     if v2.exists() and "memory" in v2.read_text().split():
+        if "memory" not in (v2.parent / "cgroup.subtree_control").read_text().split():
+            return "cgroup v2: memory is not in /sys/fs/cgroup/cgroup.subtree_control"
         return None if os.access(v2.parent, os.W_OK) else "/sys/fs/cgroup is not writable"
     v1 = Path("/sys/fs/cgroup/memory")
     if v1.is_dir() and os.access(v1, os.W_OK):
