@@ -76,10 +76,12 @@ def plan_budgets(
     given: frozenset[str] = frozenset(),
     source: str = "SNIFFER_MEMORY_LIMIT",
     tls: bool = False,
+    sends: bool = True,
 ) -> MemoryPlan:
     """The budgets for `limit` bytes and `workers` capture processes; options in `given` are left alone.
     With `tls` (SNIFFER_TLS=uprobe) the TLS plaintext connections, tracked up to SNIFFER_MAX_FLOWS of
-    their own, share the flows' memory with the packet flows."""
+    their own, share the flows' memory with the packet flows. Without `sends` (no application id: events
+    are written as JSON lines, no queue) the queue's share goes to the flows."""
     fixed = MAIN_PROCESS_BYTES + workers * WORKER_BYTES
     usable = int(limit * (1 - HEADROOM)) - fixed
     if usable < MIN_USABLE_BYTES:
@@ -89,6 +91,8 @@ def plan_budgets(
             f"at least {need / MiB:,.0f} MiB (or fewer SNIFFER_WORKERS)"
         )
     share = {name: int(usable * part) for name, part in SHARES.items()}
+    if not sends:
+        share["flows"] += share["event_queue_bytes"]
     legs_bytes = share["legs"] // 2
     planned: dict[str, int] = {
         "max_flows": min(DEFAULT_MAX_FLOWS, share["flows"] // (FLOW_BYTES * (2 if tls else 1))),
@@ -120,7 +124,14 @@ def fit_config(
         if found is None:
             return config, None
         limit, source = found
-    plan = plan_budgets(limit, workers, given=given, source=source, tls=config.tls == "uprobe")
+    plan = plan_budgets(
+        limit,
+        workers,
+        given=given,
+        source=source,
+        tls=config.tls == "uprobe",
+        sends=bool(config.application_id),
+    )
     return replace(config, **plan.budgets), plan
 
 

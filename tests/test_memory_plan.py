@@ -108,10 +108,23 @@ def test_settings_given_explicitly_are_kept() -> None:
 def test_tls_connections_share_the_flows_memory() -> None:
     plain = plan_budgets(512 * MiB, 2).budgets
     tls = fit_config(
-        Config.load(None, {"SNIFFER_TLS": "uprobe"}), frozenset(), 2, detect=lambda: (512 * MiB, "cg")
+        Config.load(None, {"SNIFFER_TLS": "uprobe", "MOESIF_APPLICATION_ID": "app"}),
+        frozenset(),
+        2,
+        detect=lambda: (512 * MiB, "cg"),
     )
     assert tls[1] is not None and tls[0].max_flows == plain["max_flows"] // 2
     assert tls[0].event_queue_bytes == plain["event_queue_bytes"]
+
+
+def test_without_an_application_id_the_queues_share_goes_to_the_flows() -> None:
+    sending = plan_budgets(512 * MiB, 2).budgets
+    writing = plan_budgets(512 * MiB, 2, sends=False).budgets
+    assert writing["max_flows"] > sending["max_flows"]
+    assert _estimate({**writing, "event_queue_bytes": 0}, Config(), 2) <= 512 * MiB * (1 - HEADROOM)
+    config = Config.load(None, {"MOESIF_APPLICATION_ID": "app"})
+    fitted, _ = fit_config(config, frozenset(), 2, detect=lambda: (512 * MiB, "cg"))
+    assert fitted.max_flows == sending["max_flows"]
 
 
 def test_no_limit_or_off_leaves_every_default() -> None:
