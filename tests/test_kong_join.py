@@ -599,9 +599,10 @@ def test_every_call_once_with_its_own_identity(n: int, seed: int, request_ids: b
 
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(9, 60), seed=st.integers(0, 2**32 - 1))
-def test_time_filter_of_many_candidates_changes_no_join(n: int, seed: int) -> None:
+def test_end_time_window_changes_no_join(n: int, seed: int) -> None:
     """Identical calls without request ids from one client address, overlapping in time, legs fed in a
-    shuffled order: the joiner pairs them as it does when it fits every candidate."""
+    shuffled order: reading only the pending legs whose end lets them nest (leg_index) pairs them as
+    fitting every pending leg of the route does."""
     rnd = random.Random(seed)
     exchanges = []
     for i in range(n):
@@ -631,7 +632,7 @@ def test_time_filter_of_many_candidates_changes_no_join(n: int, seed: int) -> No
             for c in calls
         )
 
-    filtered = pairs()
+    windowed = pairs()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(join_module, "TIME_FILTER_FROM", 1 << 30)
-        assert pairs() == filtered
+        mp.setattr(EndOrdered, "window", lambda self, lo, hi: list(self._items) + list(self._open))
+        assert pairs() == windowed
