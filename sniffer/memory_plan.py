@@ -8,8 +8,8 @@ a Moesif outage, all at once) the kernel would kill the pod before the budgets b
 
 With a limit (SNIFFER_MEMORY_LIMIT, or else the cgroup limit of the container), every budget the user did
 not set gets a share of what the limit leaves after the fixed costs and a headroom, and never more than
-its default. A budget set explicitly is kept as given. `bench/memory_flood.py` runs a capture that hits
-every budget at once inside a real cgroup limit.
+its default. A budget set explicitly is kept as given, and what it may hold is taken off first.
+`bench/memory_flood.py` runs a capture that hits every budget at once inside a real cgroup limit.
 """
 
 from __future__ import annotations
@@ -18,11 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from reassembly.limits import DEFAULT_MAX_BUFFER_BYTES, DEFAULT_MAX_FLOWS
 from sniffer.config import Config
 from sniffer.errors import ConfigError
-from sniffer.kong.join import DEFAULT_MAX_PENDING_BYTES, DEFAULT_MAX_PENDING_LEGS
-from sniffer.moesif.batcher import DEFAULT_QUEUE_BYTES
 
 __all__ = ["MemoryPlan", "cgroup_memory_limit", "fit_config", "plan_budgets"]
 
@@ -42,13 +39,15 @@ LEG_BYTES = 4096
 # The smallest budgets worth running with: below this the daemon would drop most of the traffic.
 MIN_USABLE_BYTES = 32 * MiB
 
-# Shares of what is usable. Flows and the queue come first: a flow lost is every call on it, and the queue
-# is what carries a collector outage. Out-of-order and HTTP bytes are only held across a few packets.
+# Shares of what is usable, per budget. Flows and the queue come first: a flow lost is every call on it,
+# and the queue is what carries a collector outage. Out-of-order and HTTP bytes are only held across a few
+# packets; the Kong legs' share is half their count, half their bodies.
 SHARES = {
-    "flows": 0.35,
+    "max_flows": 0.35,
     "max_buffer_bytes": 0.15,
     "max_http_buffer_bytes": 0.15,
-    "legs": 0.15,
+    "max_pending_legs": 0.075,
+    "max_pending_leg_bytes": 0.075,
     "event_queue_bytes": 0.20,
 }
 
@@ -72,38 +71,45 @@ class MemoryPlan:
 def plan_budgets(
     limit: int,
     workers: int,
+    config: Config,
     *,
     given: frozenset[str] = frozenset(),
     source: str = "SNIFFER_MEMORY_LIMIT",
-    tls: bool = False,
-    sends: bool = True,
 ) -> MemoryPlan:
-    """The budgets for `limit` bytes and `workers` capture processes; options in `given` are left alone.
-    With `tls` (SNIFFER_TLS=uprobe) the TLS plaintext connections, tracked up to SNIFFER_MAX_FLOWS of
-    their own, share the flows' memory with the packet flows. Without `sends` (no application id: events
-    are written as JSON lines, no queue) the queue's share goes to the flows."""
+    """The budgets for `limit` bytes and `workers` capture processes.
+
+    The budgets in `given` keep `config`'s values, and what they may hold is taken off first; the others
+    share the rest by SHARES, none above its default. Without an application id there is no queue (events
+    are written as JSON lines): its share goes to the others. With SNIFFER_TLS=uprobe each flow counts
+    twice: the TLS plaintext connections are tracked up to SNIFFER_MAX_FLOWS of their own."""
     fixed = MAIN_PROCESS_BYTES + workers * WORKER_BYTES
     usable = int(limit * (1 - HEADROOM)) - fixed
-    if usable < MIN_USABLE_BYTES:
-        need = (fixed + MIN_USABLE_BYTES) / (1 - HEADROOM)
-        raise ConfigError(
-            f"{source}: {limit / MiB:,.0f} MiB is too little for {workers} capture worker(s): "
-            f"at least {need / MiB:,.0f} MiB (or fewer SNIFFER_WORKERS)"
+    unit = {name: 1 for name in SHARES}
+    unit["max_flows"] = FLOW_BYTES * (2 if config.tls == "uprobe" else 1)
+    unit["max_pending_legs"] = LEG_BYTES
+    shares = dict(SHARES)
+    if not config.application_id:
+        del shares["event_queue_bytes"]
+    kept = tuple(name for name in shares if name in given)
+    rest = usable - sum(getattr(config, name) * unit[name] for name in kept)
+    if rest < MIN_USABLE_BYTES:
+        need = (fixed + usable - rest + MIN_USABLE_BYTES) / (1 - HEADROOM)
+        what = f"{workers} capture worker(s)" + (
+            " and the budgets set (" + ",".join(kept) + ")" if kept else ""
         )
-    share = {name: int(usable * part) for name, part in SHARES.items()}
-    if not sends:
-        share["flows"] += share["event_queue_bytes"]
-    legs_bytes = share["legs"] // 2
-    planned: dict[str, int] = {
-        "max_flows": min(DEFAULT_MAX_FLOWS, share["flows"] // (FLOW_BYTES * (2 if tls else 1))),
-        "max_buffer_bytes": min(DEFAULT_MAX_BUFFER_BYTES, share["max_buffer_bytes"]),
-        "max_http_buffer_bytes": min(DEFAULT_MAX_BUFFER_BYTES, share["max_http_buffer_bytes"]),
-        "max_pending_legs": min(DEFAULT_MAX_PENDING_LEGS, (share["legs"] - legs_bytes) // LEG_BYTES),
-        "max_pending_leg_bytes": min(DEFAULT_MAX_PENDING_BYTES, legs_bytes),
-        "event_queue_bytes": min(DEFAULT_QUEUE_BYTES, share["event_queue_bytes"]),
+        raise ConfigError(
+            f"{source}: {limit / MiB:,.0f} MiB is too little for {what}: at least {need / MiB:,.0f} MiB"
+            " (or fewer SNIFFER_WORKERS)"
+        )
+    defaults = Config()
+    weight = sum(part for name, part in shares.items() if name not in given)
+    budgets = {
+        name: min(
+            getattr(defaults, name) or defaults.max_buffer_bytes, int(rest * part / weight) // unit[name]
+        )
+        for name, part in shares.items()
+        if name not in given
     }
-    kept = tuple(name for name in planned if name in given)
-    budgets = {name: value for name, value in planned.items() if name not in given}
     return MemoryPlan(limit, source, workers, budgets, kept)
 
 
@@ -124,14 +130,7 @@ def fit_config(
         if found is None:
             return config, None
         limit, source = found
-    plan = plan_budgets(
-        limit,
-        workers,
-        given=given,
-        source=source,
-        tls=config.tls == "uprobe",
-        sends=bool(config.application_id),
-    )
+    plan = plan_budgets(limit, workers, config, given=given, source=source)
     return replace(config, **plan.budgets), plan
 
 

@@ -17,6 +17,7 @@ from sniffer.memory_plan import (
     LEG_BYTES,
     MAIN_PROCESS_BYTES,
     MIN_USABLE_BYTES,
+    SHARES,
     WORKER_BYTES,
     cgroup_memory_limit,
     fit_config,
@@ -42,9 +43,13 @@ def test_a_bad_limit_names_the_variable(raw: str) -> None:
         Config.load(None, {"SNIFFER_MEMORY_LIMIT": raw})
 
 
+SENDING = Config(application_id="app")
+
+
 def _estimate(budgets: dict[str, int], config: Config, workers: int) -> int:
-    """What the daemon may hold when every budget is full, by the plan's own unit costs."""
-    b = {name: budgets.get(name, getattr(config, name)) for name in budgets}
+    """What the daemon may hold when every budget is full, by the plan's own unit costs: the planned
+    values, else `config`'s."""
+    b = {name: budgets.get(name, getattr(config, name) or config.max_buffer_bytes) for name in SHARES}
     return (
         MAIN_PROCESS_BYTES
         + workers * WORKER_BYTES
@@ -64,9 +69,9 @@ def test_full_budgets_fit_under_the_limit_and_never_exceed_the_defaults(limit_mi
     too_little = limit * (1 - HEADROOM) - MAIN_PROCESS_BYTES - workers * WORKER_BYTES < MIN_USABLE_BYTES
     if too_little:  # (4 workers' interpreters and rings in 200 or 256 MiB)
         with pytest.raises(ConfigError, match="too little"):
-            plan_budgets(limit, workers)
+            plan_budgets(limit, workers, SENDING)
         return
-    plan = plan_budgets(limit, workers)
+    plan = plan_budgets(limit, workers, SENDING)
     defaults = Config()
     assert _estimate(plan.budgets, defaults, workers) <= limit * (1 - HEADROOM)
     for name, value in plan.budgets.items():
@@ -93,20 +98,35 @@ def test_the_defaults_alone_do_not_fit_the_daemonsets_limit() -> None:
 
 
 def test_settings_given_explicitly_are_kept() -> None:
-    env = {"SNIFFER_MEMORY_LIMIT": "256Mi", "SNIFFER_MAX_FLOWS": "99", "MOESIF_EVENT_QUEUE_BYTES": "12345678"}
+    env = {
+        "SNIFFER_MEMORY_LIMIT": "256Mi",
+        "SNIFFER_MAX_FLOWS": "99",
+        "MOESIF_EVENT_QUEUE_BYTES": "12345678",
+        "MOESIF_APPLICATION_ID": "app",
+    }
     config = Config.load(None, env)
     given = Config.given(None, env)
-    assert given == {"memory_limit", "max_flows", "event_queue_bytes"}
+    assert given == {"memory_limit", "max_flows", "event_queue_bytes", "application_id"}
     fitted, plan = fit_config(config, given, workers=1)
     assert plan is not None and plan.kept == ("max_flows", "event_queue_bytes")
     assert fitted.max_flows == 99 and fitted.event_queue_bytes == 12_345_678
     assert fitted.max_buffer_bytes == plan.budgets["max_buffer_bytes"] < config.max_buffer_bytes
     assert fitted.limits().max_http_buffer_bytes == plan.budgets["max_http_buffer_bytes"]
     assert "limit 256 MiB (SNIFFER_MEMORY_LIMIT)" in plan.describe() and "kept as set" in plan.describe()
+    # What the kept budgets may hold is taken off first: full, everything still fits.
+    assert _estimate(plan.budgets, fitted, 1) <= 256 * MiB * (1 - HEADROOM)
+
+
+def test_explicit_budgets_larger_than_the_limit_are_a_clear_error() -> None:
+    env = {"SNIFFER_MEMORY_LIMIT": "512Mi", "SNIFFER_MAX_FLOWS": "65536", "MOESIF_APPLICATION_ID": "app"}
+    with pytest.raises(
+        ConfigError, match=r"too little for 2 capture worker\(s\) and the budgets set \(max_flows\)"
+    ):
+        fit_config(Config.load(None, env), Config.given(None, env), workers=2)
 
 
 def test_tls_connections_share_the_flows_memory() -> None:
-    plain = plan_budgets(512 * MiB, 2).budgets
+    plain = plan_budgets(512 * MiB, 2, SENDING).budgets
     tls = fit_config(
         Config.load(None, {"SNIFFER_TLS": "uprobe", "MOESIF_APPLICATION_ID": "app"}),
         frozenset(),
@@ -117,10 +137,11 @@ def test_tls_connections_share_the_flows_memory() -> None:
     assert tls[0].event_queue_bytes == plain["event_queue_bytes"]
 
 
-def test_without_an_application_id_the_queues_share_goes_to_the_flows() -> None:
-    sending = plan_budgets(512 * MiB, 2).budgets
-    writing = plan_budgets(512 * MiB, 2, sends=False).budgets
-    assert writing["max_flows"] > sending["max_flows"]
+def test_without_an_application_id_the_queues_share_goes_to_the_others() -> None:
+    sending = plan_budgets(512 * MiB, 2, SENDING).budgets
+    writing = plan_budgets(512 * MiB, 2, Config()).budgets
+    assert "event_queue_bytes" not in writing
+    assert all(writing[name] > sending[name] for name in writing)
     assert _estimate({**writing, "event_queue_bytes": 0}, Config(), 2) <= 512 * MiB * (1 - HEADROOM)
     config = Config.load(None, {"MOESIF_APPLICATION_ID": "app"})
     fitted, _ = fit_config(config, frozenset(), 2, detect=lambda: (512 * MiB, "cg"))
@@ -146,7 +167,7 @@ def test_too_little_memory_is_a_clear_error() -> None:
     with pytest.raises(
         ConfigError, match=r"SNIFFER_MEMORY_LIMIT: 100 MiB is too little for 2 capture worker"
     ):
-        plan_budgets(100 * MiB, 2)
+        plan_budgets(100 * MiB, 2, SENDING)
 
 
 def _cgroup_tree(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[str, str]:
