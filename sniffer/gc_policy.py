@@ -13,7 +13,10 @@ paused), where the deferred collections ran.
 
 The heap built at start-up (modules, configuration) is frozen out of every collection, which also
 spares forked capture workers copying the pages a collection would touch. Cyclic garbage is still
-collected, later: up to `THRESHOLDS[0]` new containers wait for the next young collection.
+collected, but late: what survives a young collection waits for a full one, which these thresholds make
+rare. So the per-connection objects must be freed by reference counting alone: a closed parser unlinks
+its readers (a flood of evicted connections held 305 MB instead of 122 before it did;
+tests/test_http_connection.py checks that a closed connection leaves no cycle).
 """
 
 from __future__ import annotations
