@@ -37,7 +37,7 @@ from sniffer.daemon_loop import DaemonLoop
 from sniffer.engine import Engine
 from sniffer.errors import CaptureError, ConfigError
 from sniffer.logs import setup_logging
-from sniffer.memory_plan import MemoryPlan
+from sniffer.memory_plan import NO_LIMIT, MemoryPlan
 from sniffer.metrics import MetricsServer
 from sniffer.moesif.jsonlines import JsonLinesSink
 from sniffer.moesif.transport import mask_app_id, safe_url
@@ -103,10 +103,8 @@ def run(
     if memory_plan is not None:
         log.info("%s", memory_plan.describe())
     else:
-        log.info(
-            "memory: %s; every budget keeps its default (about 1 GiB when all are full)",
-            "SNIFFER_MEMORY_LIMIT=off" if config.memory_limit == 0 else "no cgroup memory limit found",
-        )
+        why = "SNIFFER_MEMORY_LIMIT=off" if config.memory_limit == 0 else "no cgroup memory limit found"
+        log.info("memory: %s; %s", why, NO_LIMIT)
     apply_cpu_priority(config.cpu_priority)
     for name in Config.ignored_env(os.environ):
         log.warning("%s is a Kong plugin option with no meaning for the sniffer; ignored", name)

@@ -46,7 +46,7 @@ from sniffer.capture.bpf import SNAPLEN, tcp_port_filter
 from sniffer.capture.tls.check import tls_check
 from sniffer.config import Config
 from sniffer.errors import CaptureError, ConfigError
-from sniffer.memory_plan import fit_config
+from sniffer.memory_plan import NO_LIMIT, fit_config
 from sniffer.moesif.transport import mask_app_id, safe_url
 from sniffer.privileges import process_status
 
@@ -131,8 +131,7 @@ def check_memory(args: argparse.Namespace | None, environ: Mapping[str, str], co
         return Check(
             "memory",
             "WARN",
-            "no memory limit (no cgroup limit, SNIFFER_MEMORY_LIMIT unset or off): every budget keeps its"
-            " default, about 1 GiB when all are full",
+            f"no memory limit (no cgroup limit, SNIFFER_MEMORY_LIMIT unset or off): {NO_LIMIT}",
             "give the container a memory limit, or set SNIFFER_MEMORY_LIMIT",
         )
     return Check("memory", "ok", plan.describe().removeprefix("memory plan: "))

@@ -21,7 +21,7 @@ from pathlib import Path
 from sniffer.config import Config
 from sniffer.errors import ConfigError
 
-__all__ = ["MemoryPlan", "cgroup_memory_limit", "fit_config", "plan_budgets"]
+__all__ = ["NO_LIMIT", "MemoryPlan", "cgroup_memory_limit", "fit_config", "plan_budgets"]
 
 MiB = 1 << 20
 # Idle processes, measured (PSS, `moesif-sniffer run`, 2026-12-07): one worker 55 MiB; two workers
@@ -38,6 +38,9 @@ FLOW_BYTES = 5 * 1024
 LEG_BYTES = 4096
 # The smallest budgets worth running with: below this the daemon would drop most of the traffic.
 MIN_USABLE_BYTES = 32 * MiB
+
+# What running without a limit means, as the daemon logs it and doctor shows it.
+NO_LIMIT = "every budget keeps its default (about 1 GiB when all are full)"
 
 # Shares of what is usable, per budget. Flows and the queue come first: a flow lost is every call on it,
 # and the queue is what carries a collector outage. Out-of-order and HTTP bytes are only held across a few
