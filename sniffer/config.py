@@ -442,17 +442,13 @@ class Config:
         return replace(cls(), **values)
 
     @staticmethod
-    def _given(args: argparse.Namespace | None, environ: Mapping[str, str]) -> list[Option]:
-        return [
-            opt
+    def given(args: argparse.Namespace | None, environ: Mapping[str, str]) -> frozenset[str]:
+        """Names of the options set by a flag or a variable (not left at their default)."""
+        return frozenset(
+            opt.name
             for opt in OPTIONS
             if (args is not None and getattr(args, opt.name, None) is not None) or opt.env in environ
-        ]
-
-    @classmethod
-    def given(cls, args: argparse.Namespace | None, environ: Mapping[str, str]) -> frozenset[str]:
-        """Names of the options set by a flag or a variable (not left at their default)."""
-        return frozenset(opt.name for opt in cls._given(args, environ))
+        )
 
     def worker_count(self) -> int:
         """SNIFFER_WORKERS, or one capture worker per core (at most MAX_AUTO_WORKERS) when unset."""
