@@ -50,7 +50,7 @@ COMPILED_SHELL_MODULES = [
     "sniffer/kong/leg_index.py",
     "sniffer/kong/classify.py",
     "sniffer/moesif/event.py",
-    "sniffer/moesif/headers.py",
+    "sniffer/headers.py",
     "sniffer/moesif/identify.py",
     "sniffer/moesif/ids.py",
     "sniffer/moesif/client_ip.py",

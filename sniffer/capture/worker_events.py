@@ -26,7 +26,7 @@ from reassembly.events import Exchange
 from reassembly.stats import Stats
 from sniffer.config import Config
 from sniffer.engine import Engine
-from sniffer.kong.classify import LegClassifier, LegKind, first_headers
+from sniffer.kong.classify import LegClassifier, LegKind
 from sniffer.moesif.jsonlines import JsonLinesSink
 
 __all__ = ["SurelyPlain", "WorkerEvents", "events_of"]
@@ -60,8 +60,7 @@ class SurelyPlain:
                 self._by_client.clear()
             clf = LegClassifier(*self._ports, kong_hosts=frozenset({ip}), stats=Stats())
             self._by_client[ip] = clf
-        req = ex.request
-        return clf.classify(ex, first_headers(req) if req is not None else {}) is LegKind.PLAIN
+        return clf.classify(ex) is LegKind.PLAIN
 
 
 class _Collect:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from reassembly.events import Exchange
+from sniffer.headers import HeaderLists
 
 __all__ = ["ApiCall", "Legs"]
 
@@ -31,6 +32,11 @@ class ApiCall:
     upstream_leg: Exchange | None  # Kong's exchange with the service, when seen
     legs: Legs
     kong_request_id: str | None = None  # X-Kong-Request-Id when either leg carries it
+    # The joiner's reading of the legs' headers (`sniffer.headers.header_lists`), handed on so that each
+    # message's headers are read once: None where it did not read them. Shared: only ever read.
+    client_request_headers: HeaderLists | None = None
+    client_response_headers: HeaderLists | None = None
+    upstream_request_headers: HeaderLists | None = None
 
     @property
     def primary(self) -> Exchange:

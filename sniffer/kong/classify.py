@@ -24,7 +24,8 @@ Rules, first match wins (the Kong facts are from Kong 3.x `runloop/handler.lua` 
    Older Kong (2.x) sends neither `Via` nor a request id upstream, so this is how its legs are found.
 6. Anything else: PLAIN.
 
-Header names are compared case-insensitively; when a header repeats, its first value counts.
+Header names are compared case-insensitively (`sniffer.headers` lowercases them, the same view the event
+builder reads, so each message's headers are read once); when a header repeats, its first value counts.
 
 Most exchanges on most hosts are plain HTTP, and every one of them is classified: `is_plain` answers for
 them without decoding a header, from the raw header names it has already seen to be none of the names
@@ -39,6 +40,7 @@ from operator import itemgetter
 
 from reassembly.events import Exchange, HttpMessage
 from reassembly.stats import Stats
+from sniffer.headers import HeaderLists, header_lists
 
 __all__ = [
     "CONSUMER_HEADERS",
@@ -48,33 +50,37 @@ __all__ = [
     "RESPONSE_RULE_HEADERS",
     "LegClassifier",
     "LegKind",
-    "first_headers",
     "is_kong_response",
     "is_kong_via",
 ]
 
-KONG_REQUEST_ID = b"x-kong-request-id"
+# Header names as `sniffer.headers` reads them (lowercase text); the raw-name sets below are their bytes.
+KONG_REQUEST_ID = "x-kong-request-id"
 CONSUMER_HEADERS = frozenset(
     {
-        b"x-consumer-id",
-        b"x-consumer-username",
-        b"x-consumer-custom-id",
-        b"x-credential-identifier",
-        b"x-anonymous-consumer",
+        "x-consumer-id",
+        "x-consumer-username",
+        "x-consumer-custom-id",
+        "x-credential-identifier",
+        "x-anonymous-consumer",
     }
 )
 FORWARDED_HEADERS = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip"}
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-real-ip"}
 )
 # Addresses remembered as Kong hosts. A node has a handful; the cap only guards against a flood of
 # spoofed headers turning this into an unbounded set.
 MAX_KONG_HOSTS = 1024
 KONG_RESPONSE_HEADERS = frozenset(
-    {b"x-kong-proxy-latency", b"x-kong-upstream-latency", b"x-kong-response-latency"}
+    {"x-kong-proxy-latency", "x-kong-upstream-latency", "x-kong-response-latency"}
 )
-# Every (lowercased) header name a rule reads, per side: a message with none of them cannot be a Kong leg.
-REQUEST_RULE_HEADERS = frozenset({KONG_REQUEST_ID, b"via"}) | CONSUMER_HEADERS | FORWARDED_HEADERS
-RESPONSE_RULE_HEADERS = frozenset({b"via"}) | KONG_RESPONSE_HEADERS
+# Every header name a rule reads, per side, lowercased bytes as the raw names are compared: a message with
+# none of them cannot be a Kong leg.
+REQUEST_RULE_HEADERS = frozenset(
+    name.encode() for name in {KONG_REQUEST_ID, "via"} | CONSUMER_HEADERS | FORWARDED_HEADERS
+)
+RESPONSE_RULE_HEADERS = frozenset(name.encode() for name in {"via"} | KONG_RESPONSE_HEADERS)
+_KONG_RESPONSE_NAMES = frozenset(name.encode() for name in KONG_RESPONSE_HEADERS)
 # Raw header names remembered as read by a rule or not, per side and kind; each emptied when full.
 MAX_OTHER_NAMES = 4096
 _name = itemgetter(0)
@@ -86,26 +92,18 @@ class LegKind(StrEnum):
     PLAIN = "plain"
 
 
-def first_headers(message: HttpMessage) -> dict[bytes, bytes]:
-    """Lowercased header name -> its first value."""
-    out: dict[bytes, bytes] = {}
-    for name, value in message.headers:
-        out.setdefault(name.lower(), value)
-    return out
-
-
 def is_kong_response(message: HttpMessage) -> bool:
-    """A response that went through Kong on its way to the client (rule 3b)."""
+    """A response that went through Kong on its way to the client (rule 3b), from its raw headers."""
     for name, value in message.headers:
         lname = name.lower()
-        if lname in KONG_RESPONSE_HEADERS or (lname == b"via" and is_kong_via(value)):
+        if lname in _KONG_RESPONSE_NAMES or (lname == b"via" and b"kong/" in value.lower()):
             return True
     return False
 
 
-def is_kong_via(value: bytes | None) -> bool:
-    """A `Via` value with a `kong/<version>` element, e.g. `1.1 kong/3.9.0` or `1.1 lb, 1.1 kong/3.4.2`."""
-    return value is not None and b"kong/" in value.lower()
+def is_kong_via(values: list[str] | None) -> bool:
+    """A first `Via` value with a `kong/<version>` element: `1.1 kong/3.9.0`, `1.1 lb, 1.1 kong/3.4.2`."""
+    return values is not None and "kong/" in values[0].lower()
 
 
 class LegClassifier:
@@ -166,8 +164,8 @@ class LegClassifier:
             hosts.popitem(last=False)
             self.stats["evict_kong_host"] += 1
 
-    def classify(self, exchange: Exchange, headers: dict[bytes, bytes] | None = None) -> LegKind:
-        """The leg `exchange` is; `headers` (from `first_headers` of its request) saves a second parse."""
+    def classify(self, exchange: Exchange, headers: HeaderLists | None = None) -> LegKind:
+        """The leg `exchange` is; `headers` (`header_lists` of its request) saves a second read."""
         if not self.kong_ports:
             return LegKind.PLAIN
         if exchange.server[1] in self.kong_ports:
@@ -177,8 +175,8 @@ class LegClassifier:
         if request is None:
             return LegKind.UPSTREAM if exchange.server[1] in self.upstream_ports else LegKind.PLAIN
         if headers is None:
-            headers = first_headers(request)
-        if KONG_REQUEST_ID in headers or is_kong_via(headers.get(b"via")):
+            headers = header_lists(request.headers)
+        if KONG_REQUEST_ID in headers or is_kong_via(headers.get("via")):
             self._learn(exchange.client[0])
             return LegKind.UPSTREAM
         if exchange.response is not None and is_kong_response(exchange.response):

@@ -40,8 +40,9 @@ from typing import TypeVar
 
 from reassembly.events import Exchange
 from reassembly.stats import Stats
+from sniffer.headers import HeaderLists, header_lists, text
 from sniffer.kong.api_call import ApiCall, Legs
-from sniffer.kong.classify import KONG_REQUEST_ID, LegClassifier, LegKind, first_headers, is_kong_via
+from sniffer.kong.classify import KONG_REQUEST_ID, LegClassifier, LegKind, is_kong_via
 from sniffer.kong.leg_index import EndOrdered
 
 __all__ = ["DEFAULT_MAX_PENDING_BYTES", "DEFAULT_MAX_PENDING_LEGS", "DEFAULT_WAIT_S", "LegJoiner"]
@@ -60,8 +61,8 @@ NEST_SLACK_S = 0.0005
 # Headers Kong passes from the client to the service untouched (unless a plugin rewrites them): where both
 # legs have one, the values must be equal. Kong may remove credentials (hide_credentials) but never adds
 # them, so a credential on the upstream leg must also be on the client leg.
-END_TO_END = (b"user-agent", b"content-type")
-CREDENTIALS = (b"authorization", b"apikey", b"x-api-key", b"cookie")
+END_TO_END = ("user-agent", "content-type")
+CREDENTIALS = ("authorization", "apikey", "x-api-key", "cookie")
 _INF = float("inf")
 PATH_PENALTY = 1_000.0  # a strip_path/suffix path match ranks behind an exact one
 QUERY_PENALTY = 10_000.0  # different query strings rank behind everything else
@@ -73,13 +74,15 @@ _LEGS_STAT = {kind: f"kong_{kind.value}_legs" for kind in LegKind}
 class _Leg:
     ex: Exchange
     kind: LegKind
-    headers: dict[bytes, bytes]  # request headers, first values, lowercased names
-    resp_headers: dict[bytes, bytes]  # the same for the response (client legs only; else empty)
+    headers: (
+        HeaderLists  # request headers (`sniffer.headers`: lowercase names; a repeated one's first counts)
+    )
+    resp_headers: HeaderLists  # the same for the response (client legs only; else empty)
     rid: str | None
     method: bytes
-    path: bytes
-    query: bytes
-    key: tuple[bytes, bytes]  # (method, last segment of the path the client asked for)
+    path: str
+    query: str
+    key: tuple[bytes, str]  # (method, last segment of the path the client asked for)
     start: float
     end: float
     size: int
@@ -87,18 +90,23 @@ class _Leg:
     deadline: float = 0.0
 
 
-def _split_target(target: bytes) -> tuple[bytes, bytes]:
-    if not target.startswith(b"/"):
-        scheme = target.find(b"://")
+def _split_target(target: str) -> tuple[str, str]:
+    if not target.startswith("/"):
+        scheme = target.find("://")
         if scheme >= 0:  # absolute form: drop scheme and authority
-            slash = target.find(b"/", scheme + 3)
-            target = target[slash:] if slash >= 0 else b"/"
-    path, _, query = target.partition(b"?")
+            slash = target.find("/", scheme + 3)
+            target = target[slash:] if slash >= 0 else "/"
+    path, _, query = target.partition("?")
     return path, query
 
 
-def _tail(path: bytes) -> bytes:
-    return path.rstrip(b"/").rpartition(b"/")[2]
+def _tail(path: str) -> str:
+    return path.rstrip("/").rpartition("/")[2]
+
+
+def _first(headers: HeaderLists, name: str) -> str | None:
+    values = headers.get(name)
+    return values[0] if values is not None else None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -110,12 +118,12 @@ def _norm_ip(text: str) -> str:
         return text
 
 
-def _path_fits(client_path: bytes, upstream_path: bytes, prefix: bytes | None) -> bool:
+def _path_fits(client_path: str, upstream_path: str, prefix: str | None) -> bool:
     if prefix is not None:
         if not client_path.startswith(prefix):
             return False
-        rest = b"/" + client_path[len(prefix) :].lstrip(b"/")
-        return rest == b"/" or upstream_path.endswith(rest)
+        rest = "/" + client_path[len(prefix) :].lstrip("/")
+        return rest == "/" or upstream_path.endswith(rest)
     return client_path.endswith(upstream_path) or upstream_path.endswith(client_path)
 
 
@@ -135,35 +143,29 @@ def _fit(c: _Leg, u: _Leg) -> float | None:
         return None
     cu, uh, ch = c.ex, u.headers, c.headers
     penalty = 0.0
-    fwd_path = uh.get(b"x-forwarded-path")
+    fwd_path = _first(uh, "x-forwarded-path")
     if fwd_path is not None:
-        if fwd_path != c.path and fwd_path != ch.get(b"x-forwarded-path"):
+        if fwd_path != c.path and fwd_path != _first(ch, "x-forwarded-path"):
             return None
     elif u.path != c.path:
-        if not _path_fits(c.path, u.path, uh.get(b"x-forwarded-prefix")):
+        if not _path_fits(c.path, u.path, _first(uh, "x-forwarded-prefix")):
             return None
         penalty += PATH_PENALTY
     if u.query != c.query:
         penalty += QUERY_PENALTY
-    peer = uh.get(b"x-forwarded-for") or uh.get(b"x-real-ip")
-    if peer is not None:
-        last = peer.rpartition(b",")[2].decode("latin-1")
-        if _norm_ip(last) != _norm_ip(cu.client[0]):
-            return None
-    port = uh.get(b"x-forwarded-port")
-    if (
-        port is not None
-        and port.strip() != str(cu.server[1]).encode()
-        and port != ch.get(b"x-forwarded-port")
-    ):
+    peer = _first(uh, "x-forwarded-for") or _first(uh, "x-real-ip")
+    if peer is not None and _norm_ip(peer.rpartition(",")[2]) != _norm_ip(cu.client[0]):
+        return None
+    port = _first(uh, "x-forwarded-port")
+    if port is not None and port.strip() != str(cu.server[1]) and port != _first(ch, "x-forwarded-port"):
         return None
     for name in END_TO_END:
-        a, b = ch.get(name), uh.get(name)
+        a, b = _first(ch, name), _first(uh, name)
         if a is not None and b is not None and a != b:
             return None
     for name in CREDENTIALS:
-        b = uh.get(name)
-        if b is not None and ch.get(name) != b:
+        b = _first(uh, name)
+        if b is not None and _first(ch, name) != b:
             return None
     return penalty + (u.start - c.start) + max(c.end - u.end, 0.0)
 
@@ -174,9 +176,9 @@ def _kong_answered(leg: _Leg) -> bool:
     if resp is None or resp.status >= 500:  # 502/504 follow an upstream attempt: wait for that leg
         return False
     h = leg.resp_headers
-    if is_kong_via(h.get(b"via")):
+    if is_kong_via(h.get("via")):
         return False
-    return b"x-kong-response-latency" in h or h.get(b"server", b"").lower().startswith(b"kong/")
+    return "x-kong-response-latency" in h or (_first(h, "server") or "").lower().startswith("kong/")
 
 
 class LegJoiner:
@@ -216,14 +218,14 @@ class LegJoiner:
         self._by_rid: dict[LegKind, dict[str, list[_Leg]]] = {LegKind.CLIENT: {}, LegKind.UPSTREAM: {}}
         # Pending legs per (method, path) key, in end order (leg_index: a new leg reads only those whose
         # end allows it to nest).
-        self._by_key: dict[LegKind, dict[tuple[bytes, bytes], EndOrdered[_Leg]]] = {
+        self._by_key: dict[LegKind, dict[tuple[bytes, str], EndOrdered[_Leg]]] = {
             LegKind.CLIENT: {},
             LegKind.UPSTREAM: {},
         }
         # The same, for the legs without a request id only: a leg with one can only join its namesake
         # or a leg without one (`_fit`), and on a busy gateway the other legs pending under one key (same
         # method and path) may be thousands, each with its own id.
-        self._by_key_no_rid: dict[LegKind, dict[tuple[bytes, bytes], EndOrdered[_Leg]]] = {
+        self._by_key_no_rid: dict[LegKind, dict[tuple[bytes, str], EndOrdered[_Leg]]] = {
             LegKind.CLIENT: {},
             LegKind.UPSTREAM: {},
         }
@@ -251,7 +253,7 @@ class LegJoiner:
         start, end = self._times(exchange)
         out = self._expire(max(self._now, end))
         request = exchange.request
-        headers = first_headers(request) if request is not None else {}
+        headers = header_lists(request.headers) if request is not None else {}
         kind = self.classifier.classify(exchange, headers)
         if kind is LegKind.PLAIN:
             self.stats["kong_plain"] += 1
@@ -289,16 +291,15 @@ class LegJoiner:
         end = resp.ts_end if resp is not None else (req.ts_end if req is not None else start)
         return start, end
 
-    def _leg(
-        self, ex: Exchange, kind: LegKind, headers: dict[bytes, bytes], start: float, end: float
-    ) -> _Leg:
+    def _leg(self, ex: Exchange, kind: LegKind, headers: HeaderLists, start: float, end: float) -> _Leg:
         req, resp = ex.request, ex.response
-        resp_headers = first_headers(resp) if kind is LegKind.CLIENT and resp is not None else {}
-        raw_rid = (resp_headers if kind is LegKind.CLIENT else headers).get(KONG_REQUEST_ID)
-        rid = (raw_rid.decode("latin-1").strip() or None) if raw_rid is not None else None
+        resp_headers = header_lists(resp.headers) if kind is LegKind.CLIENT and resp is not None else {}
+        raw_rid = _first(resp_headers if kind is LegKind.CLIENT else headers, KONG_REQUEST_ID)
+        rid = (raw_rid.strip() or None) if raw_rid is not None else None
         method = req.method if req is not None else b""
-        path, query = _split_target(req.target) if req is not None else (b"", b"")
-        seen = headers.get(b"x-forwarded-path", path) if kind is LegKind.UPSTREAM else path
+        path, query = _split_target(text(req.target)) if req is not None else ("", "")
+        forwarded = _first(headers, "x-forwarded-path") if kind is LegKind.UPSTREAM else None
+        seen = forwarded if forwarded is not None else path
         size = (len(req.body) if req is not None else 0) + (len(resp.body) if resp is not None else 0)
         return _Leg(
             ex, kind, headers, resp_headers, rid, method, path, query, (method, _tail(seen)), start, end, size
@@ -353,10 +354,10 @@ class LegJoiner:
         same_key = index.get(leg.key)
         found = same_key.window(lo, hi) if same_key is not None else []
         if other is LegKind.UPSTREAM and leg.key[1]:
-            stripped = index.get((leg.method, b""))  # upstream legs whose whole path was stripped
+            stripped = index.get((leg.method, ""))  # upstream legs whose whole path was stripped
             if stripped is not None:
                 found += stripped.window(lo, hi)
-        elif other is LegKind.CLIENT and not leg.key[1] and b"x-forwarded-path" not in leg.headers:
+        elif other is LegKind.CLIENT and not leg.key[1] and "x-forwarded-path" not in leg.headers:
             found = [
                 c
                 for c in self._pending[LegKind.CLIENT].values()
@@ -382,7 +383,13 @@ class LegJoiner:
         same_rid = c.rid is not None and c.rid == u.rid
         self.stats["kong_join_request_id" if same_rid else "kong_join_timing"] += 1
         return ApiCall(
-            client_leg=c.ex, upstream_leg=u.ex, legs=Legs.CLIENT_AND_UPSTREAM, kong_request_id=c.rid or u.rid
+            client_leg=c.ex,
+            upstream_leg=u.ex,
+            legs=Legs.CLIENT_AND_UPSTREAM,
+            kong_request_id=c.rid or u.rid,
+            client_request_headers=c.headers if c.ex.request is not None else None,
+            client_response_headers=c.resp_headers if c.ex.response is not None else None,
+            upstream_request_headers=u.headers if u.ex.request is not None else None,
         )
 
     def _alone(self, leg: _Leg) -> ApiCall:
@@ -394,10 +401,21 @@ class LegJoiner:
         if leg.kind is LegKind.CLIENT:
             self.stats["kong_client_only"] += 1
             return ApiCall(
-                client_leg=leg.ex, upstream_leg=None, legs=Legs.CLIENT_ONLY, kong_request_id=leg.rid
+                client_leg=leg.ex,
+                upstream_leg=None,
+                legs=Legs.CLIENT_ONLY,
+                kong_request_id=leg.rid,
+                client_request_headers=leg.headers if leg.ex.request is not None else None,
+                client_response_headers=leg.resp_headers if leg.ex.response is not None else None,
             )
         self.stats["kong_upstream_only"] += 1
-        return ApiCall(client_leg=None, upstream_leg=leg.ex, legs=Legs.UPSTREAM_ONLY, kong_request_id=leg.rid)
+        return ApiCall(
+            client_leg=None,
+            upstream_leg=leg.ex,
+            legs=Legs.UPSTREAM_ONLY,
+            kong_request_id=leg.rid,
+            upstream_request_headers=leg.headers if leg.ex.request is not None else None,
+        )
 
     def _add(self, leg: _Leg, out: list[ApiCall]) -> None:
         self._now = max(self._now, leg.end)
@@ -440,16 +458,14 @@ class LegJoiner:
         return out
 
 
-def _ordered(
-    index: dict[tuple[bytes, bytes], EndOrdered[_Leg]], key: tuple[bytes, bytes]
-) -> EndOrdered[_Leg]:
+def _ordered(index: dict[tuple[bytes, str], EndOrdered[_Leg]], key: tuple[bytes, str]) -> EndOrdered[_Leg]:
     bucket = index.get(key)
     if bucket is None:
         bucket = index[key] = EndOrdered()
     return bucket
 
 
-def _unorder(index: dict[tuple[bytes, bytes], EndOrdered[_Leg]], leg: _Leg) -> None:
+def _unorder(index: dict[tuple[bytes, str], EndOrdered[_Leg]], leg: _Leg) -> None:
     bucket = index[leg.key]
     bucket.remove(leg, leg.end, leg.ex.response is not None)
     if not bucket:

@@ -26,10 +26,7 @@ from urllib.parse import urlsplit
 
 from reassembly.events import Endpoint, Exchange, ExchangeFlag, HttpMessage, HttpRequest, HttpResponse
 from sniffer.config import Config
-from sniffer.kong.api_call import ApiCall, Legs
-from sniffer.moesif.body import capture_body_with, encode_body
-from sniffer.moesif.client_ip import HEADER_ORDER, forwarded_ip, parse_ip
-from sniffer.moesif.headers import (
+from sniffer.headers import (
     BYTES_WHITESPACE,
     HeaderLists,
     ascii_first,
@@ -39,6 +36,9 @@ from sniffer.moesif.headers import (
     render_headers,
     text,
 )
+from sniffer.kong.api_call import ApiCall, Legs
+from sniffer.moesif.body import capture_body_with, encode_body
+from sniffer.moesif.client_ip import HEADER_ORDER, forwarded_ip, parse_ip
 from sniffer.moesif.identify import Identifier
 from sniffer.moesif.ids import (
     _MILLIS,
@@ -195,7 +195,9 @@ class EventBuilder:
             uri_key = (req.target, host_header[0] if host_header else None, primary.server)
             uri = self._uris.get(uri_key) or self._new_client_uri(req, host_header, primary, uri_key)
         else:
-            req_lists, req_shown = read_headers(req.headers, None)
+            # The joiner has read the legs' headers already (ApiCall's *_headers); read here only without.
+            given = call.client_request_headers if primary is client_leg else call.upstream_request_headers
+            req_lists = given if given is not None else header_lists(req.headers)
             if primary is not client_leg:  # only the upstream leg was seen
                 req_headers = self._upstream_request_headers(req_lists)
                 req_shown = render_headers(req_headers, self._req_header_masks)
@@ -206,7 +208,9 @@ class EventBuilder:
                 fwd = None if _FORWARDING.isdisjoint(req_lists) else forwarded_ip(req_lists)
                 ip = fwd or flow.peer_ip
                 uri = self._client_uri(req, req_lists, primary)
-                up_lists = header_lists(up_req.headers)  # type: ignore[union-attr]  # merged: seen
+                up_lists = call.upstream_request_headers
+                if up_lists is None:
+                    up_lists = header_lists(up_req.headers)  # type: ignore[union-attr]  # merged: seen
                 req_headers = self._with_identity(req_lists, up_lists)
                 req_shown = render_headers(req_headers, self._req_header_masks)
             req_user, req_company = self._identifier.from_request(req_headers)
@@ -220,7 +224,11 @@ class EventBuilder:
         resp_lists: HeaderLists = {}
         resp_shown: dict[str, str | list[str]] = {}
         if resp is not None:
-            resp_lists, resp_shown = read_headers(resp.headers, self._resp_header_masks)
+            given = call.client_response_headers if resp_leg is client_leg else None
+            if given is not None:
+                resp_lists, resp_shown = given, render_headers(given, self._resp_header_masks)
+            else:
+                resp_lists, resp_shown = read_headers(resp.headers, self._resp_header_masks)
         if self._identifier.reads_response:
             user_id, company_id = self._identifier.with_response(req_user, req_company, resp_lists)
         else:

@@ -16,8 +16,8 @@ import time
 import uuid
 
 from reassembly.events import Endpoint
+from sniffer.headers import text
 from sniffer.kong.api_call import ApiCall
-from sniffer.moesif.headers import text
 
 __all__ = [
     "NAMESPACE",
