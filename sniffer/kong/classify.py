@@ -29,14 +29,13 @@ builder reads, so each message's headers are read once); when a header repeats, 
 
 Most exchanges on most hosts are plain HTTP, and every one of them is classified: `is_plain` answers for
 them without decoding a header, from the raw header names it has already seen to be none of the names
-the rules read (kept as written, in a bounded set), so one C-level pass over the names decides.
+the rules read (kept as written, in a bounded set), so one pass of set lookups over the names decides.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from enum import StrEnum
-from operator import itemgetter
 
 from reassembly.events import Exchange, HttpMessage
 from reassembly.stats import Stats
@@ -83,7 +82,6 @@ RESPONSE_RULE_HEADERS = frozenset(name.encode() for name in {"via"} | KONG_RESPO
 _KONG_RESPONSE_NAMES = frozenset(name.encode() for name in KONG_RESPONSE_HEADERS)
 # Raw header names remembered as read by a rule or not, per side and kind; each emptied when full.
 MAX_OTHER_NAMES = 4096
-_name = itemgetter(0)
 
 
 class LegKind(StrEnum):
@@ -137,19 +135,24 @@ class LegClassifier:
         if request is None:
             return True
         names = self._names
-        # The usual answers in one C call per message; _no_rule_header learns names seen for the first time.
+        # The usual answer: every raw name already known to be read by no rule (a plain loop: cheaper
+        # than set.issuperset(map(...)) in Python and much cheaper compiled); _no_rule_header learns names
+        # seen for the first time.
+        other = names[0]
         headers = request.headers
-        if not (
-            names[0].issuperset(map(_name, headers))
-            or _no_rule_header(headers, names[0], REQUEST_RULE_HEADERS, names[1])
-        ):
-            return False
+        for name, _ in headers:
+            if name not in other:
+                if not _no_rule_header(headers, other, REQUEST_RULE_HEADERS, names[1]):
+                    return False
+                break
         if response is None:
             return True
+        other = names[2]
         headers = response.headers
-        return names[2].issuperset(map(_name, headers)) or _no_rule_header(
-            headers, names[2], RESPONSE_RULE_HEADERS, names[3]
-        )
+        for name, _ in headers:
+            if name not in other:
+                return _no_rule_header(headers, other, RESPONSE_RULE_HEADERS, names[3])
+        return True
 
     def is_kong_host(self, ip: str) -> bool:
         return ip in self._configured_hosts or ip in self._learned_hosts
@@ -196,10 +199,9 @@ def _no_rule_header(
 ) -> bool:
     """No header in `rule`. `other` and `known_rule` hold the raw names already known not to be in it
     and to be in it; names seen for the first time are learned."""
-    if other.issuperset(map(_name, headers)):
-        return True
-    if not known_rule.isdisjoint(map(_name, headers)):
-        return False
+    for name, _ in headers:
+        if name in known_rule:
+            return False
     found = False
     for name, _ in headers:
         if name not in other:
