@@ -17,6 +17,8 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 
+from reassembly.decode import IPV4_AT, IPV6_AT
+
 __all__ = ["MAX_FRAGMENTED_DATAGRAMS", "FlowSplitter"]
 
 # Datagrams whose first fragment was seen and whose owner is remembered (oldest forgotten first).
@@ -50,11 +52,16 @@ class FlowSplitter:
     def __init__(self, n: int) -> None:
         self.n = n
         self._fragments: OrderedDict[tuple[int, ...], int] = OrderedDict()
-        # The common frame (IPv4 without options, TCP, not a fragment): owner by its address+port bytes,
-        # one slice and one lookup instead of the walk below (2.5x cheaper, measured).
+        # Owners of the common frames by their address and port bytes (see `owner`).
         self._cache: dict[bytes, int] = {}
 
     def owner(self, linktype: int, frame: bytes) -> int:
+        # The common frame is keyed by its address and port bytes: one slice and one lookup instead of the
+        # walk in _owner. Ethernet with IPv4 is tested first, inline (the most common, and a table lookup
+        # costs it a third more); then any link layer the pipeline's fast path reads (Linux cooked v1/v2
+        # as `tcpdump -i any` writes them, raw IP), IPv4 without options or IPv6 without extension
+        # headers, TCP, not a fragment.
+        key: bytes | None
         if (
             linktype == _ETHERNET
             and len(frame) >= 38
@@ -65,16 +72,33 @@ class FlowSplitter:
             and not (frame[20] & 0x3F or frame[21])
         ):
             key = frame[26:38]
-        elif (
-            linktype == _RAW
-            and len(frame) >= 24
-            and frame[0] == 0x45
-            and frame[9] == 6
-            and not (frame[6] & 0x3F or frame[7])
-        ):
-            key = frame[12:24]
         else:
-            return self._owner(linktype, frame)
+            n = len(frame)
+            key = None
+            at = IPV4_AT.get(linktype)
+            if at is not None:
+                et, ip = at
+                if (
+                    n >= ip + 24
+                    and frame[ip] == 0x45
+                    and frame[ip + 9] == 6
+                    and (et < 0 or (frame[et] == 8 and frame[et + 1] == 0))
+                    and not (frame[ip + 6] & 0x3F or frame[ip + 7])
+                ):
+                    key = frame[ip + 12 : ip + 24]
+            if key is None:
+                at = IPV6_AT.get(linktype)
+                if at is not None:
+                    et, ip = at
+                    if (
+                        n >= ip + 44
+                        and frame[ip] >> 4 == 6
+                        and frame[ip + 6] == 6
+                        and (et < 0 or (frame[et] == 0x86 and frame[et + 1] == 0xDD))
+                    ):
+                        key = frame[ip + 8 : ip + 44]  # IPv6: both addresses and both ports
+                if key is None:
+                    return self._owner(linktype, frame)
         who = self._cache.get(key)
         if who is None:
             if len(self._cache) >= _MAX_CACHED:
