@@ -33,7 +33,7 @@ _AF_INET6 = frozenset({10, 24, 28, 30})
 _IPV6_EXT_8 = frozenset({0, 43, 60, 135, 139, 140})
 _MAX_IPV6_EXTENSIONS = 16
 _GOLDEN = 0x9E3779B1
-_MAX_CACHED = 1 << 16
+_MAX_CACHED = 1 << 14  # flows whose owner is remembered (~130 B each); emptied when full
 
 _u16 = struct.Struct("!H").unpack_from
 _u32 = struct.Struct("!I").unpack_from
