@@ -63,20 +63,20 @@ def read_headers(
             shown[key] = decoded
     if len(out) == len(headers):
         return out, shown
-    out = {}
-    shown = {}
+    return _read_repeated(headers, masks)
+
+
+def _read_repeated(
+    headers: list[tuple[bytes, bytes]], masks: frozenset[str] | None
+) -> tuple[HeaderLists, dict[str, str | list[str]]]:
+    """`read_headers` of a block that names a header more than once (rare: no need to be quick)."""
+    out: HeaderLists = {}
+    shown: dict[str, str | list[str]] = {}
     for name, value in headers:
-        key = names.get(name)
-        if key is None:
-            if len(names) >= _NAMES_MAX:
-                names.clear()
-            key = names[name] = name.decode("latin-1").lower()
-        try:
-            decoded = value.decode()
-        except UnicodeDecodeError:
-            decoded = value.decode("latin-1")
-        if key in out:
-            values = out[key]
+        key = name.decode("latin-1").lower()
+        decoded = text(value)
+        values = out.get(key)
+        if values is not None:
             values.append(decoded)
             if key in shown:
                 shown[key] = values if key == "set-cookie" else ", ".join(values)
