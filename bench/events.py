@@ -9,6 +9,7 @@ The baseline is orjson.dumps of the built events, measured in the same run: the 
 event costs anyway, so "build / dumps" says how many serialisations one build is worth.
 The "after core" line times everything `replay` does after the core, per exchange: leg join, build,
 JSON lines to /dev/null (`Engine.feed_exchanges` with capture=False, as with capture workers).
+Against the compiled build: SNIFFER_BENCH_CORE_PATH=$(python bench/compiled.py) python bench/events.py
 """
 
 from __future__ import annotations
@@ -28,27 +29,21 @@ import orjson
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+CORE_PATH_ENV = "SNIFFER_BENCH_CORE_PATH"
+if os.environ.get(CORE_PATH_ENV):
+    sys.path.insert(0, os.environ[CORE_PATH_ENV])
 
 from bench.captures import WRK_CAPTURE, ensure_capture  # noqa: E402
+from bench.compiled import is_compiled  # noqa: E402
 from reassembly.events import Exchange  # noqa: E402
 from sniffer.capture.pcapfile import open_capture  # noqa: E402
 from sniffer.config import Config  # noqa: E402
-from sniffer.engine import Engine  # noqa: E402
+from sniffer.engine import JOIN_ADVANCE_INTERVAL_S, Engine  # noqa: E402
 from sniffer.kong.api_call import ApiCall  # noqa: E402
 from sniffer.moesif.event import EventBuilder  # noqa: E402
 from sniffer.moesif.jsonlines import JsonLinesSink  # noqa: E402
 
 KONG_CAPTURE = ROOT / "pcaps" / "kong-demo.pcap"
-
-
-class _Recorder:
-    """Stands in for the engine's EventBuilder: keeps the calls instead of building them."""
-
-    def __init__(self) -> None:
-        self.calls: list[ApiCall] = []
-
-    def build(self, call: ApiCall) -> None:
-        self.calls.append(call)
 
 
 def collect_exchanges(capture: Path, config: Config) -> list[tuple[float, list[Exchange]]]:
@@ -100,15 +95,25 @@ def profile_after_core(batches: list[tuple[float, list[Exchange]]], config: Conf
 
 
 def collect_calls(capture: Path, config: Config) -> list[ApiCall]:
-    """The ApiCalls `replay` would build events from, in the same order."""
-    engine = Engine(config, sink=None)  # type: ignore[arg-type]  # the recorder never submits
-    recorder = _Recorder()
-    engine.builder = recorder  # type: ignore[assignment]
+    """The ApiCalls `replay` would build events from, in the same order: the engine's own pipeline and
+    joiner, driven as `Engine.feed` drives them (the engine itself cannot hand them over: compiled, its
+    builder cannot be swapped for a recorder)."""
+    engine = Engine(config, sink=None)  # type: ignore[arg-type]  # nothing is built or submitted
+    pipeline, joiner = engine.pipeline, engine.joiner
+    assert pipeline is not None
+    calls: list[ApiCall] = []
+    next_join = 0.0
+    ts = 0.0
     with open_capture(capture) as cap:
         for ts, linktype, frame, wire_len in cap:
-            engine.feed(ts, linktype, frame, wire_len)
-    engine.close()
-    return recorder.calls
+            for ex in pipeline.feed(ts, linktype, frame, wire_len):
+                calls += joiner.feed(ex)
+            if ts >= next_join:
+                next_join = ts + JOIN_ADVANCE_INTERVAL_S
+                calls += joiner.advance(ts)
+    for ex in pipeline.close(ts):
+        calls += joiner.feed(ex)
+    return calls + joiner.close()
 
 
 def best_time(fn: Callable[[], object], runs: int) -> float:
@@ -191,7 +196,8 @@ def main() -> int:
     if args.profile:
         profile(wrk, builder)
         return 0
-    print(f"best of {args.runs} runs; default configuration")
+    variant = "compiled" if is_compiled(sys.modules[EventBuilder.__module__]) else "pure Python"
+    print(f"best of {args.runs} runs; default configuration; {variant}")
     bench_mix("wrk", wrk, builder, args.runs)
     kong: list[ApiCall] = []
     if KONG_CAPTURE.exists():
