@@ -191,6 +191,8 @@ class DaemonLoop:
             engine.flow_weights,
             idle_s=self.config.idle_timeout,
             max_flows=self.config.max_flows,
+            kong_ports=frozenset(self.config.kong_ports),
+            upstream_ports=frozenset(self.config.upstream_ports),
         )
         clock = 0.0
         now = time.monotonic()

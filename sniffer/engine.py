@@ -8,7 +8,8 @@ capture time throughout, so a replayed file and a live capture of the same packe
 
 Load shedding (`sniffer.load_shedding`): with `shed_bodies` set, events are built without bodies
 (`metadata.capture.body_shed` says so, `shed_bodies` counts them); `flow_weights` maps the (client,
-server) endpoints of flows kept by flow sampling to their weight, which their events carry.
+server) endpoints of flows kept by flow sampling to their weight, which their events carry (a Kong
+call's: its upstream leg's flow's, when it has one; see `_emit`).
 
 With several capture workers (`sniffer.capture.workers`) each worker runs its own `Pipeline` and the
 engine in the main process is built with `capture=False`: it gets the workers' exchanges through
@@ -180,7 +181,11 @@ class Engine:
                     stats["shed_bodies"] += n
                     capture["body_shed"] = True
             if weights:
-                ex = call.primary
+                # A Kong call weighs what its upstream leg's flow weighs: Kong's upstream keep-alive
+                # connections mostly predate sampling and are kept whole, so the calls of sampled-out
+                # client connections still come out, from their upstream leg alone, and the joined
+                # calls must not stand for them too (weighing the client's N counted ~1.8x).
+                ex = call.upstream_leg or call.primary
                 w = weights.get((ex.client, ex.server)) or weights.get((ex.server, ex.client))
                 if w:
                     event["weight"] = w

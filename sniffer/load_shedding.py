@@ -18,6 +18,12 @@ never cut in the middle by a change of rate; flows that started before sampling 
 Kept flows' weights (N) are recorded by (client, server) endpoints so that their events carry
 `weight` N and Moesif's counts stay right. Decisions expire after the idle timeout and are capped in
 number (oldest first), so the sampler's memory is bounded.
+
+Kong: both legs of a call must be kept or neither, yet they are two flows. Kong's connections to its
+services (from an address seen serving a Kong proxy port, or to a configured upstream port) are never
+sampled: they carry every call, so each call whose client connection was sampled out still comes out,
+from its upstream leg alone, and the engine weighs a call by its upstream leg's flow (1), so nothing
+is counted twice. What shedding saves on a Kong node is the client legs' work.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from reassembly.events import Endpoint
 from reassembly.stats import Stats
 
 __all__ = ["LEVELS", "FlowSampler", "Pressure", "ShedLevel", "ShedPolicy"]
+
+MAX_KONG_HOSTS = 1024  # addresses remembered as Kong hosts (a node has a handful)
 
 Handler = Callable[[float, int, bytes, int], object]
 FlowKey = tuple[Endpoint, Endpoint]
@@ -134,8 +142,15 @@ class FlowSampler:
         *,
         idle_s: float = 120.0,
         max_flows: int = 65_536,
+        kong_ports: frozenset[int] = frozenset(),
+        upstream_ports: frozenset[int] = frozenset(),
     ) -> None:
         self.stats = stats
+        self._kong_ports = kong_ports
+        self._upstream_ports = upstream_ports
+        # Addresses seen serving a Kong proxy port (SYNs to it), as bytes: Kong's own connections to its
+        # services come from them. Bounded, emptied when full.
+        self._kong_hosts: set[bytes] = set()
         self.weights = weights  # (client, server) -> N for flows kept at 1 in N > 1
         self.rate = 1
         self._idle_s = idle_s
@@ -197,6 +212,11 @@ class FlowSampler:
         while len(fates) >= self._max:
             self._forget(next(iter(fates)))
             self.stats["shed_sampler_evictions"] += 1
+        if self._kong_ports and self._kong_leg(client, server):
+            # Kong's connection to a service: kept whole, unweighted (see the module doc).
+            self.stats["shed_flows_kong_upstream"] += 1
+            fate = fates[key] = [True, ts, None]
+            return fate
         rate = self.rate
         keep = hash(key) % rate == 0
         wkey: FlowKey | None = None
@@ -212,6 +232,18 @@ class FlowSampler:
             self.stats["shed_flows_sampled_out"] += 1
         fate = fates[key] = [keep, ts, wkey]
         return fate
+
+    def _kong_leg(self, client: bytes, server: bytes) -> bool:
+        """A new flow from a Kong host to a service (an upstream leg); learns Kong hosts on the way."""
+        n = len(client) - 2
+        port = int.from_bytes(server[n:])
+        if port in self._kong_ports:
+            hosts = self._kong_hosts
+            if len(hosts) >= MAX_KONG_HOSTS:
+                hosts.clear()
+            hosts.add(server[:n])
+            return False
+        return port in self._upstream_ports or client[:n] in self._kong_hosts
 
     def _forget(self, key: bytes) -> None:
         fate = self._fates.pop(key)

@@ -53,6 +53,10 @@ _CORE = {
     "shed_bodies": ("bodies_shed", "Bodies left out of events by load shedding (level >= 1)"),
     "shed_flows_sampled_out": ("flows_sampled_out", "New flows not captured by load shedding's sampling"),
     "shed_flows_sampled_in": ("flows_sampled_in", "New flows kept while sampling (their events weigh N)"),
+    "shed_flows_kong_upstream": (
+        "flows_kong_upstream_kept",
+        "New Kong connections to services kept whole while sampling (they carry every call)",
+    ),
     "shed_packets_sampled_out": ("packets_sampled_out", "Packets of sampled-out flows, skipped"),
     "shed_level_changes": ("shed_level_changes", "Load-shedding level changes (each one is logged)"),
     "tls_records": ("tls_records", "TLS plaintext records (SSL_read/SSL_write calls) from the uprobes"),

@@ -161,6 +161,60 @@ def test_a_flow_keeps_its_fate_when_the_rate_changes_and_older_flows_are_never_s
     assert not eng.flow_weights
 
 
+@pytest.mark.parametrize("opened", ["before", "while"], ids=["upstream-before", "upstream-while-sampling"])
+def test_kong_calls_are_counted_once_when_client_connections_are_sampled(opened: str) -> None:
+    # 1 in 4 client connections (one call each) is kept. Kong's upstream keep-alive connection is kept
+    # whole, whether it was open before sampling began or opened while sampling (from Kong's address,
+    # seen serving port 8000): every call's upstream leg is seen. A call whose client leg was sampled
+    # out comes out from its upstream leg alone, so the joined calls must not weigh 4 as well: a call
+    # weighs what its upstream leg's flow weighs (1 here), else its client's.
+    n = 200
+    rid = b"X-Kong-Request-Id: r%d\r\n"
+    upstream = tcp_conversation(
+        [
+            b"GET /u/%d HTTP/1.1\r\nHost: svc\r\nVia: 1.1 kong/3.9.0\r\n" % i + rid % i + b"\r\n"
+            for i in range(n)
+        ],
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"] * n,
+        client=("10.0.0.5", 50000),
+        server=("10.0.0.9", 9000),
+        ts0=1_700_000_000.0,
+    )
+    clients = [
+        p
+        for i in range(n)
+        for p in tcp_conversation(
+            [b"GET /u/%d HTTP/1.1\r\nHost: api\r\n\r\n" % i],
+            [b"HTTP/1.1 200 OK\r\n" + rid % i + b"Via: 1.1 kong/3.9.0\r\nContent-Length: 2\r\n\r\nok"],
+            client=(f"10.1.{i // 250}.{i % 250 + 1}", 30000 + i),
+            server=("10.0.0.5", 8000),
+            ts0=1_700_000_000.01 + i * 0.004,
+        )
+    ]
+    # A client's SYN to port 8000 first, so Kong's address is known when its own connection opens.
+    clients[0].time = upstream[0].time - 0.001
+    frames = sorted(raw(upstream + clients), key=lambda f: f[0])
+    start = 0 if opened == "while" else 4  # the first client SYN and the upstream handshake go by
+    sink = ListSink()
+    eng = Engine(Config(kong_ports=(8000,)), sink, Stats())
+    sampler = FlowSampler(eng.stats, eng.flow_weights, kong_ports=frozenset({8000}))
+    handle = eng.feed
+    for i, f in enumerate(frames):
+        if i == start:
+            sampler.rate = 4
+            handle = sampler.wrap(eng.feed)
+        handle(*f)
+    eng.close()
+    kept = eng.stats["shed_flows_sampled_in"]
+    clients_sampled = n if opened == "while" else n - 1
+    assert kept + eng.stats["shed_flows_sampled_out"] == clients_sampled and 0.15 * n < kept < 0.35 * n
+    assert eng.stats["shed_flows_kong_upstream"] == (opened == "while")
+    legs = sorted(e["metadata"]["capture"]["legs"] for e in sink.events)
+    joined = kept + (opened == "before")  # the first client connection went by before sampling then
+    assert legs == ["client+upstream"] * joined + ["upstream"] * (n - joined)
+    assert sum(e.get("weight", 1) for e in sink.events) == n  # each call once, none twice
+
+
 def test_the_sampler_memory_is_capped_oldest_first() -> None:
     stats: Stats = Stats()
     weights: dict[Any, int] = {}
