@@ -19,7 +19,6 @@ Decisions where moesif.md is silent (see also the module docstrings of body, ide
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 from urllib.parse import urlsplit
@@ -121,14 +120,20 @@ def _parse_host(value: str) -> str:
 _RequestView = tuple[HeaderLists, dict[str, str | list[str]], str | None, str | None, str | None]
 
 
-@dataclass(frozen=True, slots=True)
 class _Flow:
-    """What an event says about its TCP connection, worked out once per connection, not per call."""
+    """What an event says about its TCP connection, worked out once per connection, not per call. Never
+    changed once made. A plain class, not a dataclass: compiled, its __init__ is native (a dataclass's
+    stays the interpreted one)."""
 
-    connection: str
-    capture: dict[str, str]  # connection, client and server, as metadata.capture lists them
-    peer_ip: str  # the client address as an event's ip_address when no forwarding header names one
-    ids: Any  # a hashlib SHA-1 object, see ids.id_hasher (its class is not importable at run time)
+    __slots__ = ("capture", "connection", "ids", "peer_ip")
+
+    def __init__(self, connection: str, capture: dict[str, str], peer_ip: str, ids: Any) -> None:
+        self.connection = connection
+        self.capture = capture  # connection, client and server, as metadata.capture lists them
+        self.peer_ip = (
+            peer_ip  # the client address as an event's ip_address when no forwarding header names one
+        )
+        self.ids = ids  # a hashlib SHA-1 object, see ids.id_hasher (its class is not importable at run time)
 
     @classmethod
     def of(cls, ex: Exchange) -> _Flow:
