@@ -12,7 +12,6 @@ caller counts it and resynchronises, because guessing there is exactly how reque
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -60,7 +59,7 @@ def body_framing(
     method: bytes | None,
     status: int | None,
     headers: list[tuple[bytes, bytes]],
-    fields: Mapping[bytes, list[bytes]] | None = None,
+    fields: dict[bytes, list[bytes]] | None = None,  # a dict, not a Mapping: compiled, .get is native
 ) -> Framing:
     """Decide how the body of one message is delimited.
 

@@ -317,7 +317,7 @@ class EventBuilder:
         else:
             # derived_id, inlined: uuid5 of the flow's prefix, the request's offset and second.
             h = flow.ids.copy()
-            h.update(b"%d|%d" % (req.stream_offset, req.ts_start))
+            h.update(f"{req.stream_offset}|{int(req.ts_start)}".encode())  # cheaper than bytes %, compiled
             x = h.hexdigest()
             event["transaction_id"] = f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
         return event

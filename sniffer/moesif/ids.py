@@ -71,7 +71,7 @@ def id_hasher(client: Endpoint, server: Endpoint) -> hashlib._Hash:
 def derived_id(flow_hasher: hashlib._Hash, offset: int, ts: float) -> str:
     """uuid5(NAMESPACE, "client|server|offset|second") of where and when the request was seen."""
     h = flow_hasher.copy()
-    h.update(b"%d|%d" % (offset, ts))  # %d of a float is its int(): the whole second
+    h.update(f"{offset}|{int(ts)}".encode())  # the whole second
     x = h.hexdigest()
     # As uuid.UUID(bytes=digest[:16], version=5): version digit 5, variant bits 10.
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
