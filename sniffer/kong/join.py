@@ -142,12 +142,12 @@ def _first(headers: HeaderLists, name: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _norm_ip(text: str) -> str:
-    text = text.strip().strip("[]")
+def _norm_ip(address: str) -> str:
+    address = address.strip().strip("[]")
     try:
-        return ipaddress.ip_address(text).compressed
+        return ipaddress.ip_address(address).compressed
     except ValueError:
-        return text
+        return address
 
 
 def _path_fits(client_path: str, upstream_path: str, prefix: str | None) -> bool:
