@@ -59,6 +59,9 @@ COMPILED_SHELL_MODULES = [
     "sniffer/moesif/body.py",
     "sniffer/moesif/masks.py",
     "sniffer/moesif/jsonlines.py",
+    # Every frame of a replay passes through these (with --workers, every worker walks every frame).
+    "sniffer/capture/pcapfile.py",
+    "sniffer/capture/flow_hash.py",
 ]
 
 
