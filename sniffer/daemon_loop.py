@@ -186,14 +186,7 @@ class DaemonLoop:
         tls = self.tls
         if tls is not None:
             loop.watch(tls.fileno())
-        sampler = self.sampler = FlowSampler(
-            self.stats,
-            engine.flow_weights,
-            idle_s=self.config.idle_timeout,
-            max_flows=self.config.max_flows,
-            kong_ports=frozenset(self.config.kong_ports),
-            upstream_ports=frozenset(self.config.upstream_ports),
-        )
+        sampler = self.sampler = FlowSampler.of(self.config, self.stats, engine.flow_weights)
         clock = 0.0
         now = time.monotonic()
         next_tick, next_kstats, next_summary = now, now + KERNEL_STATS_S, now + SUMMARY_S

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 
 from reassembly.events import Endpoint
 from reassembly.stats import Stats
+from sniffer.config import Config
+from sniffer.kong.classify import MAX_KONG_HOSTS
 
 __all__ = ["LEVELS", "FlowSampler", "Pressure", "ShedLevel", "ShedPolicy"]
-
-MAX_KONG_HOSTS = 1024  # addresses remembered as Kong hosts (a node has a handful)
 
 Handler = Callable[[float, int, bytes, int], object]
 FlowKey = tuple[Endpoint, Endpoint]
@@ -157,6 +157,18 @@ class FlowSampler:
         self._max = max(1, max_flows)
         # sorted endpoint bytes -> [keep, last capture time, weights key or None]
         self._fates: dict[bytes, list] = {}  # type: ignore[type-arg]
+
+    @classmethod
+    def of(cls, config: Config, stats: Stats, weights: MutableMapping[FlowKey, int]) -> FlowSampler:
+        """The sampler a capture loop runs with `config` (the daemon's own loop and each capture worker)."""
+        return cls(
+            stats,
+            weights,
+            idle_s=config.idle_timeout,
+            max_flows=config.max_flows,
+            kong_ports=frozenset(config.kong_ports),
+            upstream_ports=frozenset(config.upstream_ports),
+        )
 
     @property
     def active(self) -> bool:

@@ -196,8 +196,9 @@ def test_kong_calls_are_counted_once_when_client_connections_are_sampled(opened:
     frames = sorted(raw(upstream + clients), key=lambda f: f[0])
     start = 0 if opened == "while" else 4  # the first client SYN and the upstream handshake go by
     sink = ListSink()
-    eng = Engine(Config(kong_ports=(8000,)), sink, Stats())
-    sampler = FlowSampler(eng.stats, eng.flow_weights, kong_ports=frozenset({8000}))
+    config = Config(kong_ports=(8000,))
+    eng = Engine(config, sink, Stats())
+    sampler = FlowSampler.of(config, eng.stats, eng.flow_weights)  # as the daemon and its workers make it
     handle = eng.feed
     for i, f in enumerate(frames):
         if i == start:

@@ -219,14 +219,7 @@ def _worker_main(
     handle = pipeline.feed  # the walk collects what it returns into `pending`: no wrapper per packet
     pending: list[Exchange] = []
     weights: dict[tuple[Any, Any], int] = {}
-    sampler = FlowSampler(
-        stats,
-        weights,
-        idle_s=config.idle_timeout,
-        max_flows=config.max_flows,
-        kong_ports=frozenset(config.kong_ports),
-        upstream_ports=frozenset(config.upstream_ports),
-    )
+    sampler = FlowSampler.of(config, stats, weights)
     events = WorkerEvents(config, stats, jsonl=not config.application_id)
     kong, upstream = frozenset(config.kong_ports), frozenset(config.upstream_ports)
     surely_plain = SurelyPlain(kong, upstream) if kong else None
