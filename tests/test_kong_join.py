@@ -636,3 +636,29 @@ def test_end_time_window_changes_no_join(n: int, seed: int) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(EndOrdered, "window", lambda self, lo, hi: list(self._items) + list(self._open))
         assert pairs() == windowed
+
+
+def test_the_joiners_header_lists_give_the_events_the_builder_would_read_itself() -> None:
+    # Each kind of call the joiner makes (joined, Kong-answered, client leg alone, upstream leg alone)
+    # hands the builder the headers it read; the event must be the one built from the raw headers.
+    from sniffer.config import Config
+    from sniffer.moesif.event import EventBuilder
+
+    j = LegJoiner(KONG, wait_s=1.0)
+    calls = j.feed(upstream_leg("alice", 0.001, 0.009, rid="r1"))
+    calls += j.feed(client_leg("alice", 0.0, 0.01, rid="r1"))
+    calls += j.feed(client_leg(None, 1.0, 1.01, status=401, proxied=False))
+    calls += j.feed(client_leg("bob", 2.0, 2.01, rid="r2"))  # its upstream leg never comes
+    calls += j.feed(upstream_leg("carol", 3.001, 3.009, rid="r3"))  # nor this one's client leg
+    calls += j.close()
+    assert sorted(c.legs.value for c in calls) == ["client", "client", "client+upstream", "upstream"]
+    builder = EventBuilder(Config(request_header_masks=("accept",)))
+    for call in calls:
+        assert call.client_request_headers is not None or call.upstream_request_headers is not None
+        raw = ApiCall(
+            client_leg=call.client_leg,
+            upstream_leg=call.upstream_leg,
+            legs=call.legs,
+            kong_request_id=call.kong_request_id,
+        )
+        assert builder.build(call) == builder.build(raw), call.legs

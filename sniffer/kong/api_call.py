@@ -55,7 +55,8 @@ class ApiCall:
         self.legs = legs
         self.kong_request_id = kong_request_id  # X-Kong-Request-Id when either leg carries it
         # The joiner's reading of the legs' headers (`sniffer.headers.header_lists`), handed on so that
-        # each message's headers are read once: None where it did not read them. Shared: only ever read.
+        # each message's headers are read once: None where it did not read them, empty for a message
+        # the leg does not have. Shared: only ever read.
         self.client_request_headers = client_request_headers
         self.client_response_headers = client_response_headers
         self.upstream_request_headers = upstream_request_headers

@@ -419,9 +419,9 @@ class LegJoiner:
             upstream_leg=u.ex,
             legs=Legs.CLIENT_AND_UPSTREAM,
             kong_request_id=c.rid or u.rid,
-            client_request_headers=c.headers if c.ex.request is not None else None,
-            client_response_headers=c.resp_headers if c.ex.response is not None else None,
-            upstream_request_headers=u.headers if u.ex.request is not None else None,
+            client_request_headers=c.headers,
+            client_response_headers=c.resp_headers,
+            upstream_request_headers=u.headers,
         )
 
     def _alone(self, leg: _Leg) -> ApiCall:
@@ -437,8 +437,8 @@ class LegJoiner:
                 upstream_leg=None,
                 legs=Legs.CLIENT_ONLY,
                 kong_request_id=leg.rid,
-                client_request_headers=leg.headers if leg.ex.request is not None else None,
-                client_response_headers=leg.resp_headers if leg.ex.response is not None else None,
+                client_request_headers=leg.headers,
+                client_response_headers=leg.resp_headers,
             )
         self.stats["kong_upstream_only"] += 1
         return ApiCall(
@@ -446,7 +446,7 @@ class LegJoiner:
             upstream_leg=leg.ex,
             legs=Legs.UPSTREAM_ONLY,
             kong_request_id=leg.rid,
-            upstream_request_headers=leg.headers if leg.ex.request is not None else None,
+            upstream_request_headers=leg.headers,
         )
 
     def _add(self, leg: _Leg, out: list[ApiCall]) -> None:

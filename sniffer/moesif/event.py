@@ -121,19 +121,19 @@ _RequestView = tuple[HeaderLists, dict[str, str | list[str]], str | None, str | 
 
 
 class _Flow:
-    """What an event says about its TCP connection, worked out once per connection, not per call. Never
-    changed once made. A plain class, not a dataclass: compiled, its __init__ is native (a dataclass's
-    stays the interpreted one)."""
+    """What an event says about its TCP connection, worked out once per connection, not per call, and
+    never changed: `connection` text; `capture`, the connection, client and server as metadata.capture
+    lists them; `peer_ip`, the client address as an event's ip_address when no forwarding header names
+    one; `ids`, a hashlib SHA-1 object (see ids.id_hasher; its class is not importable at run time).
+    A plain class, not a dataclass: compiled, its __init__ is native (a dataclass's stays interpreted)."""
 
     __slots__ = ("capture", "connection", "ids", "peer_ip")
 
     def __init__(self, connection: str, capture: dict[str, str], peer_ip: str, ids: Any) -> None:
         self.connection = connection
-        self.capture = capture  # connection, client and server, as metadata.capture lists them
-        self.peer_ip = (
-            peer_ip  # the client address as an event's ip_address when no forwarding header names one
-        )
-        self.ids = ids  # a hashlib SHA-1 object, see ids.id_hasher (its class is not importable at run time)
+        self.capture = capture
+        self.peer_ip = peer_ip
+        self.ids = ids
 
     @classmethod
     def of(cls, ex: Exchange) -> _Flow:
@@ -193,7 +193,10 @@ class EventBuilder:
         merged = primary is not client_leg or up_req is not None
         up_lists: HeaderLists | None = None
         if not merged:  # the common case: one leg, its own request headers, remembered per block
-            req_lists, req_shown, req_user, req_company, ip = self._request_view(req.headers)
+            given = call.client_request_headers  # a Kong client leg alone: the joiner read them
+            req_lists, req_shown, req_user, req_company, ip = (
+                self._request_view(req.headers) if given is None else self._read_request(req.headers, given)
+            )
             req_headers = req_lists
             ip = ip or flow.peer_ip
             host_header = req_lists.get("host")
@@ -353,8 +356,14 @@ class EventBuilder:
             memo[key] = (view[0], view[1].copy(), view[2], view[3], view[4])
         return view
 
-    def _read_request(self, headers: list[tuple[bytes, bytes]]) -> _RequestView:
-        lists, shown = read_headers(headers, self._req_header_masks)
+    def _read_request(
+        self, headers: list[tuple[bytes, bytes]], lists: HeaderLists | None = None
+    ) -> _RequestView:
+        """The view of `headers`; from `lists` (their `header_lists`) when already read."""
+        if lists is None:
+            lists, shown = read_headers(headers, self._req_header_masks)
+        else:
+            shown = render_headers(lists, self._req_header_masks)
         user, company = self._identifier.from_request(lists)
         # Most requests carry no forwarding header: one set operation says so.
         ip = None if _FORWARDING.isdisjoint(lists) else forwarded_ip(lists)
