@@ -18,9 +18,11 @@ import os
 
 from setuptools import setup
 
-# The per-packet path, from frame bytes to exchanges. events.py, limits.py and stats.py stay Python:
-# their classes are the interface the rest of the program (and its tests) build, copy and pickle.
+# The per-packet path, from frame bytes to exchanges, and the values that flow between its stages
+# (events.py: plain classes, native compiled, that compare, copy and pickle by their FIELDS). limits.py
+# and stats.py stay Python: their classes are the interface the rest of the program builds and copies.
 COMPILED_MODULES = [
+    "reassembly/events.py",
     "reassembly/decode.py",
     "reassembly/ip_fragments.py",
     "reassembly/seq.py",

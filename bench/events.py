@@ -21,7 +21,6 @@ import pstats
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -35,7 +34,7 @@ if os.environ.get(CORE_PATH_ENV):
 
 from bench.captures import WRK_CAPTURE, ensure_capture  # noqa: E402
 from bench.compiled import is_compiled  # noqa: E402
-from reassembly.events import Exchange  # noqa: E402
+from reassembly.events import Exchange, replace  # noqa: E402
 from sniffer.capture.pcapfile import open_capture  # noqa: E402
 from sniffer.config import Config  # noqa: E402
 from sniffer.engine import JOIN_ADVANCE_INTERVAL_S, Engine  # noqa: E402

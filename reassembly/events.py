@@ -14,8 +14,8 @@ and bodies stay `bytes` here and are only decoded to text in `sniffer.moesif`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import IntFlag, StrEnum
+from typing import Any, ClassVar, Final
 
 __all__ = [
     "CloseReason",
@@ -34,6 +34,7 @@ __all__ = [
     "StreamEvent",
     "StreamGap",
     "TcpFlags",
+    "replace",
 ]
 
 
@@ -78,55 +79,147 @@ Endpoint = tuple[str, int]
 """An (ip text, port) pair; IPv6 text without brackets."""
 
 
-@dataclass(slots=True)
-class Segment:
+class _Value:
+    """What the values below share: compared, shown and pickled by their fields, in `FIELDS` order.
+
+    They are plain classes rather than dataclasses so that, compiled, they are native classes: every
+    stage reads and writes their attributes per packet, and a compiled dataclass keeps an interpreted
+    `__init__` and generic attribute access (compiling them as dataclasses made the core slower). Each
+    constructor takes its fields positionally in `FIELDS` order (or by name), which is how `__reduce__`
+    and `sniffer.capture.exchange_codec` rebuild them; `replace` is `dataclasses.replace` for them.
+    """
+
+    __slots__ = ()
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple([getattr(self, name) for name in self.FIELDS])
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, _Value)
+        return self.values() == other.values()
+
+    def __repr__(self) -> str:
+        shown = ", ".join([f"{name}={getattr(self, name)!r}" for name in self.FIELDS])
+        return f"{type(self).__name__}({shown})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), self.values())
+
+
+class _FrozenValue(_Value):
+    """A value whose fields are `Final`: hashable, and (compiled) read-only."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        return hash(self.values())
+
+
+def replace(value: Any, **changes: Any) -> Any:
+    """A copy of `value` with some fields changed (what `dataclasses.replace` does for a dataclass)."""
+    fields = {name: getattr(value, name) for name in value.FIELDS}
+    fields.update(changes)
+    return type(value)(**fields)
+
+
+class Segment(_Value):
     """One decoded TCP segment. Addresses are packed bytes (4 or 16) so decoding never formats text."""
 
-    ts: float
-    src: bytes
-    dst: bytes
-    sport: int
-    dport: int
-    seq: int
-    ack: int
-    flags: int  # TcpFlags bits
-    payload: bytes
-    window: int = 0
+    __slots__ = ("ack", "dport", "dst", "flags", "payload", "seq", "sport", "src", "ts", "window")
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "ts",
+        "src",
+        "dst",
+        "sport",
+        "dport",
+        "seq",
+        "ack",
+        "flags",
+        "payload",
+        "window",
+    )
+
+    def __init__(
+        self,
+        ts: float,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        seq: int,
+        ack: int,
+        flags: int,  # TcpFlags bits
+        payload: bytes,
+        window: int = 0,
+    ) -> None:
+        self.ts = ts
+        self.src = src
+        self.dst = dst
+        self.sport = sport
+        self.dport = dport
+        self.seq = seq
+        self.ack = ack
+        self.flags = flags
+        self.payload = payload
+        self.window = window
 
 
-@dataclass(slots=True, frozen=True)
-class FlowOpened:
-    flow_id: int
-    client: Endpoint
-    server: Endpoint
-    ts: float
-    mid_stream: bool  # True when the handshake was not seen: roles were guessed
+class FlowOpened(_FrozenValue):
+    __slots__ = ("client", "flow_id", "mid_stream", "server", "ts")
+    FIELDS: ClassVar[tuple[str, ...]] = ("flow_id", "client", "server", "ts", "mid_stream")
+
+    def __init__(self, flow_id: int, client: Endpoint, server: Endpoint, ts: float, mid_stream: bool) -> None:
+        self.flow_id: Final = flow_id
+        self.client: Final = client
+        self.server: Final = server
+        self.ts: Final = ts
+        self.mid_stream: Final = mid_stream  # True when the handshake was not seen: roles were guessed
 
 
-@dataclass(slots=True, frozen=True)
-class StreamData:
-    flow_id: int
-    direction: Direction
-    offset: int  # stream offset of data[0]
-    data: bytes
-    ts: float  # capture time of the segment that made these bytes deliverable
+class StreamData(_FrozenValue):
+    __slots__ = ("data", "direction", "flow_id", "offset", "ts")
+    FIELDS: ClassVar[tuple[str, ...]] = ("flow_id", "direction", "offset", "data", "ts")
+
+    def __init__(self, flow_id: int, direction: Direction, offset: int, data: bytes, ts: float) -> None:
+        self.flow_id: Final = flow_id
+        self.direction: Final = direction
+        self.offset: Final = offset  # stream offset of data[0]
+        self.data: Final = data
+        self.ts: Final = ts  # capture time of the segment that made these bytes deliverable
 
 
-@dataclass(slots=True, frozen=True)
-class StreamGap:
-    flow_id: int
-    direction: Direction
-    offset: int  # stream offset where the lost range begins
-    length: int | None  # None when unknown (mid-stream start)
-    ts: float
-    reason: GapReason
+class StreamGap(_FrozenValue):
+    __slots__ = ("direction", "flow_id", "length", "offset", "reason", "ts")
+    FIELDS: ClassVar[tuple[str, ...]] = ("flow_id", "direction", "offset", "length", "ts", "reason")
+
+    def __init__(
+        self,
+        flow_id: int,
+        direction: Direction,
+        offset: int,
+        length: int | None,
+        ts: float,
+        reason: GapReason,
+    ) -> None:
+        self.flow_id: Final = flow_id
+        self.direction: Final = direction
+        self.offset: Final = offset  # stream offset where the lost range begins
+        self.length: Final = length  # None when unknown (mid-stream start)
+        self.ts: Final = ts
+        self.reason: Final = reason
 
 
-@dataclass(slots=True, frozen=True)
-class FlowClosed:
-    flow_id: int
-    reason: CloseReason
-    ts: float
+class FlowClosed(_FrozenValue):
+    __slots__ = ("flow_id", "reason", "ts")
+    FIELDS: ClassVar[tuple[str, ...]] = ("flow_id", "reason", "ts")
+
+    def __init__(self, flow_id: int, reason: CloseReason, ts: float) -> None:
+        self.flow_id: Final = flow_id
+        self.reason: Final = reason
+        self.ts: Final = ts
 
 
 StreamEvent = FlowOpened | StreamData | StreamGap | FlowClosed
@@ -148,21 +241,62 @@ class ExchangeFlag(StrEnum):
     PAIRING_GUESSED = "pairing_guessed"  # paired by capture time after lost bytes, not by FIFO order
 
 
-@dataclass(slots=True, kw_only=True)
-class HttpMessage:
+class HttpMessage(_Value):
     """What is common to a request and a response as seen on the wire."""
 
-    version: bytes  # b"HTTP/1.1", b"HTTP/1.0"
-    headers: list[tuple[bytes, bytes]]  # as sent: original case and order, values stripped
-    body: bytes = b""  # transfer coding removed (chunked framing stripped); content coding kept
-    body_size: int = 0  # entity bytes the framing carried, including any beyond the cap or lost
-    body_truncated: bool = False  # len(body) < body_size because of Limits.max_body_bytes
-    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    ts_start: float = 0.0  # capture time of the first byte of the message
-    ts_end: float = 0.0  # capture time of the last byte of the message seen
-    stream_offset: int = 0  # offset of the first byte in its direction's stream
-    complete: bool = True  # False when the message was cut before its framing ended
-    gap: bool = False  # bytes inside the body were lost (the exchange is kept, flagged)
+    # The fields (what each holds is noted in __init__); a subclass lists its own first.
+    __slots__ = (
+        "body",
+        "body_size",
+        "body_truncated",
+        "complete",
+        "gap",
+        "headers",
+        "stream_offset",
+        "trailers",
+        "ts_end",
+        "ts_start",
+        "version",
+    )
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "version",
+        "headers",
+        "body",
+        "body_size",
+        "body_truncated",
+        "trailers",
+        "ts_start",
+        "ts_end",
+        "stream_offset",
+        "complete",
+        "gap",
+    )
+
+    def __init__(
+        self,
+        version: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes = b"",
+        body_size: int = 0,
+        body_truncated: bool = False,
+        trailers: list[tuple[bytes, bytes]] | None = None,
+        ts_start: float = 0.0,
+        ts_end: float = 0.0,
+        stream_offset: int = 0,
+        complete: bool = True,
+        gap: bool = False,
+    ) -> None:
+        self.version = version  # b"HTTP/1.1", b"HTTP/1.0"
+        self.headers = headers  # as sent: original case and order, values stripped
+        self.body = body  # transfer coding removed (chunked framing stripped); content coding kept
+        self.body_size = body_size  # entity bytes the framing carried, including any beyond the cap or lost
+        self.body_truncated = body_truncated  # len(body) < body_size because of Limits.max_body_bytes
+        self.trailers: list[tuple[bytes, bytes]] = [] if trailers is None else trailers
+        self.ts_start = ts_start  # capture time of the first byte of the message
+        self.ts_end = ts_end  # capture time of the last byte of the message seen
+        self.stream_offset = stream_offset  # offset of the first byte in its direction's stream
+        self.complete = complete  # False when the message was cut before its framing ended
+        self.gap = gap  # bytes inside the body were lost (the exchange is kept, flagged)
 
     def header(self, name: bytes) -> bytes | None:
         """First value of a header, by case-insensitive name."""
@@ -173,27 +307,121 @@ class HttpMessage:
         return None
 
 
-@dataclass(slots=True, kw_only=True)
 class HttpRequest(HttpMessage):
-    method: bytes
-    target: bytes  # request-target as sent: origin form "/p?q", absolute form, or authority (CONNECT)
+    __slots__ = ("method", "target")
+    FIELDS: ClassVar[tuple[str, ...]] = ("method", "target", *HttpMessage.FIELDS)
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes = b"",
+        body_size: int = 0,
+        body_truncated: bool = False,
+        trailers: list[tuple[bytes, bytes]] | None = None,
+        ts_start: float = 0.0,
+        ts_end: float = 0.0,
+        stream_offset: int = 0,
+        complete: bool = True,
+        gap: bool = False,
+    ) -> None:
+        self.method = method
+        self.target = (
+            target  # request-target as sent: origin form "/p?q", absolute form, or authority (CONNECT)
+        )
+        HttpMessage.__init__(
+            self,
+            version,
+            headers,
+            body,
+            body_size,
+            body_truncated,
+            trailers,
+            ts_start,
+            ts_end,
+            stream_offset,
+            complete,
+            gap,
+        )
 
 
-@dataclass(slots=True, kw_only=True)
 class HttpResponse(HttpMessage):
-    status: int
-    reason: bytes = b""
-    interim: list[int] = field(default_factory=list)  # 1xx statuses seen before this final response
+    __slots__ = ("interim", "reason", "status")
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "status",
+        "version",
+        "headers",
+        "reason",
+        *HttpMessage.FIELDS[2:],
+        "interim",
+    )
+
+    def __init__(
+        self,
+        status: int,
+        version: bytes,
+        headers: list[tuple[bytes, bytes]],
+        reason: bytes = b"",
+        body: bytes = b"",
+        body_size: int = 0,
+        body_truncated: bool = False,
+        trailers: list[tuple[bytes, bytes]] | None = None,
+        ts_start: float = 0.0,
+        ts_end: float = 0.0,
+        stream_offset: int = 0,
+        complete: bool = True,
+        gap: bool = False,
+        interim: list[int] | None = None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.interim: list[int] = [] if interim is None else interim  # 1xx statuses before this final one
+        HttpMessage.__init__(
+            self,
+            version,
+            headers,
+            body,
+            body_size,
+            body_truncated,
+            trailers,
+            ts_start,
+            ts_end,
+            stream_offset,
+            complete,
+            gap,
+        )
 
 
-@dataclass(slots=True, kw_only=True)
-class Exchange:
+class Exchange(_Value):
     """One HTTP request paired with its response on one TCP connection."""
 
-    flow_id: int
-    client: Endpoint
-    server: Endpoint
-    request: HttpRequest | None  # None: an orphan response
-    response: HttpResponse | None  # None: unanswered
-    index: int = 0  # position of this exchange within its connection, 0-based
-    flags: set[ExchangeFlag] = field(default_factory=set)
+    __slots__ = ("client", "flags", "flow_id", "index", "request", "response", "server")
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "flow_id",
+        "client",
+        "server",
+        "request",
+        "response",
+        "index",
+        "flags",
+    )
+
+    def __init__(
+        self,
+        flow_id: int,
+        client: Endpoint,
+        server: Endpoint,
+        request: HttpRequest | None,  # None: an orphan response
+        response: HttpResponse | None,  # None: unanswered
+        index: int = 0,  # position of this exchange within its connection, 0-based
+        flags: set[ExchangeFlag] | None = None,
+    ) -> None:
+        self.flow_id = flow_id
+        self.client = client
+        self.server = server
+        self.request = request
+        self.response = response
+        self.index = index
+        self.flags: set[ExchangeFlag] = set() if flags is None else flags

@@ -8,26 +8,12 @@ mid-stream) and counting orphans, unanswered requests and exchanges in Stats.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Final
 
 from reassembly.events import Endpoint, Exchange, ExchangeFlag, HttpRequest, HttpResponse
 from reassembly.stats import Stats
 
 __all__ = ["PendingExchange", "finish_exchange"]
-
-_new: Final = object.__new__
-if tuple(f.name for f in fields(Exchange)) != (
-    "flow_id",
-    "client",
-    "server",
-    "request",
-    "response",
-    "index",
-    "flags",
-):
-    # finish_exchange sets every field itself, bypassing the (keyword-only, slower) __init__.
-    raise RuntimeError("finish_exchange does not set every field of Exchange")
 
 
 class PendingExchange:
@@ -97,12 +83,4 @@ def finish_exchange(
     if mid_stream:
         flags.add(ExchangeFlag.MIDSTREAM)
     stats["exchanges"] += 1  # the one place every Exchange is made: the count
-    exchange = _new(Exchange)
-    exchange.flow_id = flow_id
-    exchange.client = client
-    exchange.server = server
-    exchange.request = request
-    exchange.response = response
-    exchange.index = entry.index
-    exchange.flags = flags
-    return exchange
+    return Exchange(flow_id, client, server, request, response, entry.index, flags)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reassembly.events import Direction, Exchange, GapReason, StreamData, StreamGap
+from reassembly.events import Direction, Exchange, GapReason, StreamData, StreamGap, replace
 from reassembly.events import ExchangeFlag as F
 from reassembly.http_connection import HttpConnectionParser
 from reassembly.limits import Limits
@@ -123,9 +122,9 @@ def normalized(exchanges: list[Exchange]) -> list[Exchange]:
     """The exchanges with capture times zeroed: chunking decides those, nothing else."""
     out = []
     for x in exchanges:
-        req = x.request and dataclasses.replace(x.request, ts_start=0.0, ts_end=0.0)
-        resp = x.response and dataclasses.replace(x.response, ts_start=0.0, ts_end=0.0)
-        out.append(dataclasses.replace(x, request=req, response=resp))
+        req = x.request and replace(x.request, ts_start=0.0, ts_end=0.0)
+        resp = x.response and replace(x.response, ts_start=0.0, ts_end=0.0)
+        out.append(replace(x, request=req, response=resp))
     return out
 
 
