@@ -155,7 +155,13 @@ class EventBuilder:
     _FLOWS_MAX = 4096
 
     def __init__(self, config: Config) -> None:
-        self._config = config
+        # What build reads of the config, as the builder's own (compiled: native) attributes; Config
+        # stays an interpreted dataclass, whose attributes compiled code reads generically.
+        self._api_version = config.api_version
+        self._request_bodies = not config.disable_capture_request_body
+        self._response_bodies = not config.disable_capture_response_body
+        self._request_body_limit = config.request_max_body_size_limit
+        self._response_body_limit = config.response_max_body_size_limit
         creds = config.mask_credential_headers
         self._req_header_masks = header_mask_set(config.request_header_masks, creds)
         self._resp_header_masks = header_mask_set(config.response_header_masks, creds)
@@ -185,7 +191,6 @@ class EventBuilder:
         req = primary.request
         if req is None:
             return None
-        config = self._config
         flow = self._flows.get((primary.client, primary.server)) or self._flow(primary)
         # req_shown: the request headers as the event shows them, rendered in the same pass only when
         # they are just the primary's (with an upstream leg they are merged first, then rendered once).
@@ -254,11 +259,11 @@ class EventBuilder:
         }
         if ip is not None:
             request["ip_address"] = ip
-        if config.api_version:
-            request["api_version"] = config.api_version
+        if self._api_version:
+            request["api_version"] = self._api_version
         # An empty body yields nothing at all (capture_body's first test), so it is not even looked at.
-        if not config.disable_capture_request_body and (req.body or req.body_size > 0):
-            limit = config.request_max_body_size_limit
+        if self._request_bodies and (req.body or req.body_size > 0):
+            limit = self._request_body_limit
             self._put_body(request, req, req_lists, limit, self._req_body_masks, "request", capture, flags)
 
         event: dict[str, object] = {"request": request}
@@ -269,8 +274,8 @@ class EventBuilder:
                 "status": resp.status,
                 "headers": resp_shown,
             }
-            if not config.disable_capture_response_body and (resp.body or resp.body_size > 0):
-                limit = config.response_max_body_size_limit
+            if self._response_bodies and (resp.body or resp.body_size > 0):
+                limit = self._response_body_limit
                 self._put_body(
                     response, resp, resp_lists, limit, self._resp_body_masks, "response", capture, flags
                 )
@@ -321,7 +326,7 @@ class EventBuilder:
             # derived_id, inlined: uuid5 of the flow's prefix, the request's offset and second.
             h = flow.ids.copy()
             h.update(f"{req.stream_offset}|{int(req.ts_start)}".encode())  # cheaper than bytes %, compiled
-            x = h.hexdigest()
+            x: str = h.hexdigest()  # typed: compiled, its slices are then native (h is Any)
             event["transaction_id"] = f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
         return event
 
