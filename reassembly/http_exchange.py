@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from reassembly.events import Endpoint, Exchange, ExchangeFlag, HttpRequest, HttpResponse
+from reassembly.events import Endpoint, Exchange, ExchangeFlag, HttpMessage, HttpRequest, HttpResponse
 from reassembly.stats import Stats
 
 __all__ = ["PendingExchange", "finish_exchange"]
@@ -46,7 +46,7 @@ _RESPONSE_FLAGS: Final = (
 
 
 def _flag_message(
-    message: HttpRequest | HttpResponse,
+    message: HttpMessage,
     done: bool,
     flags: set[ExchangeFlag],
     names: tuple[ExchangeFlag, ExchangeFlag, ExchangeFlag],

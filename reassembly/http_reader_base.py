@@ -12,7 +12,7 @@ from __future__ import annotations
 from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from reassembly.events import HttpRequest, HttpResponse
+from reassembly.events import HttpMessage, HttpRequest, HttpResponse
 from reassembly.http_budget import HttpBufferPool
 from reassembly.http_framing import Framing
 from reassembly.http_head import NO_FIELDS, Fields
@@ -285,25 +285,27 @@ class ReaderBase:
         msg = self._msg
         if msg is None:
             return
+        # The same message as the base class: compiled, a union's attributes are set generically.
+        m: HttpMessage = msg
         self._msg = None
         parts = self._parts
         if parts:
             first = parts[0]
-            msg.body = first if len(parts) == 1 and type(first) is bytes else b"".join(parts)
+            m.body = first if len(parts) == 1 and type(first) is bytes else b"".join(parts)
             self._parts = []
         else:
-            msg.body = b""
-        msg.body_size = self._size
-        msg.complete = complete
-        msg.ts_end = self._ts
+            m.body = b""
+        m.body_size = self._size
+        m.complete = complete
+        m.ts_end = self._ts
         if self._truncated:
-            msg.body_truncated = True
+            m.body_truncated = True
             self._stats["truncated_http_body"] += 1
             self._truncated = False
             self._body_cap = self._max_body  # the pool may have shed this body; the next one starts whole
         else:
-            msg.body_truncated = False
-        msg.gap = self._gap
+            m.body_truncated = False
+        m.gap = self._gap
         self._kept = self._size = 0
         self._gap = False
         self.state = START

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from reassembly.events import HttpMessage
 from reassembly.http_framing import Framing, FramingKind, parse_chunk_size
 from reassembly.http_head import find_head_end, parse_fields, split_lines
 from reassembly.http_reader_base import ReaderBase, State
@@ -173,7 +174,7 @@ class BodySteps(ReaderBase):
                 return self._desync()
             self._scan = max(pos, len(buf) - 2)
             return False
-        msg = self._msg
+        msg: HttpMessage | None = self._msg
         if msg is not None and end > self._pos:
             msg.trailers = parse_fields(split_lines(bytes(buf[self._pos : end])))
         self._pos = after
