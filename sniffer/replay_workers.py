@@ -2,8 +2,9 @@
 
 Every worker reads the whole file and feeds its `Pipeline` only the frames of its own flows
 (`capture.flow_hash.FlowSplitter`, symmetric, like live capture's kernel fanout). Frames are numbered;
-all workers see all numbers and all capture times, which keeps the result equal to one process's
-(the same set of events; their order differs):
+all workers number all frames (`capture.flow_hash.WorkerFrames` hands a worker its own frames and, of
+the others, those where it has something due), which keeps the result equal to one process's (the same
+set of events; their order differs):
 - the core's timeouts run at the same frames as in one process: a worker runs them on the frames it
   skips too, on the core's own schedule (every `ADVANCE_INTERVAL_S` of capture time);
 - an exchange that cannot be a Kong leg whatever has been seen before becomes an event in the worker
@@ -19,9 +20,9 @@ process would interleave them by flow: only the order of calls that time out at 
 
 Why every worker walks the file rather than one reader dispatching frames: measured on a wrk
 capture, walking and hashing cost a worker ~1.5 us per frame, against ~15 us per frame for the core and
-the events; a reader would save one worker that walk but pickle every frame (~0.65 us each way) and
-be a third busy process on a 2-vCPU machine, and the frame numbers that keep the joins exact would have
-to travel too.
+the events (compiled, 2026-12-07: ~0.7 us, against ~8 us); a reader would save one worker that walk but
+pickle every frame (~0.65 us each way) and be a third busy process on a 2-vCPU machine, and the frame
+numbers that keep the joins exact would have to travel too.
 
 Memory stays bounded: a worker that runs ahead is not read from (its pipe fills and it waits) once it
 is `MAX_LEAD_FRAMES` ahead of the slowest.
@@ -42,7 +43,7 @@ from typing import IO, Any
 from reassembly.events import Exchange
 from reassembly.stats import Stats
 from sniffer.capture.exchange_codec import pack, unpack
-from sniffer.capture.flow_hash import FlowSplitter
+from sniffer.capture.flow_hash import WorkerFrames
 from sniffer.capture.pcapfile import open_capture
 from sniffer.capture.worker_events import SurelyPlain, WorkerEvents, events_of
 from sniffer.capture.workers import exit_reason
@@ -80,7 +81,6 @@ def _worker(
     plain_engine = events.feed
     kong = bool(config.kong_ports)
     surely_plain = SurelyPlain(frozenset(config.kong_ports), frozenset(config.upstream_ports))
-    owner = FlowSplitter(n).owner
     records: list[Record] = []
     packed = 0  # exchanges packed into `records`
     frame_no = 0
@@ -124,12 +124,13 @@ def _worker(
     try:
         with open_capture(path) as capture:
             bytes_read = lambda: capture.bytes_read  # noqa: E731
-            since = 0
+            # Other workers' frames come through only where this one's timeouts (or the joiner's tick)
+            # are due, or to report progress every BATCH_FRAMES frames (the merge waits for it).
+            walk = WorkerFrames(iter(capture), n, index, BATCH_FRAMES)
+            sent_at = 0
             try:
-                for ts, linktype, frame, wire_len in capture:
-                    frame_no += 1
-                    last_ts = ts
-                    if owner(linktype, frame) == index:
+                for frame_no, ts, linktype, frame, wire_len, owned in walk:
+                    if owned:
                         stats["packets"] += 1
                         got = feed(ts, linktype, frame, wire_len)
                         next_advance = pipeline.next_advance_ts
@@ -145,20 +146,22 @@ def _worker(
                         next_join = ts + JOIN_ADVANCE_INTERVAL_S
                         if not records or records[-1][0] != frame_no:
                             records.append((frame_no, ts, []))
-                    since += 1
+                    due = NEVER if next_advance is None else next_advance
+                    walk.due = min(due, next_join) if kong and index == 0 else due
                     if (
-                        since >= BATCH_FRAMES
+                        frame_no - sent_at >= BATCH_FRAMES
                         or len(records) >= BATCH_RECORDS
                         or packed >= BATCH_PACKED
                         or events.full
                     ):
-                        since = 0
+                        sent_at = frame_no
                         send()
                         if conn.poll() and conn.recv() == "stop":
                             stopped = True
                             break
             except CaptureError as exc:
                 error = str(exc)
+            frame_no, last_ts = walk.frame_no, walk.last_ts
         frame_no += 1  # what the pipeline flushes comes after every frame
         got = pipeline.close(last_ts)
         if got:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,10 @@ from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1Q, Ether
 from scapy.packet import Packet
 
 from reassembly.stats import Stats
-from sniffer.capture.flow_hash import FlowSplitter
+from sniffer.capture.flow_hash import FlowSplitter, WorkerFrames
 from sniffer.config import Config
 from sniffer.engine import make_pipeline
+from sniffer.errors import CaptureError
 from sniffer.replay import replay_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,6 +175,45 @@ def test_vlan_tags_and_fragments_follow_their_flow(tmp_path: Path) -> None:
     write_pcap(path, [*flows, *packets])
     for w in (2, 3, 5):
         assert _same(path, w, {"SNIFFER_KONG_PORTS": ""}) == 13
+
+
+def test_a_worker_walks_its_own_frames_and_others_only_where_due_or_to_report() -> None:
+    packets = _flows(40)
+    frames = [(float(p.time), 1, bytes(p), len(p)) for p in packets]
+    owners = [FlowSplitter(2).owner(1, f) for _, _, f, _ in frames]
+    mine = [i + 1 for i, o in enumerate(owners) if o == 1]
+    assert 0 < len(mine) < len(frames)
+    # Nothing due, a report every 50 frames: its own frames, plus the frames numbered 50, 100, ...
+    # whoever owns them (each once), in order, with the file's numbers and the frames' own bytes.
+    walk = WorkerFrames(iter(frames), 2, 1, 50)
+    walk.due = float("inf")
+    seen = list(walk)
+    assert [s[0] for s in seen] == sorted(set(mine) | set(range(50, len(frames) + 1, 50)))
+    assert all(s[5] == (owners[s[0] - 1] == 1) for s in seen)
+    assert all(s[1:5] == frames[s[0] - 1] for s in seen)
+    assert (walk.frame_no, walk.last_ts) == (len(frames), frames[-1][0])  # the last frame, whoever's
+    # Due from the start (-inf, the default): every frame.
+    assert [s[0] for s in WorkerFrames(iter(frames), 2, 0, 1 << 15)] == list(range(1, len(frames) + 1))
+    # Due from a capture time on: every frame from there, before it only the worker's own.
+    cut = frames[len(frames) // 2][0]
+    walk = WorkerFrames(iter(frames), 2, 0, 1 << 15)
+    walk.due = cut
+    got = [s[0] for s in walk]
+    assert got == [i + 1 for i, (ts, *_) in enumerate(frames) if owners[i] == 0 or ts >= cut]
+
+
+def test_a_worker_counts_the_frames_read_before_a_damaged_record() -> None:
+    frames = [(float(p.time), 1, bytes(p), len(p)) for p in _flows(4)]
+
+    def damaged() -> Iterator[tuple[float, int, bytes, int]]:
+        yield from frames
+        raise CaptureError("truncated record")
+
+    walk = WorkerFrames(damaged(), 2, 0, 1 << 15)
+    walk.due = float("inf")
+    with pytest.raises(CaptureError):
+        list(walk)
+    assert (walk.frame_no, walk.last_ts) == (len(frames), frames[-1][0])
 
 
 def test_non_tcp_and_garbage_go_to_worker_zero() -> None:

@@ -1,4 +1,5 @@
-"""`FlowSplitter`: which of N replay workers owns a captured frame (a symmetric hash of its TCP flow).
+"""`FlowSplitter`: which of N replay workers owns a captured frame (a symmetric hash of its TCP flow);
+`WorkerFrames`: the frames of a capture one of those workers must see.
 
 The file-replay counterpart of the kernel's PACKET_FANOUT_HASH: both directions of a TCP connection go
 to the same worker, and every worker, walking every frame of the file in the same order, computes the same
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
 
 from reassembly.decode import IPV4_AT, IPV6_AT
 
-__all__ = ["MAX_FRAGMENTED_DATAGRAMS", "FlowSplitter"]
+__all__ = ["MAX_FRAGMENTED_DATAGRAMS", "FlowSplitter", "WorkerFrames"]
 
 # Datagrams whose first fragment was seen and whose owner is remembered (oldest forgotten first).
 MAX_FRAGMENTED_DATAGRAMS = 4096
@@ -222,3 +225,50 @@ class FlowSplitter:
         frags[key] = who
         if len(frags) > MAX_FRAGMENTED_DATAGRAMS:
             frags.popitem(last=False)
+
+
+# What the frame iterator of a capture file yields: (capture time, link type, frame, original length).
+Frame = tuple[float, int, bytes, int]
+
+
+class WorkerFrames:
+    """The frames worker `index` of `n` must see, as (frame number in the file from 1, capture time, link
+    type, frame, original length, owned by this worker): every frame it owns, and of the others only
+    those at or past `due` (its timeouts run there) and one in every `every` (so it can report how far
+    it has walked). The rest are skipped here, compiled, without a step of the caller's loop: that is
+    half the frames of a 2-worker replay, each walked by every worker.
+
+    `due` is the caller's to move (-inf: every frame). After the walk, `frame_no` and `last_ts` are the
+    file's last frame's, whoever owned it.
+    """
+
+    def __init__(self, frames: Iterator[Frame], n: int, index: int, every: int) -> None:
+        self._frames = frames
+        self._splitter = FlowSplitter(n)
+        self._index = index
+        self._every = every
+        self.due = float("-inf")
+        self.frame_no = 0
+        self.last_ts = 0.0
+
+    def __iter__(self) -> WorkerFrames:
+        return self
+
+    def __next__(self) -> tuple[Any, ...]:  # not a fixed tuple type: mypyc's tp_iternext needs an object
+        owner = self._splitter.owner  # on every frame, in order: it follows fragmented datagrams
+        index = self._index
+        due = self.due
+        no = self.frame_no
+        report = no - no % self._every + self._every  # the next frame number seen whoever owns it
+        last_ts = self.last_ts
+        try:
+            for ts, linktype, frame, wire_len in self._frames:
+                no += 1
+                last_ts = ts
+                owned = owner(linktype, frame) == index
+                if owned or ts >= due or no >= report:
+                    return no, ts, linktype, frame, wire_len, owned
+        finally:  # also when the file turns out damaged: the frames read before count
+            self.frame_no = no
+            self.last_ts = last_ts
+        raise StopIteration
