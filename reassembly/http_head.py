@@ -13,7 +13,7 @@ plus the few fields that decide body framing, collected in the same pass. The re
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, TypeVar
 
 from reassembly.events import HttpRequest, HttpResponse
 
@@ -59,6 +59,8 @@ _STATUS_LINES: Final[dict[bytes, tuple[bytes, int, bytes]]] = {}
 _Plan = tuple[tuple[bytes, int], ...]
 _PLANS: Final[dict[bytes, _Plan | None]] = {}
 _UNPLANNED: Final[_Plan] = ((b"", -1),)  # a sentinel of the plans' own type, compared by identity
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 # Methods known to be tokens of a valid length, so the check of a request line can skip them.
 _COMMON_METHODS: Final = frozenset(
     (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"CONNECT")
@@ -245,9 +247,7 @@ def read_lines(
         if parsed is None:
             parsed = parse_status_line(line)
             if len(line) <= _MAX_CACHED_LINE:
-                if len(_STATUS_LINES) >= _MAX_STATUS_LINES:
-                    _STATUS_LINES.clear()
-                _STATUS_LINES[line] = parsed
+                _remember(_STATUS_LINES, line, parsed, _MAX_STATUS_LINES)
         version, status, reason = parsed
     # The header fields, and the framing fields among them (collected in the same pass when all names
     # are tokens): one function with the start line, since a call per message costs measurably here.
@@ -264,9 +264,7 @@ def read_lines(
         if plan is _UNPLANNED:
             plan = _plan(names)
             if len(names) <= _MAX_CACHED_NAMES:
-                if len(_PLANS) >= _MAX_PLANS:
-                    _PLANS.clear()
-                _PLANS[names] = plan
+                _remember(_PLANS, names, plan, _MAX_PLANS)
         if plan is None:
             # A name that is not a token, or a folded line: the general loop decides.
             headers = parse_fields(lines)
@@ -292,6 +290,13 @@ def read_lines(
     if is_request:
         return HttpRequest(method, target, version, headers, b"", 0, False, None, ts, 0.0, offset), fields
     return HttpResponse(status, version, headers, reason, b"", 0, False, None, ts, 0.0, offset), fields
+
+
+def _remember(cache: dict[_K, _V], key: _K, value: _V, limit: int) -> None:
+    """Put `value` in a bounded memo, emptied when full (a miss's path only: the hits stay inline)."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
 
 
 def _plan(names: bytes) -> tuple[tuple[bytes, int], ...] | None:
