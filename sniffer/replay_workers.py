@@ -126,8 +126,8 @@ def _worker(
             bytes_read = lambda: capture.bytes_read  # noqa: E731
             # Other workers' frames come through only where this one's timeouts (or the joiner's tick)
             # are due, or to report progress every BATCH_FRAMES frames (the merge waits for it).
-            walk = WorkerFrames(iter(capture), n, index, BATCH_FRAMES)
-            sent_at = 0
+            walk = WorkerFrames(iter(capture), n, index)
+            walk.report_at = BATCH_FRAMES
             try:
                 for frame_no, ts, linktype, frame, wire_len, owned in walk:
                     if owned:
@@ -149,12 +149,12 @@ def _worker(
                     due = NEVER if next_advance is None else next_advance
                     walk.due = min(due, next_join) if kong and index == 0 else due
                     if (
-                        frame_no - sent_at >= BATCH_FRAMES
+                        frame_no >= walk.report_at
                         or len(records) >= BATCH_RECORDS
                         or packed >= BATCH_PACKED
                         or events.full
                     ):
-                        sent_at = frame_no
+                        walk.report_at = frame_no + BATCH_FRAMES
                         send()
                         if conn.poll() and conn.recv() == "stop":
                             stopped = True

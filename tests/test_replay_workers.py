@@ -183,21 +183,26 @@ def test_a_worker_walks_its_own_frames_and_others_only_where_due_or_to_report() 
     owners = [FlowSplitter(2).owner(1, f) for _, _, f, _ in frames]
     mine = [i + 1 for i, o in enumerate(owners) if o == 1]
     assert 0 < len(mine) < len(frames)
-    # Nothing due, a report every 50 frames: its own frames, plus the frames numbered 50, 100, ...
-    # whoever owns them (each once), in order, with the file's numbers and the frames' own bytes.
-    walk = WorkerFrames(iter(frames), 2, 1, 50)
+    # Nothing due, a report at frame 50 and then 50 frames after each: its own frames, plus the frames
+    # numbered 50, 100, ... whoever owns them (each once), in order, with the file's numbers and bytes.
+    walk = WorkerFrames(iter(frames), 2, 1)
     walk.due = float("inf")
-    seen = list(walk)
+    walk.report_at = 50
+    seen = []
+    for got in walk:
+        seen.append(got)
+        if got[0] >= walk.report_at:
+            walk.report_at = got[0] + 50
     assert [s[0] for s in seen] == sorted(set(mine) | set(range(50, len(frames) + 1, 50)))
     assert all(s[5] == (owners[s[0] - 1] == 1) for s in seen)
     assert all(s[1:5] == frames[s[0] - 1] for s in seen)
     assert (walk.frame_no, walk.last_ts) == (len(frames), frames[-1][0])  # the last frame, whoever's
-    # Due from the start (-inf, the default): every frame.
-    assert [s[0] for s in WorkerFrames(iter(frames), 2, 0, 1 << 15)] == list(range(1, len(frames) + 1))
+    # The defaults (due from -inf, a report at every frame): every frame.
+    assert [s[0] for s in WorkerFrames(iter(frames), 2, 0)] == list(range(1, len(frames) + 1))
     # Due from a capture time on: every frame from there, before it only the worker's own.
     cut = frames[len(frames) // 2][0]
-    walk = WorkerFrames(iter(frames), 2, 0, 1 << 15)
-    walk.due = cut
+    walk = WorkerFrames(iter(frames), 2, 0)
+    walk.due, walk.report_at = cut, 1 << 30
     got = [s[0] for s in walk]
     assert got == [i + 1 for i, (ts, *_) in enumerate(frames) if owners[i] == 0 or ts >= cut]
 
@@ -209,8 +214,8 @@ def test_a_worker_counts_the_frames_read_before_a_damaged_record() -> None:
         yield from frames
         raise CaptureError("truncated record")
 
-    walk = WorkerFrames(damaged(), 2, 0, 1 << 15)
-    walk.due = float("inf")
+    walk = WorkerFrames(damaged(), 2, 0)
+    walk.due, walk.report_at = float("inf"), 1 << 30
     with pytest.raises(CaptureError):
         list(walk)
     assert (walk.frame_no, walk.last_ts) == (len(frames), frames[-1][0])

@@ -234,20 +234,20 @@ Frame = tuple[float, int, bytes, int]
 class WorkerFrames:
     """The frames worker `index` of `n` must see, as (frame number in the file from 1, capture time, link
     type, frame, original length, owned by this worker): every frame it owns, and of the others only
-    those at or past `due` (its timeouts run there) and one in every `every` (so it can report how far
-    it has walked). The rest are skipped here, compiled, without a step of the caller's loop: that is
-    half the frames of a 2-worker replay, each walked by every worker.
+    those at or past capture time `due` (its timeouts run there) or frame number `report_at` (so it can
+    report how far it has walked). The rest are skipped here, compiled, without a step of the caller's
+    loop: that is half the frames of a 2-worker replay, each walked by every worker.
 
-    `due` is the caller's to move (-inf: every frame). After the walk, `frame_no` and `last_ts` are the
-    file's last frame's, whoever owned it.
+    `due` and `report_at` are the caller's to move (the defaults: every frame). After the walk,
+    `frame_no` and `last_ts` are the file's last frame's, whoever owned it.
     """
 
-    def __init__(self, frames: Iterator[Frame], n: int, index: int, every: int) -> None:
+    def __init__(self, frames: Iterator[Frame], n: int, index: int) -> None:
         self._frames = frames
         self._splitter = FlowSplitter(n)
         self._index = index
-        self._every = every
         self.due = float("-inf")
+        self.report_at = 0
         self.frame_no = 0
         self.last_ts = 0.0
 
@@ -258,15 +258,15 @@ class WorkerFrames:
         owner = self._splitter.owner  # on every frame, in order: it follows fragmented datagrams
         index = self._index
         due = self.due
+        report_at = self.report_at
         no = self.frame_no
-        report = no - no % self._every + self._every  # the next frame number seen whoever owns it
         last_ts = self.last_ts
         try:
             for ts, linktype, frame, wire_len in self._frames:
                 no += 1
                 last_ts = ts
                 owned = owner(linktype, frame) == index
-                if owned or ts >= due or no >= report:
+                if owned or ts >= due or no >= report_at:
                     return no, ts, linktype, frame, wire_len, owned
         finally:  # also when the file turns out damaged: the frames read before count
             self.frame_no = no
