@@ -92,21 +92,21 @@ class _Value:
     __slots__ = ()
     FIELDS: ClassVar[tuple[str, ...]] = ()
 
-    def values(self) -> tuple[Any, ...]:
+    def field_values(self) -> tuple[Any, ...]:
         return tuple([getattr(self, name) for name in self.FIELDS])
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
         assert isinstance(other, _Value)
-        return self.values() == other.values()
+        return self.field_values() == other.field_values()
 
     def __repr__(self) -> str:
         shown = ", ".join([f"{name}={getattr(self, name)!r}" for name in self.FIELDS])
         return f"{type(self).__name__}({shown})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), self.values())
+        return (type(self), self.field_values())
 
 
 class _FrozenValue(_Value):
@@ -115,7 +115,7 @@ class _FrozenValue(_Value):
     __slots__ = ()
 
     def __hash__(self) -> int:
-        return hash(self.values())
+        return hash(self.field_values())
 
 
 def replace(value: Any, **changes: Any) -> Any:
