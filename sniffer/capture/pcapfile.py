@@ -128,6 +128,12 @@ class CaptureFile:
         linktype = struct.unpack_from(endian + "I", head, 20)[0] & _LINKTYPE_MASK
         div = float(divisor)
         unpack = struct.Struct(endian + "IIII").unpack_from
+        # Typed: compiled, what unpack returns is checked once and the arithmetic and slicing below are
+        # native (untyped, each step was a generic call: ~1.5k instructions per frame).
+        sec: int
+        frac: int
+        caplen: int
+        wire_len: int
         buf = head
         pos = 24
         base = 0  # file offset of buf[0]
@@ -180,6 +186,13 @@ class CaptureFile:
         # per interface of the current section: (link type, ticks per second, offset seconds, snaplen)
         ifaces: list[tuple[int, float, int, int]] = []
         ts = 0.0
+        btype: int  # typed as in _pcap: the unpacked values are checked once, then used natively
+        blen: int
+        iface: int
+        hi: int
+        lo: int
+        caplen: int
+        wire_len: int
         while True:
             if n - pos < 12:
                 base += pos
