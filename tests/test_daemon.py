@@ -126,7 +126,7 @@ def running_daemon(
             if by_log:
                 if err.exists() and "capturing on" in err.read_text():
                     break
-            elif _listening(mport) and d.get("/readyz")[0] == 200:
+            elif _listening(mport) and _ready(d):
                 break
             assert time.monotonic() < deadline, "daemon not ready: " + err.read_text()
             time.sleep(0.05)
@@ -135,6 +135,15 @@ def running_daemon(
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def _ready(d: Daemon) -> bool:
+    """/readyz answers 200. A probe that times out is not an answer yet: a daemon started at
+    SNIFFER_CPU_PRIORITY=idle gets no CPU while anything else on the machine wants it."""
+    try:
+        return d.get("/readyz")[0] == 200
+    except (TimeoutError, urllib.error.URLError):  # a connect that timed out comes as URLError
+        return False
 
 
 def _listening(port: int) -> bool:
