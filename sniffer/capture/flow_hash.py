@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from reassembly.decode import IPV4_AT, IPV6_AT
+from sniffer.capture.pcapfile import Frame
 
 __all__ = ["MAX_FRAGMENTED_DATAGRAMS", "FlowSplitter", "WorkerFrames"]
 
@@ -225,10 +226,6 @@ class FlowSplitter:
         frags[key] = who
         if len(frags) > MAX_FRAGMENTED_DATAGRAMS:
             frags.popitem(last=False)
-
-
-# What the frame iterator of a capture file yields: (capture time, link type, frame, original length).
-Frame = tuple[float, int, bytes, int]
 
 
 class WorkerFrames:

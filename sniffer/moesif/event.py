@@ -42,7 +42,7 @@ from sniffer.moesif.identify import Identifier
 from sniffer.moesif.ids import (
     _MILLIS,
     _SECONDS,
-    _VARIANT,
+    derived_id,
     endpoint_text,
     id_hasher,
     iso_time,
@@ -323,11 +323,7 @@ class EventBuilder:
         if _TRANSACTION_HEADER in req_lists or (up_lists is not None and _TRANSACTION_HEADER in up_lists):
             event["transaction_id"] = transaction_id(call)
         else:
-            # derived_id, inlined: uuid5 of the flow's prefix, the request's offset and second.
-            h = flow.ids.copy()
-            h.update(f"{req.stream_offset}|{int(req.ts_start)}".encode())  # cheaper than bytes %, compiled
-            x: str = h.hexdigest()  # typed: compiled, its slices are then native (h is Any)
-            event["transaction_id"] = f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
+            event["transaction_id"] = derived_id(flow.ids, req.stream_offset, req.ts_start)
         return event
 
     # -- request side -------------------------------------------------------------------------------

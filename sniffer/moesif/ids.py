@@ -72,7 +72,7 @@ def derived_id(flow_hasher: hashlib._Hash, offset: int, ts: float) -> str:
     """uuid5(NAMESPACE, "client|server|offset|second") of where and when the request was seen."""
     h = flow_hasher.copy()
     h.update(f"{offset}|{int(ts)}".encode())  # the whole second
-    x = h.hexdigest()
+    x: str = h.hexdigest()  # typed: compiled, its slices are then native (h is Any)
     # As uuid.UUID(bytes=digest[:16], version=5): version digit 5, variant bits 10.
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
