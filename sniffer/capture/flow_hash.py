@@ -51,58 +51,54 @@ class FlowSplitter:
     """`owner(linktype, frame)` -> worker index in [0, n). Stateful only for fragments: call it on
     every frame of the capture, in order, in every worker."""
 
-    __slots__ = ("_cache", "_fragments", "n")
+    __slots__ = ("_cache", "_fragments", "_linktype", "_v4", "_v6", "n")
 
     def __init__(self, n: int) -> None:
         self.n = n
         self._fragments: OrderedDict[tuple[int, ...], int] = OrderedDict()
         # Owners of the common frames by their address and port bytes (see `owner`).
         self._cache: dict[bytes, int] = {}
+        # The last frame's link type, and where IPv4 / IPv6 start behind it (decode's tables).
+        self._linktype = -1
+        self._v4: tuple[int, int] | None = None
+        self._v6: tuple[int, int] | None = None
 
     def owner(self, linktype: int, frame: bytes) -> int:
         # The common frame is keyed by its address and port bytes: one slice and one lookup instead of the
-        # walk in _owner. Ethernet with IPv4 is tested first, inline (the most common, and a table lookup
-        # costs it a third more); then any link layer the pipeline's fast path reads (Linux cooked v1/v2
-        # as `tcpdump -i any` writes them, raw IP), IPv4 without options or IPv6 without extension
-        # headers, TCP, not a fragment.
-        key: bytes | None
-        if (
-            linktype == _ETHERNET
-            and len(frame) >= 38
-            and frame[14] == 0x45
-            and frame[23] == 6
-            and frame[12] == 8
-            and frame[13] == 0
-            and not (frame[20] & 0x3F or frame[21])
-        ):
-            key = frame[26:38]
-        else:
-            n = len(frame)
-            key = None
-            at = IPV4_AT.get(linktype)
+        # walk in _owner. That is any link layer the pipeline's fast path reads (Ethernet, Linux cooked
+        # v1/v2 as `tcpdump -i any` writes them, raw IP), IPv4 without options or IPv6 without extension
+        # headers, TCP, not a fragment. A file has one link type (pcapng: one per interface), so the
+        # offsets of the last one are kept rather than looked up per frame.
+        if linktype != self._linktype:
+            self._linktype = linktype
+            self._v4 = IPV4_AT.get(linktype)
+            self._v6 = IPV6_AT.get(linktype)
+        n = len(frame)
+        key: bytes | None = None
+        at = self._v4
+        if at is not None:
+            et, ip = at
+            if (
+                n >= ip + 24
+                and frame[ip] == 0x45
+                and frame[ip + 9] == 6
+                and (et < 0 or (frame[et] == 8 and frame[et + 1] == 0))
+                and not (frame[ip + 6] & 0x3F or frame[ip + 7])
+            ):
+                key = frame[ip + 12 : ip + 24]
+        if key is None:
+            at = self._v6
             if at is not None:
                 et, ip = at
                 if (
-                    n >= ip + 24
-                    and frame[ip] == 0x45
-                    and frame[ip + 9] == 6
-                    and (et < 0 or (frame[et] == 8 and frame[et + 1] == 0))
-                    and not (frame[ip + 6] & 0x3F or frame[ip + 7])
+                    n >= ip + 44
+                    and frame[ip] >> 4 == 6
+                    and frame[ip + 6] == 6
+                    and (et < 0 or (frame[et] == 0x86 and frame[et + 1] == 0xDD))
                 ):
-                    key = frame[ip + 12 : ip + 24]
+                    key = frame[ip + 8 : ip + 44]  # IPv6: both addresses and both ports
             if key is None:
-                at = IPV6_AT.get(linktype)
-                if at is not None:
-                    et, ip = at
-                    if (
-                        n >= ip + 44
-                        and frame[ip] >> 4 == 6
-                        and frame[ip + 6] == 6
-                        and (et < 0 or (frame[et] == 0x86 and frame[et + 1] == 0xDD))
-                    ):
-                        key = frame[ip + 8 : ip + 44]  # IPv6: both addresses and both ports
-                if key is None:
-                    return self._owner(linktype, frame)
+                return self._owner(linktype, frame)
         who = self._cache.get(key)
         if who is None:
             if len(self._cache) >= _MAX_CACHED:
