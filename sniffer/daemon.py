@@ -184,8 +184,9 @@ def run(
         except BrokenPipeError:  # stdout reader went away: stop as if signalled
             log.warning("event output closed by its reader; stopping")
         if d.tls is not None:
-            d.tls.close(d.engine)
+            d.tls.close(d.tls_feed())
             d.tls = None
+        d.close_merge()
         d.engine.close()
         d.publish()
         d.summary()

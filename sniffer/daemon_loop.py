@@ -35,6 +35,7 @@ from typing import IO, Any
 
 from reassembly.stats import Stats
 from sniffer.capture.afpacket import RingSocket
+from sniffer.capture.time_merge import TimeMerge
 from sniffer.capture.tls.source import TLS_POLL_S, TlsSource
 from sniffer.capture.worker_events import events_of
 from sniffer.capture.workers import IDLE_LAG_S, KERNEL_STATS_S, TICK_S, CaptureLoop, WorkerPool
@@ -82,6 +83,18 @@ class DaemonLoop:
         self._drops_seen = 0
         self._sender_stats: dict[str, int] | None = None
         self.tls: TlsSource | None = None
+        # Several sources of legs (capture workers, the TLS tap): merged in capture-time order.
+        self.merge: TimeMerge | None = None
+        self._tls_feed: Any = None
+
+    def tls_feed(self) -> Any:
+        """Where the TLS tap's exchanges go: the merge's TLS source when there is one, else the engine."""
+        return self._tls_feed if self._tls_feed is not None else self.engine
+
+    def close_merge(self) -> None:
+        """Shutdown, after every source's last exchanges: whatever the merge holds goes to the engine."""
+        if self.merge is not None:
+            self.merge.flush()
 
     # ---- signals ----
 
@@ -184,8 +197,13 @@ class DaemonLoop:
         assert engine is not None
         loop = self.loop = CaptureLoop(rings, engine.feed)  # type: ignore[arg-type]
         tls = self.tls
+        merge: TimeMerge | None = None
         if tls is not None:
             loop.watch(tls.fileno())
+            # The packets' exchanges go straight in; the TLS tap's wait until the packets walked have
+            # passed their end (source 0: the rings' watermark, source 1: the TLS tap's).
+            merge = self.merge = self._merge(engine, 2)
+            tls_feed = self._tls_feed = merge.source(1)
         sampler = self.sampler = FlowSampler.of(self.config, self.stats, engine.flow_weights)
         clock = 0.0
         now = time.monotonic()
@@ -193,8 +211,9 @@ class DaemonLoop:
         wait_s = TLS_POLL_S if tls is not None else TICK_S / 4
         while not self.signals.stop:
             loop.run_once(wait_s)
-            if tls is not None:
-                tls.poll(engine)
+            if merge is not None:
+                merge.put(0, loop.last_ts)
+                tls.poll(tls_feed)  # type: ignore[union-attr]
             now = time.monotonic()
             if now < next_tick:
                 continue
@@ -204,8 +223,9 @@ class DaemonLoop:
             if wall > clock:
                 clock = wall
                 engine.advance(wall)
-            if tls is not None:
-                tls.tick(engine)
+            if merge is not None:
+                merge.put(0, clock)
+                tls.tick(tls_feed)  # type: ignore[union-attr]
             if len(sampler) and sampler.expire(clock) and not sampler.active:
                 self._install_sampler()
             if now >= next_kstats:
@@ -227,6 +247,11 @@ class DaemonLoop:
         next_tick, next_summary = now, now + SUMMARY_S
         ok = True
         wait_s = TLS_POLL_S if self.tls is not None else TICK_S / 4
+        # Worker i is source i, the TLS tap source N: their legs reach the joiner in capture-time order.
+        n = len(pool.procs)
+        merge = self.merge = self._merge(engine, n + (self.tls is not None))
+        if self.tls is not None:
+            self._tls_feed = merge.source(n)
         while not self.signals.stop:
             self._take(pool, wait_s)
             if pool.running < len(pool.procs):
@@ -238,7 +263,7 @@ class DaemonLoop:
             next_tick = now + TICK_S
             self.health.last_tick = min([*pool.last_tick, now])
             if self.tls is not None:
-                self.tls.tick(engine)
+                self.tls.tick(self._tls_feed)
             self._housekeeping(now >= next_summary, tick=False, backlog=pool.take_backlog())
             if now >= next_summary:
                 next_summary = now + SUMMARY_S
@@ -250,23 +275,41 @@ class DaemonLoop:
         pool.close()
         return ok
 
+    def _merge(self, engine: Engine, sources: int) -> TimeMerge:
+        c = self.config
+        return TimeMerge(
+            engine.feed_exchanges,
+            sources,
+            stats=self.stats,
+            max_held=max(1, c.max_pending_legs // 4),
+            max_held_bytes=max(1, c.max_pending_leg_bytes // 4),
+        )
+
     def _take(self, pool: WorkerPool, timeout_s: float) -> None:
-        feed = self.engine.feed_exchanges  # type: ignore[union-attr]
+        merge = self.merge
+        assert merge is not None
         if self.tls is not None:
             # Wake on the TLS records too (without kernel BTF: an SSL_set_fd must be read while its socket
             # still exists).
             live = [c for c, done in zip(pool.conns, pool.done, strict=True) if not done]
             multiprocessing.connection.wait([*live, self.tls.fileno()], timeout_s)
             timeout_s = 0.0
-        for _, msg in pool.messages(timeout_s):
-            if msg[0] == "x":
-                feed(msg[1], msg[2], msg[3])
+        for i, msg in pool.messages(timeout_s):
+            kind = msg[0]
+            if kind == "x":
+                merge.put(i, msg[1], msg[2], msg[3])
                 if msg[4]:
                     self._built(msg[4])
+            elif kind == "d":
+                merge.put(i, msg[1])
+                merge.retire(i)
             else:
-                feed(msg[1], [])
+                merge.put(i, msg[1])
+        for i, done in enumerate(pool.done):
+            if done:
+                merge.retire(i)  # also a worker that died without its "d"
         if self.tls is not None:
-            self.tls.poll(self.engine)  # type: ignore[arg-type]
+            self.tls.poll(self._tls_feed)
 
     def _built(self, payload: bytes) -> None:
         """Events a capture worker built (`WorkerEvents.take`) to where the engine's own go."""

@@ -62,6 +62,8 @@ REFRESH_S = 1.0  # gateway processes rescanned this often (a rescan reads one co
 MAX_RECORDS_PER_READ = 65536
 MAX_BATCHES_PER_POLL = 64  # then the caller's loop gets a turn (packet rings, ticks) even under a flood
 STOP_S = 5.0  # the reader's last batches at shutdown
+# The ring is read at least every TLS_POLL_S: records older than this have been read (`tick`'s watermark).
+WATERMARK_LAG_S = 0.5
 READER_NICE = -10
 # Kernel counters whose growth is a loss, exported under the usual loss prefixes.
 _TAP_LOSSES = {"ring_full": "drop_tls_ring_full", "rate_limited": "drop_tls_rate_limited"}
@@ -196,8 +198,7 @@ class TlsSource:
             records = self.tap.read(MAX_RECORDS_PER_READ)
             read_ns = began if len(records) < MAX_RECORDS_PER_READ else None
             exchanges = feed(records, self.streams.resolve(records), read_ns)
-            if exchanges or records:
-                engine.feed_exchanges(self.streams.last_ts, exchanges)
+            engine.feed_exchanges(self._watermark(read_ns), exchanges)
             return len(records)
         taken = 0
         try:
@@ -207,7 +208,8 @@ class TlsSource:
                 records, resolved, read_ns, self._resolver_stats, lag = conn.recv()
                 self.streams.bind_lag_max_ms = max(self.streams.bind_lag_max_ms, lag)
                 taken += len(records)
-                engine.feed_exchanges(self.streams.last_ts, feed(records, resolved, read_ns))
+                exchanges = feed(records, resolved, read_ns)
+                engine.feed_exchanges(self._watermark(read_ns), exchanges)
         except (EOFError, OSError):
             if self._proc is not None and not self._stopping:
                 log.warning("TLS capture: the reader process exited (%s)", self._proc.exitcode)
@@ -229,9 +231,19 @@ class TlsSource:
                 if not self._refresh_failed:  # once per run of failures, not every second
                     log.warning("TLS capture: following the gateway's processes failed: %s", exc)
                 self._refresh_failed = True
-        exchanges = self.streams.advance(time.time())
-        if exchanges:
-            engine.feed_exchanges(self.streams.last_ts, exchanges)
+        wall = time.time()
+        exchanges = self.streams.advance(wall)
+        # Idle or not, every record made WATERMARK_LAG_S ago has been read by now: the engine's other
+        # sources need not wait for this one beyond that (`capture.time_merge`).
+        engine.feed_exchanges(max(self.streams.last_ts, wall - WATERMARK_LAG_S), exchanges)
+
+    def _watermark(self, read_ns: int | None) -> float:
+        """The capture time up to which every record has been read: when the read began, unless it was
+        full (records may have been left); else the newest record's."""
+        streams = self.streams
+        if read_ns is None:
+            return streams.last_ts
+        return max(streams.last_ts, streams.capture_time(read_ns))
 
     def counters(self) -> tuple[dict[str, int], dict[str, float]]:
         """(counters, gauges) for /metrics: the kernel side's counters as `tls_tap_<name>` (losses under
