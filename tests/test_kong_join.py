@@ -439,6 +439,18 @@ def test_timing_join_requires_nesting() -> None:
     assert sorted(x.legs for x in _run(joiner, [c, early])) == [Legs.CLIENT_ONLY, Legs.UPSTREAM_ONLY]
 
 
+def test_a_leg_that_nests_outranks_one_that_only_nests_by_the_clock_slack() -> None:
+    """Two identical calls overlapping: `slack` started 0.3 ms before `c` (within NEST_SLACK_S, which is
+    there for two interfaces' clocks disagreeing); `own` lies inside `c`. Both are pending when `c` comes:
+    `c` takes `own`, and `slack` goes to the client leg it lies inside."""
+    c = client_leg("bob", 1.0, 1.01, src=("10.77.1.1", 40001))
+    own = upstream_leg("bob", 1.0002, 1.0098)
+    slack = upstream_leg("bob", 0.9997, 1.0095)
+    other = client_leg("bob", 0.999, 1.011, src=("10.77.1.1", 40002))
+    calls = _run(LegJoiner(KONG), [c, own, slack, other])
+    assert {x.client_leg.client[1]: x.upstream_leg for x in calls} == {40001: own, 40002: slack}  # type: ignore[union-attr]
+
+
 def test_ipv6_client_matches_forwarded_for_in_any_spelling() -> None:
     c = client_leg("carol", 0.0, 0.01, src=("fd77:1::1", 40001))
     u = upstream_leg("carol", 0.001, 0.009, src_ip="fd77:1:0:0:0:0:0:1")

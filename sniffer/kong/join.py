@@ -199,7 +199,12 @@ def _fit(c: _Leg, u: _Leg) -> float | None:
         b = _first(uh, name)
         if b is not None and _first(ch, name) != b:
             return None
-    return penalty + (u.start - c.start) + max(c.end - u.end, 0.0)
+    # How far each end is from the other leg's: a leg that only nests by the clocks' slack (starting a
+    # little before the client leg, ending a little after) ranks behind one that nests, not ahead of it.
+    late = c.end - u.end
+    if late < 0.0 and (c.ex.response is None or u.ex.response is None):
+        late = 0.0  # ends not compared (`_nests`)
+    return penalty + abs(u.start - c.start) + abs(late)
 
 
 def _kong_answered(leg: _Leg) -> bool:
