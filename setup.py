@@ -64,6 +64,8 @@ COMPILED_SHELL_MODULES = [
     # Every frame of a replay passes through these (with --workers, every worker walks every frame).
     "sniffer/capture/pcapfile.py",
     "sniffer/capture/flow_hash.py",
+    # Live with several sources (workers, the TLS tap), every leg passes through this in the main process.
+    "sniffer/capture/time_merge.py",
 ]
 
 
