@@ -5,7 +5,9 @@ workers built and writes or sends them, and takes the exchanges that may be Kong
 (`Engine(capture=False)`) and runs the leg joiner, the event builder and the sink on them.
 When no packet arrives the engine's timeouts run with the wall clock (see `capture.workers`).
 TLS exchanges are made in the main process in both modes (`TlsSource.poll` after each wake-up, its
-`tick` about once a second) and go into the engine like the workers' exchanges. When the host cannot do
+`tick` about once a second) and go into the engine like the workers' exchanges. When legs come from more
+than one source (workers, the TLS tap) they pass a `TimeMerge` first, so the joiner gets them in
+capture-time order whichever source was read first. When the host cannot do
 TLS capture the daemon says so once in the log and carries on with packet capture.
 
 Load shedding (SNIFFER_SHED, `sniffer.load_shedding`): every tick the ring backlog, the kernel drops and
@@ -129,6 +131,8 @@ class DaemonLoop:
             gauges["workers"] = 1
         if engine is not None:
             gauges["legs_pending"] = engine.joiner.pending
+        if self.merge is not None:
+            gauges["legs_held_for_order"] = len(self.merge)
         if self.tls is not None:
             tls_counters, tls_gauges = self.tls.counters()
             core.update(tls_counters)
