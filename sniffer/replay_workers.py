@@ -8,8 +8,9 @@ set of events; their order differs):
 - the core's timeouts run at the same frames as in one process: a worker runs them on the frames it
   skips too, on the core's own schedule (every `ADVANCE_INTERVAL_S` of capture time);
 - an exchange that cannot be a Kong leg whatever has been seen before becomes an event in the worker
-  (`capture.worker_events`: the same builder as one process); its JSON lines (or events for the Moesif
-  sender) go to the main process, which writes them;
+  (`capture.worker_events`: the same builder as one process); its JSON lines go to the output, written
+  by the worker itself when that is a regular file or /dev/null (`_shared_output`), else by the main
+  process, which also takes the events for the Moesif sender;
 - every other exchange goes to the main process, tagged with its frame number, and so does the end time
   of each plain exchange when Kong ports are set (one process's joiner moves its clock on those); worker
   0 also sends the frames at which one process's engine would run the joiner's timeouts. The main
@@ -31,11 +32,14 @@ is `MAX_LEAD_FRAMES` ahead of the slowest.
 from __future__ import annotations
 
 import contextlib
+import io
 import marshal
 import multiprocessing
 import multiprocessing.connection
+import os
 import pickle
 import signal
+import stat
 from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
@@ -67,9 +71,17 @@ Record = tuple[int, float, list[Any]]
 
 
 def _worker(
-    index: int, n: int, path: str, config: Config, conn: Any, encode: bool, others: list[Any]
+    index: int,
+    n: int,
+    path: str,
+    config: Config,
+    conn: Any,
+    encode: bool,
+    others: list[Any],
+    out_fd: int | None = None,
 ) -> None:
-    """Walk the whole file, feed own frames, send events and merge records to the main process."""
+    """Walk the whole file, feed own frames, send events and merge records to the main process (the JSON
+    lines of its events straight to `out_fd` when given: see `_shared_output`)."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)  # the main process decides (it sends "stop")
     for other in others:  # the main process's pipe ends: held here, its exit would never be seen
@@ -110,8 +122,14 @@ def _worker(
         records.append((no, ts, items))
 
     def send(final: bool = False) -> None:
-        nonlocal records, packed
+        nonlocal records, packed, out_fd
         payload = events.take()
+        if out_fd is not None and payload:
+            try:
+                _write_all(out_fd, payload)
+                payload = b""
+            except OSError:
+                out_fd = None  # the main process writes it, and reports the error as it would
         try:
             batch = marshal.dumps(records)
         except ValueError:  # a core field marshal cannot carry (see exchange_codec): slower, still right
@@ -193,11 +211,12 @@ def replay_parallel(
     ctx = multiprocessing.get_context("fork")
     conns: list[Any] = []
     procs = []
+    out_fd = _shared_output(encoded_out)
     for i in range(workers):
         parent, child = ctx.Pipe(duplex=True)
         proc = ctx.Process(
             target=_worker,
-            args=(i, workers, path, config, child, encoded_out is not None, [*conns, parent]),
+            args=(i, workers, path, config, child, encoded_out is not None, [*conns, parent], out_fd),
             name=f"replay-{i}",
             daemon=True,
         )
@@ -268,6 +287,34 @@ def replay_parallel(
                 proc.kill()
                 proc.join(1.0)
     return stats, CaptureError(error) if error else None, interrupted
+
+
+def _shared_output(out: IO[bytes] | None) -> int | None:
+    """The JSON-lines output's file descriptor when the workers may write their events to it themselves:
+    a regular file, or a character device that is not a terminal (/dev/null). The workers inherit the
+    open file (one file offset for all), and Linux makes each write() to a regular file through a shared
+    open file land whole, after the previous one (f_pos_lock), so batches of whole lines never mix. That
+    spares the main process receiving every worker's JSON lines only to write them: on the 1M-frame wrk
+    capture to /dev/null with 2 workers, the main process's CPU went from 0.9-1.2 s to 0.6-0.7 s (user
+    + system, of ~12 s for the whole replay; callgrind, user space only: -1.3 % instructions). A pipe or a
+    terminal may split a write past PIPE_BUF: the main process writes for them, as before."""
+    if out is None:
+        return None
+    try:
+        fd = out.fileno()
+        mode = os.fstat(fd).st_mode
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    if stat.S_ISREG(mode) or (stat.S_ISCHR(mode) and not os.isatty(fd)):
+        out.flush()  # what the main process buffered before the fork goes first, and once
+        return fd
+    return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _decoded(data: bytes) -> list[Record]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from sniffer.config import Config
 from sniffer.engine import make_pipeline
 from sniffer.errors import CaptureError
 from sniffer.replay import replay_file
+from sniffer.replay_workers import _shared_output
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = ROOT.parent / "shared" / "pcaps" / "public"
@@ -101,6 +103,39 @@ def test_cli_writes_the_same_lines_with_two_workers(tmp_path: Path) -> None:
         )
         outs.append(sorted(out.read_bytes().splitlines()))
     assert outs[0] == outs[1] and len(outs[0]) >= 30
+
+
+LOSSY_IPV6 = PUBLIC / "zeek-1000req-lost-resp-ipv6.pcap"
+
+
+@pytest.mark.skipif(not LOSSY_IPV6.exists(), reason=f"{LOSSY_IPV6} not found")
+def test_workers_write_whole_lines_to_a_file_themselves_and_through_a_pipe_via_the_main_process(
+    tmp_path: Path,
+) -> None:
+    """~1,000 plain events, built in the workers: to a regular file each worker writes its own batches
+    (`_shared_output`), to a pipe the main process writes them. Either way every line is one whole event
+    and the lines are one process's."""
+    cmd = [sys.executable, "-m", "sniffer", "replay", str(LOSSY_IPV6), "-q"]
+    one = tmp_path / "one.jsonl"
+    subprocess.run([*cmd, "-o", str(one)], check=True, cwd=ROOT, timeout=120, capture_output=True)
+    want = sorted(one.read_bytes().splitlines())
+    assert len(want) >= 900
+    many = tmp_path / "two.jsonl"
+    subprocess.run([*cmd, "-o", str(many), "--workers", "2"], check=True, cwd=ROOT, timeout=120)
+    piped = subprocess.run([*cmd, "--workers", "2"], check=True, cwd=ROOT, timeout=120, capture_output=True)
+    for got in (many.read_bytes().splitlines(), piped.stdout.splitlines()):
+        assert all(json.loads(line)["request"] for line in got)
+        assert sorted(got) == want
+
+
+def test_only_a_regular_file_or_dev_null_is_shared_with_the_workers(tmp_path: Path) -> None:
+    with open(tmp_path / "out", "wb") as regular, open(os.devnull, "wb") as null:
+        assert _shared_output(regular) == regular.fileno()
+        assert _shared_output(null) == null.fileno()
+    read, write = os.pipe()
+    with os.fdopen(read, "rb"), os.fdopen(write, "wb") as pipe:
+        assert _shared_output(pipe) is None
+    assert _shared_output(io.BytesIO()) is None and _shared_output(None) is None
 
 
 def _flows(n: int) -> list[Packet]:
