@@ -26,3 +26,16 @@ def ensure_capture(path: Path) -> Path:
     print(f"making {path}: {' '.join(cmd)}", file=sys.stderr)
     subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
     return path
+
+
+_COUNTS: dict[Path, int] = {}
+
+
+def packets_in(capture: Path) -> int:
+    """How many packets `capture` holds (counted once per capture and process)."""
+    if capture not in _COUNTS:
+        from sniffer.capture.pcapfile import open_capture  # the caller has put the repository on the path
+
+        with open_capture(capture) as cap:
+            _COUNTS[capture] = sum(1 for _ in cap)
+    return _COUNTS[capture]

@@ -99,14 +99,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from captures import BIG_CAPTURE, WRK_CAPTURE, ensure_capture
+from captures import BIG_CAPTURE, WRK_CAPTURE, ensure_capture, packets_in
 from compiled import compiled_build_or_none
 from daemon_run import running_daemon
 from kong_capture import ETHERNET_OUT
 from kong_capture import make as make_kong_capture
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sniffer.capture.pcapfile import open_capture
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT = 18080  # the port of make_capture.sh's nginx
@@ -172,7 +171,7 @@ class VethNamespace:
 
 def replay(net: VethNamespace, capture: Path, pps: int, count: int) -> tuple[int, float]:
     """tcpreplay `count` packets at `pps` into the outer end: (packets sent, achieved packets/s)."""
-    loops = 0 if count <= 0 else max(1, -(-count // _packets_in(capture)))
+    loops = 0 if count <= 0 else max(1, -(-count // packets_in(capture)))
     cmd = ["tcpreplay", "-q", "-i", net.outer, f"--pps={pps}", f"--limit={count}", f"--loop={loops}",
            str(capture)]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -181,16 +180,6 @@ def replay(net: VethNamespace, capture: Path, pps: int, count: int) -> tuple[int
     sent = int(m.group(1)) if m else 0
     m2 = re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", text)
     return sent, float(m2.group(1)) if m2 else 0.0
-
-
-_COUNTS: dict[Path, int] = {}
-
-
-def _packets_in(capture: Path) -> int:
-    if capture not in _COUNTS:
-        with open_capture(capture) as cap:
-            _COUNTS[capture] = sum(1 for _ in cap)
-    return _COUNTS[capture]
 
 
 def run_ours(

@@ -218,7 +218,8 @@ def run_live(capture: Path, limit: int, memory_limit: str, pps: int) -> dict[str
     """`moesif-sniffer run` (2 workers) in the cgroup, in a network namespace, the capture sent into its
     veth by tcpreplay at `pps`; SIGTERM once it is all sent. `ip netns exec` mounts a fresh /sys, where
     the cgroup files are not to be seen, so the limit is given as SNIFFER_MEMORY_LIMIT (or off)."""
-    from bench.live import VethNamespace, _packets_in, replay
+    from bench.captures import packets_in
+    from bench.live import VethNamespace, replay
 
     cg = _Cgroup(limit)
     start = time.monotonic()
@@ -241,7 +242,7 @@ def run_live(capture: Path, limit: int, memory_limit: str, pps: int) -> dict[str
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and "capturing on" not in _read(err):
                 time.sleep(0.2)
-            sent, _ = replay(net, capture, pps, _packets_in(capture))
+            sent, _ = replay(net, capture, pps, packets_in(capture))
             time.sleep(2)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
