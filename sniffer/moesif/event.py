@@ -20,7 +20,7 @@ Decisions where moesif.md is silent (see also the module docstrings of body, ide
 from __future__ import annotations
 
 from itertools import chain
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from reassembly.events import Endpoint, Exchange, ExchangeFlag, HttpMessage, HttpRequest, HttpResponse
@@ -55,11 +55,11 @@ __all__ = ["IDENTITY_HEADERS", "PLUMBING_HEADERS", "EventBuilder", "iso_time", "
 
 # Headers Kong's auth plugins set on the upstream request (reference 5.3; x-credential-username is the
 # pre-2.1 name of x-credential-identifier).
-IDENTITY_HEADERS = frozenset({"x-credential-identifier", "x-credential-username", "x-anonymous-consumer"})
-IDENTITY_PREFIX = "x-consumer-"
+IDENTITY_HEADERS: Final = frozenset({"x-credential-identifier", "x-credential-username", "x-anonymous-consumer"})
+IDENTITY_PREFIX: Final = "x-consumer-"
 # Headers Kong adds upstream with proxy_set_header: never in the plugin's logged request headers.
-PLUMBING_HEADERS = frozenset({"x-real-ip", "via", "x-kong-request-id"})
-PLUMBING_PREFIX = "x-forwarded-"
+PLUMBING_HEADERS: Final = frozenset({"x-real-ip", "via", "x-kong-request-id"})
+PLUMBING_PREFIX: Final = "x-forwarded-"
 
 _TRUNCATED = {ExchangeFlag.REQUEST_INCOMPLETE, ExchangeFlag.RESPONSE_INCOMPLETE}
 # The core cuts a body only beyond the size limit, so such a body is left out on purpose and reported
