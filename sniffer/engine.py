@@ -19,7 +19,7 @@ engine in the main process is built with `capture=False`: it gets the workers' e
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from reassembly.events import Endpoint, Exchange
 from reassembly.pipeline import Pipeline
@@ -32,9 +32,9 @@ from sniffer.moesif.event import EventBuilder
 __all__ = ["Engine", "EventSink", "make_pipeline", "own_ports"]
 
 # Weights of sampled flows remembered at most (oldest first): bounded like the flow table.
-MAX_FLOW_WEIGHTS = 1 << 17
+MAX_FLOW_WEIGHTS: Final = 1 << 17
 # Joiner timeouts only need checking about once per capture second (its wait is seconds long).
-JOIN_ADVANCE_INTERVAL_S = 1.0
+JOIN_ADVANCE_INTERVAL_S: Final = 1.0
 
 
 def make_pipeline(config: Config, stats: Stats, workers: int = 1) -> Pipeline:

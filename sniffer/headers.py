@@ -6,6 +6,8 @@ identification, the client IP, masks and bodies all read this one view instead o
 
 from __future__ import annotations
 
+from typing import Final
+
 from reassembly.events import HttpMessage
 
 __all__ = [
@@ -20,10 +22,10 @@ __all__ = [
 ]
 
 HeaderLists = dict[str, list[str]]
-BYTES_WHITESPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips (str.strip() strips more)
+BYTES_WHITESPACE: Final = " \t\n\r\x0b\x0c"  # what bytes.strip() strips (str.strip() strips more)
 
 # Header names repeat call after call: remember their lowercase text, emptied when full (bounded).
-_NAMES_MAX = 4096
+_NAMES_MAX: Final = 4096
 _NAMES: dict[bytes, str] = {}
 
 

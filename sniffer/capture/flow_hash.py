@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 from reassembly.decode import IPV4_AT, IPV6_AT
 from sniffer.capture.pcapfile import Frame
@@ -26,18 +26,18 @@ from sniffer.capture.pcapfile import Frame
 __all__ = ["MAX_FRAGMENTED_DATAGRAMS", "FlowSplitter", "WorkerFrames"]
 
 # Datagrams whose first fragment was seen and whose owner is remembered (oldest forgotten first).
-MAX_FRAGMENTED_DATAGRAMS = 4096
+MAX_FRAGMENTED_DATAGRAMS: Final = 4096
 
 _ETHERNET, _RAW, _RAW_BSD, _RAW_OPENBSD, _NULL, _LOOP, _SLL, _SLL2, _IPV4, _IPV6 = (
     1, 101, 14, 12, 0, 108, 113, 276, 228, 229
 )  # fmt: skip
-_VLAN = frozenset({0x8100, 0x88A8, 0x9100, 0x9200})
-_MAX_VLAN_TAGS = 8
-_AF_INET6 = frozenset({10, 24, 28, 30})
-_IPV6_EXT_8 = frozenset({0, 43, 60, 135, 139, 140})
-_MAX_IPV6_EXTENSIONS = 16
-_GOLDEN = 0x9E3779B1
-_MAX_CACHED = 1 << 14  # flows whose owner is remembered (~130 B each); emptied when full
+_VLAN: Final = frozenset({0x8100, 0x88A8, 0x9100, 0x9200})
+_MAX_VLAN_TAGS: Final = 8
+_AF_INET6: Final = frozenset({10, 24, 28, 30})
+_IPV6_EXT_8: Final = frozenset({0, 43, 60, 135, 139, 140})
+_MAX_IPV6_EXTENSIONS: Final = 16
+_GOLDEN: Final = 0x9E3779B1
+_MAX_CACHED: Final = 1 << 14  # flows whose owner is remembered (~130 B each); emptied when full
 
 _u16 = struct.Struct("!H").unpack_from
 _u32 = struct.Struct("!I").unpack_from

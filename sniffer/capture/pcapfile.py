@@ -19,7 +19,7 @@ import stat
 import struct
 from collections.abc import Iterator
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 from sniffer.errors import CaptureError
 
@@ -29,9 +29,9 @@ Frame = tuple[float, int, bytes, int]
 """(capture time in float seconds, link type, captured bytes, length on the wire)."""
 
 # A record this large is garbage, not a packet: the biggest real snaplen (libpcap) is 256 KiB.
-MAX_RECORD_BYTES = 256 << 20
+MAX_RECORD_BYTES: Final = 256 << 20
 # Big enough that the per-chunk work vanishes in the per-packet work, small enough to stay in L2/L3.
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES: Final = 1 << 20
 
 _PCAP_MAGICS: dict[bytes, tuple[str, int, int]] = {
     # file bytes -> (struct byte order, fraction divisor, record header length)
@@ -54,7 +54,7 @@ _BT_EPB = 6
 _OPT_IF_TSRESOL = 9
 _OPT_IF_TSOFFSET = 14
 # libpcap's LT_LINKTYPE(): the upper bits of the pcap header's link type carry FCS information.
-_LINKTYPE_MASK = 0x03FFFFFF
+_LINKTYPE_MASK: Final = 0x03FFFFFF
 
 _LOOKS_LIKE: tuple[tuple[bytes, str], ...] = (
     (b"\x1f\x8b", "a gzip file (gunzip it first)"),

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from reassembly.events import Exchange
 from reassembly.stats import Stats
@@ -46,11 +46,11 @@ __all__ = [
 
 # A source reports at least once per capture worker tick (1 s, its clock then 0.5 s behind the wall) or
 # TLS poll (50 ms): 3 s leaves room for a slow tick without letting a stuck source stall the events.
-DEFAULT_MAX_LAG_S = 3.0
+DEFAULT_MAX_LAG_S: Final = 3.0
 # A quarter of the joiner's default caps on pending legs (`kong.join`): a leg is held here about a
 # second, where it may wait up to 5 s there.
-DEFAULT_MAX_HELD = 5_000
-DEFAULT_MAX_HELD_BYTES = 64 << 20
+DEFAULT_MAX_HELD: Final = 5_000
+DEFAULT_MAX_HELD_BYTES: Final = 64 << 20
 
 
 class Feed(Protocol):
@@ -61,7 +61,7 @@ class Feed(Protocol):
     ) -> None: ...
 
 
-_INF = float("inf")
+_INF: Final = float("inf")
 
 
 def _end(ex: Exchange) -> float:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from enum import StrEnum
+from typing import Final
 
 from reassembly.events import Exchange, HttpMessage
 from reassembly.stats import Stats
@@ -54,8 +55,8 @@ __all__ = [
 ]
 
 # Header names as `sniffer.headers` reads them (lowercase text); the raw-name sets below are their bytes.
-KONG_REQUEST_ID = "x-kong-request-id"
-CONSUMER_HEADERS = frozenset(
+KONG_REQUEST_ID: Final = "x-kong-request-id"
+CONSUMER_HEADERS: Final = frozenset(
     {
         "x-consumer-id",
         "x-consumer-username",
@@ -64,24 +65,24 @@ CONSUMER_HEADERS = frozenset(
         "x-anonymous-consumer",
     }
 )
-FORWARDED_HEADERS = frozenset(
+FORWARDED_HEADERS: Final = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-real-ip"}
 )
 # Addresses remembered as Kong hosts. A node has a handful; the cap only guards against a flood of
 # spoofed headers turning this into an unbounded set.
-MAX_KONG_HOSTS = 1024
+MAX_KONG_HOSTS: Final = 1024
 KONG_RESPONSE_HEADERS = frozenset(
     {"x-kong-proxy-latency", "x-kong-upstream-latency", "x-kong-response-latency"}
 )
 # Every header name a rule reads, per side, lowercased bytes as the raw names are compared: a message with
 # none of them cannot be a Kong leg.
-REQUEST_RULE_HEADERS = frozenset(
+REQUEST_RULE_HEADERS: Final = frozenset(
     name.encode() for name in {KONG_REQUEST_ID, "via"} | CONSUMER_HEADERS | FORWARDED_HEADERS
 )
-RESPONSE_RULE_HEADERS = frozenset(name.encode() for name in {"via"} | KONG_RESPONSE_HEADERS)
-_KONG_RESPONSE_NAMES = frozenset(name.encode() for name in KONG_RESPONSE_HEADERS)
+RESPONSE_RULE_HEADERS: Final = frozenset(name.encode() for name in {"via"} | KONG_RESPONSE_HEADERS)
+_KONG_RESPONSE_NAMES: Final = frozenset(name.encode() for name in KONG_RESPONSE_HEADERS)
 # Raw header names remembered as read by a rule or not, per side and kind; each emptied when full.
-MAX_OTHER_NAMES = 4096
+MAX_OTHER_NAMES: Final = 4096
 
 
 class LegKind(StrEnum):

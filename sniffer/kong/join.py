@@ -34,7 +34,7 @@ import functools
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Collection
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from reassembly.events import Exchange
 from reassembly.stats import Stats
@@ -47,25 +47,25 @@ __all__ = ["DEFAULT_MAX_PENDING_BYTES", "DEFAULT_MAX_PENDING_LEGS", "DEFAULT_WAI
 
 K = TypeVar("K")
 
-DEFAULT_WAIT_S = 5.0
+DEFAULT_WAIT_S: Final = 5.0
 # Legs normally wait microseconds to milliseconds. The caps only bite when one leg is not captured at all
 # (e.g. 2,000 calls/s for wait_s = 5 s is 10,000 pending client legs).
-DEFAULT_MAX_PENDING_LEGS = 20_000
-DEFAULT_MAX_PENDING_BYTES = 256 << 20
+DEFAULT_MAX_PENDING_LEGS: Final = 20_000
+DEFAULT_MAX_PENDING_BYTES: Final = 256 << 20
 # Request ids of calls that went out with one leg, to drop their late partner: a few minutes at 100 calls/s.
-MAX_RECENT_IDS = 32_768
+MAX_RECENT_IDS: Final = 32_768
 # Capture timestamps of the two legs may come from different interfaces; allow this much disagreement.
-NEST_SLACK_S = 0.0005
+NEST_SLACK_S: Final = 0.0005
 # Headers Kong passes from the client to the service untouched (unless a plugin rewrites them): where both
 # legs have one, the values must be equal. Kong may remove credentials (hide_credentials) but never adds
 # them, so a credential on the upstream leg must also be on the client leg.
-END_TO_END = ("user-agent", "content-type")
-CREDENTIALS = ("authorization", "apikey", "x-api-key", "cookie")
-_INF = float("inf")
-PATH_PENALTY = 1_000.0  # a strip_path/suffix path match ranks behind an exact one
-QUERY_PENALTY = 10_000.0  # different query strings rank behind everything else
+END_TO_END: Final = ("user-agent", "content-type")
+CREDENTIALS: Final = ("authorization", "apikey", "x-api-key", "cookie")
+_INF: Final = float("inf")
+PATH_PENALTY: Final = 1_000.0  # a strip_path/suffix path match ranks behind an exact one
+QUERY_PENALTY: Final = 10_000.0  # different query strings rank behind everything else
 # Counter names per leg kind, made once (formatting a StrEnum member costs a Python-level call per leg).
-_LEGS_STAT = {kind: f"kong_{kind.value}_legs" for kind in LegKind}
+_LEGS_STAT: Final = {kind: f"kong_{kind.value}_legs" for kind in LegKind}
 
 
 class _Leg:

@@ -16,7 +16,7 @@ import base64
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import brotli
 import orjson
@@ -33,10 +33,10 @@ __all__ = [
     "plain_body",
 ]
 
-_CHUNK = 64 << 10
+_CHUNK: Final = 64 << 10
 # How far we keep inflating, discarding output, to learn the true size of a body over the limit.
 # Bounded so a bomb costs at most ~tens of milliseconds of CPU.
-COUNT_CAP = 16 << 20
+COUNT_CAP: Final = 16 << 20
 
 
 class _DecodeError(Exception):

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 __all__ = ["HEADER_ORDER", "client_ip", "forwarded_ip", "parse_ip"]
 
-HEADER_ORDER = (
+HEADER_ORDER: Final = (
     "x-client-ip",
     "x-forwarded-for",
     "cf-connecting-ip",
@@ -27,13 +28,13 @@ HEADER_ORDER = (
     "forwarded-for",
     "forwarded",
 )
-_HEADER_NAMES = frozenset(HEADER_ORDER)
+_HEADER_NAMES: Final = frozenset(HEADER_ORDER)
 
 # parse_ip is pure and sees the same few texts over and over (a flow's peer, a proxy's X-Forwarded-For),
 # while ipaddress costs microseconds: remember answers, forgetting all when full so memory stays bounded.
 _PARSED: dict[str, str | None] = {}
-_PARSED_MAX = 4096
-_MISSING = object()
+_PARSED_MAX: Final = 4096
+_MISSING: Final = object()
 
 
 def parse_ip(text: str) -> str | None:

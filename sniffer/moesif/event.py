@@ -55,37 +55,39 @@ __all__ = ["IDENTITY_HEADERS", "PLUMBING_HEADERS", "EventBuilder", "iso_time", "
 
 # Headers Kong's auth plugins set on the upstream request (reference 5.3; x-credential-username is the
 # pre-2.1 name of x-credential-identifier).
-IDENTITY_HEADERS: Final = frozenset({"x-credential-identifier", "x-credential-username", "x-anonymous-consumer"})
+IDENTITY_HEADERS: Final = frozenset(
+    {"x-credential-identifier", "x-credential-username", "x-anonymous-consumer"}
+)
 IDENTITY_PREFIX: Final = "x-consumer-"
 # Headers Kong adds upstream with proxy_set_header: never in the plugin's logged request headers.
 PLUMBING_HEADERS: Final = frozenset({"x-real-ip", "via", "x-kong-request-id"})
 PLUMBING_PREFIX: Final = "x-forwarded-"
 
-_TRUNCATED = {ExchangeFlag.REQUEST_INCOMPLETE, ExchangeFlag.RESPONSE_INCOMPLETE}
+_TRUNCATED: Final = {ExchangeFlag.REQUEST_INCOMPLETE, ExchangeFlag.RESPONSE_INCOMPLETE}
 # The core cuts a body only beyond the size limit, so such a body is left out on purpose and reported
 # as `*_body_omitted: over_limit`: the event is not partial, and these flags would only say so twice.
-_NOT_PARTIAL = {ExchangeFlag.REQUEST_BODY_TRUNCATED.value, ExchangeFlag.RESPONSE_BODY_TRUNCATED.value}
-_GAP = {ExchangeFlag.REQUEST_GAP, ExchangeFlag.RESPONSE_GAP}
+_NOT_PARTIAL: Final = {ExchangeFlag.REQUEST_BODY_TRUNCATED.value, ExchangeFlag.RESPONSE_BODY_TRUNCATED.value}
+_GAP: Final = {ExchangeFlag.REQUEST_GAP, ExchangeFlag.RESPONSE_GAP}
 
-_TRANSACTION_HEADER = "x-moesif-transaction-id"
-_KONG_ID_HEADER = "x-kong-request-id"
+_TRANSACTION_HEADER: Final = "x-moesif-transaction-id"
+_KONG_ID_HEADER: Final = "x-kong-request-id"
 
 # Memo tables of pure functions whose inputs repeat from call to call (Host values, methods; the builder
 # has its own for flows and URIs). Each is emptied when full, so memory stays bounded whatever the traffic.
-_MEMO_MAX = 4096
+_MEMO_MAX: Final = 4096
 _HOSTS: dict[str, str] = {}
 _METHODS: dict[bytes, str] = {}
-_URI_MEMO_MAX_TARGET = 512  # longer request targets are parsed each time rather than kept
+_URI_MEMO_MAX_TARGET: Final = 512  # longer request targets are parsed each time rather than kept
 # The request header memo (EventBuilder._request_headers): blocks of at most this many headers and bytes
 # are kept (so it holds at most ~_REQ_MEMO_MAX x 2 KiB of text); over each window of misses, fewer hits
 # than one per 8 misses pauses it for _REQ_MEMO_PAUSE requests.
-_REQ_MEMO_MAX = 512
-_REQ_MEMO_MAX_HEADERS = 32
-_REQ_MEMO_MAX_BYTES = 2048
-_REQ_MEMO_WINDOW = 1024
-_REQ_MEMO_PAUSE = 16384
-_FORWARDING = frozenset(HEADER_ORDER)
-_LEGS = {legs: legs.value for legs in Legs}  # Enum.value is a Python-level property: look it up once
+_REQ_MEMO_MAX: Final = 512
+_REQ_MEMO_MAX_HEADERS: Final = 32
+_REQ_MEMO_MAX_BYTES: Final = 2048
+_REQ_MEMO_WINDOW: Final = 1024
+_REQ_MEMO_PAUSE: Final = 16384
+_FORWARDING: Final = frozenset(HEADER_ORDER)
+_LEGS: Final = {legs: legs.value for legs in Legs}  # Enum.value is a Python-level property: look it up once
 
 
 def _method(raw: bytes) -> str:

@@ -23,6 +23,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
 import orjson
 
@@ -30,7 +31,7 @@ from sniffer.config import Config
 
 __all__ = ["Identifier", "Identity", "claim_id", "decode_claims", "identify", "token_claims", "token_user"]
 
-_CONSUMER_HEADERS = ("x-consumer-custom-id", "x-consumer-username", "x-consumer-id")
+_CONSUMER_HEADERS: Final = ("x-consumer-custom-id", "x-consumer-username", "x-consumer-id")
 
 
 @dataclass(frozen=True, slots=True)

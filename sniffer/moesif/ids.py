@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from typing import Final
 
 from reassembly.events import Endpoint
 from sniffer.headers import text
@@ -30,12 +31,12 @@ __all__ = [
     "transaction_id",
 ]
 
-NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://moesif-sniffer/transaction-id")
-_SECONDS_MAX = 4096  # per-second memo of the time text, emptied when full (bounded)
+NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://moesif-sniffer/transaction-id")
+_SECONDS_MAX: Final = 4096  # per-second memo of the time text, emptied when full (bounded)
 _SECONDS: dict[int, str] = {}
-_MILLIS = [f".{milli:03d}Z" for milli in range(1000)]
+_MILLIS: Final = [f".{milli:03d}Z" for milli in range(1000)]
 # The version-5 UUID's variant digit from the hash's digit at that place (its top two bits become 10).
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+_VARIANT: Final = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def iso_time(ts: float) -> str:

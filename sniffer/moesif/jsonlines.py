@@ -5,15 +5,15 @@ It has the sender's shape (`submit`, `close`) so the engine does not care which 
 
 from __future__ import annotations
 
-from typing import IO, Any
+from typing import IO, Any, Final
 
 import orjson
 
 __all__ = ["JsonLinesSink"]
 
 
-_DUMPS = orjson.dumps
-_LINE = orjson.OPT_APPEND_NEWLINE
+_DUMPS: Final = orjson.dumps
+_LINE: Final = orjson.OPT_APPEND_NEWLINE
 
 
 class JsonLinesSink:

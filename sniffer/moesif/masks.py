@@ -9,15 +9,15 @@ Identification runs before masking, on the unmasked values.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TypeVar
+from typing import Final, TypeVar
 from urllib.parse import unquote_plus
 
 __all__ = ["CREDENTIAL_HEADERS", "MASK_VALUE", "header_mask_set", "mask_body", "mask_headers", "mask_query"]
 
-CREDENTIAL_HEADERS = frozenset(
+CREDENTIAL_HEADERS: Final = frozenset(
     {"authorization", "cookie", "set-cookie", "x-api-key", "apikey", "proxy-authorization"}
 )
-MASK_VALUE = "*****"
+MASK_VALUE: Final = "*****"
 
 V = TypeVar("V")
 
