@@ -154,8 +154,9 @@ class TimeMerge:
 
     def retire(self, source: int) -> None:
         """`source` ended (a worker that stopped or died): it no longer holds the others back."""
-        self._live[source] = False
-        self._release()
+        if self._live[source]:
+            self._live[source] = False
+            self._release()
 
     def flush(self) -> None:
         """Shutdown, after every source's last exchanges: everything held goes on, in end order."""
