@@ -56,9 +56,16 @@ _MAX_PLANS: Final = 1024
 _MAX_CACHED_LINE: Final = 64
 _MAX_CACHED_NAMES: Final = 512
 _STATUS_LINES: Final[dict[bytes, tuple[bytes, int, bytes]]] = {}
-_Plan = tuple[tuple[bytes, int], ...]
-_PLANS: Final[dict[bytes, _Plan | None]] = {}
-_UNPLANNED: Final[_Plan] = ((b"", -1),)  # a sentinel of the plans' own type, compared by identity
+# A head's plan, by its LF-joined field names: the names themselves, one bytes object each shared by every
+# head with these names, and where the framing fields are. Shared names keep their hash (computed once,
+# not once per message by each consumer's dict or set lookup) and are sent once per batch between
+# processes (marshal writes a repeated object as a reference).
+_Framing = tuple[tuple[bytes, int], ...]
+_Plan = tuple[tuple[bytes, ...], _Framing]
+_PLANS: Final[dict[bytes, _Plan]] = {}
+# The plan of names that are not all tokens (or a folded line): no names, the general loop decides. Told
+# apart by having no names, not by identity (compiled, a Final tuple of literals may not be one object).
+_GENERAL: Final[_Plan] = ((), ())
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 # Methods known to be tokens of a valid length, so the check of a request line can skip them.
@@ -260,22 +267,25 @@ def read_lines(
             lines.pop()  # the empty string after the last line end
         pairs = [line.partition(b":") for line in lines]
         names = b"\n".join([pair[0] for pair in pairs])
-        plan = _PLANS.get(names, _UNPLANNED)
-        if plan is _UNPLANNED:
+        plan = _PLANS.get(names)
+        if plan is None:
             plan = _plan(names)
             if len(names) <= _MAX_CACHED_NAMES:
                 _remember(_PLANS, names, plan, _MAX_PLANS)
-        if plan is None:
+        shared, framing = plan
+        if not shared:
             # A name that is not a token, or a folded line: the general loop decides.
             headers = parse_fields(lines)
             fields = framing_fields(headers)
         else:
             # All names are tokens, so no line is folded; lines without a colon and empty names are
-            # skipped, exactly as parse_fields skips them.
-            headers = [(name, value.strip(b" \t\r")) for name, sep, value in pairs if sep and name]
-            if plan:
+            # skipped, exactly as parse_fields skips them. The names are the plan's shared ones.
+            headers = [
+                (shared[i], value.strip(b" \t\r")) for i, (n, sep, value) in enumerate(pairs) if sep and n
+            ]
+            if framing:
                 collected: Fields = {}
-                for key, index in plan:
+                for key, index in framing:
                     _, sep, value = pairs[index]
                     if sep:  # a line without a colon is no field
                         values = collected.get(key)
@@ -299,9 +309,10 @@ def _remember(cache: dict[_K, _V], key: _K, value: _V, limit: int) -> None:
     cache[key] = value
 
 
-def _plan(names: bytes) -> tuple[tuple[bytes, int], ...] | None:
-    """For LF-joined field names: None if one is not a token, else (lower-case name, line index) of each
-    framing field, in order."""
+def _plan(names: bytes) -> _Plan:
+    """For LF-joined field names: `_GENERAL` if one is not a token, else (the names, (lower-case name,
+    line index) of each framing field, in order)."""
     if names.translate(None, _TOKEN_CHARS_NL):
-        return None
-    return tuple((key, i) for i, key in enumerate(names.lower().split(b"\n")) if key in _FRAMING_NAMES)
+        return _GENERAL
+    framing = tuple((key, i) for i, key in enumerate(names.lower().split(b"\n")) if key in _FRAMING_NAMES)
+    return tuple(names.split(b"\n")), framing

@@ -119,6 +119,17 @@ def test_upgrade_and_framing_fields_are_collected_in_order_by_lower_case_name() 
     assert framing_fields(msg.headers) == fields
 
 
+def test_heads_with_the_same_field_names_share_the_name_objects() -> None:
+    """A name is one bytes object in every head with the same names (the cached plan's), so its hash is
+    computed once and a batch between processes carries it once; other names get their own."""
+    a, _ = read_head(b"GET /a HTTP/1.1\r\nHost: x\r\nUser-Agent: u\r\n", True, 0.0, 0)
+    b, _ = read_head(b"GET /b HTTP/1.1\r\nHost: y\r\nUser-Agent: v\r\n", True, 0.0, 0)
+    c, _ = read_head(b"GET /c HTTP/1.1\r\nUser-Agent: u\r\nHost: x\r\n", True, 0.0, 0)
+    assert a.headers == [(b"Host", b"x"), (b"User-Agent", b"u")] and b.headers[1] == (b"User-Agent", b"v")
+    assert all(x is y for (x, _), (y, _) in zip(a.headers, b.headers, strict=True))
+    assert c.headers[1][0] == b"Host" and c.headers[1][0] is not a.headers[0][0]
+
+
 def test_read_head_caches_stay_bounded() -> None:
     for i in range(3 * http_head._MAX_PLANS):
         read_head(b"HTTP/1.1 %d R%d\r\nX-%d: v\r\n" % (200 + i % 300, i, i), False, 0.0, 0)
