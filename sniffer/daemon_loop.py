@@ -280,13 +280,15 @@ class DaemonLoop:
         return ok
 
     def _merge(self, engine: Engine, sources: int) -> TimeMerge:
+        """The merge in front of the engine's joiner. The legs it holds come out of the legs' budgets
+        (SNIFFER_MAX_PENDING_LEGS and _BYTES, which the memory plan counts once): a fifth for the merge,
+        where a leg waits about a second at most, the rest for the joiner, where it may wait 5 s."""
         c = self.config
+        held, held_bytes = max(1, c.max_pending_legs // 5), max(1, c.max_pending_leg_bytes // 5)
+        engine.joiner.max_pending = max(1, c.max_pending_legs - held)
+        engine.joiner.max_pending_bytes = max(1, c.max_pending_leg_bytes - held_bytes)
         return TimeMerge(
-            engine.feed_exchanges,
-            sources,
-            stats=self.stats,
-            max_held=max(1, c.max_pending_legs // 4),
-            max_held_bytes=max(1, c.max_pending_leg_bytes // 4),
+            engine.feed_exchanges, sources, stats=self.stats, max_held=held, max_held_bytes=held_bytes
         )
 
     def _take(self, pool: WorkerPool, timeout_s: float) -> None:

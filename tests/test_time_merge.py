@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from helpers import ListSink
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_kong_join import client_leg, upstream_leg
@@ -20,6 +21,9 @@ from reassembly.stats import Stats
 from sniffer.capture.time_merge import TimeMerge
 from sniffer.capture.tls.source import WATERMARK_LAG_S, TlsSource
 from sniffer.capture.tls.streams import TlsStreams
+from sniffer.config import Config
+from sniffer.daemon_loop import DaemonLoop
+from sniffer.engine import Engine
 from sniffer.kong.api_call import ApiCall, Legs
 from sniffer.kong.join import LegJoiner
 
@@ -233,3 +237,13 @@ def test_the_tls_source_reports_its_watermark_without_records() -> None:
     source.tick(engine)
     # idle: its records older than WATERMARK_LAG_S have been read (the daemon reads the ring every 50 ms)
     assert len(engine.calls) == 2 and engine.calls[1][0] >= wall - WATERMARK_LAG_S
+
+
+def test_the_daemons_merge_takes_its_legs_budget_from_the_joiners() -> None:
+    """The memory plan counts the legs' budgets once: the merge holds a fifth, the joiner keeps the rest."""
+    env = {"SNIFFER_MAX_PENDING_LEGS": "1000", "SNIFFER_MAX_PENDING_LEG_BYTES": str(10 << 20)}
+    config = Config.load(None, env)
+    engine = Engine(config, ListSink(), Stats(), capture=False)
+    merge = DaemonLoop(config, None, lambda c: None)._merge(engine, 2)
+    assert (merge.max_held, engine.joiner.max_pending) == (200, 800)
+    assert merge.max_held_bytes + engine.joiner.max_pending_bytes == 10 << 20

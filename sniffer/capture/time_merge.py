@@ -47,10 +47,10 @@ __all__ = [
 # A source reports at least once per capture worker tick (1 s, its clock then 0.5 s behind the wall) or
 # TLS poll (50 ms): 3 s leaves room for a slow tick without letting a stuck source stall the events.
 DEFAULT_MAX_LAG_S: Final = 3.0
-# A quarter of the joiner's default caps on pending legs (`kong.join`): a leg is held here about a
-# second, where it may wait up to 5 s there.
-DEFAULT_MAX_HELD: Final = 5_000
-DEFAULT_MAX_HELD_BYTES: Final = 64 << 20
+# A fifth of the joiner's default caps on pending legs (`kong.join`), which the daemon takes from them: a
+# leg is held here about a second, where it may wait up to 5 s there.
+DEFAULT_MAX_HELD: Final = 4_000
+DEFAULT_MAX_HELD_BYTES: Final = 51 << 20
 
 
 class Feed(Protocol):
