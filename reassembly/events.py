@@ -34,6 +34,8 @@ __all__ = [
     "StreamEvent",
     "StreamGap",
     "TcpFlags",
+    "body_bytes",
+    "exchange_end",
     "replace",
 ]
 
@@ -425,3 +427,17 @@ class Exchange(_Value):
         self.response = response
         self.index = index
         self.flags: set[ExchangeFlag] = set() if flags is None else flags
+
+
+def exchange_end(ex: Exchange) -> float:
+    """The capture time an exchange completed: its response's end, else its request's (0.0: neither)."""
+    resp, req = ex.response, ex.request
+    if resp is not None:
+        return resp.ts_end
+    return req.ts_end if req is not None else 0.0
+
+
+def body_bytes(ex: Exchange) -> int:
+    """The body bytes an exchange holds: what the budgets of legs held for a partner or for order count."""
+    req, resp = ex.request, ex.response
+    return (len(req.body) if req is not None else 0) + (len(resp.body) if resp is not None else 0)

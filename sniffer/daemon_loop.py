@@ -306,14 +306,11 @@ class DaemonLoop:
                 merge.put(i, msg[1], msg[2], msg[3])
                 if msg[4]:
                     self._built(msg[4])
-            elif kind == "d":
-                merge.put(i, msg[1])
-                merge.retire(i)
             else:
                 merge.put(i, msg[1])
         for i, done in enumerate(pool.done):
             if done:
-                merge.retire(i)  # also a worker that died without its "d"
+                merge.retire(i)  # its "d" came, or it died
         if self.tls is not None:
             self.tls.poll(self._tls_feed)
 

@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
-from reassembly.events import Exchange
+from reassembly.events import Exchange, exchange_end
 from reassembly.stats import Stats
 from sniffer.capture.exchange_codec import pack, unpack
 from sniffer.capture.flow_hash import WorkerFrames
@@ -112,8 +112,7 @@ def _worker(
         for ex in exchanges:
             if surely_plain(ex):
                 plain.append(ex)
-                req, resp = ex.request, ex.response
-                items.append(resp.ts_end if resp is not None else (req.ts_end if req is not None else 0.0))
+                items.append(exchange_end(ex))
             else:
                 items.append(pack(ex))
                 packed += 1
@@ -125,11 +124,9 @@ def _worker(
         nonlocal records, packed, out_fd
         payload = events.take()
         if out_fd is not None and payload:
-            try:
-                _write_all(out_fd, payload)
-                payload = b""
-            except OSError:
-                out_fd = None  # the main process writes it, and reports the error as it would
+            payload = _write_all(out_fd, payload)
+            if payload:
+                out_fd = None  # a write failed: the main process writes the rest, and reports the error
         try:
             batch = marshal.dumps(records)
         except ValueError:  # a core field marshal cannot carry (see exchange_codec): slower, still right
@@ -311,10 +308,15 @@ def _shared_output(out: IO[bytes] | None) -> int | None:
     return None
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes) -> bytes:
+    """Write `data` whole to `fd`: b"", or what was left unwritten when a write failed."""
     view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        return bytes(view)
+    return b""
 
 
 def _decoded(data: bytes) -> list[Record]:

@@ -24,7 +24,7 @@ from sniffer.config import Config
 from sniffer.engine import make_pipeline
 from sniffer.errors import CaptureError
 from sniffer.replay import replay_file
-from sniffer.replay_workers import _shared_output
+from sniffer.replay_workers import _shared_output, _write_all
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = ROOT.parent / "shared" / "pcaps" / "public"
@@ -136,6 +136,15 @@ def test_only_a_regular_file_or_dev_null_is_shared_with_the_workers(tmp_path: Pa
     with os.fdopen(read, "rb"), os.fdopen(write, "wb") as pipe:
         assert _shared_output(pipe) is None
     assert _shared_output(io.BytesIO()) is None and _shared_output(None) is None
+
+
+def test_a_worker_hands_the_main_process_only_what_it_could_not_write(tmp_path: Path) -> None:
+    data = b'{"a":1}\n' * 1000
+    with open(tmp_path / "out", "wb") as out:
+        assert _write_all(out.fileno(), data) == b""
+    assert (tmp_path / "out").read_bytes() == data
+    with open(tmp_path / "out", "rb") as read_only:  # every write fails: all of it is left
+        assert _write_all(read_only.fileno(), data) == data
 
 
 def _flows(n: int) -> list[Packet]:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_kong_join import client_leg, upstream_leg
 
-from reassembly.events import Exchange
+from reassembly.events import Exchange, exchange_end
 from reassembly.limits import Limits
 from reassembly.stats import Stats
 from sniffer.capture.time_merge import TimeMerge
@@ -55,11 +55,6 @@ class JoinerFeed:
         self.calls += self.joiner.advance(ts)
 
 
-def _end(ex: Exchange) -> float:
-    assert ex.response is not None
-    return ex.response.ts_end
-
-
 def _burst() -> tuple[Exchange, Exchange, Exchange, Exchange]:
     """Two calls of bob's to one route, overlapping: C3/U3 and C7/U7, no request ids. U7 nests in C3 too
     (it started after C3 and ended before C3's response was written), and ended first."""
@@ -70,17 +65,12 @@ def _burst() -> tuple[Exchange, Exchange, Exchange, Exchange]:
     return c3, u3, c7, u7
 
 
-def _pairs(calls: list[ApiCall]) -> list[tuple[Legs, int | None]]:
-    """Each call's legs, and the client port of its client leg."""
-    return sorted(((c.legs, c.client_leg.client[1] if c.client_leg else None) for c in calls), key=str)
-
-
 def test_without_the_merge_a_late_upstream_leg_splits_two_calls_into_partial_events() -> None:
     """The failure, on the joiner alone: C3 arrives while only U7 is there (U3's source lags)."""
     c3, u3, c7, u7 = _burst()
     feed = JoinerFeed()
     for ex in (u7, c3, u3, c7):  # arrival order in the main process
-        feed(_end(ex), [ex])
+        feed(exchange_end(ex), [ex])
     feed.calls += feed.joiner.close()
     legs = sorted(str(c.legs) for c in feed.calls)
     assert legs == sorted(map(str, [Legs.CLIENT_AND_UPSTREAM, Legs.CLIENT_ONLY, Legs.UPSTREAM_ONLY]))
@@ -95,7 +85,7 @@ def test_the_merge_hands_the_legs_on_in_end_order_and_every_call_is_joined() -> 
     merge.put(0, 0.0085, [u7])
     merge.put(1, 0.0005)  # the lagging worker: nothing yet
     merge.put(2, 0.0105, [c3])
-    assert feed.calls == [] and len(merge) == 2  # U7 out (every source past it), C3 waits for source 1
+    assert feed.calls == [] and len(merge) == 2  # both held: the lagging worker has not passed them
     merge.put(1, 0.0095, [u3])
     merge.put(2, 0.0125, [c7])
     merge.put(0, 0.02)
@@ -193,14 +183,14 @@ def test_every_exchange_comes_out_once_in_end_order(data: st.DataObject) -> None
         batch = made[s][cursor[s] : cursor[s] + k]
         cursor[s] += k
         # the watermark: at least the batch's last end, at most the next exchange's end
-        nxt = _end(made[s][cursor[s]]) if cursor[s] < len(made[s]) else 20.0
-        merge.put(s, data.draw(st.floats(_end(batch[-1]), nxt)), batch)
+        nxt = exchange_end(made[s][cursor[s]]) if cursor[s] < len(made[s]) else 20.0
+        merge.put(s, data.draw(st.floats(exchange_end(batch[-1]), nxt)), batch)
         out = rec.out
-        assert [_end(x) for x in out] == sorted(_end(x) for x in out)
+        assert [exchange_end(x) for x in out] == sorted(exchange_end(x) for x in out)
     merge.flush()
     out = rec.out
     assert sorted(map(id, out)) == sorted(id(x) for m in made for x in m)
-    assert [_end(x) for x in out] == sorted(_end(x) for x in out)
+    assert [exchange_end(x) for x in out] == sorted(exchange_end(x) for x in out)
 
 
 # -- the TLS tap as a source: it reports how far it has read, also when nothing came ----------------------

@@ -29,10 +29,9 @@ the sources' capture times, no clock is read here.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
 from typing import Final, Protocol
 
-from reassembly.events import Exchange
+from reassembly.events import Exchange, body_bytes, exchange_end
 from reassembly.stats import Stats
 
 __all__ = [
@@ -64,18 +63,6 @@ class Feed(Protocol):
 _INF: Final = float("inf")
 
 
-def _end(ex: Exchange) -> float:
-    resp, req = ex.response, ex.request
-    if resp is not None:
-        return resp.ts_end
-    return req.ts_end if req is not None else 0.0
-
-
-def _size(ex: Exchange) -> int:
-    req, resp = ex.request, ex.response
-    return (len(req.body) if req is not None else 0) + (len(resp.body) if resp is not None else 0)
-
-
 class SourceFeed:
     """One source's door into a `TimeMerge`, shaped like `Engine.feed_exchanges` (what `TlsSource` and
     the daemon's loops call)."""
@@ -97,7 +84,7 @@ class TimeMerge:
 
     def __init__(
         self,
-        feed: Feed | Callable[..., None],
+        feed: Feed,
         sources: int,
         *,
         stats: Stats | None = None,
@@ -143,11 +130,11 @@ class TimeMerge:
         if exchanges:
             held, seq, size = self._held, self._seq, 0
             for i, ex in enumerate(exchanges):
-                end = _end(ex)
+                end = exchange_end(ex)
                 seq += 1
                 w = weights.get(i, 0) if weights else 0
                 heapq.heappush(held, (end if end < mark else mark, seq, ex, w))
-                size += _size(ex)
+                size += body_bytes(ex)
             self._seq = seq
             self._bytes += size
         self._release()
@@ -186,14 +173,14 @@ class TimeMerge:
             if w:
                 weights[len(group)] = w
             group.append(ex)
-            size += _size(ex)
+            size += body_bytes(ex)
         while held and (len(held) > self.max_held or self._bytes - size > self.max_held_bytes):
             _, _, ex, w = heapq.heappop(held)
             self.stats["merge_early_held_cap"] += 1
             if w:
                 weights[len(group)] = w
             group.append(ex)
-            size += _size(ex)
+            size += body_bytes(ex)
         self._bytes -= size
         if early:
             self.stats["merge_early_source_lag"] += early

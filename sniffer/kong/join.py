@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Collection
 from typing import Final, TypeVar
 
-from reassembly.events import Exchange
+from reassembly.events import Exchange, body_bytes, exchange_end
 from reassembly.stats import Stats
 from sniffer.headers import HeaderLists, header_lists, text
 from sniffer.kong.api_call import ApiCall, Legs
@@ -325,8 +325,7 @@ class LegJoiner:
     def _times(ex: Exchange) -> tuple[float, float]:
         req, resp = ex.request, ex.response
         start = req.ts_start if req is not None else (resp.ts_start if resp is not None else 0.0)
-        end = resp.ts_end if resp is not None else (req.ts_end if req is not None else start)
-        return start, end
+        return start, exchange_end(ex)
 
     def _leg(self, ex: Exchange, kind: LegKind, headers: HeaderLists, start: float, end: float) -> _Leg:
         req, resp = ex.request, ex.response
@@ -337,9 +336,19 @@ class LegJoiner:
         path, query = _split_target(text(req.target)) if req is not None else ("", "")
         forwarded = _first(headers, "x-forwarded-path") if kind is LegKind.UPSTREAM else None
         seen = forwarded if forwarded is not None else path
-        size = (len(req.body) if req is not None else 0) + (len(resp.body) if resp is not None else 0)
         return _Leg(
-            ex, kind, headers, resp_headers, rid, method, path, query, (method, _tail(seen)), start, end, size
+            ex,
+            kind,
+            headers,
+            resp_headers,
+            rid,
+            method,
+            path,
+            query,
+            (method, _tail(seen)),
+            start,
+            end,
+            body_bytes(ex),
         )
 
     def _feed_client(self, c: _Leg, out: list[ApiCall]) -> None:
