@@ -19,8 +19,9 @@ from reassembly.events import Exchange, exchange_end
 from reassembly.limits import Limits
 from reassembly.stats import Stats
 from sniffer.capture.time_merge import TimeMerge
-from sniffer.capture.tls.source import WATERMARK_LAG_S, TlsSource
+from sniffer.capture.tls.source import TlsSource
 from sniffer.capture.tls.streams import TlsStreams
+from sniffer.capture.workers import IDLE_LAG_S
 from sniffer.config import Config
 from sniffer.daemon_loop import DaemonLoop
 from sniffer.engine import Engine
@@ -225,8 +226,8 @@ def test_the_tls_source_reports_its_watermark_without_records() -> None:
     assert len(engine.calls) == 1 and before <= engine.calls[0][0] <= after and engine.calls[0][1] == []
     wall = time.time()
     source.tick(engine)
-    # idle: its records older than WATERMARK_LAG_S have been read (the daemon reads the ring every 50 ms)
-    assert len(engine.calls) == 2 and engine.calls[1][0] >= wall - WATERMARK_LAG_S
+    # idle: its records older than IDLE_LAG_S have been read (the daemon reads the ring every 50 ms)
+    assert len(engine.calls) == 2 and engine.calls[1][0] >= wall - IDLE_LAG_S
 
 
 def test_the_daemons_merge_takes_its_legs_budget_from_the_joiners() -> None:

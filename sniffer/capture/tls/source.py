@@ -42,6 +42,7 @@ from reassembly.limits import Limits
 from reassembly.stats import Stats
 from sniffer.capture.tls.sockets import SocketResolver
 from sniffer.capture.tls.streams import TlsStreams
+from sniffer.capture.workers import IDLE_LAG_S
 from sniffer.config import Config
 
 if TYPE_CHECKING:
@@ -62,8 +63,6 @@ REFRESH_S = 1.0  # gateway processes rescanned this often (a rescan reads one co
 MAX_RECORDS_PER_READ = 65536
 MAX_BATCHES_PER_POLL = 64  # then the caller's loop gets a turn (packet rings, ticks) even under a flood
 STOP_S = 5.0  # the reader's last batches at shutdown
-# The ring is read at least every TLS_POLL_S: records older than this have been read (`tick`'s watermark).
-WATERMARK_LAG_S = 0.5
 READER_NICE = -10
 # Kernel counters whose growth is a loss, exported under the usual loss prefixes.
 _TAP_LOSSES = {"ring_full": "drop_tls_ring_full", "rate_limited": "drop_tls_rate_limited"}
@@ -233,9 +232,10 @@ class TlsSource:
                 self._refresh_failed = True
         wall = time.time()
         exchanges = self.streams.advance(wall)
-        # Idle or not, every record made WATERMARK_LAG_S ago has been read by now: the engine's other
-        # sources need not wait for this one beyond that (`capture.time_merge`).
-        engine.feed_exchanges(max(self.streams.last_ts, wall - WATERMARK_LAG_S), exchanges)
+        # Idle or not, every record made IDLE_LAG_S ago has been read by now (the ring is read at least
+        # every TLS_POLL_S): the other sources need not wait for this one beyond that, and a quiet tap's
+        # clock then runs as far behind the wall as a quiet capture worker's (`capture.time_merge`).
+        engine.feed_exchanges(max(self.streams.last_ts, wall - IDLE_LAG_S), exchanges)
 
     def _watermark(self, read_ns: int | None) -> float:
         """The capture time up to which every record has been read: when the read began, unless it was
