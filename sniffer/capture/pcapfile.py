@@ -43,16 +43,16 @@ _PCAP_MAGICS: dict[bytes, tuple[str, int, int]] = {
     b"\x34\xcd\xb2\xa1": ("<", 1_000_000, 24),
     b"\xa1\xb2\xcd\x34": (">", 1_000_000, 24),
 }
-_PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
-_BOM_LE = b"\x4d\x3c\x2b\x1a"
-_BOM_BE = b"\x1a\x2b\x3c\x4d"
-_BT_SHB = 0x0A0D0D0A
-_BT_IDB = 1
-_BT_PB = 2
-_BT_SPB = 3
-_BT_EPB = 6
-_OPT_IF_TSRESOL = 9
-_OPT_IF_TSOFFSET = 14
+_PCAPNG_SHB: Final = b"\x0a\x0d\x0d\x0a"
+_BOM_LE: Final = b"\x4d\x3c\x2b\x1a"
+_BOM_BE: Final = b"\x1a\x2b\x3c\x4d"
+_BT_SHB: Final = 0x0A0D0D0A
+_BT_IDB: Final = 1
+_BT_PB: Final = 2
+_BT_SPB: Final = 3
+_BT_EPB: Final = 6
+_OPT_IF_TSRESOL: Final = 9
+_OPT_IF_TSOFFSET: Final = 14
 # libpcap's LT_LINKTYPE(): the upper bits of the pcap header's link type carry FCS information.
 _LINKTYPE_MASK: Final = 0x03FFFFFF
 
