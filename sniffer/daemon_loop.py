@@ -40,7 +40,7 @@ from sniffer.capture.afpacket import RingSocket
 from sniffer.capture.time_merge import TimeMerge
 from sniffer.capture.tls.source import TLS_POLL_S, TlsSource
 from sniffer.capture.worker_events import events_of
-from sniffer.capture.workers import IDLE_LAG_S, KERNEL_STATS_S, TICK_S, CaptureLoop, WorkerPool
+from sniffer.capture.workers import KERNEL_STATS_S, TICK_S, CaptureLoop, WorkerPool
 from sniffer.config import Config
 from sniffer.engine import Engine
 from sniffer.load_shedding import FlowSampler, Pressure, ShedPolicy
@@ -222,11 +222,9 @@ class DaemonLoop:
             if now < next_tick:
                 continue
             next_tick = now + TICK_S
-            clock = max(clock, loop.last_ts)
-            wall = time.time() - IDLE_LAG_S
-            if wall > clock:
-                clock = wall
-                engine.advance(wall)
+            clock, idle = loop.tick_clock(clock)
+            if idle:
+                engine.advance(clock)
             if merge is not None:
                 merge.put(0, clock)
                 tls.tick(tls_feed)  # type: ignore[union-attr]

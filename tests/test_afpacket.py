@@ -1,5 +1,6 @@
 """The TPACKET_V3 ring and its BPF filter on real loopback traffic: kernel filtering (checked with the
-kernel's own counters), loopback duplicates, fanout by flow, PACKET_STATISTICS drops."""
+kernel's own counters), loopback duplicates, fanout by flow, PACKET_STATISTICS drops, and the capture
+loop's clock behind a backlog."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from reassembly.pipeline import Pipeline
 from reassembly.stats import Stats
 from sniffer.capture.afpacket import LINKTYPE_RAW, RingSocket, interface_names
 from sniffer.capture.bpf import BPF_MAXINSNS, port_ranges, tcp_port_filter
+from sniffer.capture.workers import IDLE_LAG_S, CaptureLoop
 from sniffer.errors import CaptureError
 
 root = pytest.mark.skipif(os.geteuid() != 0, reason="AF_PACKET capture needs root (CAP_NET_RAW)")
@@ -240,3 +242,32 @@ def test_pure_acks_can_be_dropped_in_the_kernel_and_the_exchanges_stay_the_same(
         exchanges += pipeline.close()
         results.append(sorted((ex.request.target, ex.response.status) for ex in exchanges))  # type: ignore[union-attr]
     assert results[0] == results[1] and len(results[0]) == 6
+
+
+@root
+def test_a_tick_takes_the_wall_clock_only_once_the_walks_caught_up_with_the_ring() -> None:
+    """Behind a backlog the clock is the newest packet walked, however old: the packets still in the ring
+    come next, and timeouts run at the wall's time would expire what they continue."""
+    with http_server() as port:
+        ring = RingSocket("lo", tcp_port_filter([port]), block_size=4096, block_count=64, retire_ms=1)
+        try:
+            for i in range(30):
+                get("127.0.0.1", port, f"/{i}")  # nothing walks the ring meanwhile: many released blocks
+            time.sleep(IDLE_LAG_S + 0.3)  # every packet is now older than the wall clock minus the lag
+            walked: list[float] = []
+            loop = CaptureLoop([ring], lambda ts, lt, frame, wire: walked.append(ts))
+            loop.run_once(0)  # at most 4 blocks
+            assert not loop.caught_up and loop.backlog > 0
+            clock, idle = loop.tick_clock(0.0)
+            assert (clock, idle) == (walked[-1], False)
+            assert clock < time.time() - IDLE_LAG_S - 0.2
+            while not loop.caught_up:
+                loop.run_once(0)
+            assert ring.read_kernel_stats()[1] == 0, "the ring held every packet"
+            before = time.time()
+            clock, idle = loop.tick_clock(walked[-1])
+            assert idle and before - IDLE_LAG_S <= clock <= time.time() - IDLE_LAG_S
+            assert loop.tick_clock(clock + 60) == (clock + 60, False), "a clock ahead of the wall stays"
+        finally:
+            ring.close()
+    assert len(walked) > 30 * 8 // 2, "the walks saw the connections' packets"

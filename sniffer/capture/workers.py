@@ -24,9 +24,12 @@ flows already decided keep their fate), or ("bodies", on) to build events with o
 worker ignores SIGINT/SIGTERM (the main process decides when to stop and says so over the pipe) and
 stops on its own when the main process goes away (end of file on the pipe).
 
-Time: packets carry the kernel's capture time. When a ring is idle the pipeline's timeouts are run with
-the wall clock minus `IDLE_LAG_S` (more than a block's retire timeout, so no packet still waiting in a
+Time: packets carry the kernel's capture time. When the rings are idle the pipeline's timeouts are run
+with the wall clock minus `IDLE_LAG_S` (more than a block's retire timeout, so no packet still waiting in a
 partly filled block is older than the time the core was moved to): the only place the wall clock enters.
+Only when the last walk left no released block behind (`CaptureLoop.tick_clock`): behind a backlog the
+packets still in the rings are older than the wall says, and timeouts run at the wall's time would expire
+flows, gaps and legs whose next packets are waiting there.
 """
 
 from __future__ import annotations
@@ -136,6 +139,7 @@ class CaptureLoop:
             self._poll.register(ring.fileno(), select.POLLIN)
         self._extra: set[int] = set()
         self.backlog = 0.0  # largest fraction of a ring left unwalked after a walk (reset by the reader)
+        self.caught_up = True  # the last walk left no released block in any ring
 
     def set_handler(self, handle: Callable[[float, int, bytes, int], object]) -> None:
         """Hand packets to `handle` from the next walk on (the flow sampler's filter comes and goes)."""
@@ -155,6 +159,18 @@ class CaptureLoop:
     def last_ts(self) -> float:
         return max(ring.last_ts for ring in self.rings)
 
+    def tick_clock(self, clock: float) -> tuple[float, bool]:
+        """The capture time reached, for a tick: (clock, True when it is the wall clock's and the
+        pipeline's timeouts must be run to it). That is the newest packet walked (at least `clock`), or
+        the wall clock minus `IDLE_LAG_S` when later, but only if the last walk caught up with the
+        kernel: a backlog's packets are older than the wall, and are next."""
+        clock = max(clock, self.last_ts)
+        if self.caught_up:
+            wall = time.time() - IDLE_LAG_S
+            if wall > clock:
+                return wall, True
+        return clock, False
+
     def run_once(self, timeout_s: float) -> tuple[int, bool]:
         """Wait up to `timeout_s`, walk the rings: (packets handed over, a watched fd is readable)."""
         try:
@@ -165,12 +181,17 @@ class CaptureLoop:
         out = self._out
         n = 0
         backlog = self.backlog
+        caught_up = True
         for ring in self.rings:
             n += ring.walk(handle, out=out)
-            left = ring.backlog() / ring.block_count
-            if left > backlog:
-                backlog = left
+            blocks = ring.backlog()
+            if blocks:
+                caught_up = False
+                left = blocks / ring.block_count
+                if left > backlog:
+                    backlog = left
         self.backlog = backlog
+        self.caught_up = caught_up
         return n, any(fd in self._extra for fd, _ in ready)
 
     def drain(self) -> int:
@@ -258,11 +279,9 @@ def _worker_main(
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_S
-                clock = max(clock, loop.last_ts)
-                wall = time.time() - IDLE_LAG_S
-                if wall > clock:
-                    clock = wall
-                    pending.extend(pipeline.advance(wall))
+                clock, idle = loop.tick_clock(clock)
+                if idle:
+                    pending.extend(pipeline.advance(clock))
                 if len(sampler) and sampler.expire(clock) and not sampler.active:
                     loop.set_handler(handle)
                 if now >= next_kstats:
