@@ -57,15 +57,21 @@ _MAX_CACHED_LINE: Final = 64
 _MAX_CACHED_NAMES: Final = 512
 _STATUS_LINES: Final[dict[bytes, tuple[bytes, int, bytes]]] = {}
 # A head's plan, by its LF-joined field names: the names themselves, one bytes object each shared by every
-# head with these names, and where the framing fields are. Shared names keep their hash (computed once,
-# not once per message by each consumer's dict or set lookup) and are sent once per batch between
-# processes (marshal writes a repeated object as a reference).
+# head with these names; where the framing fields are; and each line's prefix `name: `. Shared names keep
+# their hash (computed once, not once per message by each consumer's dict or set lookup) and are sent once
+# per batch between processes (marshal writes a repeated object as a reference).
 _Framing = tuple[tuple[bytes, int], ...]
-_Plan = tuple[tuple[bytes, ...], _Framing]
+_Plan = tuple[tuple[bytes, ...], _Framing, tuple[bytes, ...]]
 _PLANS: Final[dict[bytes, _Plan]] = {}
 # The plan of names that are not all tokens (or a folded line): no names, the general loop decides. Told
 # apart by having no names, not by identity (compiled, a Final tuple of literals may not be one object).
-_GENERAL: Final[_Plan] = ((), ())
+_GENERAL: Final[_Plan] = ((), (), ())
+# The last few plans of a request's or a response's head, by its number of field lines (key: 2 * lines + 1
+# for a request), newest first: the guesses `read_lines` checks first. Bounded by the key's range and
+# `_GUESSES_PER_KEY`.
+_GUESSES: Final[dict[int, list[_Plan]]] = {}
+_GUESSES_PER_KEY: Final = 8
+_MAX_GUESS_LINES: Final = 64
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 # Methods known to be tokens of a valid length, so the check of a request line can skip them.
@@ -222,8 +228,8 @@ def read_head(
     as `parse_head`'s and `framing_fields`', with fewer C calls: lines split once on CRLF (verified by a
     count of LFs; bare LFs take the general split), status lines and per-name-sequence facts (are all
     names tokens, where are the framing fields) looked up in small bounded caches, since a server sends
-    the same few status lines and header name sequences again and again. Raises HeadError as
-    `parse_head` does.
+    the same few status lines and header name sequences again and again, and the last such sequence
+    tried first, line by line. Raises HeadError as `parse_head` does.
     """
     lines = block.split(b"\r\n")
     if len(lines) != block.count(b"\n") + 1:
@@ -265,41 +271,90 @@ def read_lines(
         del lines[0]
         if not lines[-1]:
             lines.pop()  # the empty string after the last line end
-        pairs = [line.partition(b":") for line in lines]
-        names = b"\n".join([pair[0] for pair in pairs])
-        plan = _PLANS.get(names)
-        if plan is None:
-            plan = _plan(names)
-            if len(names) <= _MAX_CACHED_NAMES:
-                _remember(_PLANS, names, plan, _MAX_PLANS)
-        shared, framing = plan
-        if not shared:
-            # A name that is not a token, or a folded line: the general loop decides.
-            headers = parse_fields(lines)
-            fields = framing_fields(headers)
-        else:
-            # All names are tokens, so no line is folded; lines without a colon and empty names are
-            # skipped, exactly as parse_fields skips them. The names are the plan's shared ones.
-            headers = [
-                (shared[i], value.strip(b" \t\r")) for i, (n, sep, value) in enumerate(pairs) if sep and n
-            ]
-            if framing:
-                collected: Fields = {}
-                for key, index in framing:
-                    _, sep, value = pairs[index]
-                    if sep:  # a line without a colon is no field
-                        values = collected.get(key)
-                        if values is None:
-                            collected[key] = [value.strip(b" \t\r")]
-                        else:
-                            values.append(value.strip(b" \t\r"))
-                if collected:
-                    fields = collected
+        n = len(lines)
+        headers = []
+        # First the guesses, the last few plans of a head of this kind with this many lines, each checked
+        # line by line: a line that starts with its prefix `name: ` followed by no other white space is
+        # that field, its value a slice (what partition and strip would give, without their two calls per
+        # line; trailing white space, rare, is stripped). Peers send the same few name sequences again
+        # and again; a miss costs the lines checked, and the plan found instead becomes the newest guess.
+        matched: _Plan | None = None
+        guesses = _GUESSES.get(n + n + (1 if is_request else 0))
+        if guesses is not None:
+            for guess in guesses:
+                shared, _, prefixes = guess
+                headers = []
+                for i in range(n):
+                    line = lines[i]
+                    prefix = prefixes[i]
+                    k = len(prefix)
+                    if len(line) > k and line.startswith(prefix) and line[k] > 32:
+                        value = line[k:]
+                        headers.append((shared[i], value if line[-1] > 32 else value.rstrip(b" \t\r")))
+                    else:
+                        break
+                else:
+                    matched = guess
+                    break
+        if matched is None:
+            headers, fields = _planned_fields(lines, is_request)
+        elif matched[1]:
+            collected: Fields = {}
+            for key, index in matched[1]:
+                values = collected.get(key)
+                if values is None:
+                    collected[key] = [headers[index][1]]
+                else:
+                    values.append(headers[index][1])
+            fields = collected
     # Positional (body, body_size, body_truncated, trailers, ts_start, ts_end, stream_offset): interpreted,
     # a third cheaper than by keyword, and this runs for every message.
     if is_request:
         return HttpRequest(method, target, version, headers, b"", 0, False, None, ts, 0.0, offset), fields
     return HttpResponse(status, version, headers, reason, b"", 0, False, None, ts, 0.0, offset), fields
+
+
+def _planned_fields(lines: list[bytes], is_request: bool) -> tuple[list[tuple[bytes, bytes]], Fields]:
+    """The header fields of a head's field lines (start line and line ends removed) and the framing fields
+    among them, by the plan of their names; the plan becomes the guess for the next head of this kind
+    with as many lines, when each of them is a field."""
+    fields: Fields = NO_FIELDS
+    pairs = [line.partition(b":") for line in lines]
+    names = b"\n".join([pair[0] for pair in pairs])
+    plan = _PLANS.get(names)
+    if plan is None:
+        plan = _plan(names)
+        if len(names) <= _MAX_CACHED_NAMES:
+            _remember(_PLANS, names, plan, _MAX_PLANS)
+    shared, framing, _ = plan
+    if not shared:
+        # A name that is not a token, or a folded line: the general loop decides.
+        headers = parse_fields(lines)
+        return headers, framing_fields(headers)
+    # All names are tokens, so no line is folded; lines without a colon and empty names are
+    # skipped, exactly as parse_fields skips them. The names are the plan's shared ones.
+    headers = [(shared[i], value.strip(b" \t\r")) for i, (n, sep, value) in enumerate(pairs) if sep and n]
+    if len(headers) == len(lines) and len(lines) <= _MAX_GUESS_LINES:
+        slot = len(lines) * 2 + (1 if is_request else 0)
+        guesses = _GUESSES.get(slot)
+        if guesses is None:
+            _GUESSES[slot] = [plan]
+        else:
+            guesses.insert(0, plan)
+            del guesses[_GUESSES_PER_KEY:]
+    if framing:
+        collected: Fields = {}
+        for key, index in framing:
+            _, sep, value = pairs[index]
+            if sep:  # a line without a colon is no field
+                values = collected.get(key)
+                if values is None:
+                    collected[key] = [value.strip(b" \t\r")]
+                else:
+                    values.append(value.strip(b" \t\r"))
+        if collected:
+            fields = collected
+    return headers, fields
 
 
 def _remember(cache: dict[_K, _V], key: _K, value: _V, limit: int) -> None:
@@ -311,8 +366,9 @@ def _remember(cache: dict[_K, _V], key: _K, value: _V, limit: int) -> None:
 
 def _plan(names: bytes) -> _Plan:
     """For LF-joined field names: `_GENERAL` if one is not a token, else (the names, (lower-case name,
-    line index) of each framing field, in order)."""
+    line index) of each framing field, in order, each name + `: `)."""
     if names.translate(None, _TOKEN_CHARS_NL):
         return _GENERAL
     framing = tuple((key, i) for i, key in enumerate(names.lower().split(b"\n")) if key in _FRAMING_NAMES)
-    return tuple(names.split(b"\n")), framing
+    shared = tuple(names.split(b"\n"))
+    return shared, framing, tuple([name + b": " for name in shared])

@@ -130,11 +130,47 @@ def test_heads_with_the_same_field_names_share_the_name_objects() -> None:
     assert c.headers[1][0] == b"Host" and c.headers[1][0] is not a.headers[0][0]
 
 
+@pytest.mark.parametrize("is_request", [True, False])
+def test_a_head_that_differs_from_the_guessed_names_or_spacing_is_parsed_as_the_reference(
+    is_request: bool,
+) -> None:
+    """After a head sets the guess for its kind and line count, heads with as many lines but other names,
+    other case, other white space or a missing colon give exactly the reference's result."""
+    start = b"GET /g HTTP/1.1\r\n" if is_request else b"HTTP/1.1 200 OK\r\n"
+    guessed = b"Host: a\r\nContent-Length: 5\r\nX-A: b c\r\n"
+    others = [
+        guessed,
+        b"Host: a\r\nContent-Length: 5\r\nX-A: b c \r\n",  # trailing space
+        b"Host:  a\r\nContent-Length: 5\r\nX-A: b c\r\n",  # two spaces
+        b"Host:\ta\r\nContent-Length:\t5\r\nX-A:b c\r\n",  # tab, none
+        b"Host: a\r\nContent-Length: 5\r\nX-A: \r\n",  # empty value
+        b"Host: a\r\nContent-Length: 5\r\nX-A:\r\n",
+        b"Host: a\r\nContent-Length: 5\r\nX-A: b\r\r\n",  # stray CR
+        b"host: a\r\nContent-Length: 5\r\nX-A: b c\r\n",  # other case
+        b"Host: a\r\nContent-Length: 5\r\nX-AB: c\r\n",  # longer name, same prefix
+        b"Host: a\r\nContent-Length: 5\r\nX-A b c\r\n",  # no colon
+        b"Host: a\r\nContent-Length: 5\r\n folded\r\n",
+        b"Host: a\r\nTransfer-Encoding: chunked\r\nX-A: b c\r\n",
+        b"Host: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n",
+    ]
+    for fields in others:
+        check_same(start + guessed, is_request)  # the guess, every time
+        check_same(start + fields, is_request)
+    msg, fields = read_head(start + guessed, is_request, 0.0, 0)
+    assert fields == {b"content-length": [b"5"]} and msg.headers[2] == (b"X-A", b"b c")
+
+
 def test_read_head_caches_stay_bounded() -> None:
     for i in range(3 * http_head._MAX_PLANS):
         read_head(b"HTTP/1.1 %d R%d\r\nX-%d: v\r\n" % (200 + i % 300, i, i), False, 0.0, 0)
+    for i in range(3 * http_head._MAX_GUESS_LINES):
+        read_head(b"GET / HTTP/1.1\r\n" + b"X: v\r\n" * i, True, 0.0, 0)
     assert len(http_head._PLANS) <= http_head._MAX_PLANS
     assert len(http_head._STATUS_LINES) <= http_head._MAX_STATUS_LINES
+    for i in range(3 * http_head._GUESSES_PER_KEY):
+        read_head(b"GET / HTTP/1.1\r\nX-%d: v\r\n" % i, True, 0.0, 0)
+    assert len(http_head._GUESSES) <= 2 * (http_head._MAX_GUESS_LINES + 1)
+    assert max(map(len, http_head._GUESSES.values())) == http_head._GUESSES_PER_KEY
 
 
 def read(data: bytes, pieces: list[int], limits: Limits) -> tuple[list[Message], Stats]:
