@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from helpers import ListSink
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ from reassembly.events import Exchange, exchange_end
 from reassembly.limits import Limits
 from reassembly.stats import Stats
 from sniffer.capture.time_merge import TimeMerge
+from sniffer.capture.tls import source as source_module
 from sniffer.capture.tls.source import TlsSource
 from sniffer.capture.tls.streams import TlsStreams
 from sniffer.capture.workers import IDLE_LAG_S
@@ -228,6 +230,23 @@ def test_the_tls_source_reports_its_watermark_without_records() -> None:
     source.tick(engine)
     # idle: its records older than IDLE_LAG_S have been read (the daemon reads the ring every 50 ms)
     assert len(engine.calls) == 2 and engine.calls[1][0] >= wall - IDLE_LAG_S
+
+
+def test_the_tls_source_keeps_its_clock_behind_records_still_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a full read (records may be left in the ring) a tick moves neither the clock nor the idle
+    timeouts to the wall's time: the waiting records are older."""
+    streams = TlsStreams(Limits(), Stats(), epoch_offset=1_000.0)
+    source = TlsSource(_QuietTap(), streams)  # type: ignore[arg-type]
+    engine = _Engine()
+    monkeypatch.setattr(source_module, "MAX_RECORDS_PER_READ", 0)  # every read is a full one
+    source.poll(engine)
+    source.tick(engine)
+    assert [ts for ts, _ in engine.calls] == [streams.last_ts, streams.last_ts]
+    monkeypatch.setattr(source_module, "MAX_RECORDS_PER_READ", 1)  # the ring emptied
+    source.poll(engine)
+    wall = time.time()
+    source.tick(engine)
+    assert engine.calls[-1][0] >= wall - IDLE_LAG_S > streams.last_ts
 
 
 def test_the_daemons_merge_takes_its_legs_budget_from_the_joiners() -> None:

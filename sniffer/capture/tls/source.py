@@ -117,6 +117,9 @@ class TlsSource:
         self._conn: Any = None  # our end of its pipe
         self._stopping = False
         self._resolver_stats: dict[str, int] = {}
+        # The last poll read everything waiting (no full read, no message left in the pipe): only then
+        # may a tick move this source's clock to the wall's (see `tick`).
+        self._caught_up = True
 
     @classmethod
     def open(cls, config: Config, stats: Stats, limits: Limits | None = None) -> TlsSource | None:
@@ -196,6 +199,7 @@ class TlsSource:
             began = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             records = self.tap.read(MAX_RECORDS_PER_READ)
             read_ns = began if len(records) < MAX_RECORDS_PER_READ else None
+            self._caught_up = read_ns is not None
             exchanges = feed(records, self.streams.resolve(records), read_ns)
             engine.feed_exchanges(self._watermark(read_ns), exchanges)
             return len(records)
@@ -205,10 +209,13 @@ class TlsSource:
                 if not conn.poll():
                     break
                 records, resolved, read_ns, self._resolver_stats, lag = conn.recv()
+                self._caught_up = read_ns is not None
                 self.streams.bind_lag_max_ms = max(self.streams.bind_lag_max_ms, lag)
                 taken += len(records)
                 exchanges = feed(records, resolved, read_ns)
                 engine.feed_exchanges(self._watermark(read_ns), exchanges)
+            else:
+                self._caught_up = False  # messages may be left in the pipe
         except (EOFError, OSError):
             if self._proc is not None and not self._stopping:
                 log.warning("TLS capture: the reader process exited (%s)", self._proc.exitcode)
@@ -218,7 +225,8 @@ class TlsSource:
 
     def tick(self, engine: _Feed, now: float | None = None) -> None:
         """About once a second: follow the gateway's processes; close idle connections (capture time =
-        the wall clock, which the probes' timestamps are converted to)."""
+        the wall clock, which the probes' timestamps are converted to, when the last poll read all that
+        was waiting; else the newest record's)."""
         mono = time.monotonic() if now is None else now
         if mono >= self._next_refresh:
             self._next_refresh = mono + REFRESH_S
@@ -230,12 +238,19 @@ class TlsSource:
                 if not self._refresh_failed:  # once per run of failures, not every second
                     log.warning("TLS capture: following the gateway's processes failed: %s", exc)
                 self._refresh_failed = True
+        streams = self.streams
+        if not self._caught_up:
+            # Records are waiting (the last read was full, or the pipe not emptied): they are older than
+            # the wall says, so neither the idle timeouts nor the clock may run ahead of them.
+            engine.feed_exchanges(streams.last_ts, streams.advance(streams.last_ts))
+            return
         wall = time.time()
-        exchanges = self.streams.advance(wall)
-        # Idle or not, every record made IDLE_LAG_S ago has been read by now (the ring is read at least
-        # every TLS_POLL_S): the other sources need not wait for this one beyond that, and a quiet tap's
-        # clock then runs as far behind the wall as a quiet capture worker's (`capture.time_merge`).
-        engine.feed_exchanges(max(self.streams.last_ts, wall - IDLE_LAG_S), exchanges)
+        exchanges = streams.advance(wall)
+        # Every record made IDLE_LAG_S ago has been read by now (the ring is read at least every
+        # TLS_POLL_S, and the last read took all): the other sources need not wait for this one beyond
+        # that, and a quiet tap's clock runs as far behind the wall as a quiet capture worker's
+        # (`capture.time_merge`).
+        engine.feed_exchanges(max(streams.last_ts, wall - IDLE_LAG_S), exchanges)
 
     def _watermark(self, read_ns: int | None) -> float:
         """The capture time up to which every record has been read: when the read began, unless it was
