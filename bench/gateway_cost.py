@@ -20,33 +20,14 @@ compiled core (bench/compiled.py, as the image ships it), at each SNIFFER_CPU_PR
 rounds, medians), so load from anything else on the machine falls on all of them alike. "loss" is the
 throughput lost and the p99 added, relative to the baseline.
 
-Measured on 2026-12-06 21:25 UTC, 2 vCPU (Firecracker VM, load average ~1.5), compiled core, 5 s per
-load, 3 round-robin runs (medians); fixed rate 14,983 req/s = 14 % of capacity (hey -c 20 -q 749):
-
-                    | wrk req/s | thr. loss |  wrk p99 | hey req/s |  hey p99 | p99 added
-    -------------------------------------------------------------------------------------
-    baseline        |   108,393 |      0.0% |  0.28 ms |    14,937 |  0.70 ms |      0.0%
-    tcpdump         |    84,743 |     21.8% |  0.38 ms |    14,884 |  0.90 ms |     28.6%
-    idle spinner    |    91,251 |     15.8% |  3.51 ms |    14,665 |  1.90 ms |    171.4%
-    daemon w=1      |    42,093 |     61.2% |  2.27 ms |    14,331 |  2.40 ms |    242.9%
-    daemon w=2      |    40,703 |     62.4% |  4.45 ms |    13,471 |  4.00 ms |    471.4%
-    daemon w=1 low  |    58,092 |     46.4% |  1.37 ms |    14,339 |  2.60 ms |    271.4%
-    daemon w=2 low  |    91,542 |     15.5% |  3.23 ms |    13,879 |  2.90 ms |    314.3%
-    daemon w=1 idle |    99,564 |      8.1% |  3.50 ms |    14,401 |  3.00 ms |    328.6%
-    daemon w=2 idle |   110,086 |     -1.6% |  2.26 ms |    14,568 |  2.50 ms |    257.1%
-
-hey (Go) cannot drive more than ~15-20k req/s here, so the fixed rate is 14-20 % of capacity, not 50 %.
-Reading: at saturation the daemon at normal priority takes the CPU nginx and wrk would use (w=1: ~1
-CPU, ~85k packets/s, no drops; throughput -61 %). At SNIFFER_CPU_PRIORITY=idle the gateway keeps most
-of its throughput: -8.1 % (w=1) and +1.6 % (w=2) in this run, where the references' own -16 % (spinner)
-and -22 % (tcpdump) show how noisy the machine was; the run before it (2 runs) gave idle -1.5 % and
-+0.8 %, tcpdump -0.2 %. The daemon then takes what is left (~25k of ~170k packets/s, the rest counted
-as kernel drops). p99 is the part not met: every configuration that uses CPU adds 1.5-3 ms, and so does
-the spinner (+1.2 ms at the fixed rate, +3.2 ms under wrk) although it never runs when the gateway
-wants the CPU; on these 2 vCPUs shared with the load generator the daemon's p99 cost is within ~2x of
-that floor, and tcpdump (0.07 CPU) adds ~0.2 ms. Target 3 of issue 6 (<= 3 % throughput, <= 5 % p99):
-throughput met with SNIFFER_CPU_PRIORITY=idle in 3 of 4 measurements, p99 not; the cost is CPU, ~12 us
-per packet of the daemon's (tcpdump's is < 0.5 us).
+The latest figures are in the README (Speed). What they have shown so far: hey (Go) cannot drive more
+than ~15-20k req/s here, so the fixed rate is 14-20 % of capacity, not 50 %. At normal priority the
+daemon takes the CPU nginx and wrk would use (throughput -57 to -61 %, no drops). At
+SNIFFER_CPU_PRIORITY=idle the gateway keeps most of its throughput (between +1.6 % and -16 % over three
+runs, while the references' own cost swung from 0 to -22 %: this VM's noise is larger than the 3 %
+target) and the daemon takes what is left, counting the rest as kernel drops. p99 is the part not met:
+every configuration that uses CPU adds 1.5-3 ms, the spinner 0.7-1.2 ms at the fixed rate, although it
+never runs when the gateway wants the CPU; tcpdump (0.07 CPU) adds ~0.1-0.2 ms.
 """
 
 from __future__ import annotations

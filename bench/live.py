@@ -25,62 +25,14 @@ repeats). "seen" is what the capturer got; "drop %" is the kernel's drop count (
 final summary, i.e. PACKET_STATISTICS tp_drops summed over its rings; tcpdump: its "dropped by kernel"
 line) over seen + dropped. "sent pps" is tcpreplay's achieved rate.
 
-Measured on 2026-12-06 21:00 UTC, 2 vCPU (Firecracker VM, load average ~1.0), 1M-packet capture, 4 s
-per rate, one run (tcpreplay shares the 2 vCPUs), after capture workers began building the events of
-exchanges that cannot be Kong legs themselves:
-
-    offered pps | tool         |  sent pps |     sent |     seen | drop %
-    ---------------------------------------------------------------------
-         50,000 | ours w=1     |    50,000 |  200,000 |  200,005 |   0.00
-         50,000 | ours w=2     |    50,000 |  200,000 |  200,000 |   0.00
-         50,000 | ours C w=1   |    50,000 |  200,000 |  200,000 |   0.00
-         50,000 | ours C w=2   |    50,000 |  200,000 |  200,000 |   0.00
-         50,000 | tcpdump      |    50,000 |  200,000 |  200,000 |   0.00
-        100,000 | ours w=1     |   100,000 |  400,000 |  343,125 |  14.22
-        100,000 | ours w=2     |    99,982 |  400,000 |  380,734 |   4.82
-        100,000 | ours C w=1   |   100,000 |  400,000 |  400,000 |   0.00
-        100,000 | ours C w=2   |    99,982 |  400,000 |  400,000 |   0.00
-        100,000 | tcpdump      |   100,000 |  400,000 |  400,000 |   0.00
-        150,000 | ours w=1     |   150,000 |  600,000 |  337,117 |  43.81
-        150,000 | ours w=2     |   149,966 |  600,000 |  371,595 |  38.07
-        150,000 | ours C w=1   |   150,000 |  600,000 |  419,022 |  30.16
-        150,000 | ours C w=2   |   149,842 |  600,000 |  450,645 |  24.89
-        150,000 | tcpdump      |   150,000 |  600,000 |  600,000 |   0.00
-
-Reading: the compiled core keeps up with 100k packets/s with one worker and with two (0 drops); at
-150k, one compiled worker processes ~105k/s and two ~113k/s. Two workers now beat one (before, at
-100k: 28.66 % drops with two compiled workers, 0 with one; at 150k: 52.62 % against 24.89 % now): the
-main process only joins the exchanges that may be Kong legs (none here) and writes the JSON lines the
-workers built. On these 2 vCPUs, tcpreplay and the veth softirq take most of a CPU, so two workers
-share what is left; the per-worker figure needs a machine with free cores. tcpdump drops nothing up to
-150k. Target 2 of issue 6 (no drops to >= 150k per worker) is met to 100k, not beyond.
-
-`--traffic kong`, measured on 2026-12-06 22:25 UTC (same VM, load average ~0.5-1.2, 1,002,000-frame Kong
-capture: 90,000 calls, about 11 frames per call, a third of them pure ACKs), drop %:
-
-    offered pps | ours w=1 | ours w=2 | ours C w=1 | ours C w=2 | tcpdump
-         50,000 |     0.00 |     0.00 |       0.00 |       0.00 |    0.00
-         60,000 |     0.00 |     1.34 |       0.00 |       0.00 |    0.00
-         80,000 |    23.91 |    19.13 |       0.79 |       4.55 |    0.00
-        100,000 |    45.85 |    43.59 |      13.65 |      35.13 |    0.00
-        150,000 |    57.69 |    59.92 |      51.39 |      62.49 |    0.00
-
-A second run an hour later (after the parser stopped keeping idle connections' last exchanges), at
-60k / 80k / 100k: ours C w=1 0.00 / 23.81 / 21.52 %, ours C w=2 0.00 / 26.56 / 52.23 %, ours w=1 0.00 /
-24.99 / 51.10 %, ours w=2 4.96 / 29.44 / 44.80 %: the VM's speed varies that much from hour to hour.
-
-After the idle-connection, leg-join and garbage-collector fixes (23:40, 60k / 80k / 100k; 120k from a
-second run): ours w=1 0.00 / 9.64 / 30.85 / 56.28 %, ours w=2 0.00 / 0.00 / 14.95 / 33.58 %, ours C w=1
-0.00 / 0.00 / 3.79 / 12.83 %, ours C w=2 0.00 / 0.00 / 22.87 / 27.86 %, tcpdump 0 everywhere.
-
-Reading: on Kong traffic one worker keeps up to 60k frames/s (~5,400 calls/s, both legs) pure and 80k
-compiled. Two workers do not help on these 2 vCPUs: every
-exchange may be a leg, so the main process decodes, joins and builds every event, and three busy
-processes share the one CPU tcpreplay leaves. A check at 20k frames/s with the events written out: 4,500
-events, 4,100 of them both legs joined, with 1 and with 2 workers, as `replay` gives on the same frames.
-`--set SNIFFER_DROP_PURE_ACKS=true` (a third fewer frames reach the ring) moved the compiled 1-worker
-limit only a little (at 100k offered: 208k of 266k frames kept, 22 % drops), as pure ACKs are the
-cheapest frames (~2 us each in the core against ~12 us for a data frame and ~10 us for a SYN or FIN).
+The latest figures, and how they stand against issue 6's targets, are in the README (Speed). Notes
+from earlier runs that still hold: tcpreplay and the veth softirq take most of one of these 2 vCPUs, so
+two workers share what is left (the per-worker figure needs a machine with free cores); on Kong traffic
+every exchange may be a leg, so with two workers the main process joins and builds every event. A check
+at 20k frames/s with the events written out gave 4,500 events, 4,100 of them both legs joined, with 1
+and with 2 workers, as `replay` gives on the same frames. `--set SNIFFER_DROP_PURE_ACKS=true` (a third
+fewer frames of the Kong capture reach the ring) moves the limit only a little: pure ACKs are the
+cheapest frames.
 """
 
 from __future__ import annotations
