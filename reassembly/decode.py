@@ -132,7 +132,20 @@ class Decoder:
         if linktype == LINKTYPE_ETHERNET:
             if n >= 54 and frame[12] == 8 and frame[13] == 0:
                 # Fast path for the common case (Ethernet, IPv4 without options, unfragmented, TCP, whole):
-                # one unpack for both headers. Anything else falls through to the general path.
+                # one unpack for both headers. Anything else falls through to the general path. Typed
+                # (compiled: native arithmetic on what the unpack returns, checked once).
+                vihl: int
+                total: int
+                frag: int
+                proto: int
+                src: bytes
+                dst: bytes
+                sport: int
+                dport: int
+                seq: int
+                ack: int
+                offflags: int
+                window: int
                 vihl, total, frag, proto, src, dst, sport, dport, seq, ack, offflags, window = _eth_ipv4_tcp(
                     frame, 14
                 )
@@ -233,7 +246,12 @@ class Decoder:
         if n - off < 20:
             stats["drop_malformed"] += 1
             return None
-        vihl, total, ident, frag, proto = _ipv4_hdr(frame, off)
+        vihl: int
+        total: int
+        ident: int
+        frag: int
+        proto: int
+        vihl, total, ident, frag, proto = _ipv4_hdr(frame, off)  # typed: native arithmetic, compiled
         ihl = (vihl & 0x0F) << 2
         if vihl >> 4 != 4 or ihl < 20 or n - off < ihl:
             stats["drop_malformed"] += 1
@@ -278,7 +296,7 @@ class Decoder:
         if n - off < 40 or frame[off] >> 4 != 6:
             stats["drop_malformed"] += 1
             return None
-        plen = _u16(frame, off + 4)[0]
+        plen: int = _u16(frame, off + 4)[0]
         nh = frame[off + 6]
         src = frame[off + 8 : off + 24]
         dst = frame[off + 24 : off + 40]
@@ -339,7 +357,13 @@ class Decoder:
         if end - t < 20:
             self._stats["drop_malformed"] += 1
             return None
-        sport, dport, seq, ack, offflags, window = _tcp_hdr(buf, t)
+        sport: int
+        dport: int
+        seq: int
+        ack: int
+        offflags: int
+        window: int
+        sport, dport, seq, ack, offflags, window = _tcp_hdr(buf, t)  # typed: native arithmetic, compiled
         doff = (offflags >> 10) & 0x3C
         if doff < 20 or t + doff > end:
             self._stats["drop_malformed"] += 1
