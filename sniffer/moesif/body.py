@@ -37,6 +37,8 @@ _CHUNK: Final = 64 << 10
 # How far we keep inflating, discarding output, to learn the true size of a body over the limit.
 # Bounded so a bomb costs at most ~tens of milliseconds of CPU.
 COUNT_CAP: Final = 16 << 20
+# Bound once: compiled, `orjson.loads` would be an attribute lookup on the module per body.
+_loads: Final = orjson.loads
 
 
 class _DecodeError(Exception):
@@ -164,7 +166,7 @@ def encode_body(data: bytes, content_type: str | None) -> tuple[object, str]:
     """(value, transfer_encoding): parsed JSON for a JSON content type that parses, else base64."""
     if content_type is not None and "json" in content_type.lower():
         try:
-            value = orjson.loads(data)
+            value = _loads(data)
         except orjson.JSONDecodeError:
             pass
         else:
