@@ -67,8 +67,8 @@ _PLANS: Final[dict[bytes, _Plan]] = {}
 # apart by having no names, not by identity (compiled, a Final tuple of literals may not be one object).
 _GENERAL: Final[_Plan] = ((), (), ())
 # The last few plans of a request's or a response's head, by its number of field lines (key: 2 * lines + 1
-# for a request), newest first: the guesses `read_lines` checks first. Bounded by the key's range and
-# `_GUESSES_PER_KEY`.
+# for a request), most recently seen or matched first: the guesses `read_lines` checks first. Bounded by
+# the key's range and `_GUESSES_PER_KEY`.
 _GUESSES: Final[dict[int, list[_Plan]]] = {}
 _GUESSES_PER_KEY: Final = 8
 _MAX_GUESS_LINES: Final = 64
@@ -273,18 +273,21 @@ def read_lines(
             lines.pop()  # the empty string after the last line end
         n = len(lines)
         headers = []
-        # First the guesses, the last few plans of a head of this kind with this many lines, each checked
-        # line by line: a line that starts with its prefix `name: ` followed by no other white space is
-        # that field, its value a slice (what partition and strip would give, without their two calls per
-        # line; trailing white space, rare, is stripped). Peers send the same few name sequences again
-        # and again; a miss costs the lines checked, and the plan found instead becomes the newest guess.
+        # First the guesses, the last few plans of a head of this kind with this many lines, most recently
+        # matched first, each checked line by line from the last (where name sequences tend to differ, so
+        # a wrong guess fails at once): a line that starts with its prefix `name: ` followed by no other
+        # white space is that field, its value a slice (what partition and strip would give, without
+        # their two calls per line; trailing white space, rare, is stripped). Peers send the same few
+        # name sequences again and again; a miss costs the lines checked, and the plan found instead
+        # becomes the first guess.
         matched: _Plan | None = None
         guesses = _GUESSES.get(n + n + (1 if is_request else 0))
         if guesses is not None:
-            for guess in guesses:
+            for j in range(len(guesses)):
+                guess = guesses[j]
                 shared, _, prefixes = guess
                 headers = []
-                for i in range(n):
+                for i in range(n - 1, -1, -1):
                     line = lines[i]
                     prefix = prefixes[i]
                     k = len(prefix)
@@ -294,7 +297,10 @@ def read_lines(
                     else:
                         break
                 else:
+                    headers.reverse()
                     matched = guess
+                    if j:  # by index: compiled, a plan is unboxed, so `is` would not find it
+                        guesses.insert(0, guesses.pop(j))
                     break
         if matched is None:
             headers, fields = _planned_fields(lines, is_request)
