@@ -118,9 +118,11 @@ class DaemonLoop:
     # ---- periodic ----
 
     def publish(self) -> None:
+        engine = self.engine
+        if engine is not None:
+            engine.sync_stats()
         core: Counter[str] = Counter(self.stats)
         gauges: dict[str, float] = {"capture_open": float(self.health.capture_open)}
-        engine = self.engine
         if self.pool is not None:
             for d in self.pool.stats:
                 core.update(d)

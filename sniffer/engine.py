@@ -92,10 +92,13 @@ class Engine:
         self._lean_builder: EventBuilder | None = None
         self._next_join_ts = 0.0
         self._last_ts = 0.0
+        # Frames fed since stats["packets"] was last brought up to date: once per capture second, at
+        # advance, at close and by `sync_stats` (a Counter item per frame cost ~1.5k instructions compiled).
+        self._packets = 0
 
     def feed(self, ts: float, linktype: int, frame: bytes, wire_len: int | None = None) -> None:
         """One captured frame."""
-        self.stats["packets"] += 1
+        self._packets += 1
         self._last_ts = ts
         exchanges = self.pipeline.feed(ts, linktype, frame, wire_len)  # type: ignore[union-attr]
         if exchanges:
@@ -107,7 +110,14 @@ class Engine:
                 self._join(exchanges)
         if ts >= self._next_join_ts:
             self._next_join_ts = ts + JOIN_ADVANCE_INTERVAL_S
+            self.sync_stats()
             self._emit(self.joiner.advance(ts))
+
+    def sync_stats(self) -> None:
+        """Bring `stats["packets"]` up to date; call before reading the stats (metrics, summaries)."""
+        if self._packets:
+            self.stats["packets"] += self._packets
+            self._packets = 0
 
     def feed_exchanges(
         self, ts: float, exchanges: list[Exchange], weights: dict[int, int] | None = None
@@ -139,12 +149,14 @@ class Engine:
 
     def advance(self, ts: float) -> None:
         """Capture time passed with no packets (live capture): run the core's and the joiner's timeouts."""
+        self.sync_stats()
         if self.pipeline is not None:
             self._join(self.pipeline.advance(ts))
         self._emit(self.joiner.advance(ts))
 
     def close(self) -> None:
         """End of input: flush every flow, pending leg and event (the sink's owner closes it)."""
+        self.sync_stats()
         if self.pipeline is not None:
             self._join(self.pipeline.close(self._last_ts))
         self._emit(self.joiner.close())

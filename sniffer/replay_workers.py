@@ -95,6 +95,7 @@ def _worker(
     surely_plain = SurelyPlain(frozenset(config.kong_ports), frozenset(config.upstream_ports))
     records: list[Record] = []
     packed = 0  # exchanges packed into `records`
+    owned_frames = 0  # into stats["packets"] once, with the last message (a counter per frame costs)
     frame_no = 0
     next_advance: float | None = None
     next_join = 0.0
@@ -146,7 +147,7 @@ def _worker(
             try:
                 for frame_no, ts, linktype, frame, wire_len, owned in walk:
                     if owned:
-                        stats["packets"] += 1
+                        owned_frames += 1
                         got = feed(ts, linktype, frame, wire_len)
                         next_advance = pipeline.next_advance_ts
                         if got:
@@ -182,6 +183,7 @@ def _worker(
         if got:
             out(frame_no, last_ts, got)
         send(final=True)
+        stats["packets"] += owned_frames
         conn.send(("d", dict(stats), error, stopped))
     except (BrokenPipeError, EOFError, ConnectionResetError):
         pass  # the main process is gone

@@ -76,6 +76,20 @@ def test_in_order_baseline() -> None:
     assert all(not flags_of(e) for e in events)
 
 
+def test_the_packet_count_is_exact_whenever_the_stats_are_synced_or_closed() -> None:
+    """stats["packets"] is brought up to date once per capture second (not per frame): a reader that
+    syncs first (the daemon's metrics do) sees every frame fed, and so does one after close."""
+    packets = frames(conversation())
+    engine = Engine(Config.load(None, {"SNIFFER_KONG_PORTS": ""}), ListSink())
+    for i, frame in enumerate(packets, 1):
+        engine.feed(*frame)
+        if i in (1, len(packets) // 2):
+            engine.sync_stats()
+            assert engine.stats["packets"] == i
+    engine.close()
+    assert engine.stats["packets"] == len(packets) > 2
+
+
 def shuffle_within_bursts(packets: list[Packet], rng: random.Random) -> list[Packet]:
     """Reorder segments within each run of same-direction segments: what a capture point sees when
     packets of one burst take different paths. (Across directions a capture point cannot see an ACK
