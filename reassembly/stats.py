@@ -19,5 +19,11 @@ LOSS_PREFIXES = ("drop_", "gap_", "evict_", "cap_", "http_desync", "conflict_", 
 class Stats(Counter[str]):
     """A `collections.Counter` of named events; `stats["packets"] += 1` is the whole API."""
 
+    # Counter's `__delitem__` is a Python function, and CPython then routes every item assignment through
+    # a Python-level dispatcher too (one slot serves both): ~1k instructions per `+= 1` compiled, 135 ns
+    # interpreted. dict's own keep both in C (80 ns). Only difference: deleting a missing name raises.
+    __setitem__ = dict.__setitem__
+    __delitem__ = dict.__delitem__  # type: ignore[assignment]  # (Counter: any object; here a str)
+
     def losses(self) -> dict[str, int]:
         return {k: v for k, v in sorted(self.items()) if v and k.startswith(LOSS_PREFIXES)}
