@@ -15,6 +15,7 @@ drop_ip_fragment_* (see `ip_fragments`).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Final
 
 from reassembly.events import Segment
@@ -93,20 +94,29 @@ IPPROTO_FRAGMENT: Final = 44
 IPPROTO_TCP: Final = 6
 MAX_IPV6_EXTENSIONS: Final = 16
 
-_u16: Final = struct.Struct("!H").unpack_from
-_u32: Final = struct.Struct("!I").unpack_from
-_u32le: Final = struct.Struct("<I").unpack_from
-_ipv4_hdr: Final = struct.Struct("!BxHHHxB").unpack_from  # ver/ihl, total length, id, flags/offset, proto
+# The unpackers are typed with what they return: compiled, each result is checked once and the arithmetic
+# on its numbers is native (untyped, every operation on them was a generic call: ~1.3k instructions per
+# frame in the pipeline's fast path alone).
+_Ints5 = tuple[int, int, int, int, int]
+_Ints6 = tuple[int, int, int, int, int, int]
+_Ints7 = tuple[int, int, int, int, int, int, int]
+_u16: Final[Callable[[bytes, int], tuple[int]]] = struct.Struct("!H").unpack_from
+_u32: Final[Callable[[bytes, int], tuple[int]]] = struct.Struct("!I").unpack_from
+_u32le: Final[Callable[[bytes, int], tuple[int]]] = struct.Struct("<I").unpack_from
+# ver/ihl, total length, id, flags/offset, proto
+_ipv4_hdr: Final[Callable[[bytes, int], _Ints5]] = struct.Struct("!BxHHHxB").unpack_from
 # IPv4 without options then TCP: ver/ihl, total length, flags/offset, proto, src, dst, then as _tcp_hdr
-_eth_ipv4_tcp: Final = struct.Struct("!BxHxxHxBxx4s4sHHIIHH").unpack_from
+_EthIpv4Tcp = tuple[int, int, int, int, bytes, bytes, int, int, int, int, int, int]
+_eth_ipv4_tcp: Final[Callable[[bytes, int], _EthIpv4Tcp]] = struct.Struct("!BxHxxHxBxx4s4sHHIIHH").unpack_from
 # The same headers' numbers only (no address objects): ver/ihl, total length, flags/offset, proto, seq,
 # ack, offset/flags. Public: the pipeline's fused fast path unpacks the common frame itself, at IPV4_AT's
 # offset, and finds its flow by the 12 address and port bytes at offset 12 (FlowTable.raw_index).
-unpack_ipv4_tcp_numbers: Final = struct.Struct("!BxHxxHxB14xIIH").unpack_from
+unpack_ipv4_tcp_numbers: Final[Callable[[bytes, int], _Ints7]] = struct.Struct("!BxHxxHxB14xIIH").unpack_from
 # IPv6 (no extension header) then TCP, numbers only: version byte, payload length, next header, seq,
 # ack, offset/flags; the flow is found by the 36 bytes src, dst, sport, dport at offset 8.
-unpack_ipv6_tcp_numbers: Final = struct.Struct("!BxxxHB37xIIH").unpack_from
-_tcp_hdr: Final = struct.Struct("!HHIIHH").unpack_from  # ports, seq, ack, offset/flags, window
+unpack_ipv6_tcp_numbers: Final[Callable[[bytes, int], _Ints6]] = struct.Struct("!BxxxHB37xIIH").unpack_from
+# ports, seq, ack, offset/flags, window
+_tcp_hdr: Final[Callable[[bytes, int], _Ints6]] = struct.Struct("!HHIIHH").unpack_from
 
 
 class Decoder:
@@ -132,20 +142,7 @@ class Decoder:
         if linktype == LINKTYPE_ETHERNET:
             if n >= 54 and frame[12] == 8 and frame[13] == 0:
                 # Fast path for the common case (Ethernet, IPv4 without options, unfragmented, TCP, whole):
-                # one unpack for both headers. Anything else falls through to the general path. Typed
-                # (compiled: native arithmetic on what the unpack returns, checked once).
-                vihl: int
-                total: int
-                frag: int
-                proto: int
-                src: bytes
-                dst: bytes
-                sport: int
-                dport: int
-                seq: int
-                ack: int
-                offflags: int
-                window: int
+                # one unpack for both headers. Anything else falls through to the general path.
                 vihl, total, frag, proto, src, dst, sport, dport, seq, ack, offflags, window = _eth_ipv4_tcp(
                     frame, 14
                 )
@@ -246,12 +243,7 @@ class Decoder:
         if n - off < 20:
             stats["drop_malformed"] += 1
             return None
-        vihl: int
-        total: int
-        ident: int
-        frag: int
-        proto: int
-        vihl, total, ident, frag, proto = _ipv4_hdr(frame, off)  # typed: native arithmetic, compiled
+        vihl, total, ident, frag, proto = _ipv4_hdr(frame, off)
         ihl = (vihl & 0x0F) << 2
         if vihl >> 4 != 4 or ihl < 20 or n - off < ihl:
             stats["drop_malformed"] += 1
@@ -296,7 +288,7 @@ class Decoder:
         if n - off < 40 or frame[off] >> 4 != 6:
             stats["drop_malformed"] += 1
             return None
-        plen: int = _u16(frame, off + 4)[0]
+        plen = _u16(frame, off + 4)[0]
         nh = frame[off + 6]
         src = frame[off + 8 : off + 24]
         dst = frame[off + 24 : off + 40]
@@ -357,13 +349,7 @@ class Decoder:
         if end - t < 20:
             self._stats["drop_malformed"] += 1
             return None
-        sport: int
-        dport: int
-        seq: int
-        ack: int
-        offflags: int
-        window: int
-        sport, dport, seq, ack, offflags, window = _tcp_hdr(buf, t)  # typed: native arithmetic, compiled
+        sport, dport, seq, ack, offflags, window = _tcp_hdr(buf, t)
         doff = (offflags >> 10) & 0x3C
         if doff < 20 or t + doff > end:
             self._stats["drop_malformed"] += 1

@@ -117,18 +117,6 @@ class Pipeline:
             if self._fast_frames:
                 self._count_fast_frames()
             self._route(self._flows.advance(ts), out)
-        # Typed: compiled, what the unpacks return is checked once and the arithmetic and comparisons
-        # below are native (untyped, each was a generic call: ~1.3k instructions per frame).
-        vihl: int
-        total: int
-        frag: int
-        proto: int
-        seq: int
-        ack: int
-        offflags: int
-        version: int
-        plen: int
-        nh: int
         at = IPV4_AT.get(linktype)
         if at is not None:
             et, ip = at
