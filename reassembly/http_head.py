@@ -72,7 +72,6 @@ _GENERAL: Final[_Plan] = ((), (), ())
 _GUESSES: Final[dict[int, list[_Plan]]] = {}
 _GUESSES_PER_KEY: Final = 8
 _MAX_GUESS_LINES: Final = 64
-_K = TypeVar("_K")
 _V = TypeVar("_V")
 # Methods known to be tokens of a valid length, so the check of a request line can skip them.
 _COMMON_METHODS: Final = frozenset(
@@ -258,9 +257,9 @@ def read_lines(
     else:
         parsed = _STATUS_LINES.get(line)
         if parsed is None:
-            parsed = parse_status_line(line)
-            if len(line) <= _MAX_CACHED_LINE:
-                _remember(_STATUS_LINES, line, parsed, _MAX_STATUS_LINES)
+            parsed = _remember(
+                _STATUS_LINES, line, parse_status_line(line), _MAX_STATUS_LINES, _MAX_CACHED_LINE
+            )
         version, status, reason = parsed
     # The header fields, and the framing fields among them (collected in the same pass when all names
     # are tokens): one function with the start line, since a call per message costs measurably here.
@@ -329,9 +328,7 @@ def _planned_fields(lines: list[bytes], is_request: bool) -> tuple[list[tuple[by
     names = b"\n".join([pair[0] for pair in pairs])
     plan = _PLANS.get(names)
     if plan is None:
-        plan = _plan(names)
-        if len(names) <= _MAX_CACHED_NAMES:
-            _remember(_PLANS, names, plan, _MAX_PLANS)
+        plan = _remember(_PLANS, names, _plan(names), _MAX_PLANS, _MAX_CACHED_NAMES)
     shared, framing, _ = plan
     if not shared:
         # A name that is not a token, or a folded line: the general loop decides.
@@ -363,11 +360,14 @@ def _planned_fields(lines: list[bytes], is_request: bool) -> tuple[list[tuple[by
     return headers, fields
 
 
-def _remember(cache: dict[_K, _V], key: _K, value: _V, limit: int) -> None:
-    """Put `value` in a bounded memo, emptied when full (a miss's path only: the hits stay inline)."""
-    if len(cache) >= limit:
-        cache.clear()
-    cache[key] = value
+def _remember(cache: dict[bytes, _V], key: bytes, value: _V, limit: int, max_key: int) -> _V:
+    """`value`, kept in a bounded memo (emptied when full) when `key` is at most `max_key` bytes long (a
+    miss's path only: the hits stay inline)."""
+    if len(key) <= max_key:
+        if len(cache) >= limit:
+            cache.clear()
+        cache[key] = value
+    return value
 
 
 def _plan(names: bytes) -> _Plan:
