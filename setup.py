@@ -66,6 +66,9 @@ COMPILED_SHELL_MODULES = [
     "sniffer/capture/flow_hash.py",
     # Live with several sources (workers, the TLS tap), every leg passes through this in the main process.
     "sniffer/capture/time_merge.py",
+    # With several workers (live or replay), every leg a worker hands over is unpacked by this in the main
+    # process.
+    "sniffer/capture/exchange_codec.py",
 ]
 
 
