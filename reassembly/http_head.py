@@ -68,7 +68,7 @@ _PLANS: Final[dict[bytes, _Plan]] = {}
 _GENERAL: Final[_Plan] = ((), (), ())
 # The last few plans of a request's or a response's head, by its number of field lines (key: 2 * lines + 1
 # for a request), most recently seen or matched first: the guesses `read_lines` checks first. Bounded by
-# the key's range and `_GUESSES_PER_KEY`.
+# the key's range, `_GUESSES_PER_KEY` and, as `_PLANS`, `_MAX_CACHED_NAMES` bytes of names a plan.
 _GUESSES: Final[dict[int, list[_Plan]]] = {}
 _GUESSES_PER_KEY: Final = 8
 _MAX_GUESS_LINES: Final = 64
@@ -227,8 +227,8 @@ def read_head(
     as `parse_head`'s and `framing_fields`', with fewer C calls: lines split once on CRLF (verified by a
     count of LFs; bare LFs take the general split), status lines and per-name-sequence facts (are all
     names tokens, where are the framing fields) looked up in small bounded caches, since a server sends
-    the same few status lines and header name sequences again and again, and the last such sequence
-    tried first, line by line. Raises HeadError as `parse_head` does.
+    the same few status lines and header name sequences again and again (the last few such sequences
+    are tried first, line by line). Raises HeadError as `parse_head` does.
     """
     lines = block.split(b"\r\n")
     if len(lines) != block.count(b"\n") + 1:
@@ -337,7 +337,7 @@ def _planned_fields(lines: list[bytes], is_request: bool) -> tuple[list[tuple[by
     # All names are tokens, so no line is folded; lines without a colon and empty names are
     # skipped, exactly as parse_fields skips them. The names are the plan's shared ones.
     headers = [(shared[i], value.strip(b" \t\r")) for i, (n, sep, value) in enumerate(pairs) if sep and n]
-    if len(headers) == len(lines) and len(lines) <= _MAX_GUESS_LINES:
+    if len(headers) == len(lines) and len(lines) <= _MAX_GUESS_LINES and len(names) <= _MAX_CACHED_NAMES:
         slot = len(lines) * 2 + (1 if is_request else 0)
         guesses = _GUESSES.get(slot)
         if guesses is None:

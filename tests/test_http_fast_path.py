@@ -169,6 +169,10 @@ def test_read_head_caches_stay_bounded() -> None:
     assert len(http_head._STATUS_LINES) <= http_head._MAX_STATUS_LINES
     for i in range(3 * http_head._GUESSES_PER_KEY):
         read_head(b"GET / HTTP/1.1\r\nX-%d: v\r\n" % i, True, 0.0, 0)
+    long_names = b"".join(b"X-%d-%s: v\r\n" % (i, b"n" * 40) for i in range(20))  # 20 lines, > 512 bytes
+    read_head(b"GET / HTTP/1.1\r\n" + long_names, True, 0.0, 0)
+    kept = [names for names, _, _ in http_head._GUESSES.get(20 * 2 + 1, [])]
+    assert kept and all(b"X-0-" + b"n" * 40 not in names for names in kept), "long names are not kept"
     assert len(http_head._GUESSES) <= 2 * (http_head._MAX_GUESS_LINES + 1)
     assert max(map(len, http_head._GUESSES.values())) == http_head._GUESSES_PER_KEY
 
