@@ -69,6 +69,8 @@ COMPILED_SHELL_MODULES = [
     # With several workers (live or replay), every leg a worker hands over is unpacked by this in the main
     # process.
     "sniffer/capture/exchange_codec.py",
+    # replay --workers N: the main process merges the workers' records (every exchange on Kong traffic).
+    "sniffer/replay_merge.py",
 ]
 
 

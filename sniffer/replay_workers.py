@@ -46,7 +46,7 @@ from typing import IO, Any
 
 from reassembly.events import Exchange, exchange_end
 from reassembly.stats import Stats
-from sniffer.capture.exchange_codec import pack, unpack
+from sniffer.capture.exchange_codec import pack
 from sniffer.capture.flow_hash import WorkerFrames
 from sniffer.capture.pcapfile import open_capture
 from sniffer.capture.worker_events import SurelyPlain, WorkerEvents, events_of
@@ -54,6 +54,7 @@ from sniffer.capture.workers import exit_reason
 from sniffer.config import Config
 from sniffer.engine import JOIN_ADVANCE_INTERVAL_S, Engine, EventSink, make_pipeline
 from sniffer.errors import CaptureError
+from sniffer.replay_merge import NEVER, Record, RecordMerger
 
 __all__ = ["MAX_LEAD_FRAMES", "replay_parallel"]
 
@@ -63,11 +64,6 @@ BATCH_RECORDS = 2048  # merge records per message
 # bytes and its decoded records at once (2048 of them: ~25 MB more peak RSS there, for no speed).
 BATCH_PACKED = 256
 BATCH_FRAMES = 1 << 15  # frames walked between messages at the latest (moves the merge forward)
-NEVER = float("-inf")  # a capture time that never triggers the engine's joiner timeouts
-
-# A merge record: (frame number, capture time, [a packed Exchange (exchange_codec.pack), or the end time
-# of a plain exchange, ...]); a batch of records is one marshal string.
-Record = tuple[int, float, list[Any]]
 
 
 def _worker(
@@ -228,7 +224,7 @@ def replay_parallel(
     stats = Stats()
     engine = Engine(config, sink, stats, capture=False)
     queues: list[deque[Record]] = [deque() for _ in range(workers)]
-    merger = _Merger(engine, queues)
+    merger = RecordMerger(engine, queues)
     passed = [0] * workers  # every record of a worker up to this frame number has arrived
     done = [False] * workers
     error: str | None = None
@@ -323,58 +319,3 @@ def _write_all(fd: int, data: bytes) -> bytes:
 
 def _decoded(data: bytes) -> list[Record]:
     return marshal.loads(data) if data[:1] != b"\x80" else pickle.loads(data)  # type: ignore[no-any-return]
-
-
-class _Merger:
-    """Feeds the main engine the workers' records in frame order (ties: by worker)."""
-
-    def __init__(self, engine: Engine, queues: list[deque[Record]]) -> None:
-        self.engine = engine
-        self.queues = queues
-        # The latest end of plain exchanges not yet passed to the joiner: between two exchanges fed to
-        # it, moving its clock once to the latest gives the same state and the same calls as moving it
-        # at each (expiring is monotonic), for a fraction of the cost.
-        self._clock: float | None = None
-
-    def merge(self, upto: int) -> None:
-        """Every queued record numbered `upto` or less; after the last record of a frame, the joiner's
-        timeouts run if one process would run them there."""
-        feed = self.engine.feed_exchanges
-        queues = self.queues
-        clock = self._clock
-        pending_ts: float | None = None
-        frame = -1
-        while True:
-            best = -1
-            low = upto + 1
-            for w, q in enumerate(queues):
-                if q and q[0][0] < low:
-                    best, low = w, q[0][0]
-            if low != frame and pending_ts is not None:
-                feed(pending_ts, [])  # the end of frame `frame`: one process's joiner-timeout check
-                pending_ts = None
-            if best < 0:
-                break
-            frame, pending_ts, items = queues[best].popleft()
-            group: list[Exchange] = []
-            for item in items:
-                if type(item) is float:
-                    if group:
-                        feed(NEVER, group)
-                        group = []
-                    if clock is None or item > clock:
-                        clock = item
-                else:
-                    if clock is not None and not group:
-                        self.engine.advance(clock)  # the plain exchanges' ends, as one process's joiner saw
-                        clock = None
-                    group.append(item if type(item) is Exchange else unpack(item))
-            if group:
-                feed(NEVER, group)
-        self._clock = clock
-
-    def close(self) -> None:
-        self.merge(1 << 62)
-        if self._clock is not None:
-            self.engine.advance(self._clock)
-            self._clock = None
