@@ -342,6 +342,10 @@ def _planned_fields(lines: list[bytes], is_request: bool) -> tuple[list[tuple[by
         guesses = _GUESSES.get(slot)
         if guesses is None:
             _GUESSES[slot] = [plan]
+        elif plan in guesses:
+            # Known, and missed all the same (other white space around a value): first, not twice.
+            guesses.remove(plan)
+            guesses.insert(0, plan)
         else:
             guesses.insert(0, plan)
             del guesses[_GUESSES_PER_KEY:]

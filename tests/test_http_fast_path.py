@@ -169,6 +169,10 @@ def test_read_head_caches_stay_bounded() -> None:
     assert len(http_head._STATUS_LINES) <= http_head._MAX_STATUS_LINES
     for i in range(3 * http_head._GUESSES_PER_KEY):
         read_head(b"GET / HTTP/1.1\r\nX-%d: v\r\n" % i, True, 0.0, 0)
+    for _ in range(2 * http_head._GUESSES_PER_KEY):  # the same names, missed each time (two spaces)
+        read_head(b"GET / HTTP/1.1\r\nHost:  a\r\nX-Twice: b\r\n", True, 0.0, 0)
+    slot = http_head._GUESSES[2 * 2 + 1]
+    assert len(set(slot)) == len(slot), "a plan is kept once, however often it is missed"
     long_names = b"".join(b"X-%d-%s: v\r\n" % (i, b"n" * 40) for i in range(20))  # 20 lines, > 512 bytes
     read_head(b"GET / HTTP/1.1\r\n" + long_names, True, 0.0, 0)
     kept = [names for names, _, _ in http_head._GUESSES.get(20 * 2 + 1, [])]
