@@ -71,6 +71,9 @@ COMPILED_SHELL_MODULES = [
     "sniffer/capture/exchange_codec.py",
     # replay --workers N: the main process merges the workers' records (every exchange on Kong traffic).
     "sniffer/replay_merge.py",
+    # replay --workers N: every frame of the file passes through each worker's loop.
+    "sniffer/replay_worker.py",
+    "sniffer/capture/worker_events.py",
 ]
 
 

@@ -36,7 +36,7 @@ class RecordMerger:
     def merge(self, upto: int) -> None:
         """Every queued record numbered `upto` or less; after the last record of a frame, the joiner's
         timeouts run if one process would run them there."""
-        feed = self.engine.feed_exchanges
+        engine = self.engine  # its methods called on it: native calls, not bound methods'
         queues = self.queues
         clock = self._clock
         pending_ts: float | None = None
@@ -48,7 +48,9 @@ class RecordMerger:
                 if q and q[0][0] < low:
                     best, low = w, q[0][0]
             if low != frame and pending_ts is not None:
-                feed(pending_ts, [])  # the end of frame `frame`: one process's joiner-timeout check
+                engine.feed_exchanges(
+                    pending_ts, []
+                )  # the end of frame `frame`: one process's joiner-timeout check
                 pending_ts = None
             if best < 0:
                 break
@@ -57,17 +59,17 @@ class RecordMerger:
             for item in items:
                 if type(item) is float:
                     if group:
-                        feed(NEVER, group)
+                        engine.feed_exchanges(NEVER, group)
                         group = []
                     if clock is None or item > clock:
                         clock = item
                 else:
                     if clock is not None and not group:
-                        self.engine.advance(clock)  # the plain exchanges' ends, as one process's joiner saw
+                        engine.advance(clock)  # the plain exchanges' ends, as one process's joiner saw
                         clock = None
                     group.append(item if type(item) is Exchange else unpack(item))
             if group:
-                feed(NEVER, group)
+                engine.feed_exchanges(NEVER, group)
         self._clock = clock
 
     def close(self) -> None:

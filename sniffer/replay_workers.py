@@ -1,7 +1,8 @@
 """`replay --workers N`: one capture file over N processes, flow by flow, with the events of one process.
 
-Every worker reads the whole file and feeds its `Pipeline` only the frames of its own flows
-(`capture.flow_hash.FlowSplitter`, symmetric, like live capture's kernel fanout). Frames are numbered;
+Every worker (`sniffer.replay_worker`) reads the whole file and feeds its `Pipeline` only the frames of
+its own flows (`capture.flow_hash.FlowSplitter`, symmetric, like live capture's kernel fanout). Frames
+are numbered;
 all workers number all frames (`capture.flow_hash.WorkerFrames` hands a worker its own frames and, of
 the others, those where it has something due), which keeps the result equal to one process's (the same
 set of events; their order differs):
@@ -44,26 +45,19 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
-from reassembly.events import Exchange, exchange_end
 from reassembly.stats import Stats
-from sniffer.capture.exchange_codec import pack
-from sniffer.capture.flow_hash import WorkerFrames
 from sniffer.capture.pcapfile import open_capture
-from sniffer.capture.worker_events import SurelyPlain, WorkerEvents, events_of
+from sniffer.capture.worker_events import events_of
 from sniffer.capture.workers import exit_reason
 from sniffer.config import Config
-from sniffer.engine import JOIN_ADVANCE_INTERVAL_S, Engine, EventSink, make_pipeline
+from sniffer.engine import Engine, EventSink
 from sniffer.errors import CaptureError
-from sniffer.replay_merge import NEVER, Record, RecordMerger
+from sniffer.replay_merge import Record, RecordMerger
+from sniffer.replay_worker import ReplayWorker
 
 __all__ = ["MAX_LEAD_FRAMES", "replay_parallel"]
 
 MAX_LEAD_FRAMES = 1 << 18
-BATCH_RECORDS = 2048  # merge records per message
-# Packed exchanges per message: each is ~1 KB on Kong traffic, and the main process holds a message's
-# bytes and its decoded records at once (2048 of them: ~25 MB more peak RSS there, for no speed).
-BATCH_PACKED = 256
-BATCH_FRAMES = 1 << 15  # frames walked between messages at the latest (moves the merge forward)
 
 
 def _worker(
@@ -76,113 +70,14 @@ def _worker(
     others: list[Any],
     out_fd: int | None = None,
 ) -> None:
-    """Walk the whole file, feed own frames, send events and merge records to the main process (the JSON
-    lines of its events straight to `out_fd` when given: see `_shared_output`)."""
+    """A worker process's entry (`sniffer.replay_worker`): the JSON lines of the events it builds go
+    straight to `out_fd` when given (see `_shared_output`)."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)  # the main process decides (it sends "stop")
     for other in others:  # the main process's pipe ends: held here, its exit would never be seen
         other.close()
-    stats = Stats()
-    pipeline = make_pipeline(config, stats, n)
-    feed = pipeline.feed
-    events = WorkerEvents(config, stats, jsonl=encode)
-    plain_engine = events.feed
-    kong = bool(config.kong_ports)
-    surely_plain = SurelyPlain(frozenset(config.kong_ports), frozenset(config.upstream_ports))
-    records: list[Record] = []
-    packed = 0  # exchanges packed into `records`
-    owned_frames = 0  # into stats["packets"] once, with the last message (a counter per frame costs)
-    frame_no = 0
-    next_advance: float | None = None
-    next_join = 0.0
-    last_ts = 0.0
-    error: str | None = None
-    stopped = False
-
-    def out(no: int, ts: float, exchanges: list[Exchange]) -> None:
-        nonlocal packed
-        if not kong:
-            plain_engine(ts, exchanges)
-            return
-        items: list[Any] = []
-        plain: list[Exchange] = []
-        for ex in exchanges:
-            if surely_plain(ex):
-                plain.append(ex)
-                items.append(exchange_end(ex))
-            else:
-                items.append(pack(ex))
-                packed += 1
-        if plain:
-            plain_engine(ts, plain)
-        records.append((no, ts, items))
-
-    def send(final: bool = False) -> None:
-        nonlocal records, packed, out_fd
-        payload = events.take()
-        if out_fd is not None and payload:
-            payload = _write_all(out_fd, payload)
-            if payload:
-                out_fd = None  # a write failed: the main process writes the rest, and reports the error
-        try:
-            batch = marshal.dumps(records)
-        except ValueError:  # a core field marshal cannot carry (see exchange_codec): slower, still right
-            batch = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
-        conn.send(("b", frame_no if not final else frame_no + 1, batch, payload, bytes_read()))
-        records = []
-        packed = 0
-
-    bytes_read: Callable[[], int] = lambda: 0  # noqa: E731 - replaced once the file is open
     try:
-        with open_capture(path) as capture:
-            bytes_read = lambda: capture.bytes_read  # noqa: E731
-            # Other workers' frames come through only where this one's timeouts (or the joiner's tick)
-            # are due, or to report progress every BATCH_FRAMES frames (the merge waits for it).
-            walk = WorkerFrames(iter(capture), n, index)
-            walk.report_at = BATCH_FRAMES
-            try:
-                for frame_no, ts, linktype, frame, wire_len, owned in walk:
-                    if owned:
-                        owned_frames += 1
-                        got = feed(ts, linktype, frame, wire_len)
-                        next_advance = pipeline.next_advance_ts
-                        if got:
-                            out(frame_no, ts, got)
-                    elif next_advance is None or ts >= next_advance:
-                        # the core's timeouts, at the frame one process would run them (see the docstring)
-                        got = pipeline.tick(ts)
-                        next_advance = pipeline.next_advance_ts
-                        if got:
-                            out(frame_no, ts, got)
-                    if kong and index == 0 and ts >= next_join:
-                        next_join = ts + JOIN_ADVANCE_INTERVAL_S
-                        if not records or records[-1][0] != frame_no:
-                            records.append((frame_no, ts, []))
-                    due = NEVER if next_advance is None else next_advance
-                    walk.due = min(due, next_join) if kong and index == 0 else due
-                    if (
-                        frame_no >= walk.report_at
-                        or len(records) >= BATCH_RECORDS
-                        or packed >= BATCH_PACKED
-                        or events.full
-                    ):
-                        walk.report_at = frame_no + BATCH_FRAMES
-                        send()
-                        if conn.poll() and conn.recv() == "stop":
-                            stopped = True
-                            break
-            except CaptureError as exc:
-                error = str(exc)
-            frame_no, last_ts = walk.frame_no, walk.last_ts
-        frame_no += 1  # what the pipeline flushes comes after every frame
-        got = pipeline.close(last_ts)
-        if got:
-            out(frame_no, last_ts, got)
-        send(final=True)
-        stats["packets"] += owned_frames
-        conn.send(("d", dict(stats), error, stopped))
-    except (BrokenPipeError, EOFError, ConnectionResetError):
-        pass  # the main process is gone
+        ReplayWorker(index, n, config, conn, encode, out_fd).run(path)
     finally:
         conn.close()
 
@@ -304,17 +199,6 @@ def _shared_output(out: IO[bytes] | None) -> int | None:
         out.flush()  # what the main process buffered before the fork goes first, and once
         return fd
     return None
-
-
-def _write_all(fd: int, data: bytes) -> bytes:
-    """Write `data` whole to `fd`: b"", or what was left unwritten when a write failed."""
-    view = memoryview(data)
-    try:
-        while view:
-            view = view[os.write(fd, view) :]
-    except OSError:
-        return bytes(view)
-    return b""
 
 
 def _decoded(data: bytes) -> list[Record]:

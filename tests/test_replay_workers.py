@@ -24,7 +24,8 @@ from sniffer.config import Config
 from sniffer.engine import make_pipeline
 from sniffer.errors import CaptureError
 from sniffer.replay import replay_file
-from sniffer.replay_workers import _shared_output, _write_all
+from sniffer.replay_worker import write_all
+from sniffer.replay_workers import _shared_output
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = ROOT.parent / "shared" / "pcaps" / "public"
@@ -75,7 +76,7 @@ def test_kong_demo_joins_the_same_calls_when_every_leg_is_its_own_message(
 ) -> None:
     # The workers are forked, so they see the patched batch size: one packed leg per message, and the
     # main process merges many small messages per frame range.
-    monkeypatch.setattr("sniffer.replay_workers.BATCH_PACKED", 1)
+    monkeypatch.setattr("sniffer.replay_worker.BATCH_PACKED", 1)
     assert _same(DEMO, 2, KONG_ENV) >= 30
 
 
@@ -141,10 +142,10 @@ def test_only_a_regular_file_or_dev_null_is_shared_with_the_workers(tmp_path: Pa
 def test_a_worker_hands_the_main_process_only_what_it_could_not_write(tmp_path: Path) -> None:
     data = b'{"a":1}\n' * 1000
     with open(tmp_path / "out", "wb") as out:
-        assert _write_all(out.fileno(), data) == b""
+        assert write_all(out.fileno(), data) == b""
     assert (tmp_path / "out").read_bytes() == data
     with open(tmp_path / "out", "rb") as read_only:  # every write fails: all of it is left
-        assert _write_all(read_only.fileno(), data) == data
+        assert write_all(read_only.fileno(), data) == data
 
 
 def _flows(n: int) -> list[Packet]:

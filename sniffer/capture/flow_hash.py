@@ -248,7 +248,7 @@ class WorkerFrames:
         return self
 
     def __next__(self) -> tuple[Any, ...]:  # not a fixed tuple type: mypyc's tp_iternext needs an object
-        owner = self._splitter.owner  # on every frame, in order: it follows fragmented datagrams
+        splitter = self._splitter  # on every frame, in order: it follows fragmented datagrams
         index = self._index
         due = self.due
         report_at = self.report_at
@@ -258,7 +258,7 @@ class WorkerFrames:
             for ts, linktype, frame, wire_len in self._frames:
                 no += 1
                 last_ts = ts
-                owned = owner(linktype, frame) == index
+                owned = splitter.owner(linktype, frame) == index
                 if owned or ts >= due or no >= report_at:
                     return no, ts, linktype, frame, wire_len, owned
         finally:  # also when the file turns out damaged: the frames read before count
