@@ -53,6 +53,7 @@ class ReplayWorker:
         self.surely_plain = SurelyPlain(frozenset(config.kong_ports), frozenset(config.upstream_ports))
         self.records: list[Record] = []
         self.packed = 0  # exchanges packed into `records`
+        self.full = False  # a message's worth of records, packed exchanges or events: set as they come
         self.bytes_read = 0
 
     def run(self, path: str) -> None:
@@ -101,9 +102,10 @@ class ReplayWorker:
                                 records = self.records
                                 if not records or records[-1][0] != frame_no:
                                     records.append((frame_no, ts, []))
+                                    self.full = self.full or len(records) >= BATCH_RECORDS
                             due = min(due, next_join)
                         walk.due = due
-                        if frame_no >= walk.report_at or self.batch_full():
+                        if frame_no >= walk.report_at or self.full:
                             walk.report_at = frame_no + BATCH_FRAMES
                             self.bytes_read = capture.bytes_read
                             self.send(frame_no)
@@ -132,6 +134,7 @@ class ReplayWorker:
         process (those that may be Kong legs)."""
         if not self.kong:
             self.events.feed(ts, exchanges)
+            self.full = self.events.full
             return
         items: list[Any] = []
         plain: list[Exchange] = []
@@ -146,6 +149,7 @@ class ReplayWorker:
         if plain:
             self.events.feed(ts, plain)
         self.records.append((no, ts, items))
+        self.full = len(self.records) >= BATCH_RECORDS or self.packed >= BATCH_PACKED or self.events.full
 
     def send(self, passed: int) -> None:
         """One batch: every record up to frame `passed` (excluded) is in it or sent before."""
@@ -162,6 +166,7 @@ class ReplayWorker:
         self.conn.send(("b", passed, batch, payload, self.bytes_read))
         self.records = []
         self.packed = 0
+        self.full = False
 
 
 def write_all(fd: int, data: bytes) -> bytes:
