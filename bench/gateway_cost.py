@@ -50,6 +50,7 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import interpreter
 from compiled import compiled_build_or_none
 from daemon_run import DaemonRun, running_daemon
 
@@ -281,7 +282,7 @@ def main() -> int:
     base_s, base_f = sat["baseline"], fixed["baseline"]
     share = 100 * rate / base_s.rps
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end (2 vCPUs shared)")
-    print(f"daemon core: {'compiled (mypyc)' if CORE[0] else 'pure Python'}")
+    print(f"daemon core: {'compiled (mypyc)' if CORE[0] else 'pure Python'}, on {interpreter.describe()}")
     print(f"nginx on 127.0.0.1, {args.seconds:g} s per load, median of {args.runs}; fixed rate "
           f"{rate:,.0f} req/s = {share:.0f} % of capacity (hey -c 20 -q {rate / 20:.0f})")  # fmt: skip
     header = (f"{'':<15} | {'wrk req/s':>9} | {'thr. loss':>9} | {'wrk p99':>8} | {'hey req/s':>9} | "

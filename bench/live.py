@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import interpreter
 from captures import BIG_CAPTURE, WRK_CAPTURE, ensure_capture, packets_in
 from compiled import compiled_build_or_none
 from daemon_run import running_daemon
@@ -218,6 +219,7 @@ def main() -> int:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"capture {capture}, {args.seconds:g} s per rate; load average {load} (2 vCPUs shared); "
           f"ours C = the mypyc-compiled core; settings {extra or 'default'}")  # fmt: skip
+    print(f"ours on {interpreter.describe()}")
     print(header)
     print("-" * len(header))
     with VethNamespace() as net:

@@ -36,6 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+import interpreter  # noqa: E402
 from compiled import compiled_build_or_none  # noqa: E402
 
 TMP = Path(tempfile.gettempdir())
@@ -225,7 +226,8 @@ def main() -> int:
         benches.append(lambda: bench_scapy(capture, min(args.scapy_packets, packets)))
     load = os.getloadavg()
     print(f"capture: {capture} ({capture.stat().st_size / 1e6:.0f} MB, {packets:,} packets); "
-          f"{os.cpu_count()} CPUs, load average before {load[0]:.2f}", flush=True)  # fmt: skip
+          f"{os.cpu_count()} CPUs, load average before {load[0]:.2f}; ours on {interpreter.describe()}",
+          flush=True)  # fmt: skip
     results: dict[str, list[Run]] = {}
     for _ in range(args.runs):
         for fn in benches:
