@@ -9,6 +9,7 @@ the capture, metrics address or output cannot be set up.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import sys
@@ -17,7 +18,7 @@ from typing import IO, Any
 
 from sniffer import __version__
 from sniffer.config import Config, add_arguments
-from sniffer.errors import CaptureError, ConfigError
+from sniffer.errors import CaptureError, ConfigError, OutputError
 from sniffer.gc_policy import tune_collector
 from sniffer.memory_plan import fit_config
 
@@ -92,6 +93,37 @@ def _make_sender(config: Config) -> Any:
     )
 
 
+class _EventsFile(io.FileIO):
+    """The JSON-lines output's raw file: a failed write raises OutputError naming it, so `replay` ends
+    with one line instead of a traceback. The buffer above it writes here once per 64 KiB, not per
+    event. A reader gone away (`| head`) stays a BrokenPipeError: not an error (see `main`)."""
+
+    def __init__(self, file: str | int, label: str) -> None:
+        super().__init__(file, "wb", closefd=not isinstance(file, int))
+        self.label = label
+
+    def write(self, data: Any) -> int:
+        try:
+            return super().write(data)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(f"{self.label}: cannot write the events: {exc.strerror}") from None
+
+
+def _events_output(path: str | None) -> IO[bytes]:
+    """Where `replay` writes JSON lines: the file at `path`, else standard output (as it is when it is
+    not a real file descriptor, e.g. captured by a test)."""
+    if path:
+        return io.BufferedWriter(_EventsFile(path, path), buffer_size=1 << 16)
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return sys.stdout.buffer
+    sys.stdout.flush()
+    return io.BufferedWriter(_EventsFile(fd, "standard output"), buffer_size=1 << 16)
+
+
 def _cmd_replay(args: argparse.Namespace, config: Config) -> int:
     from sniffer.moesif.jsonlines import JsonLinesSink
     from sniffer.replay import print_summary, replay_file
@@ -107,12 +139,11 @@ def _cmd_replay(args: argparse.Namespace, config: Config) -> int:
             sender = _make_sender(config)
             sink: Any = sender
         else:
-            if args.output:
-                try:
-                    out = open(args.output, "wb")  # noqa: SIM115 - closed in finally
-                except OSError as exc:
-                    return _error(f"{args.output}: cannot write: {exc.strerror}")
-            encoded = out if out is not None else sys.stdout.buffer
+            try:
+                out = _events_output(args.output)
+            except OSError as exc:
+                return _error(f"{args.output}: cannot write: {exc.strerror}")
+            encoded = out
             sink = JsonLinesSink(encoded)
         try:
             result = replay_file(
@@ -148,8 +179,10 @@ def _cmd_replay(args: argparse.Namespace, config: Config) -> int:
     finally:
         if sender is not None:
             sender.close()
-        if out is not None:
-            out.close()
+        if out is sys.stdout.buffer:
+            out.flush()
+        elif out is not None:
+            out.close()  # standard output's own file descriptor stays open (closefd=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,4 +216,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:  # `| head`: the reader went away; not an error worth a traceback
             sys.stderr.close()
             return 0
+        except OutputError as exc:
+            return _error(str(exc))
     return _error(f"unknown command {args.command}")

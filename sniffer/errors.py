@@ -7,7 +7,7 @@ that names the thing at fault (the variable, the file, the endpoint) and what is
 
 from __future__ import annotations
 
-__all__ = ["CaptureError", "ConfigError", "SnifferError", "TransportError"]
+__all__ = ["CaptureError", "ConfigError", "OutputError", "SnifferError", "TransportError"]
 
 
 class SnifferError(Exception):
@@ -20,6 +20,10 @@ class ConfigError(SnifferError):
 
 class CaptureError(SnifferError):
     """A capture source cannot be opened or read; the message names the file or interface."""
+
+
+class OutputError(SnifferError):
+    """Writing the events out failed (a full disk, an I/O error); the message names the output."""
 
 
 class TransportError(SnifferError):

@@ -65,6 +65,34 @@ def test_output_file_and_flag_configuration(tmp_path: Path) -> None:
     assert event["response"]["status"] == 204
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_failed_write_is_one_line_and_status_2(workers: str) -> None:
+    # /dev/full fails every write with ENOSPC, as a full disk does: before, a traceback (both to a file
+    # and with standard output redirected there), and with workers the main process's write raised too.
+    for how in ("--output", "stdout"):
+        args = ["replay", str(DEMO), "--workers", workers, "-q"]
+        if how == "--output":
+            p = run(*args, "--output", "/dev/full")
+            where = "/dev/full"
+        else:
+            with open("/dev/full", "wb") as full:
+                base = {k: v for k, v in os.environ.items() if not k.startswith(("MOESIF_", "SNIFFER_"))}
+                p = subprocess.run(
+                    [sys.executable, "-m", "sniffer", *args],
+                    stdout=full,
+                    stderr=subprocess.PIPE,
+                    env=base,
+                    cwd=ROOT,
+                    timeout=120,
+                )
+            where = "standard output"
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.decode().splitlines() == [
+            f"moesif-sniffer: error: {where}: cannot write the events: No space left on device"
+        ]
+
+
 def test_python_dash_m_and_console_script_agree(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("moesif-sniffer")
     if not exe.exists():
