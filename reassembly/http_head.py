@@ -21,6 +21,7 @@ __all__ = [
     "NO_FIELDS",
     "HeadError",
     "check_start_line",
+    "crlf_lines",
     "find_head_end",
     "framing_fields",
     "is_token",
@@ -224,16 +225,22 @@ def read_head(
     """`parse_head` for the hot path: the message (ts_start=ts, stream_offset=offset) and its framing fields.
 
     `block` is the head without its empty line (ending with its last line's LF). The result is the same
-    as `parse_head`'s and `framing_fields`', with fewer C calls: lines split once on CRLF (verified by a
-    count of LFs; bare LFs take the general split), status lines and per-name-sequence facts (are all
-    names tokens, where are the framing fields) looked up in small bounded caches, since a server sends
+    as `parse_head`'s and `framing_fields`', with fewer C calls: lines split once on CRLF (`crlf_lines`;
+    bare LFs take the general split), status lines and per-name-sequence facts (are all names tokens,
+    where are the framing fields) looked up in small bounded caches, since a server sends
     the same few status lines and header name sequences again and again (the last few such sequences
     are tried first, line by line). Raises HeadError as `parse_head` does.
     """
-    lines = block.split(b"\r\n")
-    if len(lines) != block.count(b"\n") + 1:
-        lines = block.replace(b"\r\n", b"\n").split(b"\n")  # some line ends in a bare LF
+    lines = crlf_lines(block) or block.replace(b"\r\n", b"\n").split(b"\n")  # or: a bare LF
     return read_lines(lines, is_request, ts, offset)
+
+
+def crlf_lines(block: bytes) -> list[bytes] | None:
+    """`block` split on CRLF, or None when some line ends in a bare LF (never an empty list)."""
+    # (Measured: counting LFs costs fewer instructions than joining the lines to search them for an LF,
+    # and no replay time could tell the two apart, Kong's 1 KB heads included.)
+    lines = block.split(b"\r\n")
+    return lines if len(lines) == block.count(b"\n") + 1 else None
 
 
 def read_lines(
