@@ -44,7 +44,7 @@ from sniffer.moesif.ids import (
     _SECONDS,
     derived_id,
     endpoint_text,
-    id_hasher,
+    flow_hasher,
     iso_time,
     second_text,
     transaction_id,
@@ -145,7 +145,7 @@ class _Flow:
         connection = f"{client} -> {server}"
         capture = {"connection": connection, "client": client, "server": server}
         peer = ex.client[0]
-        return cls(connection, capture, parse_ip(peer) or peer, id_hasher(ex.client, ex.server))
+        return cls(connection, capture, parse_ip(peer) or peer, flow_hasher(client, server))
 
 
 class EventBuilder:

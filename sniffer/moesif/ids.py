@@ -24,6 +24,7 @@ __all__ = [
     "NAMESPACE",
     "derived_id",
     "endpoint_text",
+    "flow_hasher",
     "id_hasher",
     "iso_time",
     "second_text",
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://moesif-sniffer/transaction-id")
+_NAMESPACE_BYTES: Final = NAMESPACE.bytes  # a Python-level property: ~1 us a call
 _SECONDS_MAX: Final = 4096  # per-second memo of the time text, emptied when full (bounded)
 _SECONDS: dict[int, str] = {}
 _MILLIS: Final = [f".{milli:03d}Z" for milli in range(1000)]
@@ -66,7 +68,12 @@ def endpoint_text(ep: Endpoint) -> str:
 def id_hasher(client: Endpoint, server: Endpoint) -> hashlib._Hash:
     """SHA-1 over the namespace and the flow part of a derived id's name: uuid5 is sha1(namespace +
     name), so a copy of this, fed the rest of the name, gives the same UUID without rehashing."""
-    return hashlib.sha1(NAMESPACE.bytes + f"{endpoint_text(client)}|{endpoint_text(server)}|".encode())
+    return flow_hasher(endpoint_text(client), endpoint_text(server))
+
+
+def flow_hasher(client_text: str, server_text: str) -> hashlib._Hash:
+    """`id_hasher` of the endpoints' `endpoint_text`s (a new flow's event has them already)."""
+    return hashlib.sha1(_NAMESPACE_BYTES + f"{client_text}|{server_text}|".encode())
 
 
 def derived_id(flow_hasher: hashlib._Hash, offset: int, ts: float) -> str:
