@@ -48,9 +48,8 @@ class RecordMerger:
                 if q and q[0][0] < low:
                     best, low = w, q[0][0]
             if low != frame and pending_ts is not None:
-                engine.feed_exchanges(
-                    pending_ts, []
-                )  # the end of frame `frame`: one process's joiner-timeout check
+                # the end of frame `frame`: one process's joiner-timeout check
+                engine.feed_exchanges(pending_ts, [])
                 pending_ts = None
             if best < 0:
                 break

@@ -2,10 +2,9 @@
 
 Every worker (`sniffer.replay_worker`) reads the whole file and feeds its `Pipeline` only the frames of
 its own flows (`capture.flow_hash.FlowSplitter`, symmetric, like live capture's kernel fanout). Frames
-are numbered;
-all workers number all frames (`capture.flow_hash.WorkerFrames` hands a worker its own frames and, of
-the others, those where it has something due), which keeps the result equal to one process's (the same
-set of events; their order differs):
+are numbered; all workers number all frames (`capture.flow_hash.WorkerFrames` hands a worker its own
+frames and, of the others, those where it has something due), which keeps the result equal to one
+process's (the same set of events; their order differs):
 - the core's timeouts run at the same frames as in one process: a worker runs them on the frames it
   skips too, on the core's own schedule (every `ADVANCE_INTERVAL_S` of capture time);
 - an exchange that cannot be a Kong leg whatever has been seen before becomes an event in the worker
