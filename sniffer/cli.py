@@ -9,7 +9,6 @@ the capture, metrics address or output cannot be set up.
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import os
 import sys
@@ -19,6 +18,7 @@ from typing import IO, Any
 from sniffer import __version__
 from sniffer.config import Config, add_arguments
 from sniffer.errors import CaptureError, ConfigError, OutputError
+from sniffer.events_output import open_events_output
 from sniffer.gc_policy import tune_collector
 from sniffer.memory_plan import fit_config
 
@@ -93,37 +93,6 @@ def _make_sender(config: Config) -> Any:
     )
 
 
-class _EventsFile(io.FileIO):
-    """The JSON-lines output's raw file: a failed write raises OutputError naming it, so `replay` ends
-    with one line instead of a traceback. The buffer above it writes here once per 64 KiB, not per
-    event. A reader gone away (`| head`) stays a BrokenPipeError: not an error (see `main`)."""
-
-    def __init__(self, file: str | int, label: str) -> None:
-        super().__init__(file, "wb", closefd=not isinstance(file, int))
-        self.label = label
-
-    def write(self, data: Any) -> int:
-        try:
-            return super().write(data)
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OutputError(f"{self.label}: cannot write the events: {exc.strerror}") from None
-
-
-def _events_output(path: str | None) -> IO[bytes]:
-    """Where `replay` writes JSON lines: the file at `path`, else standard output (as it is when it is
-    not a real file descriptor, e.g. captured by a test)."""
-    if path:
-        return io.BufferedWriter(_EventsFile(path, path), buffer_size=1 << 16)
-    try:
-        fd = sys.stdout.fileno()
-    except (OSError, ValueError, io.UnsupportedOperation):
-        return sys.stdout.buffer
-    sys.stdout.flush()
-    return io.BufferedWriter(_EventsFile(fd, "standard output"), buffer_size=1 << 16)
-
-
 def _cmd_replay(args: argparse.Namespace, config: Config) -> int:
     from sniffer.moesif.jsonlines import JsonLinesSink
     from sniffer.replay import print_summary, replay_file
@@ -140,7 +109,7 @@ def _cmd_replay(args: argparse.Namespace, config: Config) -> int:
             sink: Any = sender
         else:
             try:
-                out = _events_output(args.output)
+                out = open_events_output(args.output)
             except OSError as exc:
                 return _error(f"{args.output}: cannot write: {exc.strerror}")
             encoded = out

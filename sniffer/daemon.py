@@ -20,7 +20,6 @@ capture, the metrics address or the output cannot be set up.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -35,7 +34,8 @@ from sniffer.config import OPTIONS, Config
 from sniffer.cpu_priority import apply_cpu_priority
 from sniffer.daemon_loop import DaemonLoop
 from sniffer.engine import Engine
-from sniffer.errors import CaptureError, ConfigError
+from sniffer.errors import CaptureError, ConfigError, OutputError
+from sniffer.events_output import open_events_output
 from sniffer.logs import setup_logging
 from sniffer.memory_plan import NO_LIMIT, MemoryPlan
 from sniffer.metrics import MetricsServer
@@ -126,12 +126,12 @@ def run(
         if not config.application_id:
             if output:
                 try:
-                    out = open(output, "ab")  # noqa: SIM115 - closed at the end of run()
+                    out = open_events_output(output, append=True)  # closed at the end of run()
                 except OSError as exc:
                     log.error("%s: cannot write: %s", output, exc.strerror)
                     return 2
             else:
-                out = sys.stdout.buffer
+                out = open_events_output(None)
             d.out = out
             d.output_path = output
         _preload(config, sender_factory)
@@ -183,11 +183,16 @@ def run(
                 d.run_single(ring_sets[0])
         except BrokenPipeError:  # stdout reader went away: stop as if signalled
             log.warning("event output closed by its reader; stopping")
-        if d.tls is not None:
-            d.tls.close(d.tls_feed())
-            d.tls = None
-        d.close_merge()
-        d.engine.close()
+        except OutputError as exc:
+            status = _output_failed(exc)
+        try:
+            if d.tls is not None:
+                d.tls.close(d.tls_feed())
+                d.tls = None
+            d.close_merge()
+            d.engine.close()
+        except OutputError as exc:  # the first failed write came with the shutdown's flush
+            status = _output_failed(exc)
         d.publish()
         d.summary()
         if d.sender is not None:
@@ -198,8 +203,12 @@ def run(
                 report.sent, sum(report.dropped.values()), report.spooled, report.left_unsent,
             )  # fmt: skip
         if d.jsonl is not None:
-            with contextlib.suppress(BrokenPipeError):
+            try:
                 d.jsonl.close()
+            except BrokenPipeError:
+                pass
+            except OutputError as exc:
+                status = _output_failed(exc)
         log.info("stopped")
         return status
     finally:
@@ -215,3 +224,11 @@ def run(
             d.sender.close()
         if d.out is not None and d.out is not sys.stdout.buffer:
             d.out.close()  # the file open now: SIGHUP may have replaced the first
+
+
+def _output_failed(exc: OutputError) -> int:
+    """A write of the events failed (a full disk): said once, and the daemon stops with status 1, as when
+    a capture worker dies; a supervisor restarts it. The output takes nothing more, so the shutdown's
+    flush does not fail again; what was not written is lost."""
+    log.error("%s; stopping (events not yet written are lost)", exc)
+    return 1

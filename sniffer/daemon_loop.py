@@ -43,6 +43,7 @@ from sniffer.capture.worker_events import events_of
 from sniffer.capture.workers import KERNEL_STATS_S, TICK_S, CaptureLoop, WorkerPool
 from sniffer.config import Config
 from sniffer.engine import Engine
+from sniffer.events_output import open_events_output
 from sniffer.load_shedding import FlowSampler, Pressure, ShedPolicy
 from sniffer.logs import reopen
 from sniffer.metrics import Health, MetricsServer, Snapshot
@@ -256,27 +257,29 @@ class DaemonLoop:
         merge = self.merge = self._merge(engine, n + (self.tls is not None))
         if self.tls is not None:
             self._tls_feed = merge.source(n)
-        while not self.signals.stop:
-            self._take(pool, wait_s)
-            if pool.running < len(pool.procs):
-                ok = False
-                break
-            now = time.monotonic()
-            if now < next_tick:
-                continue
-            next_tick = now + TICK_S
-            self.health.last_tick = min([*pool.last_tick, now])
-            if self.tls is not None:
-                self.tls.tick(self._tls_feed)
-            self._housekeeping(now >= next_summary, tick=False, backlog=pool.take_backlog())
-            if now >= next_summary:
-                next_summary = now + SUMMARY_S
-        self.health.capture_open = False
-        pool.stop()
-        deadline = time.monotonic() + STOP_DRAIN_S
-        while pool.running and time.monotonic() < deadline:
-            self._take(pool, 0.25)
-        pool.close()
+        try:
+            while not self.signals.stop:
+                self._take(pool, wait_s)
+                if pool.running < len(pool.procs):
+                    ok = False
+                    break
+                now = time.monotonic()
+                if now < next_tick:
+                    continue
+                next_tick = now + TICK_S
+                self.health.last_tick = min([*pool.last_tick, now])
+                if self.tls is not None:
+                    self.tls.tick(self._tls_feed)
+                self._housekeeping(now >= next_summary, tick=False, backlog=pool.take_backlog())
+                if now >= next_summary:
+                    next_summary = now + SUMMARY_S
+        finally:  # also when the output failed (the caller reports it): the workers stop and are drained
+            self.health.capture_open = False
+            pool.stop()
+            deadline = time.monotonic() + STOP_DRAIN_S
+            while pool.running and time.monotonic() < deadline:
+                self._take(pool, 0.25)
+            pool.close()
         return ok
 
     def _merge(self, engine: Engine, sources: int) -> TimeMerge:
@@ -329,7 +332,7 @@ class DaemonLoop:
         if self.output_path is None or self.jsonl is None or self.out is None:
             return
         try:
-            new = open(self.output_path, "ab")  # noqa: SIM115 - the daemon closes it at exit
+            new = open_events_output(self.output_path, append=True)  # the daemon closes it at exit
         except OSError as exc:
             log.warning(
                 "SIGHUP: cannot reopen output %s (%s); still writing to the old one",

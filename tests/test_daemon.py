@@ -380,6 +380,24 @@ def test_a_dead_capture_worker_stops_the_daemon_with_status_1(tmp_path: Path) ->
     assert log.rstrip().endswith("stopped")
 
 
+@NEEDS_CURL
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_full_disk_stops_the_daemon_with_one_line_and_status_1(tmp_path: Path, workers: str) -> None:
+    # /dev/full fails every write as a full disk does: before, the daemon died of an OSError traceback
+    # (and with workers, left them running).
+    with (
+        http_server() as port,
+        running_daemon(tmp_path, port, "--output", "/dev/full", SNIFFER_WORKERS=workers) as d,
+    ):
+        calls(port)
+        assert d.proc.wait(15) == 1  # a supervisor (kubelet, systemd) restarts it whole
+        log = d.err.read_text()
+    assert "/dev/full: cannot write the events: No space left on device; stopping" in log
+    assert "Traceback" not in log
+    assert log.rstrip().endswith("stopped")
+
+
 @pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv (util-linux) not installed")
 def test_without_cap_setuid_it_stays_uid_0_without_capabilities_and_says_so(tmp_path: Path) -> None:
     # a container started with `--cap-drop ALL --cap-add NET_RAW` as root
