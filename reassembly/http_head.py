@@ -311,14 +311,7 @@ def read_lines(
         if matched is None:
             headers, fields = _planned_fields(lines, is_request)
         elif matched[1]:
-            collected: Fields = {}
-            for key, index in matched[1]:
-                values = collected.get(key)
-                if values is None:
-                    collected[key] = [headers[index][1]]
-                else:
-                    values.append(headers[index][1])
-            fields = collected
+            fields = _framing_values(matched[1], headers)
     # Positional (body, body_size, body_truncated, trailers, ts_start, ts_end, stream_offset): interpreted,
     # a third cheaper than by keyword, and this runs for every message.
     if is_request:
@@ -341,10 +334,15 @@ def _planned_fields(lines: list[bytes], is_request: bool) -> tuple[list[tuple[by
         # A name that is not a token, or a folded line: the general loop decides.
         headers = parse_fields(lines)
         return headers, framing_fields(headers)
-    # All names are tokens, so no line is folded; lines without a colon and empty names are
-    # skipped, exactly as parse_fields skips them. The names are the plan's shared ones.
-    headers = [(shared[i], value.strip(b" \t\r")) for i, (n, sep, value) in enumerate(pairs) if sep and n]
-    if len(headers) == len(lines) and len(lines) <= _MAX_GUESS_LINES and len(names) <= _MAX_CACHED_NAMES:
+    # All names are tokens, so no line is folded. The names are the plan's shared ones.
+    headers = [(shared[i], value.strip(b" \t\r")) for i, (_, _, value) in enumerate(pairs)]
+    if framing:
+        # A line without a colon is no field: its framing name (if it is one) is not looked at.
+        fields = _framing_values(tuple([f for f in framing if pairs[f[1]][1]]), headers) or NO_FIELDS
+    if not all([sep and n for n, sep, _ in pairs]):
+        # Lines without a colon and empty names are skipped, exactly as parse_fields skips them.
+        return [h for h, (n, sep, _) in zip(headers, pairs, strict=True) if sep and n], fields
+    if len(lines) <= _MAX_GUESS_LINES and len(names) <= _MAX_CACHED_NAMES:
         slot = len(lines) * 2 + (1 if is_request else 0)
         guesses = _GUESSES.get(slot)
         if guesses is None:
@@ -356,19 +354,21 @@ def _planned_fields(lines: list[bytes], is_request: bool) -> tuple[list[tuple[by
         else:
             guesses.insert(0, plan)
             del guesses[_GUESSES_PER_KEY:]
-    if framing:
-        collected: Fields = {}
-        for key, index in framing:
-            _, sep, value = pairs[index]
-            if sep:  # a line without a colon is no field
-                values = collected.get(key)
-                if values is None:
-                    collected[key] = [value.strip(b" \t\r")]
-                else:
-                    values.append(value.strip(b" \t\r"))
-        if collected:
-            fields = collected
     return headers, fields
+
+
+def _framing_values(framing: _Framing, headers: list[tuple[bytes, bytes]]) -> Fields:
+    """The framing fields by the plan's (lower-case name, line index) pairs; `headers` has one field a
+    line (a guess that matched, or a plan's lines all with a colon)."""
+    collected: Fields = {}
+    for key, index in framing:
+        value = headers[index][1]
+        values = collected.get(key)
+        if values is None:
+            collected[key] = [value]
+        else:
+            values.append(value)
+    return collected
 
 
 def _remember(cache: dict[bytes, _V], key: bytes, value: _V, limit: int, max_key: int) -> _V:

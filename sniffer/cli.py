@@ -102,7 +102,6 @@ def _cmd_replay(args: argparse.Namespace, config: Config) -> int:
     out: IO[bytes] | None = None
     sender = None
     workers = config.workers or 1  # unset or auto: one process (the daemon's default is per core)
-    encoded: IO[bytes] | None = None
     try:
         if config.application_id:
             sender = _make_sender(config)
@@ -112,8 +111,7 @@ def _cmd_replay(args: argparse.Namespace, config: Config) -> int:
                 out = open_events_output(args.output)
             except OSError as exc:
                 return _error(f"{args.output}: cannot write: {exc.strerror}")
-            encoded = out
-            sink = JsonLinesSink(encoded)
+            sink = JsonLinesSink(out)
         try:
             result = replay_file(
                 args.capture,
@@ -121,7 +119,7 @@ def _cmd_replay(args: argparse.Namespace, config: Config) -> int:
                 sink,
                 progress=sys.stderr,
                 workers=workers,
-                encoded_out=encoded,
+                encoded_out=out,  # None with the sender
                 forked=sender.start if sender is not None else None,
             )
         except CaptureError as exc:
