@@ -64,6 +64,8 @@ COMPILED_SHELL_MODULES = [
     # Every frame of a replay passes through these (with --workers, every worker walks every frame).
     "sniffer/capture/pcapfile.py",
     "sniffer/capture/flow_hash.py",
+    # Live, every captured packet passes through this loop.
+    "sniffer/capture/ring_walk.py",
     # Live with several sources (workers, the TLS tap), every leg passes through this in the main process.
     "sniffer/capture/time_merge.py",
     # With several workers (live or replay), every leg a worker hands over is unpacked by this in the main

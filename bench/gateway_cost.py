@@ -181,15 +181,19 @@ def wrk(port: int, seconds: float) -> Load:
     return Load(rps, float(m.group(1)) * UNITS[m.group(2)])
 
 
-def hey(port: int, seconds: float, rate: float) -> Load:
+def h2load(port: int, seconds: float, rate: float) -> Load:
+    """`rate` requests/s over 20 keep-alive HTTP/1.1 connections (h2load's --rps is per connection),
+    after a second of warm-up; p99 from its per-request log (h2load prints no percentiles)."""
     conns = 20
-    cmd = ["hey", "-z", f"{seconds:g}s", "-c", str(conns), "-q", f"{rate / conns:.0f}",
-           f"http://127.0.0.1:{port}/api/items?page=1"]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    m = re.search(r"99%+ in ([\d.]+) secs", out)
-    assert m, out
-    return Load(rps, float(m.group(1)) * 1e3)
+    with tempfile.NamedTemporaryFile(prefix="bench-gw-h2load-", suffix=".log") as log:
+        cmd = ["h2load", "--h1", "-t1", f"-c{conns}", f"--rps={rate / conns:.2f}", "-D", f"{seconds:g}",
+               "--warm-up-time=1", f"--log-file={log.name}", f"http://127.0.0.1:{port}/api/items?page=1"]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+        # columns: start (us since the epoch), status, microseconds until the end of the response
+        micros = sorted(int(line.split()[2]) for line in Path(log.name).read_text().splitlines() if line)
+    m = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out)
+    assert m and micros, out
+    return Load(float(m.group(1)), micros[min(len(micros) - 1, int(len(micros) * 0.99))] / 1e3)
 
 
 def median(runs: list[Load]) -> Load:
@@ -246,9 +250,9 @@ def main() -> int:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (AF_PACKET on lo)")
-    for tool in ("nginx", "wrk", "hey"):
+    for tool, package in (("nginx", "nginx"), ("wrk", "wrk"), ("h2load", "nghttp2-client")):
         if not shutil.which(tool):
-            sys.exit(f"{tool} not installed (apt-get install -y {tool})")
+            sys.exit(f"{tool} not installed (apt-get install -y {package})")
     if args.core == "compiled":
         CORE[0] = compiled_build_or_none()
     configs: list[tuple[str, Capturer]] = [
@@ -265,28 +269,28 @@ def main() -> int:
     with nginx() as port:
         wrk(port, 2)  # warm-up
         sat = round_robin(port, configs, partial(wrk, port, secs), args.runs, "wrk saturation", notes, secs)
-        # hey's Go client costs more CPU per request than wrk: when it cannot deliver the asked rate
-        # on this machine even without the daemon, the rate is lowered until it can (a fixed rate
-        # the client cannot hold would measure the client's saturation, not nginx's latency).
+        # When the client cannot deliver the asked rate on this machine even without the daemon, the
+        # rate is lowered until it can (a fixed rate the client cannot hold would measure the client's
+        # saturation, not nginx's latency).
         rate = sat["baseline"].rps * args.fraction
         for _ in range(4):
-            probe, _run = measure(port, no_capture, partial(hey, port, secs, rate))
+            probe, _run = measure(port, no_capture, partial(h2load, port, secs, rate))
             if probe.rps >= 0.95 * rate:
                 break
-            print(f"hey reached {probe.rps:,.0f} of {rate:,.0f} req/s: lowering the rate",
+            print(f"h2load reached {probe.rps:,.0f} of {rate:,.0f} req/s: lowering the rate",
                   file=sys.stderr, flush=True)  # fmt: skip
             rate = 0.8 * probe.rps
         fixed = round_robin(
-            port, configs, partial(hey, port, secs, rate), args.runs, "hey fixed rate", notes, secs
+            port, configs, partial(h2load, port, secs, rate), args.runs, "fixed rate", notes, secs
         )
     base_s, base_f = sat["baseline"], fixed["baseline"]
     share = 100 * rate / base_s.rps
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end (2 vCPUs shared)")
     print(f"daemon core: {'compiled (mypyc)' if CORE[0] else 'pure Python'}, on {interpreter.describe()}")
     print(f"nginx on 127.0.0.1, {args.seconds:g} s per load, median of {args.runs}; fixed rate "
-          f"{rate:,.0f} req/s = {share:.0f} % of capacity (hey -c 20 -q {rate / 20:.0f})")  # fmt: skip
-    header = (f"{'':<15} | {'wrk req/s':>9} | {'thr. loss':>9} | {'wrk p99':>8} | {'hey req/s':>9} | "
-              f"{'hey p99':>8} | {'p99 added':>9}")  # fmt: skip
+          f"{rate:,.0f} req/s = {share:.0f} % of capacity (h2load -c 20 --rps {rate / 20:.0f})")  # fmt: skip
+    header = (f"{'':<15} | {'wrk req/s':>9} | {'thr. loss':>9} | {'wrk p99':>8} | {'fix req/s':>9} | "
+              f"{'fix p99':>8} | {'p99 added':>9}")  # fmt: skip
     print(header)
     print("-" * len(header))
     for name, _ in configs:

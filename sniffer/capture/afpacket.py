@@ -2,9 +2,10 @@
 
 The measured fast path here (platform.md: 349k packets/s walking the ring vs 201k with `recv()`): the
 kernel fills blocks of packets in a shared mapping and hands a block over when it is full or
-`RETIRE_MS` old; Python walks the block with one `struct.unpack_from` and one slice copy per packet, then
-gives the block back. Setup order matters: the socket is created with protocol 0 (it receives nothing),
-gets its version, ring and BPF filter, and only then is bound, so no packet ever bypasses the filter.
+`RETIRE_MS` old; `sniffer.capture.ring_walk` walks the block with one `struct.unpack_from` and one
+slice copy per packet, then gives the block back. Setup order matters: the socket is created with
+protocol 0 (it receives nothing), gets its version, ring and BPF filter, and only then is bound, so no
+packet ever bypasses the filter.
 
 `SOCK_DGRAM` (cooked): frames start at the IP header whatever the link, handed on as link type 101
 (RAW). On a loopback device every packet is seen twice, once OUTGOING and once HOST; the BPF program
@@ -35,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sniffer.capture.bpf import Insn, attach_filter
+from sniffer.capture.ring_walk import LINKTYPE_RAW, TP_STATUS_USER, walk_blocks
 from sniffer.errors import CaptureError
 
 __all__ = [
@@ -53,11 +55,6 @@ PACKET_FANOUT_HASH = 0
 PACKET_FANOUT_FLAG_UNIQUEID = 0x2000
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 ETH_P_ALL = 0x0003
-PACKET_OUTGOING = 4
-ARPHRD_LOOPBACK = 772
-TP_STATUS_KERNEL = 0
-TP_STATUS_USER = 1
-LINKTYPE_RAW = 101
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 BLOCK_SIZE = 1 << 20  # holds the largest super-packet (256 KiB snap) several times over
@@ -65,13 +62,7 @@ BLOCK_COUNT = 16  # 16 MiB of ring per socket
 FRAME_SIZE = 2048  # only checked by the kernel for consistency in V3 (frames are packed)
 RETIRE_MS = 50  # a partly filled block is handed over after this long: the live latency floor
 
-# tpacket3_hdr: next_offset, sec, nsec, snaplen, len, (status), mac, (net, hv1, padding to 48), then
-# sockaddr_ll: (family, protocol, ifindex), hatype, pkttype.
-_pkt_hdr = struct.Struct("<IIIII4xH30xHB").unpack_from
-# tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1: block_status, num_pkts, offset_to_first
-_blk_hdr = struct.Struct("<III").unpack_from
-_blk_status = struct.Struct("<I").unpack_from
-_set_status = struct.Struct("<I").pack_into
+_blk_status = struct.Struct("<I").unpack_from  # tpacket_hdr_v1's block_status, at byte 8 of a block
 _stats_v3 = struct.Struct("III")
 _u32 = struct.Struct("I").pack  # fanout arguments exceed a C int, so pass them as bytes
 
@@ -202,34 +193,9 @@ class RingSocket:
         mm = self._mm
         if mm is None:
             return 0
-        bs = self._block_size
-        nblocks = self._block_count
-        cur = self._cur
-        handed = 0
-        dups = 0
-        ts = self.last_ts
-        for _ in range(max_blocks):
-            base = cur * bs
-            status, num, first = _blk_hdr(mm, base + 8)
-            if not status & TP_STATUS_USER:
-                break
-            p = base + first
-            for _ in range(num):
-                nxt, sec, nsec, snap, wire, mac, hatype, pkttype = _pkt_hdr(mm, p)
-                if pkttype == PACKET_OUTGOING and hatype == ARPHRD_LOOPBACK:
-                    dups += 1
-                else:
-                    ts = sec + (nsec // 1000) / 1e6
-                    start = p + mac
-                    got = handle(ts, LINKTYPE_RAW, mm[start : start + snap], wire)
-                    if got and out is not None:
-                        out.extend(got)  # type: ignore[call-overload]
-                p += nxt
-            handed += num
-            _set_status(mm, base + 8, TP_STATUS_KERNEL)
-            cur = (cur + 1) % nblocks
-        self._cur = cur
-        self.last_ts = ts
+        self._cur, handed, dups, self.last_ts = walk_blocks(
+            mm, self._cur, self._block_size, self._block_count, max_blocks, handle, out, self.last_ts
+        )
         self.loopback_duplicates += dups
         return handed - dups
 

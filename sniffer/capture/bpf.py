@@ -27,6 +27,8 @@ import socket
 import struct
 from collections.abc import Iterable
 
+from sniffer.capture.ring_walk import ARPHRD_LOOPBACK, PACKET_OUTGOING
+
 __all__ = ["BPF_MAXINSNS", "SNAPLEN", "Insn", "attach_filter", "port_ranges", "tcp_port_filter"]
 
 SNAPLEN = 262_144
@@ -55,8 +57,6 @@ _RET = 0x06
 SKF_AD_PROTOCOL = 0xFFFFF000  # SKF_AD_OFF (-0x1000) + 0, as u32: skb->protocol
 SKF_AD_PKTTYPE = 0xFFFFF004  # skb->pkt_type
 SKF_AD_HATYPE = 0xFFFFF01C  # skb->dev->type
-PACKET_OUTGOING = 4
-ARPHRD_LOOPBACK = 772
 
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
