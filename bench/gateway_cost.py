@@ -2,13 +2,14 @@
 
 Usage: python bench/gateway_cost.py [--seconds 10] [--runs 1] [--workers 1,2] [--priority normal,low,idle]
                                    [--core compiled|pure]
-Needs root (AF_PACKET on lo), nginx, wrk and hey (`apt-get install -y hey`).
+Needs root (AF_PACKET on lo), nginx, wrk and h2load (`apt-get install -y nginx wrk nghttp2-client`).
 
 nginx (worker_processes 1, access_log off, keep-alive, a 56-byte JSON answer like make_capture.sh) on
 127.0.0.1:<free port>, on the same 2 vCPUs as the load and the daemon. Two loads:
 - saturation: `wrk -t1 -c20 -d<seconds>s --latency`: requests/s (and its p99);
-- fixed rate: `hey -z <seconds>s -c 20 -q <rate/20>` (hey's -q is per connection) at 50 % of the
-  baseline's saturated requests/s: p99 latency from hey's latency distribution.
+- fixed rate: `h2load --h1 -t1 -c20 --rps <rate/20> -D <seconds>` (nghttp2's load generator, in C;
+  --rps is per connection) at `--fraction` (50 %) of the baseline's saturated requests/s: the
+  requests/s it held and the p99 of its per-request log (h2load prints no percentiles).
 Each load runs with no capture (baseline); with two references: `tcpdump -w /dev/null` on the port
 (the C capturer: the kernel's part of capturing, the BPF filter and the copy into the ring, costs the
 gateway the same for any capturer) and an "idle spinner" (a Python busy loop at SCHED_IDLE doing
@@ -17,17 +18,17 @@ priority); then with `moesif-sniffer run` on lo, SNIFFER_PORTS=<nginx port>, JSO
 SNIFFER_WORKERS=1 and then 2, load shedding as shipped (on; whether it changed level is shown), the
 compiled core (bench/compiled.py, as the image ships it), at each SNIFFER_CPU_PRIORITY of `--priority`
 (normal; low: nice 19 + SCHED_BATCH; idle: SCHED_IDLE). The configurations take turns (`--runs`
-rounds, medians), so load from anything else on the machine falls on all of them alike. "loss" is the
-throughput lost and the p99 added, relative to the baseline.
+rounds, medians), so load from anything else on the machine falls on all of them alike. "thr. loss" is
+the saturated throughput lost; at the fixed rate the gateway either holds the rate or shows what it
+lost in "fix req/s"; "p99 added" is the fixed rate's p99 relative to the baseline's.
 
-The latest figures are in the README (Speed). What they have shown so far: hey (Go) cannot drive more
-than ~15-20k req/s here, so the fixed rate is 14-20 % of capacity, not 50 %. At normal priority the
-daemon takes the CPU nginx and wrk would use (throughput -57 to -61 %, no drops). At
-SNIFFER_CPU_PRIORITY=idle the gateway keeps most of its throughput (between +1.6 % and -16 % over three
-runs, while the references' own cost swung from 0 to -22 %: this VM's noise is larger than the 3 %
-target) and the daemon takes what is left, counting the rest as kernel drops. p99 is the part not met:
-every configuration that uses CPU adds 1.5-3 ms, the spinner 0.7-1.2 ms at the fixed rate, although it
-never runs when the gateway wants the CPU; tcpdump (0.07 CPU) adds ~0.1-0.2 ms.
+The latest figures are in the README (Speed). What they have shown so far (2 vCPUs; the daemon needs
+~6 us of CPU per packet, tcpdump ~0.3): at normal priority the daemon takes CPU the gateway and its
+load would use, and at 50 % of capacity the gateway no longer holds the rate (-27 to -31 %, p99 2-3x).
+At SNIFFER_CPU_PRIORITY=idle the gateway holds the rate (-0.2 % or less) and the daemon takes what is
+left, counting the rest as kernel drops; p99 still rises by ~60 % (0.36 -> 0.57-0.60 ms; the spinner
++14 %, tcpdump within noise). Before h2load, hey (Go) could not drive more than ~15-20k req/s here, so
+the fixed rate was 10-20 % of capacity.
 """
 
 from __future__ import annotations
@@ -187,7 +188,8 @@ def h2load(port: int, seconds: float, rate: float) -> Load:
     conns = 20
     with tempfile.NamedTemporaryFile(prefix="bench-gw-h2load-", suffix=".log") as log:
         cmd = ["h2load", "--h1", "-t1", f"-c{conns}", f"--rps={rate / conns:.2f}", "-D", f"{seconds:g}",
-               "--warm-up-time=1", f"--log-file={log.name}", f"http://127.0.0.1:{port}/api/items?page=1"]  # fmt: skip
+               "--warm-up-time=1", f"--log-file={log.name}",
+               f"http://127.0.0.1:{port}/api/items?page=1"]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
         # columns: start (us since the epoch), status, microseconds until the end of the response
         micros = sorted(int(line.split()[2]) for line in Path(log.name).read_text().splitlines() if line)

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from reassembly.limits import Limits
+from sniffer.cgroup import cgroup_cpu_limit
 from sniffer.errors import ConfigError
 from sniffer.kong.join import DEFAULT_MAX_PENDING_BYTES, DEFAULT_MAX_PENDING_LEGS
 from sniffer.moesif.batcher import DEFAULT_QUEUE_BYTES
@@ -278,7 +279,13 @@ OPTIONS: tuple[Option, ...] = (
     _s("kong_ports", _ports, (8000, 8443), "Kong proxy listening ports; empty: no leg joining"),
     _s("upstream_ports", _ports, (), "Service ports Kong proxies to; empty: any"),
     _s("interface", _nonempty, "any", "Capture interface"),
-    _s("workers", _workers, None, "Capture worker processes; unset or auto: one per core, at most 4"),
+    _s(
+        "workers",
+        _workers,
+        None,
+        "Capture worker processes; unset or auto: one per core, at most 4 and at most the cgroup's CPU "
+        "limit (whole CPUs of `cpu.max` / `cpu.cfs_quota_us`, at least 1; logged at start)",
+    ),
     _s("metrics_addr", _addr, "127.0.0.1:9464", "Prometheus metrics listen address; empty: off"),
     _s("log_format", _choice("text", "json"), "text", "Log line format: text or json"),
     _s("user", _str, "nobody", "User to drop privileges to after opening the capture; empty: stay"),
@@ -450,11 +457,17 @@ class Config:
             if (args is not None and getattr(args, opt.name, None) is not None) or opt.env in environ
         )
 
-    def worker_count(self) -> int:
-        """SNIFFER_WORKERS, or one capture worker per core (at most MAX_AUTO_WORKERS) when unset."""
+    def worker_count(self, cpu_limit: Callable[[], tuple[float, str] | None] = cgroup_cpu_limit) -> int:
+        """SNIFFER_WORKERS, or when unset ("auto") one capture worker per core this process may run on,
+        at most MAX_AUTO_WORKERS, and no more than the whole CPUs its cgroup's quota allows (at least
+        one): more busy processes than that share the quota by being throttled in turns."""
         if self.workers is not None:
             return self.workers
-        return max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
+        count = min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS)
+        limit = cpu_limit()
+        if limit is not None:
+            count = min(count, int(limit[0]))
+        return max(1, count)
 
     @staticmethod
     def ignored_env(environ: Mapping[str, str]) -> list[str]:

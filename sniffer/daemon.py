@@ -30,6 +30,7 @@ from typing import IO, Any
 from sniffer import __version__
 from sniffer.capture.tls.source import TlsSource
 from sniffer.capture.workers import WorkerPool, open_ring_sets
+from sniffer.cgroup import cgroup_cpu_limit
 from sniffer.config import OPTIONS, Config
 from sniffer.cpu_priority import apply_cpu_priority
 from sniffer.daemon_loop import DaemonLoop
@@ -100,6 +101,9 @@ def run(
         return 2
     workers = config.worker_count()
     log.info("%s", startup_line(config, workers))
+    cpu_limit = cgroup_cpu_limit() if config.workers is None else None
+    if cpu_limit is not None:
+        log.info("cpu: the cgroup's quota is %.2f CPUs (%s); auto workers: %d", *cpu_limit, workers)
     if memory_plan is not None:
         log.info("%s", memory_plan.describe())
     else:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
+from sniffer.cgroup import cgroup_memory_limit
 from sniffer.config import Config
 from sniffer.errors import ConfigError
 
-__all__ = ["NO_LIMIT", "MemoryPlan", "cgroup_memory_limit", "fit_config", "plan_budgets"]
+__all__ = ["NO_LIMIT", "MemoryPlan", "fit_config", "plan_budgets"]
 
 MiB = 1 << 20
 # Idle processes, measured (PSS, `moesif-sniffer run`, 2026-12-07): one worker 55 MiB; two workers
@@ -137,46 +137,3 @@ def fit_config(
         limit, source = found
     plan = plan_budgets(limit, workers, config, given=given, source=source)
     return replace(config, **plan.budgets), plan
-
-
-# A cgroup v1 "no limit" is the largest page-aligned 64-bit value; anything this large means none.
-_UNLIMITED_FROM = 1 << 60
-
-
-def cgroup_memory_limit(
-    proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup"
-) -> tuple[int, str] | None:
-    """(limit in bytes, file it came from) of the cgroup this process runs in, the tightest of it and its
-    ancestors; None when there is none. cgroup v2 (`memory.max`) or v1 (`memory/memory.limit_in_bytes`).
-
-    In a container the cgroup namespace makes the mount's root the container's own cgroup, while
-    /proc/self/cgroup may still name the host path: every existing directory on the way is read."""
-    try:
-        lines = Path(proc_cgroup).read_text().splitlines()
-    except OSError:
-        return None
-    candidates: list[Path] = []
-    for line in lines:
-        hier, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hier == "0" and controllers == "":
-            base, name = Path(root), "memory.max"
-        elif "memory" in controllers.split(","):
-            base, name = Path(root) / "memory", "memory.limit_in_bytes"
-        else:
-            continue
-        parts = [p for p in path.split("/") if p]
-        for depth in range(len(parts), -1, -1):
-            candidates.append(base.joinpath(*parts[:depth], name))
-    best: tuple[int, str] | None = None
-    for file in candidates:
-        try:
-            text = file.read_text().strip()
-        except OSError:
-            continue
-        if not text.isdigit():  # "max": no limit at this level
-            continue
-        value = int(text)
-        if value < _UNLIMITED_FROM and (best is None or value < best[0]):
-            best = (value, str(file))
-    return best

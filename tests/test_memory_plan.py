@@ -19,7 +19,6 @@ from sniffer.memory_plan import (
     MIN_USABLE_BYTES,
     SHARES,
     WORKER_BYTES,
-    cgroup_memory_limit,
     fit_config,
     plan_budgets,
 )
@@ -168,48 +167,6 @@ def test_too_little_memory_is_a_clear_error() -> None:
         ConfigError, match=r"SNIFFER_MEMORY_LIMIT: 100 MiB is too little for 2 capture worker"
     ):
         plan_budgets(100 * MiB, 2, SENDING)
-
-
-def _cgroup_tree(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[str, str]:
-    (tmp_path / "proc").write_text(proc)
-    for rel, text in files.items():
-        f = tmp_path / "fs" / rel
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text(text + "\n")
-    return str(tmp_path / "proc"), str(tmp_path / "fs")
-
-
-def test_cgroup_v2_takes_the_tightest_ancestor(tmp_path: Path) -> None:
-    proc, root = _cgroup_tree(
-        tmp_path,
-        "0::/kubepods/pod1/ctr\n",
-        {
-            "kubepods/memory.max": "max",
-            "kubepods/pod1/memory.max": "536870912",
-            "kubepods/pod1/ctr/memory.max": "max",
-        },
-    )
-    assert cgroup_memory_limit(proc, root) == (512 * MiB, f"{root}/kubepods/pod1/memory.max")
-
-
-def test_cgroup_v1_in_a_container_reads_the_namespace_root(tmp_path: Path) -> None:
-    # /proc/self/cgroup names the host path; inside the container only the mount's root exists.
-    proc, root = _cgroup_tree(
-        tmp_path,
-        "12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n",
-        {"memory/memory.limit_in_bytes": "268435456"},
-    )
-    assert cgroup_memory_limit(proc, root) == (256 * MiB, f"{root}/memory/memory.limit_in_bytes")
-
-
-def test_no_cgroup_limit_is_none(tmp_path: Path) -> None:
-    proc, root = _cgroup_tree(
-        tmp_path,
-        "4:memory:/\n0::/\n",
-        {"memory/memory.limit_in_bytes": "9223372036854771712", "memory.max": "max"},
-    )
-    assert cgroup_memory_limit(proc, root) is None
-    assert cgroup_memory_limit(str(tmp_path / "missing"), root) is None
 
 
 def _replay(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
