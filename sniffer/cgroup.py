@@ -13,9 +13,13 @@ still name the host path: every existing directory on the way is read.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
 __all__ = ["cgroup_cpu_limit", "cgroup_memory_limit"]
+
+_N = TypeVar("_N", int, float)
 
 # A cgroup v1 "no limit" is the largest page-aligned 64-bit value; anything this large means none.
 _UNLIMITED_FROM = 1 << 60
@@ -54,30 +58,31 @@ def cgroup_memory_limit(
     proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup"
 ) -> tuple[int, str] | None:
     """(limit in bytes, file it came from), the tightest; None when there is none."""
-    best: tuple[int, str] | None = None
-    for d in _directories(proc_cgroup, root, "memory"):
-        for name in ("memory.max", "memory.limit_in_bytes"):
-            text = _read(d / name)
-            if text is None or not text.isdigit():  # "max": no limit at this level
-                continue
-            value = int(text)
-            if value < _UNLIMITED_FROM and (best is None or value < best[0]):
-                best = (value, str(d / name))
-    return best
+    return _tightest(_memory_max(d) for d in _directories(proc_cgroup, root, "memory"))
 
 
 def cgroup_cpu_limit(
     proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup"
 ) -> tuple[float, str] | None:
     """(CPUs the quota allows per period, file it came from), the tightest; None when there is none."""
-    best: tuple[float, str] | None = None
-    for d in _directories(proc_cgroup, root, "cpu"):
-        limit = _cpu_max(d / "cpu.max")
-        if limit is None:
-            limit = _cfs_quota(d)
+    return _tightest(_cpu_max(d / "cpu.max") or _cfs_quota(d) for d in _directories(proc_cgroup, root, "cpu"))
+
+
+def _tightest(limits: Iterable[tuple[_N, str] | None]) -> tuple[_N, str] | None:
+    best: tuple[_N, str] | None = None
+    for limit in limits:
         if limit is not None and (best is None or limit[0] < best[0]):
             best = limit
     return best
+
+
+def _memory_max(d: Path) -> tuple[int, str] | None:
+    """v2: memory.max ("max": none); v1: memory.limit_in_bytes (a huge value: none)."""
+    for name in ("memory.max", "memory.limit_in_bytes"):
+        text = _read(d / name)
+        if text is not None and text.isdigit() and int(text) < _UNLIMITED_FROM:
+            return int(text), str(d / name)
+    return None
 
 
 def _cpu_max(file: Path) -> tuple[float, str] | None:

@@ -10,7 +10,9 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,17 +32,21 @@ def _cgroup_tree(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[str,
     return str(tmp_path / "proc"), str(tmp_path / "fs")
 
 
-def test_cgroup_v2_takes_the_tightest_ancestor(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("read", "name", "values", "expected"),
+    [
+        (cgroup_memory_limit, "memory.max", ("max", "536870912", "max"), 512 * MiB),
+        (cgroup_cpu_limit, "cpu.max", ("400000 100000", "150000 100000", "max 100000"), 1.5),
+    ],
+)
+def test_cgroup_v2_takes_the_tightest_ancestor(
+    tmp_path: Path, read: Callable[[str, str], Any], name: str, values: tuple[str, ...], expected: float
+) -> None:
+    dirs = ("kubepods", "kubepods/pod1", "kubepods/pod1/ctr")
     proc, root = _cgroup_tree(
-        tmp_path,
-        "0::/kubepods/pod1/ctr\n",
-        {
-            "kubepods/memory.max": "max",
-            "kubepods/pod1/memory.max": "536870912",
-            "kubepods/pod1/ctr/memory.max": "max",
-        },
+        tmp_path, "0::/kubepods/pod1/ctr\n", {f"{d}/{name}": v for d, v in zip(dirs, values, strict=True)}
     )
-    assert cgroup_memory_limit(proc, root) == (512 * MiB, f"{root}/kubepods/pod1/memory.max")
+    assert read(proc, root) == (expected, f"{root}/kubepods/pod1/{name}")
 
 
 def test_cgroup_v1_in_a_container_reads_the_namespace_root(tmp_path: Path) -> None:
@@ -61,19 +67,6 @@ def test_no_cgroup_limit_is_none(tmp_path: Path) -> None:
     )
     assert cgroup_memory_limit(proc, root) is None
     assert cgroup_memory_limit(str(tmp_path / "missing"), root) is None
-
-
-def test_cgroup_v2_cpu_takes_the_tightest_ancestor(tmp_path: Path) -> None:
-    proc, root = _cgroup_tree(
-        tmp_path,
-        "0::/kubepods/pod1/ctr\n",
-        {
-            "kubepods/cpu.max": "400000 100000",
-            "kubepods/pod1/cpu.max": "150000 100000",
-            "kubepods/pod1/ctr/cpu.max": "max 100000",
-        },
-    )
-    assert cgroup_cpu_limit(proc, root) == (1.5, f"{root}/kubepods/pod1/cpu.max")
 
 
 def test_cgroup_v1_cpu_quota_over_period(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import mmap
 import struct
 
+from reassembly.decode import LINKTYPE_RAW
 from sniffer.capture.ring_walk import (
     ARPHRD_LOOPBACK,
-    LINKTYPE_RAW,
     PACKET_OUTGOING,
     TP_STATUS_KERNEL,
     TP_STATUS_USER,

@@ -35,8 +35,9 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from reassembly.decode import LINKTYPE_RAW
 from sniffer.capture.bpf import Insn, attach_filter
-from sniffer.capture.ring_walk import LINKTYPE_RAW, TP_STATUS_USER, walk_blocks
+from sniffer.capture.ring_walk import TP_STATUS_USER, walk_blocks
 from sniffer.errors import CaptureError
 
 __all__ = [

@@ -13,9 +13,10 @@ import struct
 from collections.abc import Callable
 from typing import Any, Final
 
+from reassembly.decode import LINKTYPE_RAW  # SOCK_DGRAM: every frame starts at its IP header
+
 __all__ = [
     "ARPHRD_LOOPBACK",
-    "LINKTYPE_RAW",
     "PACKET_OUTGOING",
     "TP_STATUS_KERNEL",
     "TP_STATUS_USER",
@@ -26,7 +27,6 @@ TP_STATUS_KERNEL: Final = 0
 TP_STATUS_USER: Final = 1
 PACKET_OUTGOING: Final = 4
 ARPHRD_LOOPBACK: Final = 772
-LINKTYPE_RAW: Final = 101  # SOCK_DGRAM: every frame starts at its IP header
 
 # tpacket3_hdr: next_offset, sec, nsec, snaplen, len, (status), mac, (net, hv1, padding to 48), then
 # sockaddr_ll: (family, protocol, ifindex), hatype, pkttype.
