@@ -36,7 +36,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO
 
@@ -44,6 +44,7 @@ from sniffer import __version__
 from sniffer.capture.afpacket import RingSocket
 from sniffer.capture.bpf import SNAPLEN, tcp_port_filter
 from sniffer.capture.tls.check import tls_check
+from sniffer.cgroup import cgroup_cpu_limit
 from sniffer.config import Config
 from sniffer.errors import CaptureError, ConfigError
 from sniffer.memory_plan import NO_LIMIT, fit_config
@@ -135,6 +136,27 @@ def check_memory(args: argparse.Namespace | None, environ: Mapping[str, str], co
             "give the container a memory limit, or set SNIFFER_MEMORY_LIMIT",
         )
     return Check("memory", "ok", plan.describe().removeprefix("memory plan: "))
+
+
+def check_cpu(config: Config, cpu_limit: Callable[[], tuple[float, str] | None] = cgroup_cpu_limit) -> Check:
+    """How many capture workers `run` would start, and whether they fit in the cgroup's CPU quota."""
+    cores = len(os.sched_getaffinity(0))
+    limit = cpu_limit()
+    workers = config.worker_count(lambda: limit)
+    quota = f"the cgroup's quota is {limit[0]:.2f} CPUs ({limit[1]})" if limit else "no cgroup CPU limit"
+    how = "SNIFFER_WORKERS" if config.workers is not None else "auto"
+    message = f"{workers} capture worker(s) ({how}); {cores} core(s) to run on, {quota}"
+    # Each worker keeps a CPU busy under load: more than there are share them, throttled or in turns.
+    fits = max(1, min(cores, int(limit[0]))) if limit is not None else cores
+    if workers > fits:
+        return Check(
+            "cpu",
+            "WARN",
+            f"{message}: more workers than CPUs to run them",
+            f"set SNIFFER_WORKERS to at most {fits} or leave it unset"
+            + (", or raise the CPU limit" if limit is not None else ""),
+        )
+    return Check("cpu", "ok", message)
 
 
 def check_capture() -> Check:
@@ -420,11 +442,11 @@ def run_checks(args: argparse.Namespace | None, environ: Mapping[str, str], seco
             *checks,
             *(
                 Check(n, "skip", "needs a valid configuration")
-                for n in ("memory", "user", "interfaces", "traffic", "offloads", "tls", "moesif")
+                for n in ("memory", "cpu", "user", "interfaces", "traffic", "offloads", "tls", "moesif")
             ),
         ]
     interfaces = check_interfaces(config)
-    checks += [check_memory(args, environ, config), check_user(config), interfaces]
+    checks += [check_memory(args, environ, config), check_cpu(config), check_user(config), interfaces]
     if capture.status == "FAIL":
         checks.append(Check("traffic", "skip", "needs the capture (see above)"))
     elif interfaces.status == "FAIL":

@@ -23,7 +23,7 @@ from collector import APP_ID, running_collector
 
 from sniffer.cli import main
 from sniffer.config import Config
-from sniffer.doctor import check_interfaces, check_moesif, check_traffic, check_user, offloads
+from sniffer.doctor import check_cpu, check_interfaces, check_moesif, check_traffic, check_user, offloads
 
 ROOT = Path(__file__).resolve().parents[1]
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (AF_PACKET, capsh, netns)")
@@ -283,3 +283,34 @@ def test_memory_plan_is_reported(monkeypatch: pytest.MonkeyPatch, capsys: pytest
     monkeypatch.setenv("SNIFFER_MEMORY_LIMIT", "off")
     main(["doctor"])
     assert _line(capsys.readouterr().out, "memory").startswith("WARN memory: no memory limit")
+
+
+@pytest.mark.parametrize(
+    ("workers", "cores", "limit", "status", "says"),
+    [
+        (None, 4, None, "ok", "4 capture worker(s) (auto); 4 core(s) to run on, no cgroup CPU limit"),
+        (
+            None,
+            8,
+            2.0,
+            "ok",
+            "2 capture worker(s) (auto); 8 core(s) to run on, the cgroup's quota is 2.00 CPUs",
+        ),
+        (3, 2, None, "WARN", "more workers than CPUs to run them. Fix: set SNIFFER_WORKERS to at most 2 or"),
+        (2, 8, 1.5, "WARN", "at most 1 or leave it unset, or raise the CPU limit"),
+        (2, 8, 2.0, "ok", "2 capture worker(s) (SNIFFER_WORKERS)"),
+    ],
+)
+def test_cpu_check_compares_the_workers_with_the_cpus(
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int | None,
+    cores: int,
+    limit: float | None,
+    status: str,
+    says: str,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    found = None if limit is None else (limit, "/sys/fs/cgroup/cpu.max")
+    check = check_cpu(Config(workers=workers), lambda: found)
+    assert check.status == status
+    assert says in check.line()
