@@ -45,6 +45,8 @@ _u32le = struct.Struct("<I").unpack_from
 _ports = struct.Struct("!HH").unpack_from
 _v4 = struct.Struct("!BxxxHHxB2xII").unpack_from  # ver/ihl, id, flags/offset, proto, src, dst
 _v6_addrs = struct.Struct("!QQQQ").unpack_from
+_v4_key = struct.Struct("!IIHH").unpack_from  # what `owner` keys an IPv4 frame by: addresses, ports
+_v6_key = struct.Struct("!QQQQHH").unpack_from
 
 
 class FlowSplitter:
@@ -103,8 +105,18 @@ class FlowSplitter:
         if who is None:
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()
-            who = self._cache[key] = self._owner(linktype, frame)
+            who = self._cache[key] = self._key_owner(key)
         return who
+
+    def _key_owner(self, key: bytes) -> int:
+        """What `_owner` gives a frame `owner` keyed by `key`, from the key alone: the same addresses and
+        ports `_ipv4` / `_ipv6` hash, without walking the frame again (each new flow's direction misses
+        the cache once: on Kong traffic, with its short connections, the walk was ~1 in 10 frames)."""
+        if len(key) == 12:
+            src, dst, sport, dport = _v4_key(key)
+            return self._mix(src ^ dst, sport, dport)
+        a, b, c, d, sport, dport = _v6_key(key)
+        return self._mix(a ^ b ^ c ^ d, sport, dport)
 
     def _owner(self, linktype: int, frame: bytes) -> int:
         n = len(frame)
@@ -212,6 +224,9 @@ class FlowSplitter:
 
     def _hash(self, addrs: int, frame: bytes, t: int) -> int:
         sport, dport = _ports(frame, t)
+        return self._mix(addrs, sport, dport)
+
+    def _mix(self, addrs: int, sport: int, dport: int) -> int:
         h = (addrs ^ ((sport ^ dport) * _GOLDEN)) & 0xFFFFFFFFFFFFFFFF
         h ^= h >> 29
         h ^= h >> 13
