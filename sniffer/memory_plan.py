@@ -21,13 +21,14 @@ from sniffer.cgroup import cgroup_memory_limit
 from sniffer.config import Config
 from sniffer.errors import ConfigError
 
-__all__ = ["NO_LIMIT", "MemoryPlan", "fit_config", "plan_budgets"]
+__all__ = ["NO_LIMIT", "MemoryPlan", "fit_config", "plan_budgets", "ring_bytes"]
 
 MiB = 1 << 20
 # Idle processes, measured (PSS, `moesif-sniffer run`, 2026-12-07): one worker 55 MiB; two workers
-# 22 MiB for the main process and 28 MiB each. Plus each worker's ring, which fills under load.
+# 22 MiB for the main process and 28 MiB each. Plus each worker's rings (`ring_bytes`), which fill
+# under load.
 MAIN_PROCESS_BYTES = 32 * MiB
-WORKER_BYTES = 24 * MiB + 16 * MiB
+WORKER_BYTES = 24 * MiB
 # Left free: allocator fragmentation, batches being gzip'd and sent, the garbage of a busy second.
 HEADROOM = 0.15
 # What one tracked flow costs beyond the bytes the buffer budgets count, measured on Kong traffic (its
@@ -87,7 +88,7 @@ def plan_budgets(
     share the rest by SHARES, none above its default. Without an application id there is no queue (events
     are written as JSON lines): its share goes to the others. With SNIFFER_TLS=uprobe each flow counts
     twice: the TLS plaintext connections are tracked up to SNIFFER_MAX_FLOWS of their own."""
-    fixed = MAIN_PROCESS_BYTES + workers * WORKER_BYTES
+    fixed = MAIN_PROCESS_BYTES + workers * (WORKER_BYTES + ring_bytes(config))
     usable = int(limit * (1 - HEADROOM)) - fixed
     unit = {name: 1 for name in SHARES}
     unit["max_flows"] = FLOW_BYTES * (2 if config.tls == "uprobe" else 1)
@@ -116,6 +117,14 @@ def plan_budgets(
         if name not in given
     }
     return MemoryPlan(limit, source, workers, budgets, kept)
+
+
+def ring_bytes(config: Config) -> int:
+    """The capture rings of one worker: SNIFFER_RING_MB for each interface it captures on (`any` is one
+    socket for all)."""
+    names = {n.strip() for n in config.interface.split(",") if n.strip()}
+    rings = 1 if not names or "any" in names else len(names)
+    return rings * config.ring_mb * MiB
 
 
 def fit_config(

@@ -20,7 +20,8 @@ from reassembly.pipeline import Pipeline
 from reassembly.stats import Stats
 from sniffer.capture.afpacket import LINKTYPE_RAW, RingSocket, interface_names
 from sniffer.capture.bpf import BPF_MAXINSNS, port_ranges, tcp_port_filter
-from sniffer.capture.workers import IDLE_LAG_S, CaptureLoop
+from sniffer.capture.workers import IDLE_LAG_S, TEST_RING_ENV, CaptureLoop, open_ring_sets
+from sniffer.config import Config
 from sniffer.errors import CaptureError
 
 root = pytest.mark.skipif(os.geteuid() != 0, reason="AF_PACKET capture needs root (CAP_NET_RAW)")
@@ -271,3 +272,20 @@ def test_a_tick_takes_the_wall_clock_only_once_the_walks_caught_up_with_the_ring
         finally:
             ring.close()
     assert len(walked) > 30 * 8 // 2, "the walks saw the connections' packets"
+
+
+@root
+def test_the_ring_size_is_sniffer_ring_mb_per_worker_and_interface(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TEST_RING_ENV, raising=False)
+    config = Config.load(None, {"SNIFFER_RING_MB": "3", "SNIFFER_INTERFACE": "lo", "SNIFFER_PORTS": "18080"})
+    sets = open_ring_sets(config, 2)
+    try:
+        assert [len(rings) for rings in sets] == [1, 1]
+        for rings in sets:
+            ring = rings[0]
+            assert ring.block_count == 3
+            assert ring._mm is not None and len(ring._mm) == 3 << 20  # what the kernel mapped
+    finally:
+        for rings in sets:
+            for ring in rings:
+                ring.close()

@@ -21,6 +21,7 @@ from sniffer.memory_plan import (
     WORKER_BYTES,
     fit_config,
     plan_budgets,
+    ring_bytes,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def _estimate(budgets: dict[str, int], config: Config, workers: int) -> int:
     b = {name: budgets.get(name, getattr(config, name) or config.max_buffer_bytes) for name in SHARES}
     return (
         MAIN_PROCESS_BYTES
-        + workers * WORKER_BYTES
+        + workers * (WORKER_BYTES + ring_bytes(config))
         + b["max_flows"] * FLOW_BYTES
         + b["max_buffer_bytes"]
         + b["max_http_buffer_bytes"]
@@ -65,7 +66,8 @@ def _estimate(budgets: dict[str, int], config: Config, workers: int) -> int:
 @pytest.mark.parametrize("limit_mib", [200, 256, 512, 1024, 8192])
 def test_full_budgets_fit_under_the_limit_and_never_exceed_the_defaults(limit_mib: int, workers: int) -> None:
     limit = limit_mib * MiB
-    too_little = limit * (1 - HEADROOM) - MAIN_PROCESS_BYTES - workers * WORKER_BYTES < MIN_USABLE_BYTES
+    fixed = MAIN_PROCESS_BYTES + workers * (WORKER_BYTES + ring_bytes(SENDING))
+    too_little = limit * (1 - HEADROOM) - fixed < MIN_USABLE_BYTES
     if too_little:  # (4 workers' interpreters and rings in 200 or 256 MiB)
         with pytest.raises(ConfigError, match="too little"):
             plan_budgets(limit, workers, SENDING)
@@ -194,3 +196,16 @@ def test_replay_refuses_a_limit_too_small() -> None:
     p = _replay({"SNIFFER_MEMORY_LIMIT": "64Mi"})
     assert p.returncode == 2 and "SNIFFER_MEMORY_LIMIT: 64 MiB is too little" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_each_worker_counts_its_rings_per_interface() -> None:
+    assert ring_bytes(Config()) == 16 * MiB  # `any`: one socket
+    assert ring_bytes(Config(interface="eth0,lo", ring_mb=64)) == 128 * MiB
+    small = plan_budgets(512 * MiB, 2, SENDING)
+    big = plan_budgets(512 * MiB, 2, Config(application_id="app", ring_mb=64))
+    # 2 x 48 MiB more of rings: every budget shrinks (or stays at its default), none grows
+    assert all(big.budgets[k] <= small.budgets[k] for k in small.budgets)
+    assert big.budgets["max_flows"] < small.budgets["max_flows"]
+    assert _estimate(big.budgets, Config(ring_mb=64), 2) <= 512 * MiB * (1 - HEADROOM)
+    with pytest.raises(ConfigError, match="too little"):
+        plan_budgets(512 * MiB, 2, Config(application_id="app", ring_mb=256))

@@ -91,7 +91,7 @@ def open_ring_sets(config: Config, workers: int) -> list[list[RingSocket]]:
         log.warning("%s; filtering all TCP in the kernel and the ports in the core instead", exc)
         program = tcp_port_filter((), drop_pure_acks=lean)
     sets: list[list[RingSocket]] = [[] for _ in range(workers)]
-    geometry: dict[str, int] = {}
+    geometry = {"block_count": config.ring_mb}  # of BLOCK_SIZE (1 MiB) blocks
     if hook := os.environ.get(TEST_RING_ENV):
         size, count = (int(x) for x in hook.split(","))
         geometry = {"block_size": size, "block_count": count}
