@@ -59,7 +59,7 @@ ETH_P_ALL = 0x0003
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 BLOCK_SIZE = 1 << 20  # holds the largest super-packet (256 KiB snap) several times over
-BLOCK_COUNT = 16  # 16 MiB of ring per socket
+BLOCK_COUNT = 16  # 16 MiB of ring per socket (the daemon's is SNIFFER_RING_MB: see capture/workers.py)
 FRAME_SIZE = 2048  # only checked by the kernel for consistency in V3 (frames are packed)
 RETIRE_MS = 50  # a partly filled block is handed over after this long: the live latency floor
 
