@@ -2,9 +2,10 @@
 
 The daemon's memory is what does not scale (one interpreter per process, a capture ring of
 SNIFFER_RING_MB per worker and interface) plus its budgets: TCP flows, out-of-order bytes, HTTP bytes,
-Kong legs awaiting their partner, the sender's queue. Each budget has its own setting, and their defaults add up to about 1 GiB: more
-than the DaemonSet's 512 MiB, so under adversarial traffic (a flood of connections, lost upstream legs,
-a Moesif outage, all at once) the kernel would kill the pod before the budgets bit.
+Kong legs awaiting their partner, the sender's queue. Each budget has its own setting, and their
+defaults add up to about 1 GiB: more than the DaemonSet's 512 MiB, so under adversarial traffic (a flood
+of connections, lost upstream legs, a Moesif outage, all at once) the kernel would kill the pod before
+the budgets bit.
 
 With a limit (SNIFFER_MEMORY_LIMIT, or else the cgroup limit of the container), every budget the user did
 not set gets a share of what the limit leaves after the fixed costs and a headroom, and never more than
