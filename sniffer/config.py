@@ -168,6 +168,20 @@ def _int_range(minimum: int, maximum: int) -> Callable[[str], int]:
     return parse
 
 
+def usable_cpus(cpu_limit: tuple[float, str] | None) -> int:
+    """The cores this process may run on, no more than the whole CPUs of its cgroup's quota
+    (`sniffer.cgroup.cgroup_cpu_limit`), at least one: more busy processes than that share the quota by
+    being throttled in turns."""
+    cores = len(os.sched_getaffinity(0))
+    return max(1, cores if cpu_limit is None else min(cores, int(cpu_limit[0])))
+
+
+def split_interfaces(spec: str) -> list[str] | None:
+    """SNIFFER_INTERFACE as names, each once; None is `any` (every interface through one socket)."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    return None if not names or "any" in names else list(dict.fromkeys(names))
+
+
 def _workers(raw: str) -> int | None:
     if raw.strip().lower() == "auto":
         return None
@@ -466,16 +480,11 @@ class Config:
         )
 
     def worker_count(self, cpu_limit: Callable[[], tuple[float, str] | None] = cgroup_cpu_limit) -> int:
-        """SNIFFER_WORKERS, or when unset ("auto") one capture worker per core this process may run on,
-        at most MAX_AUTO_WORKERS, and no more than the whole CPUs its cgroup's quota allows (at least
-        one): more busy processes than that share the quota by being throttled in turns."""
+        """SNIFFER_WORKERS, or when unset ("auto") one capture worker per CPU this process can use
+        (`usable_cpus`), at most MAX_AUTO_WORKERS."""
         if self.workers is not None:
             return self.workers
-        count = min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS)
-        limit = cpu_limit()
-        if limit is not None:
-            count = min(count, int(limit[0]))
-        return max(1, count)
+        return min(usable_cpus(cpu_limit()), MAX_AUTO_WORKERS)
 
     @staticmethod
     def ignored_env(environ: Mapping[str, str]) -> list[str]:

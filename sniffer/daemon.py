@@ -99,10 +99,10 @@ def run(
     except OSError as exc:
         print(f"moesif-sniffer: error: {log_file}: cannot write: {exc.strerror}", file=sys.stderr)
         return 2
-    workers = config.worker_count()
+    cpu_limit = cgroup_cpu_limit()  # read once: the count and the log line below
+    workers = config.worker_count(lambda: cpu_limit)
     log.info("%s", startup_line(config, workers))
-    cpu_limit = cgroup_cpu_limit() if config.workers is None else None
-    if cpu_limit is not None:
+    if cpu_limit is not None and config.workers is None:
         log.info("cpu: the cgroup's quota is %.2f CPUs (%s); auto workers: %d", *cpu_limit, workers)
     if memory_plan is not None:
         log.info("%s", memory_plan.describe())

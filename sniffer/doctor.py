@@ -45,7 +45,7 @@ from sniffer.capture.afpacket import RingSocket
 from sniffer.capture.bpf import SNAPLEN, tcp_port_filter
 from sniffer.capture.tls.check import tls_check
 from sniffer.cgroup import cgroup_cpu_limit
-from sniffer.config import Config
+from sniffer.config import Config, split_interfaces, usable_cpus
 from sniffer.errors import CaptureError, ConfigError
 from sniffer.memory_plan import NO_LIMIT, fit_config
 from sniffer.moesif.transport import mask_app_id, safe_url
@@ -147,7 +147,7 @@ def check_cpu(config: Config, cpu_limit: Callable[[], tuple[float, str] | None] 
     how = "SNIFFER_WORKERS" if config.workers is not None else "auto"
     message = f"{workers} capture worker(s) ({how}); {cores} core(s) to run on, {quota}"
     # Each worker keeps a CPU busy under load: more than there are share them, throttled or in turns.
-    fits = max(1, min(cores, int(limit[0]))) if limit is not None else cores
+    fits = usable_cpus(limit)
     if workers > fits:
         return Check(
             "cpu",
@@ -243,14 +243,8 @@ def _all_interfaces() -> list[str]:
         return []
 
 
-def _wanted(config: Config) -> list[str] | None:
-    """SNIFFER_INTERFACE as names; None is `any`."""
-    names = [n.strip() for n in config.interface.split(",") if n.strip()]
-    return None if not names or "any" in names else list(dict.fromkeys(names))
-
-
 def check_interfaces(config: Config) -> Check:
-    names = _wanted(config)
+    names = split_interfaces(config.interface)
     present = _all_interfaces()
     if names is None:
         up = [n for n in present if _is_up(n)]
@@ -306,7 +300,7 @@ def check_traffic(config: Config, seconds: float) -> Check:
     seen = 0
     try:
         program = tcp_port_filter(ports)
-        for name in _wanted(config) or [None]:
+        for name in split_interfaces(config.interface) or [None]:
             rings.append(RingSocket(name, program, block_count=2, retire_ms=100))
         deadline = time.monotonic() + seconds
         while seen < TRAFFIC_ENOUGH and (left := deadline - time.monotonic()) > 0:
@@ -359,7 +353,7 @@ def offloads(name: str) -> dict[str, bool | None]:
 
 
 def check_offloads(config: Config) -> Check:
-    names = _wanted(config) or [n for n in _all_interfaces() if _is_up(n)]
+    names = split_interfaces(config.interface) or [n for n in _all_interfaces() if _is_up(n)]
     parts = []
     merged = False
     for name in [n for n in names if os.path.exists(f"{SYS_NET}/{n}")][:8]:

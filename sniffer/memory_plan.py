@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from sniffer.cgroup import cgroup_memory_limit
-from sniffer.config import Config
+from sniffer.config import Config, split_interfaces
 from sniffer.errors import ConfigError
 
 __all__ = ["NO_LIMIT", "MemoryPlan", "fit_config", "plan_budgets", "ring_bytes"]
@@ -123,9 +123,8 @@ def plan_budgets(
 def ring_bytes(config: Config) -> int:
     """The capture rings of one worker: SNIFFER_RING_MB for each interface it captures on (`any` is one
     socket for all)."""
-    names = {n.strip() for n in config.interface.split(",") if n.strip()}
-    rings = 1 if not names or "any" in names else len(names)
-    return rings * config.ring_mb * MiB
+    names = split_interfaces(config.interface)
+    return (1 if names is None else len(names)) * config.ring_mb * MiB
 
 
 def fit_config(

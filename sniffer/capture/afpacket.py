@@ -38,6 +38,7 @@ from typing import Any
 from reassembly.decode import LINKTYPE_RAW
 from sniffer.capture.bpf import Insn, attach_filter
 from sniffer.capture.ring_walk import TP_STATUS_USER, walk_blocks
+from sniffer.config import split_interfaces
 from sniffer.errors import CaptureError
 
 __all__ = [
@@ -84,15 +85,15 @@ class _SockaddrLL(ctypes.Structure):
 
 def interface_names(spec: str) -> list[str | None]:
     """`SNIFFER_INTERFACE` -> names to bind (None is `any`: every interface through one socket)."""
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    if not names or "any" in names:
+    names = split_interfaces(spec)
+    if names is None:
         return [None]
     for name in names:
         try:
             socket.if_nametoindex(name)
         except OSError:
             raise CaptureError(f"SNIFFER_INTERFACE: no interface named {name!r}") from None
-    return list(dict.fromkeys(names))
+    return list(names)
 
 
 def _bind(fd: int, ifindex: int) -> None:
