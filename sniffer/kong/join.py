@@ -62,6 +62,7 @@ NEST_SLACK_S: Final = 0.0005
 END_TO_END: Final = ("user-agent", "content-type")
 CREDENTIALS: Final = ("authorization", "apikey", "x-api-key", "cookie")
 _INF: Final = float("inf")
+SLACK_PENALTY: Final = 100.0  # a leg that nests only by NEST_SLACK_S ranks behind those that nest
 PATH_PENALTY: Final = 1_000.0  # a strip_path/suffix path match ranks behind an exact one
 QUERY_PENALTY: Final = 10_000.0  # different query strings rank behind everything else
 # Counter names per leg kind, made once (formatting a StrEnum member costs a Python-level call per leg).
@@ -167,8 +168,10 @@ def _nests(c: _Leg, u: _Leg) -> bool:
     )
 
 
-def _fit(c: _Leg, u: _Leg) -> float | None:
-    """How tightly `u` fits inside `c` as its upstream leg (lower is better); None: it cannot be."""
+def _fit(c: _Leg, u: _Leg, *, for_client: bool) -> float | None:
+    """How well `u` fits inside `c` as its upstream leg (lower is better); None: it cannot be.
+    `for_client`: ranks the upstream legs a client leg may take (see below); else how tightly `u` fits
+    inside `c`, to rank the client legs an upstream leg may go to."""
     if c.method != u.method or (c.rid is not None and u.rid is not None and c.rid != u.rid):
         return None
     if not _nests(c, u):  # the cheapest test that tells identical concurrent calls apart
@@ -199,12 +202,20 @@ def _fit(c: _Leg, u: _Leg) -> float | None:
         b = _first(uh, name)
         if b is not None and _first(ch, name) != b:
             return None
-    # How far each end is from the other leg's: a leg that only nests by the clocks' slack (starting a
-    # little before the client leg, ending a little after) ranks behind one that nests, not ahead of it.
     late = c.end - u.end
     if late < 0.0 and (c.ex.response is None or u.ex.response is None):
         late = 0.0  # ends not compared (`_nests`)
-    return penalty + abs(u.start - c.start) + abs(late)
+    early = u.start - c.start
+    if for_client:
+        # Client legs come in end order (`capture.time_merge`), so every upstream leg that may be this
+        # one's is here, and any later client leg ends after all of them: which of them it can take then
+        # depends on their starts alone. The earliest-starting leg inside this one is the one fewest later
+        # client legs could take; taking it joins as many calls as can be (two identical concurrent calls,
+        # where the closest ends would strand the other call). A leg that only nests by the clocks' slack
+        # (starting a little before the client leg, or ending a little after) ranks behind one that nests.
+        return penalty + (SLACK_PENALTY if early < 0.0 or late < 0.0 else 0.0) + early
+    # How far each end is from the other leg's (the slack as above).
+    return penalty + abs(early) + abs(late)
 
 
 def _kong_answered(leg: _Leg) -> bool:
@@ -416,7 +427,7 @@ class LegJoiner:
         best, best_fit = None, 0.0
         for other in candidates:
             c, u = (leg, other) if client_side else (other, leg)
-            fit = _fit(c, u)
+            fit = _fit(c, u, for_client=client_side)
             if fit is None:
                 if c.rid is None or c.rid != u.rid:
                     continue
