@@ -42,6 +42,7 @@ from sniffer.capture.tls.source import TLS_POLL_S, TlsSource
 from sniffer.capture.worker_events import events_of
 from sniffer.capture.workers import KERNEL_STATS_S, TICK_S, CaptureLoop, WorkerPool
 from sniffer.config import Config
+from sniffer.cpu_priority import restore_normal_priority
 from sniffer.engine import Engine
 from sniffer.events_output import open_events_output
 from sniffer.load_shedding import FlowSampler, Pressure, ShedPolicy
@@ -107,11 +108,27 @@ class DaemonLoop:
             log.info(
                 "%s: stopping (drain capture, finish exchanges, flush events)", signal.Signals(signum).name
             )
+            self._stop_at_normal_priority()
             return
         log.warning("%s again: exiting now", signal.Signals(signum).name)
         if self.pool is not None:
             self.pool.kill()
         os._exit(128 + signum)
+
+    def _stop_at_normal_priority(self) -> None:
+        """SNIFFER_CPU_PRIORITY low or idle: every process of the daemon back to its starting priority,
+        so that draining and flushing do not wait for CPU the node has none of (`cpu_priority`)."""
+        priority = self.config.cpu_priority
+        if priority not in ("low", "idle"):
+            return
+        pids = [os.getpid()]
+        if self.pool is not None:
+            pids += [p.pid for p in self.pool.procs if p.pid is not None]
+        failed = restore_normal_priority(priority, pids)
+        if failed:
+            log.warning("stopping at %s CPU priority: %d threads could not be raised back", priority, failed)
+        else:
+            log.info("stopping at normal CPU priority")
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self.signals.hup = True  # reopened by the loop, never inside the handler (logging locks)
