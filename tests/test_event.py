@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import re
 import time
 import uuid
@@ -565,31 +566,50 @@ NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://moesif-sniffer/transaction-i
 IPS = st.sampled_from(["10.0.0.1", "192.168.200.254", "2001:db8::1", "::1", "fe80::a:b"])
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    client=st.tuples(IPS, st.integers(1, 65535)),
-    server=st.tuples(IPS, st.integers(1, 65535)),
-    offset=st.integers(0, 2**40),
-    ts=st.floats(0, 4e9, allow_nan=False),
-)
-def test_derived_transaction_id_is_uuid5_of_flow_offset_and_time(
-    client: tuple[str, int], server: tuple[str, int], offset: int, ts: float
-) -> None:
-    # The builder hashes with a per-flow SHA-1 prefix and formats the UUID itself: it must be uuid5.
-    call = ApiCall(
-        client_leg=exchange(
-            request([(b"Host", b"h")], ts=ts, offset=offset), None, client=client, server=server
-        ),
-        upstream_leg=None,
-        legs=Legs.SINGLE,
-    )
+def _reference_id(client: tuple[str, int], server: tuple[str, int], offset: int, ts: float) -> str:
+    """The derived id by its definition (`sniffer.moesif.ids`), built with the uuid module."""
 
     def ep(e: tuple[str, int]) -> str:
         return f"[{e[0]}]:{e[1]}" if ":" in e[0] else f"{e[0]}:{e[1]}"
 
-    expected = str(uuid.uuid5(NAMESPACE, f"{ep(client)}|{ep(server)}|{offset}|{int(ts)}"))
-    assert transaction_id(call) == expected
-    assert EventBuilder(Config()).build(call)["transaction_id"] == expected  # type: ignore[index]
+    digest = hashlib.sha1(NAMESPACE.bytes + f"{ep(client)}|{ep(server)}|{int(ts)}".encode()).digest()
+    value = int.from_bytes(digest[:16], "big")
+    value ^= (offset * 0x9E3779B97F4B) & ((1 << 48) - 1)  # the low 48 bits mixed with the offset
+    value = value & ~(0xF << 76) | 8 << 76  # version 8
+    value = value & ~(0b11 << 62) | 0b10 << 62  # variant 10
+    return str(uuid.UUID(int=value))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    client=st.tuples(IPS, st.integers(1, 65535)),
+    server=st.tuples(IPS, st.integers(1, 65535)),
+    offsets=st.lists(st.integers(0, 2**40), min_size=1, max_size=6, unique=True),
+    ts=st.floats(0, 4e9, allow_nan=False),
+)
+def test_derived_transaction_ids_are_the_definition_and_unique_per_connection_second(
+    client: tuple[str, int], server: tuple[str, int], offsets: list[int], ts: float
+) -> None:
+    # One builder for all: its per-connection hash of the second is reused from the second call on, and
+    # redone for the last call, a second later.
+    builder = EventBuilder(Config())
+    ids = []
+    for i, offset in enumerate(offsets):
+        at = ts + 1.0 if i and i == len(offsets) - 1 else ts
+        call = ApiCall(
+            client_leg=exchange(
+                request([(b"Host", b"h")], ts=at, offset=offset), None, client=client, server=server
+            ),
+            upstream_leg=None,
+            legs=Legs.SINGLE,
+        )
+        expected = _reference_id(client, server, offset, at)
+        assert transaction_id(call) == expected
+        assert builder.build(call)["transaction_id"] == expected  # type: ignore[index]
+        parsed = uuid.UUID(expected)
+        assert parsed.version == 8 and parsed.variant == uuid.RFC_4122
+        ids.append(expected)
+    assert len(set(ids)) == len(ids)  # requests of one connection never share an id
 
 
 @settings(max_examples=300, deadline=None)

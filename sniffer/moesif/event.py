@@ -20,7 +20,7 @@ Decisions where moesif.md is silent (see also the module docstrings of body, ide
 from __future__ import annotations
 
 from itertools import chain
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlsplit
 
 from reassembly.events import Endpoint, Exchange, ExchangeFlag, HttpMessage, HttpRequest, HttpResponse
@@ -42,9 +42,9 @@ from sniffer.moesif.identify import Identifier
 from sniffer.moesif.ids import (
     _MILLIS,
     _SECONDS,
+    FlowIds,
     derived_id,
     endpoint_text,
-    flow_hasher,
     iso_time,
     second_text,
     transaction_id,
@@ -128,12 +128,12 @@ class _Flow:
     """What an event says about its TCP connection, worked out once per connection, not per call, and
     never changed: `connection` text; `capture`, the connection, client and server as metadata.capture
     lists them; `peer_ip`, the client address as an event's ip_address when no forwarding header names
-    one; `ids`, a hashlib SHA-1 object (see ids.id_hasher; its class is not importable at run time).
+    one; `ids`, its transaction ids' `FlowIds`.
     A plain class, not a dataclass: compiled, its __init__ is native (a dataclass's stays interpreted)."""
 
     __slots__ = ("capture", "connection", "ids", "peer_ip")
 
-    def __init__(self, connection: str, capture: dict[str, str], peer_ip: str, ids: Any) -> None:
+    def __init__(self, connection: str, capture: dict[str, str], peer_ip: str, ids: FlowIds) -> None:
         self.connection = connection
         self.capture = capture
         self.peer_ip = peer_ip
@@ -145,7 +145,7 @@ class _Flow:
         connection = f"{client} -> {server}"
         capture = {"connection": connection, "client": client, "server": server}
         peer = ex.client[0]
-        return cls(connection, capture, parse_ip(peer) or peer, flow_hasher(client, server))
+        return cls(connection, capture, parse_ip(peer) or peer, FlowIds(client, server))
 
 
 class EventBuilder:
