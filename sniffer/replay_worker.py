@@ -11,6 +11,7 @@ from __future__ import annotations
 import marshal
 import os
 import pickle
+from array import array
 from typing import Any
 
 from reassembly.events import Exchange, exchange_end
@@ -35,7 +36,8 @@ BATCH_FRAMES = 1 << 15  # frames walked between messages at the latest (moves th
 
 class ReplayWorker:
     """Worker `index` of `n`: `run(path)` walks the file and talks to the main process over `conn` (a
-    multiprocessing connection): ("b", frames passed, merge records, events payload, bytes read) batches,
+    multiprocessing connection): ("b", frames passed, merge records, events payload, bytes read, plain
+    frames, their ends) batches,
     then one ("d", counters, error, stopped). `encode`: the main process writes JSON lines (the events
     built here are JSON lines; else orjson'd event dicts); `out_fd`: where to write them directly."""
 
@@ -52,6 +54,9 @@ class ReplayWorker:
         self.kong = bool(config.kong_ports)
         self.surely_plain = SurelyPlain(frozenset(config.kong_ports), frozenset(config.upstream_ports))
         self.records: list[Record] = []
+        # Frames whose exchanges were all plain: only their latest end goes to the merge (`PlainEnds`).
+        self.plain_frames = array("q")
+        self.plain_ends = array("d")
         self.packed = 0  # exchanges packed into `records`
         self.full = False  # a message's worth of records, packed exchanges or events: set as they come
         self.bytes_read = 0
@@ -135,17 +140,29 @@ class ReplayWorker:
         items: list[Any] = []
         plain: list[Exchange] = []
         surely_plain = self.surely_plain
+        latest = NEVER
         for ex in exchanges:
             if surely_plain(ex):
                 plain.append(ex)
-                items.append(exchange_end(ex))
+                end = exchange_end(ex)
+                items.append(end)
+                if end > latest:
+                    latest = end
             else:
                 items.append(pack(ex))
                 self.packed += 1
         if plain:
             self.events.feed(ts, plain)
-        self.records.append((no, ts, items))
-        self.full = len(self.records) >= BATCH_RECORDS or self.packed >= BATCH_PACKED or self.events.full
+        if len(plain) == len(exchanges):
+            self.plain_frames.append(no)
+            self.plain_ends.append(latest)
+        else:
+            self.records.append((no, ts, items))
+        self.full = (
+            len(self.records) + len(self.plain_frames) >= BATCH_RECORDS
+            or self.packed >= BATCH_PACKED
+            or self.events.full
+        )
 
     def send(self, passed: int) -> None:
         """One batch: every record up to frame `passed` (excluded) is in it or sent before."""
@@ -159,8 +176,11 @@ class ReplayWorker:
             batch = marshal.dumps(records)
         except ValueError:  # a core field marshal cannot carry (see exchange_codec): slower, still right
             batch = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
-        self.conn.send(("b", passed, batch, payload, self.bytes_read))
+        plain = (self.plain_frames.tobytes(), self.plain_ends.tobytes())
+        self.conn.send(("b", passed, batch, payload, self.bytes_read, *plain))
         self.records = []
+        self.plain_frames = array("q")
+        self.plain_ends = array("d")
         self.packed = 0
         self.full = False
 

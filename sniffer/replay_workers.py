@@ -12,7 +12,8 @@ process's (the same set of events; their order differs):
   by the worker itself when that is a regular file or /dev/null (`_shared_output`), else by the main
   process, which also takes the events for the Moesif sender;
 - every other exchange goes to the main process, tagged with its frame number, and so does the end time
-  of each plain exchange when Kong ports are set (one process's joiner moves its clock on those); worker
+  of each plain exchange when Kong ports are set (one process's joiner moves its clock on those; frames
+  with only plain exchanges send just their latest end, in arrays, `replay_merge.PlainEnds`); worker
   0 also sends the frames at which one process's engine would run the joiner's timeouts. The main
   process merges the workers' streams by frame number (a k-way merge up to the lowest frame number every
   worker has passed), so its `Engine(capture=False)` joins legs in one process's order.
@@ -51,7 +52,7 @@ from sniffer.capture.workers import exit_reason
 from sniffer.config import Config
 from sniffer.engine import Engine, EventSink
 from sniffer.errors import CaptureError
-from sniffer.replay_merge import Record, RecordMerger
+from sniffer.replay_merge import PlainEnds, Record, RecordMerger
 from sniffer.replay_worker import ReplayWorker
 
 __all__ = ["MAX_LEAD_FRAMES", "replay_parallel"]
@@ -118,7 +119,8 @@ def replay_parallel(
     stats = Stats()
     engine = Engine(config, sink, stats, capture=False)
     queues: list[deque[Record]] = [deque() for _ in range(workers)]
-    merger = RecordMerger(engine, queues)
+    plain = [PlainEnds() for _ in range(workers)]
+    merger = RecordMerger(engine, queues, plain)
     passed = [0] * workers  # every record of a worker up to this frame number has arrived
     done = [False] * workers
     error: str | None = None
@@ -147,8 +149,9 @@ def replay_parallel(
                     why = exit_reason(procs[i].exitcode)
                     raise CaptureError(f"replay worker {i} exited unexpectedly ({why})") from None
                 if msg[0] == "b":
-                    _, passed[i], records, payload, nbytes = msg
+                    _, passed[i], records, payload, nbytes, plain_frames, plain_ends = msg
                     queues[i].extend(_decoded(records))
+                    plain[i].add(plain_frames, plain_ends)
                     if payload:
                         if encoded_out is not None:
                             encoded_out.write(payload)

@@ -7,7 +7,8 @@ import json
 import os
 import subprocess
 import sys
-from collections import Counter
+from array import array
+from collections import Counter, deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1Q, Ether
 from scapy.packet import Packet
 
+from reassembly.events import Exchange
 from reassembly.stats import Stats
 from sniffer.capture.flow_hash import FlowSplitter, WorkerFrames
 from sniffer.config import Config
@@ -303,3 +305,54 @@ def test_two_workers_deliver_the_same_events_to_the_collector(tmp_path: Path) ->
         )
         assert p.returncode == 0, p.stderr[-2000:]
         assert Counter(c.collector.counts()) == expected and len(expected) >= 900
+
+
+class _Recorder:
+    """What the merge asks of the main engine, in order (the engine's own behaviour is tested elsewhere:
+    here only where the joiner's clock moves relative to the legs)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def advance(self, ts: float) -> None:
+        self.calls.append(("advance", ts))
+
+    def feed_exchanges(self, ts: float, exchanges: list[object], weights: object = None) -> None:
+        self.calls.append(("feed", [*exchanges] if exchanges else ts))
+
+
+def _plain(entries: list[tuple[int, float]]) -> tuple[bytes, bytes]:
+    return array("q", [f for f, _ in entries]).tobytes(), array("d", [e for _, e in entries]).tobytes()
+
+
+def test_plain_ends_reach_the_joiner_clock_where_one_process_meets_them() -> None:
+    """Frames with only plain exchanges travel as (frame, latest end) arrays. Before a leg at frame f of
+    worker w the joiner's clock takes the latest plain end of every frame before f, and of frame f those
+    of workers merged before w and w's own, never one after; what is left waits for the next leg."""
+    from sniffer.replay_merge import PlainEnds, RecordMerger
+
+    engine = _Recorder()
+    queues: list[deque[tuple[int, float, list[object]]]] = [deque(), deque()]
+    plain = [PlainEnds(), PlainEnds()]
+    merger = RecordMerger(engine, queues, plain)  # type: ignore[arg-type]
+    leg_a, leg_b, leg_c = (
+        Exchange(
+            flow_id=i, client=("10.0.0.1", 40000 + i), server=("10.0.0.2", 8000), request=None, response=None
+        )
+        for i in range(3)
+    )
+    plain[0].add(*_plain([(1, 10.0), (3, 30.0), (5, 50.0), (9, 90.0)]))
+    plain[1].add(*_plain([(2, 20.0), (5, 55.0), (6, 60.0)]))
+    queues[1].append((5, 5.5, [leg_a]))  # worker 1 at frame 5: worker 0's frame 5 comes first, its own too
+    queues[0].append((7, 7.5, [leg_b]))  # frame 7: everything up to 6
+    merger.merge(8)
+    plain[1].add(*_plain([(12, 120.0)]))
+    queues[0].append((12, 12.5, [leg_c]))  # worker 0 at frame 12: worker 1's frame 12 not before it
+    merger.merge(12)
+    assert engine.calls == [
+        ("advance", 55.0), ("feed", [leg_a]), ("feed", 5.5),
+        ("advance", 60.0), ("feed", [leg_b]), ("feed", 7.5),
+        ("advance", 90.0), ("feed", [leg_c]), ("feed", 12.5),
+    ]  # fmt: skip
+    merger.close()
+    assert engine.calls[-1] == ("advance", 120.0)  # what no leg took, at the end
