@@ -39,7 +39,7 @@ from reassembly.stats import Stats
 from sniffer.capture.afpacket import RingSocket
 from sniffer.capture.time_merge import TimeMerge
 from sniffer.capture.tls.source import TLS_POLL_S, TlsSource
-from sniffer.capture.worker_events import events_of
+from sniffer.capture.worker_events import encoded_of
 from sniffer.capture.workers import KERNEL_STATS_S, TICK_S, CaptureLoop, WorkerPool
 from sniffer.config import Config
 from sniffer.cpu_priority import restore_normal_priority
@@ -339,9 +339,7 @@ class DaemonLoop:
         if self.jsonl is not None:
             self.jsonl.write_lines(payload)
         elif self.sender is not None:
-            submit = self.sender.submit
-            for event in events_of(payload):
-                submit(event)
+            self.sender.submit_encoded(*encoded_of(payload))
 
     def _reopen_output(self) -> None:
         """SIGHUP: the `--output` file opened again at its path, so logrotate's move-then-HUP works. If it

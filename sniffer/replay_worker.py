@@ -19,7 +19,7 @@ from reassembly.stats import Stats
 from sniffer.capture.exchange_codec import pack
 from sniffer.capture.flow_hash import WorkerFrames
 from sniffer.capture.pcapfile import open_capture
-from sniffer.capture.worker_events import SurelyPlain, WorkerEvents
+from sniffer.capture.worker_events import Output, SurelyPlain, WorkerEvents
 from sniffer.config import Config
 from sniffer.engine import JOIN_ADVANCE_INTERVAL_S, make_pipeline
 from sniffer.errors import CaptureError
@@ -37,12 +37,11 @@ BATCH_FRAMES = 1 << 15  # frames walked between messages at the latest (moves th
 class ReplayWorker:
     """Worker `index` of `n`: `run(path)` walks the file and talks to the main process over `conn` (a
     multiprocessing connection): ("b", frames passed, merge records, events payload, bytes read, plain
-    frames, their ends) batches,
-    then one ("d", counters, error, stopped). `encode`: the main process writes JSON lines (the events
-    built here are JSON lines; else orjson'd event dicts); `out_fd`: where to write them directly."""
+    frames, their ends) batches, then one ("d", counters, error, stopped). `output`: what the events
+    built here become (`WorkerEvents`); `out_fd`: where to write JSON lines directly."""
 
     def __init__(
-        self, index: int, n: int, config: Config, conn: Any, encode: bool, out_fd: int | None
+        self, index: int, n: int, config: Config, conn: Any, output: Output, out_fd: int | None
     ) -> None:
         self.index = index
         self.n = n
@@ -50,7 +49,7 @@ class ReplayWorker:
         self.out_fd = out_fd
         self.stats = Stats()
         self.pipeline = make_pipeline(config, self.stats, n)
-        self.events = WorkerEvents(config, self.stats, jsonl=encode)
+        self.events = WorkerEvents(config, self.stats, output=output)
         self.kong = bool(config.kong_ports)
         self.surely_plain = SurelyPlain(frozenset(config.kong_ports), frozenset(config.upstream_ports))
         self.records: list[Record] = []

@@ -47,7 +47,7 @@ from typing import IO, Any
 
 from reassembly.stats import Stats
 from sniffer.capture.pcapfile import open_capture
-from sniffer.capture.worker_events import events_of
+from sniffer.capture.worker_events import Output, encoded_of, events_of
 from sniffer.capture.workers import exit_reason
 from sniffer.config import Config
 from sniffer.engine import Engine, EventSink
@@ -66,7 +66,7 @@ def _worker(
     path: str,
     config: Config,
     conn: Any,
-    encode: bool,
+    output: Output,
     others: list[Any],
     out_fd: int | None = None,
 ) -> None:
@@ -77,7 +77,7 @@ def _worker(
     for other in others:  # the main process's pipe ends: held here, its exit would never be seen
         other.close()
     try:
-        ReplayWorker(index, n, config, conn, encode, out_fd).run(path)
+        ReplayWorker(index, n, config, conn, output, out_fd).run(path)
     finally:
         conn.close()
 
@@ -102,11 +102,13 @@ def replay_parallel(
     conns: list[Any] = []
     procs = []
     out_fd = _shared_output(encoded_out)
+    submit_encoded = getattr(sink, "submit_encoded", None)  # the Moesif sender takes events encoded
+    output: Output = "jsonl" if encoded_out is not None else "moesif" if submit_encoded else "dicts"
     for i in range(workers):
         parent, child = ctx.Pipe(duplex=True)
         proc = ctx.Process(
             target=_worker,
-            args=(i, workers, path, config, child, encoded_out is not None, [*conns, parent], out_fd),
+            args=(i, workers, path, config, child, output, [*conns, parent], out_fd),
             name=f"replay-{i}",
             daemon=True,
         )
@@ -155,6 +157,8 @@ def replay_parallel(
                     if payload:
                         if encoded_out is not None:
                             encoded_out.write(payload)
+                        elif submit_encoded is not None:
+                            submit_encoded(*encoded_of(payload))
                         else:
                             for event in events_of(payload):
                                 sink.submit(event)

@@ -139,3 +139,43 @@ def test_repeated_condition_path_keeps_the_last_value() -> None:
     )
     assert s.rate_for(event(verb="POST")) == 0
     assert s.rate_for(event(verb="GET")) == 100
+
+
+def test_the_sampling_view_gets_the_rate_of_the_whole_event() -> None:
+    """Capture workers send the main process's sampler only `sampling_view` of each event they encoded:
+    every rule must rate the view as it rates the event. The Kong demo's calls (users, companies, 401s
+    without a user, several verbs, routes and addresses) against rules on each field sampling reads."""
+    from pathlib import Path
+
+    from helpers import ListSink
+
+    from sniffer.config import Config
+    from sniffer.moesif.sampling import sampling_view
+    from sniffer.replay import replay_file
+
+    demo = Path(__file__).resolve().parents[1] / "pcaps" / "kong-demo.pcap"
+    sink = ListSink()
+    replay_file(str(demo), Config(kong_ports=(8000, 8001), company_id_header="X-Company-Id"), sink)
+    events = sink.events
+    users = {e["user_id"] for e in events if "user_id" in e}
+    companies = {e["company_id"] for e in events if "company_id" in e}
+    assert len(events) > 40 and len(users) >= 2 and companies
+    rule_sets = [
+        {"user_sample_rate": {u: 10 * i for i, u in enumerate(sorted(users))}},
+        {"company_sample_rate": {c: 30 for c in companies}, "sample_rate": 70},
+        *(
+            {"regex_config": [{"sample_rate": 5, "conditions": [{"path": path, "value": value}]}]}
+            for path, value in (
+                ("request.verb", "^POST$"),
+                ("request.route", "^/api/orders"),
+                ("request.ip_address", r"^10\."),
+                ("response.status", "^4"),
+            )
+        ),
+    ]
+    for doc in rule_sets:
+        config = parse_app_config(doc)
+        sampler = Sampler()
+        rates = [sampler.rate_for(e, config) for e in events]
+        assert [sampler.rate_for(sampling_view(e), config) for e in events] == rates
+        assert len(set(rates)) > 1, doc  # the rule told events apart

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from collector import APP_ID, CollectorThread, running_collector
 
 from sniffer.moesif.batcher import EventQueue, encode_event
+from sniffer.moesif.sampling import sampling_view
 from sniffer.moesif.sender import MoesifSender
 from sniffer.moesif.transport import Backoff, RetryPolicy, parse_retry_after, safe_url
 
@@ -283,6 +284,34 @@ def test_capture_side_weight_multiplies_with_the_sampling_weight(collector: Coll
     s.close()
     assert c.event_count > 0
     assert {e["weight"] for e in c.events()} == {8}
+
+
+def test_events_a_worker_encoded_are_sampled_weighed_and_sent_whole(collector: CollectorThread) -> None:
+    """`submit_encoded`, what the main process does with the events a capture worker built: sampled on
+    their view (alice at rate 0), the 50 % rate and the flow weight multiplied into the bytes, every
+    other field as the worker encoded it; a big event for this sender's limit goes the dict way."""
+    c = collector.collector
+    c.set_config({"sample_rate": 50, "user_sample_rate": {"alice": 0}})
+    s = make_sender(collector.url, batch_size=100, rng=random.Random(7), max_event_bytes=20_000)
+    s.start()
+    events = [make_event(i, user=("alice", "bob", None)[i % 3]) for i in range(600)]
+    events.append(make_event(600, user="bob", body={"blob": "x" * 30_000}))
+    items = []
+    for i, event in enumerate(events):
+        data, outcome = encode_event(event)
+        assert data is not None and outcome == ""
+        items.append((data, sampling_view(event), 3 if i % 2 else 1))
+    s.submit_encoded(items, {"events_bodies_omitted_oversize": 2})
+    report = s.close()
+    got = {e["transaction_id"]: e for e in c.events()}
+    assert c.invalid == [] and 150 < len(got) < 250 and report.sampled_out == len(events) - len(got)
+    for i, event in enumerate(events[:600]):
+        if tid(i) in got:
+            assert event.get("user_id") != "alice"
+            assert got[tid(i)] == {**event, "weight": 2 * (3 if i % 2 else 1)}
+    # Kept (seeded), and over this sender's limit: its body left out and counted, as `submit` does.
+    assert "body" not in got[tid(600)]["response"] and got[tid(600)]["weight"] == 2
+    assert report.stats["events_bodies_omitted_oversize"] == 2 + 1
 
 
 def test_user_rate_zero_drops_exactly_that_user(collector: CollectorThread) -> None:

@@ -123,3 +123,27 @@ def test_sigterm_while_sending_delivers_everything_queued(
     # Whatever the replay had produced when the signal came was delivered before exit.
     assert f"sent={len(got):,}" in stderr and "left_unsent" not in stderr
     assert len(got) == len(expected) or "interrupted" in stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_replay_workers_sample_what_one_process_samples(
+    expected: Counter[str], collector: CollectorThread, workers: int
+) -> None:
+    """With workers the main process samples each event on the few fields a worker sends with it,
+    encoded once in the worker (`worker_events`): a rule on the response status drops the 999 answered
+    calls and keeps the one whose response was lost, whole, as one process does."""
+    c = collector.collector
+    rule = {"sample_rate": 0, "conditions": [{"path": "response.status", "value": "^200$"}]}
+    c.set_config({"sample_rate": 100, "regex_config": [rule]})
+    proc = subprocess.run(
+        [str(CLI), "replay", str(CAPTURE), "--workers", str(workers)],
+        env=_sender_env(collector.url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "sent=1," in proc.stderr and "sampled_out=999" in proc.stderr, proc.stderr[-2000:]
+    (event,) = c.events()
+    assert c.invalid == [] and "response" not in event and event["weight"] == 1
+    assert Counter([event["transaction_id"]]) <= expected

@@ -6,19 +6,24 @@ it, which spares the main process decoding the exchange and building the event (
 was the limit with two workers). This module holds what both kinds of worker share:
 - `SurelyPlain`: whether an exchange cannot be a Kong leg whatever the classifier learned before;
 - `WorkerEvents`: the worker's own `Engine(capture=False)` (no Kong ports: only plain exchanges reach
-  it) and what it built, taken as one payload per message to the main process: JSON-lines bytes when
-  the main process writes JSON lines (`jsonl=True`: the main process writes them as they are), else
-  the events serialised with orjson (`events_of` loads them in the main process, for the Moesif sender,
-  which samples and weighs event dicts). Measured per event (wrk capture, batches of 500): pickle
-  ~8 us to dump + ~6 us to load, orjson ~1.3 us + ~3.6 us (and it is the sender's own encoding, so
-  whatever it carries the sender can carry).
+  it) and what it built, taken as one payload per message to the main process, by `output`:
+  - "jsonl": JSON-lines bytes; the main process writes them as they are;
+  - "moesif": for the Moesif sender, each event encoded as the sender queues it (`encode_event`,
+    oversize bodies left out), without its weight, with the few fields sampling reads
+    (`sampling_view`) and its flow weight: the main process samples on those and adds the weight to
+    the bytes (`MoesifSender.submit_encoded`). Until 2026-12-07 the worker sent the event dicts and the
+    main process loaded each (~3.6 us) to encode it again (~1.3 us): with two workers the main process
+    does that for every plain event of the node;
+  - "dicts": the event dicts as orjson (`events_of` loads them), for any other sink (tests).
 """
 
 from __future__ import annotations
 
 import io
+import marshal
+from collections import Counter
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -27,9 +32,14 @@ from reassembly.stats import Stats
 from sniffer.config import Config
 from sniffer.engine import Engine
 from sniffer.kong.classify import LegClassifier, LegKind
+from sniffer.moesif.batcher import MAX_EVENT_BYTES, encode_event
 from sniffer.moesif.jsonlines import JsonLinesSink
+from sniffer.moesif.sampling import sampling_view
 
-__all__ = ["SurelyPlain", "WorkerEvents", "events_of"]
+__all__ = ["Output", "SurelyPlain", "WorkerEvents", "encoded_of", "events_of"]
+
+Output = Literal["jsonl", "moesif", "dicts"]
+Encoded = tuple[bytes, dict[str, Any], int]  # (event without its weight, its sampling view, flow weight)
 
 # A message's worth of built events: past either, the worker sends what it has (`WorkerEvents.full`).
 BATCH_BYTES = 1 << 20  # of JSON lines
@@ -73,16 +83,39 @@ class _Collect:
         self.events.append(event)
 
 
+class _Encode:
+    """The worker engine's sink for the Moesif sender: events encoded (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.items: list[Encoded] = []
+        self.outcomes: Counter[str] = Counter()
+
+    def submit(self, event: dict[str, Any]) -> None:
+        weight = event.pop("weight", 1)
+        data, outcome = encode_event(event, MAX_EVENT_BYTES)
+        if outcome:
+            self.outcomes[outcome] += 1
+        if data is not None:
+            self.items.append((data, sampling_view(event), weight))
+
+
 class WorkerEvents:
     """A worker's event builder for exchanges already found plain (`SurelyPlain`, or no Kong ports)."""
 
-    def __init__(self, config: Config, stats: Stats, *, jsonl: bool) -> None:
+    def __init__(self, config: Config, stats: Stats, *, output: Output) -> None:
         """`stats`: the worker's counters (events, events_partial, shed_bodies, ...: they travel with the
         worker's other counters, so the main process counts these events once)."""
-        self.jsonl = jsonl
+        self.output = output
         self._buf = io.BytesIO()
         self._collect = _Collect()
-        sink: Any = JsonLinesSink(self._buf) if jsonl else self._collect
+        self._encode = _Encode()
+        sink: Any = (
+            JsonLinesSink(self._buf)
+            if output == "jsonl"
+            else self._encode
+            if output == "moesif"
+            else self._collect
+        )
         # Only plain exchanges reach this engine: with no Kong ports its joiner does not classify them a
         # second time (the builder does not look at the ports).
         self.engine = Engine(replace(config, kong_ports=()), sink, stats, capture=False)
@@ -101,23 +134,39 @@ class WorkerEvents:
     @property
     def full(self) -> bool:
         """Enough built for one message (`BATCH_BYTES` of JSON lines, `BATCH_EVENTS` event dicts)."""
-        if self.jsonl:
+        if self.output == "jsonl":
             return self._buf.tell() >= BATCH_BYTES
+        if self.output == "moesif":
+            return len(self._encode.items) >= BATCH_EVENTS
         return len(self._collect.events) >= BATCH_EVENTS
 
     def take(self) -> bytes:
         """What was built since the last call, for the main process (b"": nothing)."""
-        if self.jsonl:
+        if self.output == "jsonl":
             buf = self._buf
             data = buf.getvalue()
             buf.seek(0)
             buf.truncate()
             return data
+        if self.output == "moesif":
+            encode = self._encode
+            if not encode.items and not encode.outcomes:
+                return b""
+            payload = marshal.dumps((encode.items, dict(encode.outcomes)))
+            encode.items = []
+            encode.outcomes.clear()
+            return payload
         events = self._collect.events
         if not events:
             return b""
         self._collect.events = []
         return orjson.dumps(events)
+
+
+def encoded_of(payload: bytes) -> tuple[list[Encoded], dict[str, int]]:
+    """The encoded events and `encode_event` counts of an "moesif" payload (`WorkerEvents.take`), for
+    `MoesifSender.submit_encoded`."""
+    return marshal.loads(payload) if payload else ([], {})  # type: ignore[no-any-return]
 
 
 def events_of(payload: bytes) -> list[dict[str, Any]]:

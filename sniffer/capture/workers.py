@@ -241,7 +241,7 @@ def _worker_main(
     pending: list[Exchange] = []
     weights: dict[tuple[Any, Any], int] = {}
     sampler = FlowSampler.of(config, stats, weights)
-    events = WorkerEvents(config, stats, jsonl=not config.application_id)
+    events = WorkerEvents(config, stats, output="moesif" if config.application_id else "jsonl")
     kong, upstream = frozenset(config.kong_ports), frozenset(config.upstream_ports)
     surely_plain = SurelyPlain(kong, upstream) if kong else None
 

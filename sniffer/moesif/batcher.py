@@ -40,6 +40,7 @@ __all__ = [
     "encode_event",
     "gzip_body",
     "pack_batches",
+    "with_weight",
 ]
 
 MAX_EVENT_BYTES = 1_000_000  # Moesif's 1 MB event limit, in decimal to leave headroom
@@ -184,6 +185,12 @@ def encode_event(event: dict[str, Any], max_event_bytes: int = MAX_EVENT_BYTES) 
     if len(data) > max_event_bytes:
         return None, "events_dropped_oversize"
     return _exact(data), "events_bodies_omitted_oversize"
+
+
+def with_weight(data: bytes, weight: int) -> bytes:
+    """An event encoded without a `weight` (`encode_event` of a dict without one), with it: orjson
+    writes an object's keys in order, so the last one can be added before the closing brace."""
+    return b'%s,"weight":%d}' % (data[:-1], weight)
 
 
 def _exact(data: bytes) -> bytes:

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-__all__ = ["AppConfig", "RegexRule", "Sampler", "parse_app_config"]
+__all__ = ["AppConfig", "RegexRule", "Sampler", "parse_app_config", "sampling_view"]
 
 _ROUTE = re.compile(r"https?://[^/]+(/[^?]*)")
 
@@ -131,6 +131,22 @@ def _field(event: dict[str, Any], path: str) -> str | None:
     else:
         return None
     return None if value is None else str(value)
+
+
+def sampling_view(event: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `event` that sampling reads (`Sampler.weight` gives the view what it gives the
+    event): a capture worker sends this with the event it encoded, so the main process's sampler needs
+    neither to decode the event nor to encode it again."""
+    view: dict[str, Any] = {}
+    for name in ("user_id", "company_id"):
+        if name in event:
+            view[name] = event[name]
+    request = event.get("request") or {}
+    view["request"] = {k: request[k] for k in ("verb", "uri", "ip_address") if k in request}
+    response = event.get("response")
+    if isinstance(response, dict) and "status" in response:
+        view["response"] = {"status": response["status"]}
+    return view
 
 
 class Sampler:

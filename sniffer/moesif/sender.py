@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+import orjson
+
 from sniffer.errors import ConfigError
 from sniffer.moesif.app_config import AppConfigFetcher
 from sniffer.moesif.batcher import (
@@ -33,6 +35,7 @@ from sniffer.moesif.batcher import (
     MAX_EVENT_BYTES,
     EventQueue,
     encode_event,
+    with_weight,
 )
 from sniffer.moesif.delivery import Delivery
 from sniffer.moesif.sampling import Sampler
@@ -151,6 +154,9 @@ class MoesifSender:
             with self._lock:
                 self._sampled_out += 1
             return
+        self._submit_sampled(event, weight)
+
+    def _submit_sampled(self, event: dict[str, Any], weight: int) -> None:
         # The capture may already stand for several calls (flow sampling under load): weights multiply.
         event["weight"] = weight * event.get("weight", 1)
         data, outcome = encode_event(event, self._max_event_bytes)
@@ -159,6 +165,35 @@ class MoesifSender:
                 self._encode_outcomes[outcome] += 1
         if data is not None:
             self._queue.put(data)
+
+    def submit_encoded(
+        self, items: list[tuple[bytes, dict[str, Any], int]], outcomes: dict[str, int] | None = None
+    ) -> None:
+        """Events a capture worker built and encoded (`worker_events`): (the event encoded without its
+        weight, its `sampling_view`, the weight flow sampling gave it); `outcomes`: the worker's
+        `encode_event` counts. Sampled and queued as `submit` would; never blocks."""
+        if outcomes:
+            with self._lock:
+                self._encode_outcomes.update(outcomes)
+        if self._closed:
+            with self._lock:
+                self._after_close += len(items)
+            return
+        weigh, put, limit = self._sampler.weight, self._queue.put, self._max_event_bytes
+        sampled_out = 0
+        for data, view, flow_weight in items:
+            weight = weigh(view)
+            if weight is None:
+                sampled_out += 1
+            elif len(data) + 32 <= limit:  # room for the weight
+                put(with_weight(data, weight * flow_weight))
+            else:  # within a few bytes of this sender's limit (the worker's may differ): as submit would
+                event = orjson.loads(data)
+                event["weight"] = flow_weight
+                self._submit_sampled(event, weight)
+        if sampled_out:
+            with self._lock:
+                self._sampled_out += sampled_out
 
     def close(self, timeout_s: float | None = None) -> SendReport:
         """Stop taking events, deliver what is queued within the deadline, stop the thread."""
