@@ -17,6 +17,8 @@
 # the pure-Python package instead (same behaviour, about 1.5x slower core: bench/core.py --compiled).
 
 FROM debian:bookworm-slim AS builder
+# Both stages carry this label, so a test machine can prune what its builds left untagged.
+LABEL io.moesif-sniffer.stage=builder
 ARG SNIFFER_COMPILE=1
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3=3.11.2-1+b1 python3-venv=3.11.2-1+b1 \
@@ -49,6 +51,7 @@ RUN [ "$SNIFFER_COMPILE" != 1 ] || /opt/venv/bin/python3 -c \
     "import reassembly.pipeline as p, sys; sys.exit(not p.__file__.endswith('.so'))"
 
 FROM debian:bookworm-slim
+LABEL io.moesif-sniffer.stage=daemon
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3=3.11.2-1+b1 \
     && rm -rf /var/lib/apt/lists/*

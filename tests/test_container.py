@@ -55,18 +55,31 @@ def _sh(*cmd: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return res
 
 
-@pytest.fixture(scope="module")
-def image() -> str:
+STAGE_LABEL = "io.moesif-sniffer.stage"  # the Dockerfile's label on both stages
+
+
+def build_image(tag: str, *args: str, timeout: float = 600) -> str:
+    """Build the Dockerfile's image as `tag` (`args`: more `podman build` arguments), and leave no image
+    behind: each build left its builder stage untagged (~500 MB), and re-tagging `tag` the previous
+    image; a test machine had gathered 255 of them. The builder stage is tagged `<tag>-builder`, so the
+    next build still finds its layers cached, then what no tag holds any more of either stage goes."""
     _sh("bash", "deploy/podman/setup.sh")
     if subprocess.run(["podman", "image", "exists", BASE]).returncode != 0:
         if shutil.which("debootstrap") is None:
             pytest.skip(f"no {BASE} image and no debootstrap to make one (apt-get install debootstrap)")
         _sh("bash", "deploy/podman/make-base-image.sh", timeout=600)
-    build = ["podman", "build", "--network=host", "--format", "docker", "--pull=never", "-t", IMAGE]
+    build = ["podman", "build", "--network=host", "--format", "docker", "--pull=never", *args]
     if CA_BUNDLE.exists():  # this host's CAs, in case PyPI is reached through an intercepting proxy
         build += ["--secret", f"id=pip_cert,src={CA_BUNDLE}"]
-    _sh(*build, ".", timeout=600)
-    return IMAGE
+    _sh(*build, "--target", "builder", "-t", f"{tag}-builder", ".", timeout=timeout)
+    _sh(*build, "-t", tag, ".", timeout=timeout)
+    _sh("podman", "image", "prune", "-f", "--filter", f"label={STAGE_LABEL}")
+    return tag
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    return build_image(IMAGE)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from test_container import BASE, CA_BUNDLE, ROOT
+from test_container import build_image
 from test_tls_topology import (
     BURST,
     KONG_PORTS,
@@ -42,21 +42,7 @@ IMAGE = "localhost/moesif-sniffer:tls-test"
 def image() -> str:
     """The Dockerfile's image as test_container.py builds it, pure Python (SNIFFER_COMPILE=0: quicker,
     and what is under test here is the capture, not the compiled core)."""
-    for script in ("deploy/podman/setup.sh", "deploy/podman/make-base-image.sh"):
-        if (
-            script.endswith("base-image.sh")
-            and subprocess.run(["podman", "image", "exists", BASE]).returncode == 0
-        ):
-            continue
-        subprocess.run(["bash", script], cwd=ROOT, check=True, capture_output=True, timeout=600)
-    build = ["podman", "build", "--network=host", "--format", "docker", "--pull=never", "-t", IMAGE]
-    build += ["--build-arg", "SNIFFER_COMPILE=0"]
-    if CA_BUNDLE.exists():
-        build += ["--secret", f"id=pip_cert,src={CA_BUNDLE}"]
-    done = subprocess.run([*build, "."], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    if done.returncode:
-        pytest.fail(f"podman build failed: {done.stderr[-3000:]}")
-    return IMAGE
+    return build_image(IMAGE, "--build-arg", "SNIFFER_COMPILE=0", timeout=900)
 
 
 @pytest.fixture(scope="module")
