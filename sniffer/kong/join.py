@@ -16,7 +16,11 @@ either order is handled. Two legs are one call when
   `apikey`, `Cookie`) is on the client leg too, equal; and time nesting: the upstream request starts
   after the client request started and the upstream response ends before the client response ends.
   Among several candidates (many client connections share few upstream keep-alive connections, and
-  identical calls overlap) the tightest fit in time wins.
+  identical calls overlap) a client leg takes the upstream leg inside it that started first: legs
+  arrive in end order, so a later client leg could take only upstream legs that started after it did,
+  and the earliest start is the one it cannot (taking the closest ends instead once left one of two
+  identical overlapping calls with nothing). An upstream leg waiting for its client leg takes the
+  tightest fit in time.
 A leg waits `wait_s` of capture time for its partner, then goes out alone, flagged `Legs.CLIENT_ONLY` or
 `Legs.UPSTREAM_ONLY`. A client leg Kong answered itself (a 4xx with `X-Kong-Response-Latency` or
 `Server: kong/...` and no `Via: kong`) has no upstream leg and goes out at once. A leg whose partner
