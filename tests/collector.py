@@ -85,6 +85,7 @@ class Collector:
         self.user_agents: set[str] = set()
         self.encodings: Counter[str] = Counter()  # Content-Encoding of every batch POST
         self.answers: list[tuple[float, int]] = []  # (monotonic time, status) of every batch POST
+        self.in_flight = 0  # batch POSTs being handled
         self.config_fetches = 0
         self.set_config(config or {"sample_rate": 100})
         # failure knobs
@@ -147,6 +148,23 @@ class Collector:
             transport.abort()
 
     async def batch(self, request: web.Request) -> web.StreamResponse:
+        with self.lock:
+            self.in_flight += 1
+        try:
+            return await self._batch(request)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def settled(self, quiet_s: float) -> bool:
+        """No batch POST being handled, and none answered in the last `quiet_s` seconds: a client that
+        gave up on a request (a sender closed at its deadline) can no longer have it judged later, after
+        the test changed the knobs."""
+        with self.lock:
+            last = self.answers[-1][0] if self.answers else float("-inf")
+            return self.in_flight == 0 and time.monotonic() - last >= quiet_s
+
+    async def _batch(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         if self.reset_next > 0:
             self.reset_next -= 1
