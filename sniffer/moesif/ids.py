@@ -80,13 +80,14 @@ class FlowIds:
     """The derived ids of one connection's requests: its name, and the hash of the last second an id
     was made for (the UUID's first 20 hex digits as text, its last 48 bits as an int)."""
 
-    __slots__ = ("head", "name", "second", "tail")
+    __slots__ = ("head", "name", "second", "tail", "tail_hex")
 
     def __init__(self, client_text: str, server_text: str) -> None:
         self.name = _NAMESPACE_BYTES + f"{client_text}|{server_text}|".encode()
         self.second = -1
         self.head = ""
-        self.tail = 0
+        self.tail_hex = ""  # the hash's last 12 hex digits: the id of offset 0 ends with them
+        self.tail = -1  # the same as an int, read when an offset other than 0 needs it
 
 
 def flow_ids(client: Endpoint, server: Endpoint) -> FlowIds:
@@ -102,8 +103,17 @@ def derived_id(ids: FlowIds, offset: int, ts: float) -> str:
         ids.second = second
         # Version digit 8, variant bits 10.
         ids.head = f"{x[:8]}-{x[8:12]}-8{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-"
-        ids.tail = int(x[20:32], 16)
-    return ids.head + f"{(ids.tail ^ offset * _OFFSET_MIX) & _MASK_48:012x}"
+        ids.tail_hex = x[20:32]
+        ids.tail = -1
+    if not offset:
+        # A connection's first request (most of Kong's client connections carry one): the tail as it
+        # is, without the int round trip that made a one-request connection's id ~170 ns dearer than
+        # the uuid5 it replaced.
+        return ids.head + ids.tail_hex
+    tail = ids.tail
+    if tail < 0:
+        tail = ids.tail = int(ids.tail_hex, 16)
+    return ids.head + f"{(tail ^ offset * _OFFSET_MIX) & _MASK_48:012x}"
 
 
 def sent_id(call: ApiCall) -> str | None:
