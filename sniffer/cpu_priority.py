@@ -84,13 +84,11 @@ def _allow_way_back(nice: int) -> bool:
     return True
 
 
-def restore_normal_priority(priority: str, pids: Iterable[int]) -> int:
-    """On stop, after `apply_cpu_priority(priority)` lowered it: every thread of the processes `pids` back
-    to SCHED_OTHER at the nice value the daemon started with, so it stops promptly on a busy node.
+def restore_normal_priority(pids: Iterable[int]) -> int:
+    """On stop, after `apply_cpu_priority` lowered it: every thread of the processes `pids` back to
+    SCHED_OTHER at the nice value the daemon started with, so it stops promptly on a busy node.
     Returns the threads that could not be restored (0: all were; the daemon then stops at the lowered
     priority, slower, as it did before)."""
-    if priority not in ("low", "idle"):
-        return 0
     failed = 0
     for pid in pids:
         try:

@@ -124,7 +124,7 @@ class DaemonLoop:
         pids = [os.getpid()]
         if self.pool is not None:
             pids += [p.pid for p in self.pool.procs if p.pid is not None]
-        failed = restore_normal_priority(priority, pids)
+        failed = restore_normal_priority(pids)
         if failed:
             log.warning("stopping at %s CPU priority: %d threads could not be raised back", priority, failed)
         else:

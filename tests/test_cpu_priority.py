@@ -104,7 +104,7 @@ cpu_priority.apply_cpu_priority(sys.argv[1])
 threading.Thread(target=time.sleep, args=(5,), daemon=True).start()  # inherits the lowered priority
 if sys.argv[3] == "drop":
     drop_privileges("nobody")
-failed = cpu_priority.restore_normal_priority(sys.argv[1], [os.getpid()])
+failed = cpu_priority.restore_normal_priority([os.getpid()])
 tids = sorted(int(t) for t in os.listdir("/proc/self/task"))
 print(failed, os.getuid(), [(os.sched_getscheduler(t), os.getpriority(os.PRIO_PROCESS, t)) for t in tids])
 """

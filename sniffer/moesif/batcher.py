@@ -118,7 +118,7 @@ class EventQueue:
 
 # gzip level 3, not zlib's default 6: on the gateway's node CPU is dearer than bytes to Moesif.
 # Measured on batches of 50 (python bench/delivery.py, 2026-12-07): compressing at 3 took less than half
-# the CPU of 6 (wrk events 1.5 against 4.1 us each, Kong events 4.1 against 8.9), for 7 % (wrk) and
+# the CPU of 6 (wrk events 1.5 against 4.1 us each, Kong events 4.1 against 8.9), for 8 % (wrk) and
 # 27 % (Kong) more bytes; level 1 was no faster than 3 on wrk events and 6 % faster on Kong's, for 11 %
 # more bytes than 3 there.
 GZIP_LEVEL = 3
