@@ -1,6 +1,8 @@
-"""Delivery cost: CPU per event of the Moesif sender (encode, queue, batch, gzip, POST) at each gzip level.
+"""Delivery cost: CPU per event of the Moesif sender (encode, queue, batch, gzip, POST) by compressor.
 
-Usage: python bench/delivery.py [--events N] [--levels 1,3,6] [--batch-size 50] [--runs N]
+Usage: python bench/delivery.py [--events N] [--with zlib:1,zlib:3,zlib:6,isal:1,isal:2] [--batch-size 50]
+                                [--runs N]
+(`zlib:N`: the standard library's zlib at level N; `isal:N`: ISA-L's deflate, python-isal, at level N.)
 The events are real: the wrk mix from /tmp/bench-100k.pcap (made from the 1M bench capture, or with
 make_capture.sh, when missing) and the Kong mix from pcaps/kong-demo.pcap (joined legs, JWT/Basic/apikey,
 gzip and POST bodies), built by `replay` as JSON lines and loaded once. Each run submits them to a
@@ -89,19 +91,21 @@ def _send(events: list[dict[str, Any]], url: str, batch_size: int) -> tuple[floa
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=20_000)
-    ap.add_argument("--levels", default="1,3,6")
+    ap.add_argument("--with", dest="compressors", default="zlib:1,zlib:3,zlib:6,isal:1,isal:2")
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    levels = [int(x) for x in args.levels.split(",")]
+    compressors = [(name, int(level)) for name, level in (x.split(":") for x in args.compressors.split(","))]
     mixes = {
         "wrk": _events(ensure_capture(Path("/tmp/bench-100k.pcap")), args.events),
         "kong": _events(ROOT / "pcaps" / "kong-demo.pcap", args.events),
     }
     proc, url = _collector()
-    default = batcher.GZIP_LEVEL
+    default = (batcher.COMPRESSOR, batcher.GZIP_LEVEL, batcher.ISAL_LEVEL)
+    level_now = batcher.ISAL_LEVEL if batcher.COMPRESSOR == "isal" else batcher.GZIP_LEVEL
     print(f"{args.events:,} events a run, batches of {args.batch_size}, median of {args.runs}; "
-          f"the sender's default gzip level: {default}; load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+          f"the sender's default: {batcher.COMPRESSOR} {level_now}; "
+          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     print(f"{'mix':5} {'what':12} {'CPU us/event':>13} {'gzip B/event':>13} {'x dumps':>8}")
     try:
         for mix, events in mixes.items():
@@ -110,14 +114,15 @@ def main() -> int:
                 orjson.dumps(event)
             dumps_us = (time.process_time() - t) / len(events) * 1e6
             print(f"{mix:5} {'orjson.dumps':12} {dumps_us:13.2f} {'':>13} {1.0:8.1f}")
-            for level in levels:
-                batcher.GZIP_LEVEL = level
+            for name, level in compressors:
+                batcher.COMPRESSOR = name
+                batcher.GZIP_LEVEL = batcher.ISAL_LEVEL = level
                 runs = [_send(events, url, args.batch_size) for _ in range(args.runs)]
                 cpu = statistics.median(r[0] for r in runs) / len(events) * 1e6
                 size = statistics.median(r[1] for r in runs) / len(events)
-                print(f"{mix:5} {'gzip ' + str(level):12} {cpu:13.2f} {size:13.0f} {cpu / dumps_us:8.1f}")
+                print(f"{mix:5} {f'{name} {level}':12} {cpu:13.2f} {size:13.0f} {cpu / dumps_us:8.1f}")
     finally:
-        batcher.GZIP_LEVEL = default
+        batcher.COMPRESSOR, batcher.GZIP_LEVEL, batcher.ISAL_LEVEL = default
         proc.terminate()
         proc.wait(10)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import random
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from collector import APP_ID, CollectorThread, running_collector
 
+from sniffer.moesif import batcher
 from sniffer.moesif.batcher import EventQueue, encode_event
 from sniffer.moesif.sampling import sampling_view
 from sniffer.moesif.sender import MoesifSender
@@ -582,3 +584,28 @@ def test_config_is_refetched_periodically(collector: CollectorThread) -> None:
 def test_endpoint_credentials_are_not_logged() -> None:
     assert safe_url("https://user:secret@api.example.com:443/x") == "https://***@api.example.com:443/x"
     assert safe_url("https://api.moesif.net") == "https://api.moesif.net"
+
+
+@pytest.mark.parametrize(("compressor", "level"), [("isal", 2), ("zlib", 3)])
+def test_each_compressor_posts_the_events_gzipd(
+    collector: CollectorThread, monkeypatch: pytest.MonkeyPatch, compressor: str, level: int
+) -> None:
+    # ISA-L (the default when installed) and zlib (without it): a gzip stream of the JSON array, which the
+    # collector takes whole, every field intact.
+    if compressor == "isal" and batcher._isal_compress is None:
+        pytest.skip("isal is not installed")
+    monkeypatch.setattr(batcher, "COMPRESSOR", compressor)
+    monkeypatch.setattr(batcher, "GZIP_LEVEL", level)
+    monkeypatch.setattr(batcher, "ISAL_LEVEL", level)
+    events = [make_event(i, body={"v": "y" * (i % 300)}) for i in range(120)]
+    body = batcher.gzip_body([orjson.dumps(e) for e in events])
+    assert body[:2] == b"\x1f\x8b" and orjson.loads(gzip.decompress(body)) == events
+    s = make_sender(collector.url, batch_size=50)
+    s.start()
+    for event in events:
+        s.submit(orjson.loads(orjson.dumps(event)))
+    report = s.close()
+    assert report.complete and report.sent == len(events)
+    got = sorted(collector.collector.events(), key=lambda e: e["transaction_id"])
+    assert got == [{**e, "weight": 1} for e in sorted(events, key=lambda e: e["transaction_id"])]
+    assert collector.collector.invalid == []
