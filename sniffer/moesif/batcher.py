@@ -31,11 +31,16 @@ from typing import Any
 
 import orjson
 
-_isal_compress: Callable[[bytes, int, int], bytes] | None
-try:
-    from isal.isal_zlib import compress as _isal_compress
-except ImportError:  # a dependency; an install without it compresses with zlib, as before
-    _isal_compress = None
+
+def _isal() -> Callable[[bytes, int, int], bytes] | None:
+    try:
+        from isal.isal_zlib import compress
+    except ImportError:  # a dependency; an install without it compresses with zlib, as before
+        return None
+    return compress
+
+
+_isal_compress = _isal()
 
 __all__ = [
     "DEFAULT_QUEUE_BYTES",
