@@ -20,6 +20,7 @@ from sniffer.config import Config
 from sniffer.kong.api_call import ApiCall, Legs
 from sniffer.moesif.client_ip import client_ip, forwarded_ip, parse_ip
 from sniffer.moesif.event import EventBuilder, iso_time, transaction_id
+from sniffer.moesif.ids import millis
 
 TS = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 CLIENT = ("10.0.0.1", 40000)
@@ -619,6 +620,31 @@ def test_iso_time_is_strftime_of_the_truncated_millisecond(ts: float) -> None:
     expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
     assert iso_time(ts) == expected
     assert iso_time(ts) == expected  # again, now from the per-second memo
+
+
+# Capture times whose microseconds are a tie (end in exactly .5) next to a whole millisecond, near 0 and
+# near today's epoch seconds (where a float's spacing in microseconds is 0.25): only there does the way
+# ties go change the millisecond (999.5 us is 1 ms by round, half to even; 0 ms by rounding ties down).
+_HALVES = [
+    ts
+    for base in (0.0, 1_700_000_000_000_000.0)
+    for k in range(1, 3000)
+    for x in (base + 1000 * k - 0.5, base + 1000 * k + 0.5)
+    if (ts := x / 1e6) * 1e6 == x
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(ts=st.floats(-1e15, 1e15) | st.sampled_from(_HALVES))
+def test_millis_is_round_of_the_microseconds(ts: float) -> None:
+    assert millis(ts) == round(ts * 1_000_000) // 1000
+    assert millis(-ts) == round(-ts * 1_000_000) // 1000
+
+
+def test_millis_ties_go_to_the_even_microsecond() -> None:
+    assert len(_HALVES) > 1000
+    for ts in (*_HALVES, *(-t for t in _HALVES)):
+        assert millis(ts) == round(ts * 1_000_000) // 1000, ts
 
 
 def test_iso_time_memo_stays_right_past_its_size() -> None:

@@ -46,6 +46,7 @@ from sniffer.moesif.ids import (
     derived_id,
     endpoint_text,
     iso_time,
+    millis,
     second_text,
     transaction_id,
 )
@@ -88,8 +89,6 @@ _REQ_MEMO_WINDOW: Final = 1024
 _REQ_MEMO_PAUSE: Final = 16384
 _FORWARDING: Final = frozenset(HEADER_ORDER)
 _LEGS: Final = {legs: legs.value for legs in Legs}  # Enum.value is a Python-level property: look it up once
-# Compiled, `round` is looked up in builtins at each call (mypyc has no primitive for it); bound once here.
-_round: Final = round
 
 
 def _method(raw: bytes) -> str:
@@ -254,7 +253,7 @@ class EventBuilder:
         flags: set[str] = {f.value for f in primary.flags} if primary.flags else set()
         capture: dict[str, object] = {"legs": _LEGS[call.legs]}
         # iso_time, inlined (twice per event): the per-second text plus the millisecond's.
-        ms = _round(req.ts_start * 1_000_000) // 1000
+        ms = millis(req.ts_start)
         request: dict[str, object] = {
             "time": (_SECONDS.get(ms // 1000) or second_text(ms // 1000)) + _MILLIS[ms % 1000],
             "uri": uri,
@@ -272,7 +271,7 @@ class EventBuilder:
 
         event: dict[str, object] = {"request": request}
         if resp is not None:
-            ms = _round(resp.ts_end * 1_000_000) // 1000
+            ms = millis(resp.ts_end)
             response: dict[str, object] = {
                 "time": (_SECONDS.get(ms // 1000) or second_text(ms // 1000)) + _MILLIS[ms % 1000],
                 "status": resp.status,
