@@ -18,6 +18,7 @@ engine in the main process is built with `capture=False`: it gets the workers' e
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any, Final, Protocol
 
@@ -112,6 +113,22 @@ class Engine:
             self._next_join_ts = ts + JOIN_ADVANCE_INTERVAL_S
             self.sync_stats()
             self._emit(self.joiner.advance(ts))
+
+    def feed_all(
+        self, frames: Iterator[tuple[float, int, bytes, int]], tick: Callable[[int], bool], every: int
+    ) -> int:
+        """`feed` every frame of `frames` (ts, link type, bytes, wire length); after each `every` frames
+        (a power of two) `tick(frames so far)`, and stop when it says so. Returns the count fed.
+        A replay's loop, here to be compiled: interpreted, each frame cost a step of the interpreter and
+        a call into compiled code that parses its arguments (~3 % of a 1-process replay of wrk traffic)."""
+        n = 0
+        mask = every - 1
+        for ts, linktype, frame, wire_len in frames:
+            self.feed(ts, linktype, frame, wire_len)
+            n += 1
+            if not n & mask and tick(n):
+                break
+        return n
 
     def sync_stats(self) -> None:
         """Bring `stats["packets"]` up to date; call before reading the stats (metrics, summaries)."""

@@ -95,17 +95,16 @@ def replay_file(
             bar = None
             if progress is not None and progress.isatty() and capture.size_bytes >= PROGRESS_MIN_BYTES:
                 bar = _Progress(progress, capture.size_bytes)
-            feed = engine.feed
-            n = 0
+
+            def tick(n: int) -> bool:
+                if stop:
+                    return True
+                if bar is not None:
+                    bar.update(capture.bytes_read, n)
+                return False
+
             try:
-                for ts, linktype, frame, wire_len in capture:
-                    feed(ts, linktype, frame, wire_len)
-                    n += 1
-                    if not n & 0x3FFF:
-                        if stop:
-                            break
-                        if bar is not None:
-                            bar.update(capture.bytes_read, n)
+                engine.feed_all(iter(capture), tick, 0x4000)
             except CaptureError as exc:
                 error = exc
             if bar is not None:

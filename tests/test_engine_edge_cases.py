@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
+import signal
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from helpers import ListSink, frames, tcp_conversation
+import pytest
+from helpers import ListSink, frames, tcp_conversation, write_pcap
 from scapy.layers.inet import TCP
 from scapy.packet import Packet
 
 from reassembly.stats import Stats
+from sniffer import replay
+from sniffer.capture.pcapfile import CaptureFile, Frame
 from sniffer.config import Config
 from sniffer.engine import Engine
 
@@ -284,3 +291,66 @@ def test_scrapes_of_the_daemons_own_metrics_port_are_not_api_calls() -> None:
     # A port the operator lists as an API port is parsed, and so is any port with metrics off.
     assert len(run(scrape, SNIFFER_PORTS="9464")[0]) == 1
     assert len(run(scrape, SNIFFER_METRICS_ADDR="")[0]) == 1
+
+
+def test_feed_all_ticks_every_block_of_frames_and_stops_when_told() -> None:
+    # Many calls' frames, then garbage: every frame is fed (counted), the tick comes after each 4 frames
+    # with the count so far, and a tick that says stop ends the walk right there.
+    packets = [
+        p
+        for i in range(6)
+        for p in tcp_conversation([get(f"/f/{i}")], [ok(b"{}")], client=("10.0.0.9", 41000 + i))
+    ]
+    data = [(ts, lt, raw, n) for ts, lt, raw, n in frames(packets)] + [(2e9, 1, b"\x00" * 30, 30)] * 5
+    for stop_at in (None, 8):
+        sink = ListSink()
+        engine = Engine(Config(), sink, Stats())
+        ticks: list[int] = []
+
+        def tick(n: int, stop_at: int | None = stop_at, ticks: list[int] = ticks) -> bool:
+            ticks.append(n)
+            return n == stop_at
+
+        fed = engine.feed_all(iter(data), tick, 4)
+        engine.close()
+        if stop_at is None:
+            assert fed == len(data) and ticks == list(range(4, len(data) + 1, 4))
+            assert len(sink.events) == 6
+        else:
+            assert fed == 8 and ticks == [4, 8]
+        engine.sync_stats()
+        assert engine.stats["packets"] == fed
+
+
+class _SignalAt:
+    """A capture that sends this process SIGINT once it has given `at` frames."""
+
+    def __init__(self, capture: CaptureFile, at: int) -> None:
+        self.capture, self.at = capture, at
+        self.size_bytes = self.bytes_read = 0
+
+    def __enter__(self) -> _SignalAt:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.capture.close()
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i, frame in enumerate(self.capture):
+            if i == self.at:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield frame
+
+
+def test_replay_stops_at_a_signal_with_the_frames_read_so_far(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGINT during a replay: the walk stops at the end of the block of 16,384 frames it is in, and the
+    # result says it was interrupted, with the frames read until then.
+    one = bytes(tcp_conversation([get("/x")], [ok(b"{}")])[3])
+    path = tmp_path / "many.pcap"
+    write_pcap(path, [(1_700_000_000.0 + i * 1e-5, one) for i in range(40_000)])
+    real_open = replay.open_capture
+    monkeypatch.setattr(replay, "open_capture", lambda p: _SignalAt(real_open(p), 100))
+    result = replay.replay_file(str(path), Config(), ListSink())
+    assert result.interrupted and result.stats["packets"] == 16_384
