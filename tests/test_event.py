@@ -798,3 +798,42 @@ def test_parse_ip_memo_stays_right_past_its_size() -> None:
         assert parse_ip(f"{text}:80") == text
         assert parse_ip(f"[::ffff:{text}]:80") == text
     assert parse_ip("10.0.0.2:80") == "10.0.0.2" and parse_ip("nope") is None and parse_ip("nope") is None
+
+
+def test_a_connections_uri_follows_its_request_target_and_host() -> None:
+    # One connection's requests, their targets and Host values changing, repeating and coming back, some
+    # too long to be remembered: each event's URI is the one a builder that never saw the others gives.
+    client, server = ("10.0.0.7", 40100), ("10.0.0.8", 8080)
+    long = b"/l?" + b"q" * 600
+    steps = [
+        (b"/a", b"h1"),
+        (b"/a", b"h1"),
+        (b"/a", b"h2"),
+        (b"/b", b"h2"),
+        (b"/a", None),
+        (b"/a", b"h1"),
+        (long, b"h1"),
+        (long, b"h1"),
+        (b"/a", b"h1"),
+    ]
+    builder = EventBuilder(Config())
+    uris = []
+    for target, host in steps:
+        headers = [(b"Host", host)] if host else []
+
+        def call(headers: list[tuple[bytes, bytes]] = headers, target: bytes = target) -> ApiCall:
+            leg = exchange(request(headers, target=target), None, client=client, server=server)
+            return ApiCall(client_leg=leg, upstream_leg=None, legs=Legs.SINGLE)
+
+        got = builder.build(call())
+        expected = EventBuilder(Config()).build(call())
+        assert got is not None and expected is not None
+        assert got["request"]["uri"] == expected["request"]["uri"]  # type: ignore[index]
+        uris.append(got["request"]["uri"])  # type: ignore[index]
+    assert uris[:5] == [
+        "http://h1:8080/a",
+        "http://h1:8080/a",
+        "http://h2:8080/a",
+        "http://h2:8080/b",
+        "http://10.0.0.8:8080/a",
+    ]
