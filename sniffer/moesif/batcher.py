@@ -31,17 +31,6 @@ from typing import Any
 
 import orjson
 
-
-def _isal() -> Callable[[bytes, int, int], bytes] | None:
-    try:
-        from isal.isal_zlib import compress
-    except ImportError:  # a dependency; an install without it compresses with zlib, as before
-        return None
-    return compress
-
-
-_isal_compress = _isal()
-
 __all__ = [
     "DEFAULT_QUEUE_BYTES",
     "MAX_BATCH_BYTES",
@@ -127,6 +116,15 @@ class EventQueue:
         return len(self._items)
 
 
+def _isal() -> Callable[[bytes, int, int], bytes] | None:
+    try:
+        from isal.isal_zlib import compress
+    except ImportError:  # a dependency; an install without it compresses with zlib, as before
+        return None
+    return compress
+
+
+_isal_compress = _isal()
 # What compresses a batch: ISA-L's deflate (python-isal) at its level 2 (its default; its level 3 is
 # slower than zlib's 3) when installed, else zlib at level 3 (not its default 6: on the gateway's node CPU
 # is dearer than bytes to Moesif). Measured on batches of 50 (python bench/delivery.py, 2026-12-07), the
