@@ -110,7 +110,7 @@ def test_live_daemon_in_gw_reports_every_call_once(topo: Topology, workers: int,
     assert packets.isdigit() and int(packets) >= m["packets"], log_tail
     summary = f"0 kernel drops, {m['flows']:.0f} flows, "
     summary += f"{m['exchanges']:.0f} exchanges, {m['events']:.0f} events (0 partial)"
-    assert rest == summary, log_tail
+    assert rest == summary, _partial_events(events) + log_tail
 
     # The client's side of the run: the planned cases really happened.
     assert want["calls"] == sum(len(c["calls"]) for c in demo_plan()["connections"]) + 100
@@ -123,7 +123,7 @@ def test_live_daemon_in_gw_reports_every_call_once(topo: Topology, workers: int,
     assert m["kernel_packets"] == m["packets"] + m["loopback_duplicates"], m.figures()
     assert m["exchanges"] == want["exchanges"], m.figures()
     assert m["events"] == want["calls"], m.figures()
-    assert m["events_partial"] == 0
+    assert m["events_partial"] == 0, _partial_events(events)
     assert m["workers"] == workers
     assert m["capture_open"] == 1
     assert ready == healthy == 200
@@ -146,3 +146,20 @@ def test_live_daemon_in_gw_reports_every_call_once(topo: Topology, workers: int,
         if "upstream_connection" in e["metadata"]["capture"]
     }
     assert m["flows"] == want["client_connections"] + len(upstream_connections), m.figures()
+
+
+def _partial_events(events: list[dict[str, Any]]) -> str:
+    """What a failure needs to tell why: the partial events (those with capture flags) and the calls
+    whose legs did not join, briefly."""
+    lines = []
+    for e in events:
+        capture = e["metadata"]["capture"]
+        if "flags" in capture or capture["legs"] not in ("client+upstream", "client"):
+            request, status = e["request"], e.get("response", {}).get("status")
+            lines.append(
+                f"{request.get('verb')} {request.get('uri')} -> {status}: legs={capture['legs']} "
+                f"flags={capture.get('flags')} upstream_flags={capture.get('upstream_flags')} "
+                f"connection={capture.get('connection')} upstream={capture.get('upstream_connection')} "
+                f"kong_request_id={capture.get('kong_request_id')}"
+            )
+    return "partial or unjoined events:\n" + "\n".join(lines) + "\n"
