@@ -150,7 +150,7 @@ def test_the_sampling_view_gets_the_rate_of_the_whole_event() -> None:
     from helpers import ListSink
 
     from sniffer.config import Config
-    from sniffer.moesif.sampling import sampling_view
+    from sniffer.moesif.sampling import FIELD_PATHS, sampling_view
     from sniffer.replay import replay_file
 
     demo = Path(__file__).resolve().parents[1] / "pcaps" / "kong-demo.pcap"
@@ -160,17 +160,20 @@ def test_the_sampling_view_gets_the_rate_of_the_whole_event() -> None:
     users = {e["user_id"] for e in events if "user_id" in e}
     companies = {e["company_id"] for e in events if "company_id" in e}
     assert len(events) > 40 and len(users) >= 2 and companies
+    # A rule on every path a rule may test: a path added to sampling needs its case here.
+    values = {
+        "request.verb": "^POST$",
+        "request.route": "^/api/orders",
+        "request.ip_address": r"^10\.",
+        "response.status": "^4",
+    }
+    assert set(values) == set(FIELD_PATHS)
     rule_sets = [
         {"user_sample_rate": {u: 10 * i for i, u in enumerate(sorted(users))}},
         {"company_sample_rate": {c: 30 for c in companies}, "sample_rate": 70},
         *(
             {"regex_config": [{"sample_rate": 5, "conditions": [{"path": path, "value": value}]}]}
-            for path, value in (
-                ("request.verb", "^POST$"),
-                ("request.route", "^/api/orders"),
-                ("request.ip_address", r"^10\."),
-                ("response.status", "^4"),
-            )
+            for path, value in values.items()
         ),
     ]
     for doc in rule_sets:

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-__all__ = ["AppConfig", "RegexRule", "Sampler", "parse_app_config", "sampling_view"]
+__all__ = ["FIELD_PATHS", "AppConfig", "RegexRule", "Sampler", "parse_app_config", "sampling_view"]
 
 _ROUTE = re.compile(r"https?://[^/]+(/[^?]*)")
 
@@ -114,6 +114,10 @@ def parse_app_config(doc: Any, etag: str | None = None) -> AppConfig:
     )
 
 
+# The paths a regex rule may test (`_field`; any other never matches). `sampling_view` keeps what they read.
+FIELD_PATHS = ("request.verb", "request.route", "request.ip_address", "response.status")
+
+
 def _field(event: dict[str, Any], path: str) -> str | None:
     request = event.get("request") or {}
     if path == "request.verb":
@@ -135,8 +139,9 @@ def _field(event: dict[str, Any], path: str) -> str | None:
 
 def sampling_view(event: dict[str, Any]) -> dict[str, Any]:
     """The fields of `event` that sampling reads (`Sampler.weight` gives the view what it gives the
-    event): a capture worker sends this with the event it encoded, so the main process's sampler needs
-    neither to decode the event nor to encode it again."""
+    event): the user and company, and what `FIELD_PATHS` read (the route from the uri). A capture worker
+    sends this with the event it encoded, so the main process's sampler needs neither to decode the
+    event nor to encode it again."""
     view: dict[str, Any] = {}
     for name in ("user_id", "company_id"):
         if name in event:
