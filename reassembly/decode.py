@@ -30,8 +30,6 @@ __all__ = [
     "MAX_IPV6_EXTENSIONS",
     "MAX_VLAN_TAGS",
     "Decoder",
-    "unpack_ipv4_tcp_numbers",
-    "unpack_ipv6_tcp_numbers",
 ]
 
 LINKTYPE_NULL: Final = 0
@@ -99,7 +97,6 @@ MAX_IPV6_EXTENSIONS: Final = 16
 # frame in the pipeline's fast path alone).
 _Ints5 = tuple[int, int, int, int, int]
 _Ints6 = tuple[int, int, int, int, int, int]
-_Ints7 = tuple[int, int, int, int, int, int, int]
 _u16: Final[Callable[[bytes, int], tuple[int]]] = struct.Struct("!H").unpack_from
 _u32: Final[Callable[[bytes, int], tuple[int]]] = struct.Struct("!I").unpack_from
 _u32le: Final[Callable[[bytes, int], tuple[int]]] = struct.Struct("<I").unpack_from
@@ -108,13 +105,6 @@ _ipv4_hdr: Final[Callable[[bytes, int], _Ints5]] = struct.Struct("!BxHHHxB").unp
 # IPv4 without options then TCP: ver/ihl, total length, flags/offset, proto, src, dst, then as _tcp_hdr
 _EthIpv4Tcp = tuple[int, int, int, int, bytes, bytes, int, int, int, int, int, int]
 _eth_ipv4_tcp: Final[Callable[[bytes, int], _EthIpv4Tcp]] = struct.Struct("!BxHxxHxBxx4s4sHHIIHH").unpack_from
-# The same headers' numbers only (no address objects): ver/ihl, total length, flags/offset, proto, seq,
-# ack, offset/flags. Public: the pipeline's fused fast path unpacks the common frame itself, at IPV4_AT's
-# offset, and finds its flow by the 12 address and port bytes at offset 12 (FlowTable.raw_index).
-unpack_ipv4_tcp_numbers: Final[Callable[[bytes, int], _Ints7]] = struct.Struct("!BxHxxHxB14xIIH").unpack_from
-# IPv6 (no extension header) then TCP, numbers only: version byte, payload length, next header, seq,
-# ack, offset/flags; the flow is found by the 36 bytes src, dst, sport, dport at offset 8.
-unpack_ipv6_tcp_numbers: Final[Callable[[bytes, int], _Ints6]] = struct.Struct("!BxxxHB37xIIH").unpack_from
 # ports, seq, ack, offset/flags, window
 _tcp_hdr: Final[Callable[[bytes, int], _Ints6]] = struct.Struct("!HHIIHH").unpack_from
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from reassembly.decode import IPV4_AT, IPV6_AT, Decoder, unpack_ipv4_tcp_numbers, unpack_ipv6_tcp_numbers
+from librt.strings import read_i16_be, read_i32_be
+
+from reassembly.decode import IPV4_AT, IPV6_AT, Decoder
 from reassembly.events import Direction, Exchange, FlowOpened, StreamData, StreamEvent, StreamGap, TcpFlags
 from reassembly.flow_table import FlowEntry, FlowTable
 from reassembly.half_stream import RECENT_MAX_BYTES
@@ -122,43 +124,59 @@ class Pipeline:
             et, ip = at
             # The conditions of Decoder.decode's own fast path: IPv4 without options, not a fragment,
             # whole, a valid TCP header; and no SYN, FIN or RST (the flow table's lifecycle handles those).
-            if len(frame) >= ip + 40 and (et < 0 or (frame[et] == 8 and frame[et + 1] == 0)):
-                vihl, total, frag, proto, seq, ack, offflags = unpack_ipv4_tcp_numbers(frame, ip)
+            if (
+                len(frame) >= ip + 40
+                and (et < 0 or (frame[et] == 8 and frame[et + 1] == 0))
+                and frame[ip] == 0x45
+                and frame[ip + 9] == 6
+                and not read_i16_be(frame, ip + 6) & 0x3FFF
+            ):
+                total = int(read_i16_be(frame, ip + 2)) & 0xFFFF
+                offflags = int(read_i16_be(frame, ip + 32)) & 0xFFFF
                 end = ip + total
                 doff = (offflags >> 10) & 0x3C
-                if (
-                    vihl == 0x45
-                    and proto == 6
-                    and not frag & 0x3FFF
-                    and end <= len(frame)
-                    and 20 <= doff <= total - 20
-                    and not offflags & _CONTROL
-                ):
+                if end <= len(frame) and 20 <= doff <= total - 20 and not offflags & _CONTROL:
                     entry = self._raw_index.get(frame[ip + 12 : ip + 24])
                     start = ip + 20 + doff
                     if entry is not None and self._fast(
-                        ts, entry, seq, ack, offflags, frame, start, end, out
+                        ts,
+                        entry,
+                        int(read_i32_be(frame, ip + 24)) & 0xFFFFFFFF,
+                        int(read_i32_be(frame, ip + 28)) & 0xFFFFFFFF,
+                        offflags,
+                        frame,
+                        start,
+                        end,
+                        out,
                     ):
                         return out
         at = IPV6_AT.get(linktype)
         if at is not None:
             et, ip = at
             # IPv6 whose next header is TCP (no extension header), with a payload length, whole.
-            if len(frame) >= ip + 60 and (et < 0 or (frame[et] == 0x86 and frame[et + 1] == 0xDD)):
-                version, plen, nh, seq, ack, offflags = unpack_ipv6_tcp_numbers(frame, ip)
+            if (
+                len(frame) >= ip + 60
+                and (et < 0 or (frame[et] == 0x86 and frame[et + 1] == 0xDD))
+                and frame[ip] >> 4 == 6
+                and frame[ip + 6] == 6
+            ):
+                plen = int(read_i16_be(frame, ip + 4)) & 0xFFFF
+                offflags = int(read_i16_be(frame, ip + 52)) & 0xFFFF
                 end = ip + 40 + plen
                 doff = (offflags >> 10) & 0x3C
-                if (
-                    version >> 4 == 6
-                    and nh == 6
-                    and end <= len(frame)
-                    and 20 <= doff <= plen
-                    and not offflags & _CONTROL
-                ):
+                if end <= len(frame) and 20 <= doff <= plen and not offflags & _CONTROL:
                     entry = self._raw_index.get(frame[ip + 8 : ip + 44])
                     start = ip + 40 + doff
                     if entry is not None and self._fast(
-                        ts, entry, seq, ack, offflags, frame, start, end, out
+                        ts,
+                        entry,
+                        int(read_i32_be(frame, ip + 44)) & 0xFFFFFFFF,
+                        int(read_i32_be(frame, ip + 48)) & 0xFFFFFFFF,
+                        offflags,
+                        frame,
+                        start,
+                        end,
+                        out,
                     ):
                         return out
         seg = self._decode(ts, linktype, frame, wire_len)

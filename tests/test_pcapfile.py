@@ -273,10 +273,12 @@ def test_truncated_pcapng_yields_every_packet_before_the_damage(tmp_path: Path) 
     assert "truncated" in message and f"byte offset {len(whole) - (12 + 20 + 56)}" in message
 
 
-def test_absurd_pcap_record_length(tmp_path: Path) -> None:
+@pytest.mark.parametrize("e", ["<", ">"], ids=["le", "be"])
+def test_absurd_pcap_record_length(tmp_path: Path, e: str) -> None:
+    # a length with the top bit set: read as an unsigned number, whatever the byte order
     path = tmp_path / "absurd.pcap"
-    write_pcap(path, [(1.0, b"ok")])
-    path.write_bytes(path.read_bytes() + struct.pack("<IIII", 2, 0, 0xFFFFFF00, 0xFFFFFF00) + b"junk")
+    write_pcap(path, [(1.0, b"ok")], big_endian=e == ">")
+    path.write_bytes(path.read_bytes() + struct.pack(e + "IIII", 2, 0, 0xFFFFFF00, 0xFFFFFF00) + b"junk")
     got, message = damaged(path)
     assert [f for _, _, f, _ in got] == [b"ok"]
     assert "absurd" in message and "byte offset 42" in message

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import ipaddress
 import os
+import random
 import subprocess
 import sys
 from array import array
@@ -170,10 +172,24 @@ def test_both_directions_of_a_flow_have_one_owner_and_flows_spread() -> None:
     assert min(counts[0], counts[1]) >= 10  # 40 flows, not all on one worker
 
 
-def test_every_link_layer_and_ip_version_keys_a_flow_by_its_addresses_and_ports() -> None:
-    # The common frame behind each link layer gets the owner the full walk gives, and is answered by its
-    # direction's address and port bytes: an owner planted under those keys comes back for every frame
-    # (a frame that took the walk instead would get the real one).
+class _CountingWalks(FlowSplitter):
+    """Counts the frames that took the full walk (`_owner`) instead of `owner`'s short cut."""
+
+    __slots__ = ("walks",)
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.walks = 0
+
+    def _owner(self, linktype: int, frame: bytes) -> int:
+        self.walks += 1
+        return super()._owner(linktype, frame)
+
+
+def test_every_link_layer_and_ip_version_takes_the_short_cut_to_the_walks_owner() -> None:
+    # The common frame behind each link layer gets the owner the full walk gives, without the walk: IPv4
+    # hashed from the address and port words in place, IPv6 keyed by its direction's address and port
+    # bytes (an owner planted under those keys comes back for every frame; the walk would give the real one).
     walk = FlowSplitter(5)._owner
     for version, a, b in ((4, "10.0.0.1", "10.0.0.2"), (6, "2001:db8::1", "2001:db8::2")):
         frames = []
@@ -187,12 +203,44 @@ def test_every_link_layer_and_ip_version_keys_a_flow_by_its_addresses_and_ports(
                 (276, bytes(CookedLinuxV2(proto=proto) / packet)),
                 (101, bytes(packet)),
             ]
-        split = FlowSplitter(5)
+        split = _CountingWalks(5)
         assert len({split.owner(lt, raw) for lt, raw in frames} | {walk(lt, raw) for lt, raw in frames}) == 1
-        assert len(split._cache) == 2, version  # one key per direction
+        assert split.walks == 0, version
+        if version == 4:
+            assert not split._cache
+            continue
+        assert len(split._cache) == 2  # one key per direction
         for key in split._cache:
             split._cache[key] = 7  # no worker has that index: only the keyed path can answer it
-        assert [split.owner(lt, raw) for lt, raw in frames] == [7] * len(frames), version
+        assert [split.owner(lt, raw) for lt, raw in frames] == [7] * len(frames)
+
+
+_MAC_A, _MAC_B = "02:00:00:00:00:01", "02:00:00:00:00:02"  # given: scapy would look them up otherwise
+
+
+def test_the_short_cut_owner_is_the_walks_for_any_addresses_and_ports() -> None:
+    # Addresses with the top bit set (read as negative 32-bit words), both port orders, several worker
+    # counts: the in-place IPv4 hash and the IPv6 key agree with the walk, and with the other direction.
+    rng = random.Random(6)
+    for n in (2, 3, 5, 8):
+        split = _CountingWalks(n)
+        walk = FlowSplitter(n)._owner
+        owners = Counter[int]()
+        for _ in range(300):
+            sport, dport = rng.randrange(1 << 16), rng.randrange(1 << 16)
+            if rng.random() < 0.5:
+                a, b = (str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(2))
+                ip_ab, ip_ba = IP(src=a, dst=b), IP(src=b, dst=a)
+            else:
+                a, b = (str(ipaddress.IPv6Address(rng.getrandbits(128))) for _ in range(2))
+                ip_ab, ip_ba = IPv6(src=a, dst=b), IPv6(src=b, dst=a)
+            there = bytes(Ether(src=_MAC_A, dst=_MAC_B) / ip_ab / TCP(sport=sport, dport=dport, flags="A"))
+            back = bytes(Ether(src=_MAC_B, dst=_MAC_A) / ip_ba / TCP(sport=dport, dport=sport, flags="A"))
+            who = split.owner(1, there)
+            assert who == split.owner(1, back) == walk(1, there) == walk(1, back)
+            owners[who] += 1
+        assert split.walks == 0
+        assert len(owners) == n  # 300 flows reach every worker
 
 
 def test_vlan_tags_and_fragments_follow_their_flow(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Read pcap and pcapng capture files as a stream of `(ts, linktype, frame, wire_len)` tuples.
 
-Hand-written on `read()` chunks + `struct.unpack_from` instead of dpkt, which falls short here (checked):
+Hand-written on `read()` chunks and fixed-layout reads instead of dpkt, which falls short here (checked):
 dpkt.pcapng.Reader keeps the first interface's link type and if_tsresol for every packet (a nanosecond
 second interface reads 1000x off), has no per-packet link type, skips Simple Packet Blocks; dpkt.pcap.Reader
 yields a cut last frame silently (or raises NeedData), returns `Decimal` timestamps for nanosecond files and
@@ -20,6 +20,8 @@ import struct
 from collections.abc import Iterator
 from types import TracebackType
 from typing import BinaryIO, Final
+
+from librt.strings import read_i32_be, read_i32_le
 
 from sniffer.errors import CaptureError
 
@@ -65,6 +67,14 @@ _LOOKS_LIKE: tuple[tuple[bytes, str], ...] = (
     (b"snoop\x00", "a Solaris snoop capture (convert it with editcap)"),
     (b"\x7fELF", "an executable"),
 )
+
+
+def _u32(buf: bytes, pos: int, little: bool) -> int:
+    """The unsigned 32-bit number at `buf[pos:pos + 4]`. librt's fixed-layout reads: compiled, a few
+    native instructions (struct's unpack_from is a generic call making a tuple: ~550 per pcap record)."""
+    if little:
+        return int(read_i32_le(buf, pos)) & 0xFFFFFFFF
+    return int(read_i32_be(buf, pos)) & 0xFFFFFFFF
 
 
 def _looks_like(head: bytes) -> str:
@@ -127,9 +137,9 @@ class CaptureFile:
             raise self._error(f"truncated pcap file header ({len(head)} of 24 bytes)")
         linktype = struct.unpack_from(endian + "I", head, 20)[0] & _LINKTYPE_MASK
         div = float(divisor)
-        unpack = struct.Struct(endian + "IIII").unpack_from
-        # Typed: compiled, what unpack returns is checked once and the arithmetic and slicing below are
-        # native (untyped, each step was a generic call: ~1.5k instructions per frame).
+        little = endian == "<"
+        # Typed: compiled, the reads (`_u32`) and the arithmetic and slicing below are native (untyped,
+        # each step was a generic call: ~1.5k instructions per frame).
         sec: int
         frac: int
         caplen: int
@@ -151,7 +161,10 @@ class CaptureFile:
                         f"truncated at byte offset {base}: packet record header cut short "
                         f"({n} of {hdr_len} bytes)"
                     )
-            sec, frac, caplen, wire_len = unpack(buf, pos)
+            sec = _u32(buf, pos, little)
+            frac = _u32(buf, pos + 4, little)
+            caplen = _u32(buf, pos + 8, little)
+            wire_len = _u32(buf, pos + 12, little)
             start = pos + hdr_len
             end = start + caplen
             if end > n:
@@ -180,13 +193,11 @@ class CaptureFile:
         base = 0
         n = len(buf)
         endian = "<"
-        hdr = struct.Struct("<II").unpack_from
-        epb = struct.Struct("<IIIII").unpack_from
-        u32 = struct.Struct("<I").unpack_from
+        little = True
         # per interface of the current section: (link type, ticks per second, offset seconds, snaplen)
         ifaces: list[tuple[int, float, int, int]] = []
         ts = 0.0
-        btype: int  # typed as in _pcap: the unpacked values are checked once, then used natively
+        btype: int  # typed as in _pcap: compiled, native numbers
         blen: int
         iface: int
         hi: int
@@ -203,7 +214,8 @@ class CaptureFile:
                     return
                 if n < 12:
                     raise self._error(f"truncated at byte offset {base}: block header cut short")
-            btype, blen = hdr(buf, pos)
+            btype = _u32(buf, pos, little)
+            blen = _u32(buf, pos + 4, little)
             if btype == _BT_SHB:
                 bom = buf[pos + 8 : pos + 12]
                 if bom == _BOM_LE:
@@ -215,10 +227,8 @@ class CaptureFile:
                         f"corrupt section header at byte offset {base + pos}: "
                         f"bad byte-order magic 0x{bom.hex()}"
                     )
-                hdr = struct.Struct(endian + "II").unpack_from
-                epb = struct.Struct(endian + "IIIII").unpack_from
-                u32 = struct.Struct(endian + "I").unpack_from
-                blen = u32(buf, pos + 4)[0]
+                little = endian == "<"
+                blen = _u32(buf, pos + 4, little)
                 ifaces = []
             end = pos + blen
             if end > n or blen < 12 or blen & 3:
@@ -238,9 +248,13 @@ class CaptureFile:
                     raise self._error(
                         f"corrupt packet block at byte offset {base + pos}: block length {blen}"
                     )
-                iface, hi, lo, caplen, wire_len = epb(buf, pos + 8)
+                iface = _u32(buf, pos + 8, little)
+                hi = _u32(buf, pos + 12, little)
+                lo = _u32(buf, pos + 16, little)
+                caplen = _u32(buf, pos + 20, little)
+                wire_len = _u32(buf, pos + 24, little)
                 start = pos + 28
-                if start + caplen > end - 4 or u32(buf, end - 4)[0] != blen:
+                if start + caplen > end - 4 or _u32(buf, end - 4, little) != blen:
                     raise self._error(f"corrupt packet block at byte offset {base + pos}")
                 try:
                     linktype, div, offset, _ = ifaces[iface]
@@ -262,7 +276,7 @@ class CaptureFile:
                     raise self._error(f"packet block at byte offset {base + pos} before any interface")
                 if btype == _BT_SPB:
                     iface = 0
-                    wire_len = u32(buf, pos + 8)[0]
+                    wire_len = _u32(buf, pos + 8, little)
                     start = pos + 12
                     caplen = min(wire_len, end - 4 - start)
                     if ifaces[0][3]:
