@@ -131,8 +131,10 @@ class Pipeline:
                 and frame[ip + 9] == 6
                 and not read_i16_be(frame, ip + 6) & 0x3FFF
             ):
-                total = int(read_i16_be(frame, ip + 2)) & 0xFFFF
-                offflags = int(read_i16_be(frame, ip + 32)) & 0xFFFF
+                total: int = read_i16_be(frame, ip + 2)
+                offflags: int = read_i16_be(frame, ip + 32)
+                total &= 0xFFFF  # the reads are signed, the fields unsigned
+                offflags &= 0xFFFF
                 end = ip + total
                 doff = (offflags >> 10) & 0x3C
                 if end <= len(frame) and 20 <= doff <= total - 20 and not offflags & _CONTROL:
@@ -141,10 +143,9 @@ class Pipeline:
                     if entry is not None and self._fast(
                         ts,
                         entry,
-                        int(read_i32_be(frame, ip + 24)) & 0xFFFFFFFF,
-                        int(read_i32_be(frame, ip + 28)) & 0xFFFFFFFF,
-                        offflags,
                         frame,
+                        ip + 20,
+                        offflags,
                         start,
                         end,
                         out,
@@ -160,8 +161,10 @@ class Pipeline:
                 and frame[ip] >> 4 == 6
                 and frame[ip + 6] == 6
             ):
-                plen = int(read_i16_be(frame, ip + 4)) & 0xFFFF
-                offflags = int(read_i16_be(frame, ip + 52)) & 0xFFFF
+                plen: int = read_i16_be(frame, ip + 4)
+                offflags = read_i16_be(frame, ip + 52)
+                plen &= 0xFFFF
+                offflags &= 0xFFFF
                 end = ip + 40 + plen
                 doff = (offflags >> 10) & 0x3C
                 if end <= len(frame) and 20 <= doff <= plen and not offflags & _CONTROL:
@@ -170,10 +173,9 @@ class Pipeline:
                     if entry is not None and self._fast(
                         ts,
                         entry,
-                        int(read_i32_be(frame, ip + 44)) & 0xFFFFFFFF,
-                        int(read_i32_be(frame, ip + 48)) & 0xFFFFFFFF,
-                        offflags,
                         frame,
+                        ip + 40,
+                        offflags,
                         start,
                         end,
                         out,
@@ -199,20 +201,21 @@ class Pipeline:
         self,
         ts: float,
         entry: FlowEntry,
-        seq: int,
-        ack: int,
-        flags: int,
         frame: bytes,
+        tcp: int,
+        flags: int,
         start: int,
         end: int,
         out: list[Exchange],
     ) -> bool:
-        """`FlowTable.feed`'s in-order step for a decoded frame of a live flow, delivered straight to its
-        parser; False (nothing done) when the segment needs the general path. The flow's ports passed
-        the port filters when it was created, so they need no check here."""
+        """`FlowTable.feed`'s in-order step for a decoded frame of a live flow (its TCP header at `tcp`),
+        delivered straight to its parser; False (nothing done) when the segment needs the general path.
+        The flow's ports passed the port filters when it was created, so they need no check here.
+        Sequence numbers are read signed (librt) and used modulo 2^32 only, where the sign drops out."""
         flow, hs, peer = entry
         if flags & _ACK and hs.started:
             if peer.started:
+                ack: int = read_i32_be(frame, tcp + 8)
                 a = (ack - peer.seq_next) & SEQ_MASK
                 if a:
                     if a <= CONTROL_WINDOW:
@@ -226,7 +229,10 @@ class Pipeline:
             flow.last_ts = ts
             self._lru.move_to_end(flow.flow_id)
             return True
-        if not hs.fast or seq != hs.seq_next:
+        if not hs.fast:
+            return False
+        seq: int = read_i32_be(frame, tcp + 4)
+        if (seq - hs.seq_next) & SEQ_MASK:
             return False
         self._fast_frames += 1
         flow.last_ts = ts

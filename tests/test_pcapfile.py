@@ -40,10 +40,12 @@ def assert_same(got: list, expected: list, tol: float) -> None:
 # --- pcap -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("ts0", [1_700_000_000.123456, 3_000_000_000.5], ids=["2023", "2065"])
 @pytest.mark.parametrize("big_endian", [False, True], ids=["le", "be"])
 @pytest.mark.parametrize("nano", [False, True], ids=["usec", "nsec"])
-def test_pcap_byte_orders_and_precisions(tmp_path: Path, big_endian: bool, nano: bool) -> None:
-    packets = tcp_conversation(*MSGS, ts0=1_700_000_000.123456)
+def test_pcap_byte_orders_and_precisions(tmp_path: Path, big_endian: bool, nano: bool, ts0: float) -> None:
+    # 2065: seconds past 2^31, which the reader's signed reads must not turn negative
+    packets = tcp_conversation(*MSGS, ts0=ts0)
     path = tmp_path / "c.pcap"
     write_pcap(path, packets, nano=nano, big_endian=big_endian)
     with open_capture(path) as capture:

@@ -110,6 +110,24 @@ def test_each_link_type_and_ip_version_takes_the_fast_path(link: str, ipv6: bool
     assert fast.fast_frames >= 8
 
 
+@pytest.mark.parametrize(
+    ("isn_client", "isn_server"),
+    [(0x9000_0000, 0xF000_0000), (2**32 - 40, 2**32 - 70)],
+    ids=["top-bit-set", "wrapping"],
+)
+def test_sequence_numbers_past_2_to_the_31_take_the_fast_path(isn_client: int, isn_server: int) -> None:
+    # The fast path reads sequence numbers as signed 32-bit words: past 2^31 (and through the wrap at 2^32)
+    # they must still match the expected ones, or every frame falls back to the general path.
+    requests = [b"GET /a%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5)]
+    responses = [b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"] * 5
+    got = frames(tcp_conversation(requests, responses, isn_client=isn_client, isn_server=isn_server))
+    fast = CountingPipeline()
+    result = _run(fast, got)
+    assert result == _run(StageByStage(), got)
+    assert len(result[0]) == 5
+    assert fast.fast_frames >= 8
+
+
 _DEMO = _frames(KONG_DEMO)
 
 

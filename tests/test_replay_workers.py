@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import json
 import ipaddress
+import json
 import os
 import random
 import subprocess

@@ -92,9 +92,11 @@ class FlowSplitter:
                 and (et < 0 or (frame[et] == 8 and frame[et + 1] == 0))
                 and not read_i16_be(frame, ip + 6) & 0x3FFF
             ):
-                addrs = (int(read_i32_be(frame, ip + 12)) ^ int(read_i32_be(frame, ip + 16))) & 0xFFFFFFFF
-                ports = int(read_i32_be(frame, ip + 20)) & 0xFFFFFFFF
-                return self._mix(addrs, ports >> 16, ports & 0xFFFF)
+                src: int = read_i32_be(frame, ip + 12)
+                dst: int = read_i32_be(frame, ip + 16)
+                ports: int = read_i32_be(frame, ip + 20)
+                ports &= 0xFFFFFFFF  # the reads are signed, the words unsigned
+                return self._mix((src ^ dst) & 0xFFFFFFFF, ports >> 16, ports & 0xFFFF)
         at = self._v6
         if at is None:
             return self._owner(linktype, frame)

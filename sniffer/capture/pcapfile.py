@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import BinaryIO, Final
 
-from librt.strings import read_i32_be, read_i32_le
+from librt.strings import read_i32_be, read_i32_le, read_i64_be, read_i64_le
+from mypy_extensions import i64
 
 from sniffer.errors import CaptureError
 
@@ -138,12 +139,14 @@ class CaptureFile:
         linktype = struct.unpack_from(endian + "I", head, 20)[0] & _LINKTYPE_MASK
         div = float(divisor)
         little = endian == "<"
-        # Typed: compiled, the reads (`_u32`) and the arithmetic and slicing below are native (untyped,
+        # Typed: compiled, the reads and the arithmetic and slicing below are native (untyped,
         # each step was a generic call: ~1.5k instructions per frame).
         sec: int
         frac: int
         caplen: int
         wire_len: int
+        times: i64
+        lengths: i64
         buf = head
         pos = 24
         base = 0  # file offset of buf[0]
@@ -161,10 +164,21 @@ class CaptureFile:
                         f"truncated at byte offset {base}: packet record header cut short "
                         f"({n} of {hdr_len} bytes)"
                     )
-            sec = _u32(buf, pos, little)
-            frac = _u32(buf, pos + 4, little)
-            caplen = _u32(buf, pos + 8, little)
-            wire_len = _u32(buf, pos + 12, little)
+            # Two 64-bit reads, not four 32-bit ones (interpreted, each read is a call), signed: masked.
+            if little:
+                times = read_i64_le(buf, pos)
+                lengths = read_i64_le(buf, pos + 8)
+                sec = times & 0xFFFFFFFF
+                frac = (times >> 32) & 0xFFFFFFFF
+                caplen = lengths & 0xFFFFFFFF
+                wire_len = (lengths >> 32) & 0xFFFFFFFF
+            else:
+                times = read_i64_be(buf, pos)
+                lengths = read_i64_be(buf, pos + 8)
+                sec = (times >> 32) & 0xFFFFFFFF
+                frac = times & 0xFFFFFFFF
+                caplen = (lengths >> 32) & 0xFFFFFFFF
+                wire_len = lengths & 0xFFFFFFFF
             start = pos + hdr_len
             end = start + caplen
             if end > n:
@@ -204,6 +218,7 @@ class CaptureFile:
         lo: int
         caplen: int
         wire_len: int
+        trailer: int
         while True:
             if n - pos < 12:
                 base += pos
@@ -214,8 +229,14 @@ class CaptureFile:
                     return
                 if n < 12:
                     raise self._error(f"truncated at byte offset {base}: block header cut short")
-            btype = _u32(buf, pos, little)
-            blen = _u32(buf, pos + 4, little)
+            if little:
+                btype = read_i32_le(buf, pos)
+                blen = read_i32_le(buf, pos + 4)
+            else:
+                btype = read_i32_be(buf, pos)
+                blen = read_i32_be(buf, pos + 4)
+            btype &= 0xFFFFFFFF
+            blen &= 0xFFFFFFFF
             if btype == _BT_SHB:
                 bom = buf[pos + 8 : pos + 12]
                 if bom == _BOM_LE:
@@ -248,13 +269,27 @@ class CaptureFile:
                     raise self._error(
                         f"corrupt packet block at byte offset {base + pos}: block length {blen}"
                     )
-                iface = _u32(buf, pos + 8, little)
-                hi = _u32(buf, pos + 12, little)
-                lo = _u32(buf, pos + 16, little)
-                caplen = _u32(buf, pos + 20, little)
-                wire_len = _u32(buf, pos + 24, little)
+                if little:  # inline as in _pcap
+                    iface = read_i32_le(buf, pos + 8)
+                    hi = read_i32_le(buf, pos + 12)
+                    lo = read_i32_le(buf, pos + 16)
+                    caplen = read_i32_le(buf, pos + 20)
+                    wire_len = read_i32_le(buf, pos + 24)
+                    trailer = read_i32_le(buf, end - 4)
+                else:
+                    iface = read_i32_be(buf, pos + 8)
+                    hi = read_i32_be(buf, pos + 12)
+                    lo = read_i32_be(buf, pos + 16)
+                    caplen = read_i32_be(buf, pos + 20)
+                    wire_len = read_i32_be(buf, pos + 24)
+                    trailer = read_i32_be(buf, end - 4)
+                iface &= 0xFFFFFFFF
+                hi &= 0xFFFFFFFF
+                lo &= 0xFFFFFFFF
+                caplen &= 0xFFFFFFFF
+                wire_len &= 0xFFFFFFFF
                 start = pos + 28
-                if start + caplen > end - 4 or _u32(buf, end - 4, little) != blen:
+                if start + caplen > end - 4 or trailer & 0xFFFFFFFF != blen:
                     raise self._error(f"corrupt packet block at byte offset {base + pos}")
                 try:
                     linktype, div, offset, _ = ifaces[iface]
