@@ -18,22 +18,28 @@ from sniffer.capture.ring_walk import (
 
 BLOCK = 4096
 _PKT = struct.Struct("<IIIII4xH30xHB")  # tpacket3_hdr up to mac, padding, sockaddr_ll up to pkttype
-_BLK = struct.Struct("<III")  # block_status, num_pkts, offset_to_first_pkt, at byte 8 of the block
+_BLK = struct.Struct("<IIII")  # block_status, num_pkts, offset_to_first_pkt, blk_len, at byte 8 of the block
 FIRST = 48  # where a block's first packet starts (after tpacket_block_desc)
 MAC = 80  # where a packet's bytes start, from its header
 
 
-def _fill(mm: mmap.mmap, block: int, packets: list[tuple[int, int, bytes, int, int]]) -> None:
-    """Block `block` released to user space, holding `packets`: (sec, nsec, frame, hatype, pkttype)."""
+def _fill(
+    mm: mmap.mmap, block: int, packets: list[tuple[int, int, bytes, int, int]], *, blk_len: bool = True
+) -> None:
+    """Block `block` released to user space, holding `packets`: (sec, nsec, frame, hatype, pkttype). The
+    kernel counts the bytes a block uses in blk_len, 16-byte aligned per packet; `blk_len=False` leaves it
+    0."""
     base = block * BLOCK
     p = base + FIRST
     for i, (sec, nsec, frame, hatype, pkttype) in enumerate(packets):
         size = MAC + len(frame)
-        nxt = 0 if i == len(packets) - 1 else (size + 15) // 16 * 16
+        aligned = (size + 15) // 16 * 16
+        nxt = 0 if i == len(packets) - 1 else aligned
         _PKT.pack_into(mm, p, nxt, sec, nsec, len(frame), len(frame) + 100, MAC, hatype, pkttype)
         mm[p + MAC : p + size] = frame
-        p += nxt
-    _BLK.pack_into(mm, base + 8, TP_STATUS_USER, len(packets), FIRST)
+        p += aligned
+    used = p - base if blk_len else 0
+    _BLK.pack_into(mm, base + 8, TP_STATUS_USER, len(packets), FIRST, used)
 
 
 def _status(mm: mmap.mmap, block: int) -> int:
@@ -97,3 +103,18 @@ def test_loopback_outgoing_copies_are_skipped_and_counted() -> None:
 def test_nothing_released_walks_nothing() -> None:
     mm = mmap.mmap(-1, 2 * BLOCK)
     assert walk_blocks(mm, 1, BLOCK, 2, 4, lambda *_: None, None, 5.0) == (1, 0, 0, 5.0)
+
+
+def test_a_block_is_read_up_to_its_used_length_or_whole_without_one() -> None:
+    # The walk copies a block out of the ring once, up to blk_len; a length the kernel did not fill in
+    # (0, or past the block) means the whole block. The bytes after the used length are never read.
+    mm = mmap.mmap(-1, 3 * BLOCK)
+    big = bytes(range(256)) * 12  # 3 KB: the block's last packet ends near its end
+    _fill(mm, 0, [(1, 0, b"a" * 100, 1, 0), (2, 0, big[: BLOCK - FIRST - 3 * MAC - 200], 1, 0)])
+    _fill(mm, 1, [(3, 0, b"kept", 1, 0), (4, 0, b"whole", 1, 0)], blk_len=False)
+    _fill(mm, 2, [(5, 0, b"too long", 1, 0)])
+    struct.pack_into("<I", mm, 2 * BLOCK + 20, BLOCK + 1)  # blk_len past the block
+    frames: list[bytes] = []
+    cur, handed, _, ts = walk_blocks(mm, 0, BLOCK, 3, 3, lambda _t, _l, f, _w: frames.append(f), None, 0.0)
+    assert (cur, handed, ts) == (0, 5, 5.0)
+    assert frames == [b"a" * 100, big[: BLOCK - FIRST - 3 * MAC - 200], b"kept", b"whole", b"too long"]

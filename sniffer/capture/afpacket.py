@@ -2,10 +2,10 @@
 
 The measured fast path here (platform.md: 349k packets/s walking the ring vs 201k with `recv()`): the
 kernel fills blocks of packets in a shared mapping and hands a block over when it is full or
-`RETIRE_MS` old; `sniffer.capture.ring_walk` walks the block with one `struct.unpack_from` and one
-slice copy per packet, then gives the block back. Setup order matters: the socket is created with
-protocol 0 (it receives nothing), gets its version, ring and BPF filter, and only then is bound, so no
-packet ever bypasses the filter.
+`RETIRE_MS` old; `sniffer.capture.ring_walk` copies the block's used bytes out once, walks them with
+fixed-layout reads and one slice per packet, then gives the block back. Setup order matters: the
+socket is created with protocol 0 (it receives nothing), gets its version, ring and BPF filter, and only
+then is bound, so no packet ever bypasses the filter.
 
 `SOCK_DGRAM` (cooked): frames start at the IP header whatever the link, handed on as link type 101
 (RAW). On a loopback device every packet is seen twice, once OUTGOING and once HOST; the BPF program

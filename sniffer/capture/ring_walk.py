@@ -13,6 +13,8 @@ import struct
 from collections.abc import Callable
 from typing import Any, Final
 
+from librt.strings import read_i16_le, read_i32_le
+
 from reassembly.decode import LINKTYPE_RAW  # SOCK_DGRAM: every frame starts at its IP header
 
 __all__ = [
@@ -28,11 +30,11 @@ TP_STATUS_USER: Final = 1
 PACKET_OUTGOING: Final = 4
 ARPHRD_LOOPBACK: Final = 772
 
-# tpacket3_hdr: next_offset, sec, nsec, snaplen, len, (status), mac, (net, hv1, padding to 48), then
-# sockaddr_ll: (family, protocol, ifindex), hatype, pkttype.
-_pkt_hdr = struct.Struct("<IIIII4xH30xHB").unpack_from
-# tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1: block_status, num_pkts, offset_to_first
-_blk_hdr = struct.Struct("<III").unpack_from
+# tpacket3_hdr (at a packet's offset p): next_offset, sec, nsec, snaplen, len (p + 0..19), mac (p + 24);
+# then sockaddr_ll at p + 48: family, protocol, ifindex, hatype (p + 56), pkttype (p + 58).
+# tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1: block_status, num_pkts,
+# offset_to_first_pkt, blk_len (the bytes used, from the block's start).
+_blk_hdr = struct.Struct("<IIII").unpack_from
 _set_status = struct.Struct("<I").pack_into
 
 
@@ -54,35 +56,47 @@ def walk_blocks(
     none was)."""
     handed = 0
     dups = 0
-    # Typed: compiled, the unpacked values are checked once and the arithmetic below is native.
+    # Typed: compiled, the arithmetic below is native. The block is copied out of the ring once (up to
+    # its used length) and read with librt's fixed-layout reads: compiled, a few instructions each, where
+    # struct's unpack_from on the mapping was a generic call taking a buffer and making a tuple; and each
+    # packet is a bytes slice rather than a slice of the mapping.
     status: int
     num: int
     first: int
+    used: int
     nxt: int
     sec: int
     nsec: int
     snap: int
     wire: int
     mac: int
-    hatype: int
-    pkttype: int
+    word: int
     for _ in range(max_blocks):
         base = cur * block_size
-        status, num, first = _blk_hdr(mm, base + 8)
+        status, num, first, used = _blk_hdr(mm, base + 8)
         if not status & TP_STATUS_USER:
             break
-        p = base + first
+        if not first < used <= block_size:
+            used = block_size  # a length the kernel did not fill in: the whole block
+        block = mm[base : base + used]
+        p = first
         for _ in range(num):
-            nxt, sec, nsec, snap, wire, mac, hatype, pkttype = _pkt_hdr(mm, p)
-            if pkttype == PACKET_OUTGOING and hatype == ARPHRD_LOOPBACK:
+            nxt = read_i32_le(block, p)
+            sec = read_i32_le(block, p + 4)
+            nsec = read_i32_le(block, p + 8)
+            snap = read_i32_le(block, p + 12)
+            wire = read_i32_le(block, p + 16)
+            mac = read_i16_le(block, p + 24)
+            word = read_i32_le(block, p + 56)  # sockaddr_ll's hatype (u16) then pkttype (u8)
+            if (word >> 16) & 0xFF == PACKET_OUTGOING and word & 0xFFFF == ARPHRD_LOOPBACK:
                 dups += 1
             else:
-                ts = sec + (nsec // 1000) / 1e6
-                start = p + mac
-                got = handle(ts, LINKTYPE_RAW, mm[start : start + snap], wire)
+                ts = (sec & 0xFFFFFFFF) + ((nsec & 0xFFFFFFFF) // 1000) / 1e6
+                start = p + (mac & 0xFFFF)
+                got = handle(ts, LINKTYPE_RAW, block[start : start + (snap & 0xFFFFFFFF)], wire & 0xFFFFFFFF)
                 if got and out is not None:
                     out.extend(got)
-            p += nxt
+            p += nxt & 0xFFFFFFFF
         handed += num
         _set_status(mm, base + 8, TP_STATUS_KERNEL)
         cur = (cur + 1) % block_count
