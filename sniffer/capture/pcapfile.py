@@ -73,9 +73,8 @@ _LOOKS_LIKE: tuple[tuple[bytes, str], ...] = (
 def _u32(buf: bytes, pos: int, little: bool) -> int:
     """The unsigned 32-bit number at `buf[pos:pos + 4]`. librt's fixed-layout reads: compiled, a few
     native instructions (struct's unpack_from is a generic call making a tuple: ~550 per pcap record)."""
-    if little:
-        return int(read_i32_le(buf, pos)) & 0xFFFFFFFF
-    return int(read_i32_be(buf, pos)) & 0xFFFFFFFF
+    word: int = read_i32_le(buf, pos) if little else read_i32_be(buf, pos)
+    return word & 0xFFFFFFFF  # the reads are signed
 
 
 def _looks_like(head: bytes) -> str:
@@ -218,7 +217,6 @@ class CaptureFile:
         lo: int
         caplen: int
         wire_len: int
-        trailer: int
         while True:
             if n - pos < 12:
                 base += pos
@@ -229,14 +227,8 @@ class CaptureFile:
                     return
                 if n < 12:
                     raise self._error(f"truncated at byte offset {base}: block header cut short")
-            if little:
-                btype = read_i32_le(buf, pos)
-                blen = read_i32_le(buf, pos + 4)
-            else:
-                btype = read_i32_be(buf, pos)
-                blen = read_i32_be(buf, pos + 4)
-            btype &= 0xFFFFFFFF
-            blen &= 0xFFFFFFFF
+            btype = _u32(buf, pos, little)
+            blen = _u32(buf, pos + 4, little)
             if btype == _BT_SHB:
                 bom = buf[pos + 8 : pos + 12]
                 if bom == _BOM_LE:
@@ -269,27 +261,13 @@ class CaptureFile:
                     raise self._error(
                         f"corrupt packet block at byte offset {base + pos}: block length {blen}"
                     )
-                if little:  # inline as in _pcap
-                    iface = read_i32_le(buf, pos + 8)
-                    hi = read_i32_le(buf, pos + 12)
-                    lo = read_i32_le(buf, pos + 16)
-                    caplen = read_i32_le(buf, pos + 20)
-                    wire_len = read_i32_le(buf, pos + 24)
-                    trailer = read_i32_le(buf, end - 4)
-                else:
-                    iface = read_i32_be(buf, pos + 8)
-                    hi = read_i32_be(buf, pos + 12)
-                    lo = read_i32_be(buf, pos + 16)
-                    caplen = read_i32_be(buf, pos + 20)
-                    wire_len = read_i32_be(buf, pos + 24)
-                    trailer = read_i32_be(buf, end - 4)
-                iface &= 0xFFFFFFFF
-                hi &= 0xFFFFFFFF
-                lo &= 0xFFFFFFFF
-                caplen &= 0xFFFFFFFF
-                wire_len &= 0xFFFFFFFF
+                iface = _u32(buf, pos + 8, little)
+                hi = _u32(buf, pos + 12, little)
+                lo = _u32(buf, pos + 16, little)
+                caplen = _u32(buf, pos + 20, little)
+                wire_len = _u32(buf, pos + 24, little)
                 start = pos + 28
-                if start + caplen > end - 4 or trailer & 0xFFFFFFFF != blen:
+                if start + caplen > end - 4 or _u32(buf, end - 4, little) != blen:
                     raise self._error(f"corrupt packet block at byte offset {base + pos}")
                 try:
                     linktype, div, offset, _ = ifaces[iface]
