@@ -635,8 +635,8 @@ _HALVES = [
 
 
 @settings(max_examples=500, deadline=None)
-@given(ts=st.floats(-1e15, 1e15) | st.sampled_from(_HALVES))
-def test_millis_is_round_of_the_microseconds(ts: float) -> None:
+@given(ts=st.floats(-1e15, 1e15))
+def test_millis_is_round_of_the_microseconds(ts: float) -> None:  # the ties: the test below
     assert millis(ts) == round(ts * 1_000_000) // 1000
     assert millis(-ts) == round(-ts * 1_000_000) // 1000
 

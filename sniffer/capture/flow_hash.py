@@ -43,7 +43,7 @@ _MAX_IPV6_EXTENSIONS: Final = 16
 # is 2^30 or more).
 _GOLDEN_HI: Final = 0x9E37
 _GOLDEN_LO: Final = 0x79B1
-_MAX_CACHED: Final = 1 << 14  # flows whose owner is remembered (~130 B each); emptied when full
+_MAX_CACHED: Final = 1 << 14  # IPv6 flows whose owner is remembered (~150 B each); emptied when full
 
 _u16 = struct.Struct("!H").unpack_from
 _u32 = struct.Struct("!I").unpack_from

@@ -2,8 +2,9 @@
 
 Every captured packet passes through this loop, so it is its own module, compiled with the core
 (setup.py); `sniffer.capture.afpacket` keeps the socket, its setup (ctypes and all) and its counters.
-The layouts are packet(7)'s: a block starts with `tpacket_block_desc` (its status, packet count and first
-packet's offset at byte 8), each packet with `tpacket3_hdr` followed by its `sockaddr_ll`.
+The layouts are packet(7)'s: a block starts with `tpacket_block_desc` (its status, packet count, first
+packet's offset and the bytes it uses, at byte 8), each packet with `tpacket3_hdr` followed by its
+`sockaddr_ll`.
 """
 
 from __future__ import annotations
