@@ -837,3 +837,37 @@ def test_a_connections_uri_follows_its_request_target_and_host() -> None:
         "http://h2:8080/b",
         "http://10.0.0.8:8080/a",
     ]
+
+
+def test_flows_sharing_a_flow_id_keep_their_own_connection() -> None:
+    # A main process builds the calls of several workers, whose flow ids are each their own: the same id
+    # names other connections, in turn. Each event must describe its own connection and ids.
+    a, b, server = ("10.0.0.7", 40100), ("10.0.0.9", 40100), ("10.0.0.8", 8080)
+    builder = EventBuilder(Config())
+    for client in (a, b, a, a, b, ("10.0.0.7", 40101)):
+        req = request([(b"Host", b"h")], offset=100)
+        leg = Exchange(flow_id=5, client=client, server=server, request=req, response=None)
+        got = valid(builder.build(ApiCall(client_leg=leg, upstream_leg=None, legs=Legs.SINGLE)))
+        fresh = valid(
+            EventBuilder(Config()).build(ApiCall(client_leg=leg, upstream_leg=None, legs=Legs.SINGLE))
+        )
+        capture = got["metadata"]["capture"]  # type: ignore[index]
+        assert capture["client"] == f"{client[0]}:{client[1]}"
+        assert got["transaction_id"] == fresh["transaction_id"]
+        assert got["request"]["ip_address"] == client[0]  # type: ignore[index]
+
+
+def test_event_times_follow_each_message() -> None:
+    # Requests and responses within one millisecond, in the next one, in another second and back: each
+    # time is its own message's, whatever the builder showed last.
+    builder = EventBuilder(Config())
+    steps = [(0.1001, 0.1004), (0.1002, 0.1009), (0.1011, 0.1011), (1.1011, 1.1012), (0.1011, 0.1013)]
+    for start, end in steps:
+        call = ApiCall(
+            client_leg=exchange(request([(b"Host", b"h")], ts=TS + start), response([], ts=TS + end)),
+            upstream_leg=None,
+            legs=Legs.SINGLE,
+        )
+        event = valid(builder.build(call))
+        assert event["request"]["time"] == iso_time(TS + start)  # type: ignore[index]
+        assert event["response"]["time"] == iso_time(TS + end)  # type: ignore[index]

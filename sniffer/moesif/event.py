@@ -125,18 +125,45 @@ _RequestView = tuple[HeaderLists, dict[str, str | list[str]], str | None, str | 
 
 class _Flow:
     """What an event says about its TCP connection, worked out once per connection, not per call, and
-    never changed: `connection` text; `capture`, the connection, client and server as metadata.capture
-    lists them; `peer_ip`, the client address as an event's ip_address when no forwarding header names
-    one; `ids`, its transaction ids' `FlowIds`.
+    never changed: `client` and `server`, its endpoints; `connection` text; `capture`, the connection,
+    client and server as metadata.capture lists them; `peer_ip`, the client address as an event's
+    ip_address when no forwarding header names one; `ids`, its transaction ids' `FlowIds`.
+    Besides, the connection's last URI, since a client asks for the same one call after call on one
+    connection: `target` and `host` (the request target and Host value, at most `_URI_MEMO_MAX_TARGET`
+    bytes each) and `uri` ("" until one is kept); the server is the connection's. Checking them takes two
+    comparisons, where the builder's URI memo would hash a fresh tuple of the request's bytes.
     A plain class, not a dataclass: compiled, its __init__ is native (a dataclass's stays interpreted)."""
 
-    __slots__ = ("capture", "connection", "ids", "peer_ip")
+    __slots__ = (
+        "capture",
+        "client",
+        "connection",
+        "host",
+        "ids",
+        "peer_ip",
+        "server",
+        "target",
+        "uri",
+    )
 
-    def __init__(self, connection: str, capture: dict[str, str], peer_ip: str, ids: FlowIds) -> None:
+    def __init__(
+        self,
+        client: Endpoint,
+        server: Endpoint,
+        connection: str,
+        capture: dict[str, str],
+        peer_ip: str,
+        ids: FlowIds,
+    ) -> None:
+        self.client = client
+        self.server = server
         self.connection = connection
         self.capture = capture
         self.peer_ip = peer_ip
         self.ids = ids
+        self.target = b""
+        self.host: str | None = None
+        self.uri = ""
 
     @classmethod
     def of(cls, ex: Exchange) -> _Flow:
@@ -144,7 +171,7 @@ class _Flow:
         connection = f"{client} -> {server}"
         capture = {"connection": connection, "client": client, "server": server}
         peer = ex.client[0]
-        return cls(connection, capture, parse_ip(peer) or peer, FlowIds(client, server))
+        return cls(ex.client, ex.server, connection, capture, parse_ip(peer) or peer, FlowIds(client, server))
 
 
 class EventBuilder:
@@ -174,18 +201,41 @@ class EventBuilder:
         self._identifier = Identifier(config)
         self._decode = not config.disable_gzip_payload_decompression
         self._flows: dict[tuple[Endpoint, Endpoint], _Flow] = {}
+        # The same flows by the core's flow id, checked against the exchange's endpoints: ids are a
+        # process's own (a main process sees several workers' ids), so a hit must name the same connection.
+        self._flow_ids: dict[int, _Flow] = {}
         self._uris: dict[tuple[bytes, str | None, Endpoint], str] = {}
         self._req_memo: dict[tuple[tuple[bytes, bytes], ...], _RequestView] = {}
         self._memo_hits = self._memo_misses = self._memo_pause = 0
+        self._time_ms = -1  # the last event time's millisecond and its text (`_time`)
+        self._time_text = ""
 
     def _flow(self, ex: Exchange) -> _Flow:
+        flow = self._flow_ids.get(ex.flow_id)
+        # (Compiled, endpoints are unboxed tuples: `==` compares their fields natively, where a tuple key
+        # would be boxed and hashed.)
+        if flow is not None and flow.client == ex.client and flow.server == ex.server:
+            return flow
         key = (ex.client, ex.server)
         flow = self._flows.get(key)
         if flow is None:
             if len(self._flows) >= self._FLOWS_MAX:
                 self._flows.clear()
+                self._flow_ids.clear()
             flow = self._flows[key] = _Flow.of(ex)
+        if len(self._flow_ids) >= self._FLOWS_MAX:
+            self._flow_ids.clear()
+        self._flow_ids[ex.flow_id] = flow
         return flow
+
+    def _time(self, ms: int) -> str:
+        """`iso_time` of millisecond `ms`, from the per-second memo; the last one is kept, since a call's
+        response often ends within its request's millisecond, and busy traffic has several calls a
+        millisecond (a comparison, where the text costs a lookup and a concatenation)."""
+        if ms != self._time_ms:
+            self._time_ms = ms
+            self._time_text = (_SECONDS.get(ms // 1000) or second_text(ms // 1000)) + _MILLIS[ms % 1000]
+        return self._time_text
 
     def build(self, call: ApiCall) -> dict[str, object] | None:
         """The event for `call`, or None for an orphan response (no request to report)."""
@@ -194,7 +244,7 @@ class EventBuilder:
         req = primary.request
         if req is None:
             return None
-        flow = self._flows.get((primary.client, primary.server)) or self._flow(primary)
+        flow = self._flow(primary)
         # req_shown: the request headers as the event shows them, rendered in the same pass only when
         # they are just the primary's (with an upstream leg they are merged first, then rendered once).
         up_req = call.upstream_leg.request if call.upstream_leg is not None else None
@@ -208,8 +258,15 @@ class EventBuilder:
             req_headers = req_lists
             ip = ip or flow.peer_ip
             host_header = req_lists.get("host")
-            uri_key = (req.target, host_header[0] if host_header else None, primary.server)
-            uri = self._uris.get(uri_key) or self._new_client_uri(req, host_header, primary, uri_key)
+            host = host_header[0] if host_header else None
+            target = req.target
+            if target == flow.target and host == flow.host and flow.uri:
+                uri = flow.uri
+            else:
+                uri_key = (target, host, primary.server)
+                uri = self._uris.get(uri_key) or self._new_client_uri(req, host_header, primary, uri_key)
+                if len(target) <= _URI_MEMO_MAX_TARGET and len(host or "") <= _URI_MEMO_MAX_TARGET:
+                    flow.target, flow.host, flow.uri = target, host, uri
         else:
             # The joiner has read the legs' headers already (ApiCall's *_headers); read here only without.
             given = call.client_request_headers if primary is client_leg else call.upstream_request_headers
@@ -252,10 +309,8 @@ class EventBuilder:
 
         flags: set[str] = {f.value for f in primary.flags} if primary.flags else set()
         capture: dict[str, object] = {"legs": _LEGS[call.legs]}
-        # iso_time, inlined (twice per event): the per-second text plus the millisecond's.
-        ms = millis(req.ts_start)
         request: dict[str, object] = {
-            "time": (_SECONDS.get(ms // 1000) or second_text(ms // 1000)) + _MILLIS[ms % 1000],
+            "time": self._time(millis(req.ts_start)),
             "uri": uri,
             "verb": _METHODS.get(req.method) or _method(req.method),
             "headers": req_shown,
@@ -271,9 +326,8 @@ class EventBuilder:
 
         event: dict[str, object] = {"request": request}
         if resp is not None:
-            ms = millis(resp.ts_end)
             response: dict[str, object] = {
-                "time": (_SECONDS.get(ms // 1000) or second_text(ms // 1000)) + _MILLIS[ms % 1000],
+                "time": self._time(millis(resp.ts_end)),
                 "status": resp.status,
                 "headers": resp_shown,
             }
