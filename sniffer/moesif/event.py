@@ -121,6 +121,7 @@ def _parse_host(value: str) -> str:
 # What a lone leg's request headers say, worked out once per header block: the header lists, the
 # headers as shown (masked), the user and company the request names, the address a forwarding header names.
 _RequestView = tuple[HeaderLists, dict[str, str | list[str]], str | None, str | None, str | None]
+_NO_VIEW: Final[_RequestView] = ({}, {}, None, None, None)  # a _Flow's until it keeps one (never read)
 
 
 class _Flow:
@@ -131,7 +132,9 @@ class _Flow:
     Besides, the connection's last URI, since a client asks for the same one call after call on one
     connection: `target` and `host` (the request target and Host value, at most `_URI_MEMO_MAX_TARGET`
     bytes each) and `uri` ("" until one is kept); the server is the connection's. Checking them takes two
-    comparisons, where the builder's URI memo would hash a fresh tuple of the request's bytes.
+    comparisons, where the builder's URI memo would hash a fresh tuple of the request's bytes. So with its
+    last request header block: `req_key` (() when none is kept), the block's key in the builder's
+    request header memo, and `req_view`, the memo's entry; both go when the memo is emptied.
     A plain class, not a dataclass: compiled, its __init__ is native (a dataclass's stays interpreted)."""
 
     __slots__ = (
@@ -141,6 +144,8 @@ class _Flow:
         "host",
         "ids",
         "peer_ip",
+        "req_key",
+        "req_view",
         "server",
         "target",
         "uri",
@@ -164,6 +169,8 @@ class _Flow:
         self.target = b""
         self.host: str | None = None
         self.uri = ""
+        self.req_key: tuple[tuple[bytes, bytes], ...] = ()
+        self.req_view: _RequestView = _NO_VIEW
 
     @classmethod
     def of(cls, ex: Exchange) -> _Flow:
@@ -253,7 +260,9 @@ class EventBuilder:
         if not merged:  # the common case: one leg, its own request headers, remembered per block
             given = call.client_request_headers  # a Kong client leg alone: the joiner read them
             req_lists, req_shown, req_user, req_company, ip = (
-                self._request_view(req.headers) if given is None else self._read_request(req.headers, given)
+                self._request_view(req.headers, flow)
+                if given is None
+                else self._read_request(req.headers, given)
             )
             req_headers = req_lists
             ip = ip or flow.peer_ip
@@ -385,18 +394,31 @@ class EventBuilder:
 
     # -- request side -------------------------------------------------------------------------------
 
-    def _request_view(self, headers: list[tuple[bytes, bytes]]) -> _RequestView:
+    def _request_view(self, headers: list[tuple[bytes, bytes]], flow: _Flow) -> _RequestView:
         """A lone leg's request headers (see `_RequestView`), remembered per header block: a client sends
         the same block call after call (same Host, agent, credential). Header lists are shared between
         events (only read); the shown headers are copied, as each event owns its dicts. Where blocks
-        rarely repeat (per-request ids) the memo pauses itself, so it costs next to nothing there."""
+        rarely repeat (per-request ids) the memo pauses itself, so it costs next to nothing there.
+        The connection's last block is checked first, field by field (`_Flow.req_key`), which spares the
+        hash of a fresh tuple of the block's bytes that the memo's lookup takes."""
         if self._memo_pause:
             self._memo_pause -= 1
             return self._read_request(headers)
+        kept = flow.req_key
+        n = len(headers)
+        if len(kept) == n and n:
+            for i in range(n):
+                if headers[i] != kept[i]:
+                    break
+            else:
+                last = flow.req_view
+                self._memo_hits += 1
+                return last[0], last[1].copy(), last[2], last[3], last[4]
         key = tuple(headers)
         known = self._req_memo.get(key)
         if known is not None:
             self._memo_hits += 1
+            flow.req_key, flow.req_view = key, known
             return known[0], known[1].copy(), known[2], known[3], known[4]
         view = self._read_request(headers)
         self._memo_misses += 1
@@ -411,7 +433,12 @@ class EventBuilder:
             memo = self._req_memo
             if len(memo) >= _REQ_MEMO_MAX:
                 memo.clear()
-            memo[key] = (view[0], view[1].copy(), view[2], view[3], view[4])
+                # The connections' last blocks are the memo's entries: they go with it (memory stays
+                # what the memo's bound says).
+                for other in self._flows.values():
+                    other.req_key, other.req_view = (), _NO_VIEW
+            known = memo[key] = (view[0], view[1].copy(), view[2], view[3], view[4])
+            flow.req_key, flow.req_view = key, known
         return view
 
     def _read_request(
