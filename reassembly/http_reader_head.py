@@ -14,7 +14,7 @@ from typing import Final
 from reassembly.http_head import (
     HeadError,
     check_start_line,
-    crlf_lines,
+    lf_lines,
     plausible_request_prefix,
     plausible_response_prefix,
     read_head,
@@ -70,11 +70,13 @@ class HeadSteps(BodySteps):
             end = crlf + 1
             # (isinstance narrows the union: compiled, the common bytes slice is native)
             block = buf[pos:end] if isinstance(buf, bytes) else bytes(buf[pos:end])
-            lines = crlf_lines(block)
-            if lines is not None:
-                # Every line ends in CRLF, so no LF LF can come before this CRLF CRLF: it is the end.
+            lines = lf_lines(block)
+            if lines.count(b"") == 1:
+                # No empty line but the one the split leaves after the last LF: no LF LF comes before
+                # this LF CR LF, so it ends the head.
                 after = crlf + 3
             else:
+                lines = None
                 lf = buf.find(b"\n\n", scan, crlf + 2)
                 if lf >= 0:
                     end, after = lf + 1, lf + 2

@@ -2,7 +2,8 @@
 
 `read_head` (one split, cached status lines and name plans, framing fields collected while parsing) is
 checked against `parse_head` + `framing_fields` + `body_framing` without fields, which stay the reference;
-the reader's one-slice body and CRLF-only head-end shortcut against byte-at-a-time feeding.
+the reader's one-slice body and head-end shortcut (no empty line before the first LF CR LF) against
+byte-at-a-time feeding.
 """
 
 from __future__ import annotations
@@ -146,6 +147,11 @@ def test_a_head_that_differs_from_the_guessed_names_or_spacing_is_parsed_as_the_
         b"Host: a\r\nContent-Length: 5\r\nX-A: \r\n",  # empty value
         b"Host: a\r\nContent-Length: 5\r\nX-A:\r\n",
         b"Host: a\r\nContent-Length: 5\r\nX-A: b\r\r\n",  # stray CR
+        b"Host: a\nContent-Length: 5\r\nX-A: b c\n",  # bare LFs
+        b"Host: a\r\nContent-Length: 5\r\nX-A: b c \n",  # trailing space, bare LF
+        b"Host: a\r\nContent-Length: 5\r\nX-A: b c\t\n",
+        b"Host: a\r\nContent-Length: 5\r\nX-A: b\t\r\n",
+        b"Host: a\r\nContent-Length: 5\r\nX-A: b\rc\r\n",  # a CR inside a value stays
         b"host: a\r\nContent-Length: 5\r\nX-A: b c\r\n",  # other case
         b"Host: a\r\nContent-Length: 5\r\nX-AB: c\r\n",  # longer name, same prefix
         b"Host: a\r\nContent-Length: 5\r\nX-A b c\r\n",  # no colon
