@@ -245,8 +245,7 @@ def read_lines(
     lines: list[bytes], is_request: bool, ts: float, offset: int
 ) -> tuple[HttpRequest | HttpResponse, Fields]:
     """`read_head` of a head already split into lines (`lf_lines`: each line may end with the CR of its
-    CRLF, which is not part of it; the list may end with an empty string). The list is consumed
-    (modified).
+    CRLF, which is not part of it; the list may end with an empty string). The list is only read.
     """
     line = lines[0]
     if is_request:
@@ -255,7 +254,8 @@ def read_lines(
             raise HeadError("request line needs three parts")
         method, target, version = parts
         if (version != b"HTTP/1.1" and not _is_http1(version)) or (
-            method not in _COMMON_METHODS
+            method != b"GET"  # (a comparison, where the set's lookup hashes the fresh bytes)
+            and method not in _COMMON_METHODS
             and (len(method) > MAX_METHOD_BYTES or method.translate(None, TOKEN_CHARS))
         ):
             raise HeadError("not an HTTP/1.x request line")
@@ -273,10 +273,9 @@ def read_lines(
     if len(lines) <= 2:
         headers: list[tuple[bytes, bytes]] = []
     else:
-        del lines[0]
-        if not lines[-1]:
-            lines.pop()  # the empty string after the last line end
-        n = len(lines)
+        # The field lines are lines[1 : n + 1]: after the start line, without the empty string that
+        # follows the last line end (read in place: deleting and popping were generic calls).
+        n = len(lines) - 1 if lines[-1] else len(lines) - 2
         headers = []
         # First the guesses, the last few plans of a head of this kind with this many lines, most recently
         # matched first, each checked line by line from the last (where name sequences tend to differ, so
@@ -293,7 +292,7 @@ def read_lines(
                 shared, _, prefixes = guess
                 headers = []
                 for i in range(n - 1, -1, -1):
-                    line = lines[i]
+                    line = lines[i + 1]
                     prefix = prefixes[i]
                     k = len(prefix)
                     if len(line) > k and line.startswith(prefix) and line[k] > 32:
@@ -315,7 +314,7 @@ def read_lines(
                         guesses.insert(0, guesses.pop(j))
                     break
         if matched is None:
-            headers, fields = _planned_fields(lines, is_request)
+            headers, fields = _planned_fields(lines[1 : n + 1], is_request)
         elif matched[1]:
             fields = _framing_values(matched[1], headers)
     # Positional (body, body_size, body_truncated, trailers, ts_start, ts_end, stream_offset): interpreted,
