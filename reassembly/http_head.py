@@ -19,6 +19,7 @@ from reassembly.events import HttpRequest, HttpResponse
 
 __all__ = [
     "NO_FIELDS",
+    "EmptyLine",
     "HeadError",
     "check_start_line",
     "find_head_end",
@@ -82,6 +83,11 @@ _COMMON_METHODS: Final = frozenset(
 
 class HeadError(ValueError):
     """The bytes are not a well-formed HTTP/1.x start line (raised and caught inside the core only)."""
+
+
+class EmptyLine(Exception):
+    """`read_lines(..., cut_at_crlf=True)`: an empty line comes before the end the lines were cut at, so
+    the head ends there, earlier (a bare LF LF before the first LF CR LF)."""
 
 
 def is_token(value: Buffer) -> bool:
@@ -242,10 +248,14 @@ def lf_lines(block: bytes) -> list[bytes]:
 
 
 def read_lines(
-    lines: list[bytes], is_request: bool, ts: float, offset: int
+    lines: list[bytes], is_request: bool, ts: float, offset: int, cut_at_crlf: bool = False
 ) -> tuple[HttpRequest | HttpResponse, Fields]:
     """`read_head` of a head already split into lines (`lf_lines`: each line may end with the CR of its
     CRLF, which is not part of it; the list may end with an empty string). The list is only read.
+
+    `cut_at_crlf`: the lines were cut at the first LF CR LF, unchecked for an earlier LF LF: an empty line
+    among them raises `EmptyLine` (no guessed plan matches a head with one, so only the planned path,
+    which the unusual heads take, looks).
     """
     line = lines[0]
     if is_request:
@@ -314,7 +324,10 @@ def read_lines(
                         guesses.insert(0, guesses.pop(j))
                     break
         if matched is None:
-            headers, fields = _planned_fields(lines[1 : n + 1], is_request)
+            field_lines = lines[1 : n + 1]
+            if cut_at_crlf and b"" in field_lines:
+                raise EmptyLine
+            headers, fields = _planned_fields(field_lines, is_request)
         elif matched[1]:
             fields = _framing_values(matched[1], headers)
     # Positional (body, body_size, body_truncated, trailers, ts_start, ts_end, stream_offset): interpreted,

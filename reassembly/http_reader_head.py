@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Final
 
 from reassembly.http_head import (
+    EmptyLine,
     HeadError,
     check_start_line,
     lf_lines,
@@ -67,21 +68,15 @@ class HeadSteps(BodySteps):
         crlf = buf.find(b"\n\r\n", scan)
         lines = None
         if crlf >= 0:
-            end = crlf + 1
-            # (isinstance narrows the union: compiled, the common bytes slice is native)
-            block = buf[pos:end] if isinstance(buf, bytes) else bytes(buf[pos:end])
-            lines = lf_lines(block)
-            if lines.count(b"") == 1:
-                # No empty line but the one the split leaves after the last LF: no LF LF comes before
-                # this LF CR LF, so it ends the head.
-                after = crlf + 3
+            end, after = crlf + 1, crlf + 3
+            if end - pos <= self._max_head:
+                # (isinstance narrows the union: compiled, the common bytes slice is native)
+                block = buf[pos:end] if isinstance(buf, bytes) else bytes(buf[pos:end])
+                lines = lf_lines(block)  # an LF LF before this LF CR LF: read_lines says so (EmptyLine)
             else:
-                lines = None
                 lf = buf.find(b"\n\n", scan, crlf + 2)
                 if lf >= 0:
                     end, after = lf + 1, lf + 2
-                else:
-                    after = crlf + 3
         else:
             lf = buf.find(b"\n\n", scan)
             if lf < 0:
@@ -89,13 +84,19 @@ class HeadSteps(BodySteps):
             end, after = lf + 1, lf + 2
         if end - pos > self._max_head and self._head_too_long(end - pos):
             return False
+        is_request = self.role is _REQUEST
         try:
             if lines is not None:
-                msg, fields = read_lines(lines, self.role is _REQUEST, self._msg_ts, self._msg_offset)
-            else:
+                try:
+                    msg, fields = read_lines(lines, is_request, self._msg_ts, self._msg_offset, True)
+                except EmptyLine:
+                    lf = buf.find(b"\n\n", scan, crlf + 2)
+                    end, after = lf + 1, lf + 2
+                    lines = None
+            if lines is None:
                 msg, fields = read_head(
                     buf[pos:end] if isinstance(buf, bytes) else bytes(buf[pos:end]),
-                    self.role is _REQUEST,
+                    is_request,
                     self._msg_ts,
                     self._msg_offset,
                 )
