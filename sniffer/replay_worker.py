@@ -54,8 +54,9 @@ class ReplayWorker:
         self.surely_plain = SurelyPlain(frozenset(config.kong_ports), frozenset(config.upstream_ports))
         self.records: list[Record] = []
         # Frames whose exchanges were all plain: only their latest end goes to the merge (`PlainEnds`).
-        self.plain_frames = array("q")
-        self.plain_ends = array("d")
+        # Lists, packed into arrays per message: compiled, a list's append is native, an array's generic.
+        self.plain_frames: list[int] = []
+        self.plain_ends: list[float] = []
         self.packed = 0  # exchanges packed into `records`
         self.full = False  # a message's worth of records, packed exchanges or events: set as they come
         self.bytes_read = 0
@@ -175,11 +176,11 @@ class ReplayWorker:
             batch = marshal.dumps(records)
         except ValueError:  # a core field marshal cannot carry (see exchange_codec): slower, still right
             batch = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
-        plain = (self.plain_frames.tobytes(), self.plain_ends.tobytes())
+        plain = (array("q", self.plain_frames).tobytes(), array("d", self.plain_ends).tobytes())
         self.conn.send(("b", passed, batch, payload, self.bytes_read, *plain))
         self.records = []
-        self.plain_frames = array("q")
-        self.plain_ends = array("d")
+        self.plain_frames = []
+        self.plain_ends = []
         self.packed = 0
         self.full = False
 

@@ -119,8 +119,11 @@ class WorkerEvents:
         # Only plain exchanges reach this engine: with no Kong ports its joiner does not classify them a
         # second time (the builder does not look at the ports).
         self.engine = Engine(replace(config, kong_ports=()), sink, stats, capture=False)
-        self.feed = self.engine.feed_exchanges
-        """(ts, exchanges, weights=None): as `Engine.feed_exchanges`."""
+
+    def feed(self, ts: float, exchanges: list[Exchange], weights: dict[int, int] | None = None) -> None:
+        """As `Engine.feed_exchanges` (a method, not the engine's bound method kept: compiled, the call
+        is then native)."""
+        self.engine.feed_exchanges(ts, exchanges, weights)
 
     @property
     def shed_bodies(self) -> bool:
