@@ -53,6 +53,9 @@ DESYNC: Final = Framing(FramingKind.DESYNC)
 # again, and building a frozen dataclass costs more than the rest of the decision. Bounded, first come.
 _MAX_CACHED_LENGTHS: Final = 4096
 _LENGTHS: Final[dict[int, Framing]] = {}
+# The framing of a lone Content-Length value by its text (plain digits, at most _MAX_LENGTH_DIGITS): a
+# lookup, where the digits test and the int conversion were two generic calls. Bounded like _LENGTHS.
+_LENGTH_TEXTS: Final[dict[bytes, Framing]] = {}
 
 
 def body_framing(
@@ -112,19 +115,26 @@ def body_framing(
 
     if cl_values:
         value = cl_values[0]
-        if len(cl_values) == 1 and value.isdigit() and len(value) <= _MAX_LENGTH_DIGITS:
-            length: int | None = int(value)  # the common case of _content_length: one plain number
-        else:
-            length = _content_length(cl_values)
+        plain = len(cl_values) == 1
+        if plain:
+            framing = _LENGTH_TEXTS.get(value)
+            if framing is not None:
+                return framing
+            plain = value.isdigit() and len(value) <= _MAX_LENGTH_DIGITS
+        # the common case of _content_length: one plain number
+        length = int(value) if plain else _content_length(cl_values)
         if length is None:
             return DESYNC
         if not length:
-            return NO_BODY
-        framing = _LENGTHS.get(length)
-        if framing is None:
-            framing = Framing(FramingKind.LENGTH, length)
-            if len(_LENGTHS) < _MAX_CACHED_LENGTHS:
-                _LENGTHS[length] = framing
+            framing = NO_BODY
+        else:
+            framing = _LENGTHS.get(length)
+            if framing is None:
+                framing = Framing(FramingKind.LENGTH, length)
+                if len(_LENGTHS) < _MAX_CACHED_LENGTHS:
+                    _LENGTHS[length] = framing
+        if plain and len(_LENGTH_TEXTS) < _MAX_CACHED_LENGTHS:
+            _LENGTH_TEXTS[value] = framing
         return framing
 
     return UNTIL_CLOSE if is_response else NO_BODY

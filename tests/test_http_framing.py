@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from reassembly import http_framing
 from reassembly.http_framing import Framing, FramingKind, body_framing, parse_chunk_size
 
 NONE, LENGTH, CHUNKED, CLOSE, TUNNEL, DESYNC = (
@@ -89,6 +90,30 @@ def test_content_length_values(values: list[bytes], expected: int | None) -> Non
         assert framing.kind is DESYNC
     else:
         assert (framing.kind, framing.length) == (LENGTH, expected)
+
+
+def test_content_length_text_memo_changes_no_decision() -> None:
+    # A remembered value text gives what the rules give, the second time too, after the status and
+    # method rules; the memo stays within its bound however many texts come.
+    for value, (kind, length) in [
+        (b"5", (LENGTH, 5)),
+        (b"005", (LENGTH, 5)),
+        (b"0", (NONE, 0)),
+        (b"000", (NONE, 0)),
+        (b"9" * 18, (LENGTH, 10**18 - 1)),
+        (b"1" * 19, (DESYNC, 0)),
+        (b" 7", (LENGTH, 7)),
+    ]:
+        for _ in range(2):
+            framing = body_framing(b"PUT", None, [(b"Content-Length", value)])
+            assert (framing.kind, framing.length) == (kind, length)
+            assert body_framing(b"HEAD", 200, [(b"Content-Length", value)]).kind is NONE
+            assert body_framing(b"GET", 304, [(b"Content-Length", value)]).kind is NONE
+            assert body_framing(b"GET", 200, [(b"Content-Length", value), *TE]).kind is CHUNKED
+    for i in range(2 * http_framing._MAX_CACHED_LENGTHS):
+        framing = body_framing(b"GET", 200, [(b"Content-Length", b"%d" % (i + 1))])
+        assert (framing.kind, framing.length) == (LENGTH, i + 1)
+    assert len(http_framing._LENGTH_TEXTS) <= http_framing._MAX_CACHED_LENGTHS
 
 
 @pytest.mark.parametrize(
