@@ -27,6 +27,49 @@ BYTES_WHITESPACE: Final = " \t\n\r\x0b\x0c"  # what bytes.strip() strips (str.st
 # Header names repeat call after call: remember their lowercase text, emptied when full (bounded).
 _NAMES_MAX: Final = 4096
 _NAMES: dict[bytes, str] = {}
+# Blocks of at most this many fields leave a template (`_Template`), one per number of fields.
+_TEMPLATE_MAX_FIELDS: Final = 64
+
+
+class _Template:
+    """The last block of a number of fields `read_headers` read, for the next block with the same name
+    objects (the core shares one object per name among heads with the same names, and peers send the same
+    few heads again and again): its `names`, the `masks` it was shown under, its two dicts with every key
+    in place (values None: copies are filled, never these) and, per field, its key and whether it is shown.
+    Copying a dict with its keys in place and setting their values costs about half of inserting them
+    into a new dict, which grows as they come."""
+
+    __slots__ = ("keys", "lists", "masks", "names", "show", "shown")
+
+    def __init__(
+        self,
+        names: list[bytes],
+        masks: frozenset[str] | None,
+        keys: list[str],
+        show: list[bool],
+        lists: dict[str, object],
+        shown: dict[str, object],
+    ) -> None:
+        self.names = names
+        self.masks = masks
+        self.keys = keys
+        self.show = show
+        self.lists = lists
+        self.shown = shown
+
+
+_TEMPLATES: dict[int, _Template] = {}
+
+
+def _same_names(headers: list[tuple[bytes, bytes]], names: list[bytes]) -> bool:
+    """Are `headers`' names these very objects, in this order?"""
+    n = len(headers)
+    if n != len(names):
+        return False
+    for i in range(n):  # noqa: SIM110 (compiled, a loop over indexes: no iterator, no tuple unpacking)
+        if headers[i][0] is not names[i]:
+            return False
+    return True
 
 
 def text(raw: bytes) -> str:
@@ -46,6 +89,13 @@ def read_headers(
     headers: list[tuple[bytes, bytes]], masks: frozenset[str] | None
 ) -> tuple[HeaderLists, dict[str, str | list[str]]]:
     """`header_lists` and, when `masks` is given, `render_headers` of it too, in one pass over the headers."""
+    n = len(headers)
+    # Only with masks, as the event builder reads a message it shows: `header_lists` (masks None) mostly
+    # reads what crossed from a worker, whose names are new objects each time (a template would never
+    # be used, and making one costs more than the reading).
+    template = _TEMPLATES.get(n) if masks is not None else None
+    if template is not None and template.masks is masks and _same_names(headers, template.names):
+        return _fill(template, headers)
     out: HeaderLists = {}
     shown: dict[str, str | list[str]] = {}
     names = _NAMES
@@ -64,8 +114,39 @@ def read_headers(
         if masks is not None and key not in masks:
             shown[key] = decoded
     if len(out) == len(headers):
+        if masks is not None and 0 < n <= _TEMPLATE_MAX_FIELDS:
+            keys = list(out)
+            _TEMPLATES[n] = _Template(
+                [name for name, _ in headers],
+                masks,
+                keys,
+                [key in shown for key in keys],
+                dict.fromkeys(keys),
+                dict.fromkeys(shown),
+            )
         return out, shown
     return _read_repeated(headers, masks)
+
+
+def _fill(
+    template: _Template, headers: list[tuple[bytes, bytes]]
+) -> tuple[HeaderLists, dict[str, str | list[str]]]:
+    """`read_headers` of a block with the template's names: copies of its dicts, their values set."""
+    out: HeaderLists = template.lists.copy()  # type: ignore[assignment]  # every value set below
+    shown: dict[str, str | list[str]] = template.shown.copy()  # type: ignore[assignment]
+    keys = template.keys
+    show = template.show
+    for i in range(len(keys)):
+        value = headers[i][1]
+        try:
+            decoded = value.decode()
+        except UnicodeDecodeError:
+            decoded = value.decode("latin-1")
+        key = keys[i]
+        out[key] = [decoded]
+        if show[i]:
+            shown[key] = decoded
+    return out, shown
 
 
 def _read_repeated(
