@@ -41,6 +41,35 @@ def test_no_config_keeps_everything_with_weight_1() -> None:
     assert all(s.weight(event()) == 1 for _ in range(100))
 
 
+class _NoDraws(random.Random):
+    def random(self) -> float:
+        raise AssertionError("a keep-all config draws nothing")
+
+
+@pytest.mark.parametrize(
+    ("doc", "keeps_all"),
+    [
+        ({"sample_rate": 100}, True),
+        ({}, True),
+        ({"sample_rate": 100, "user_sample_rate": {}, "company_sample_rate": {}, "regex_config": []}, True),
+        ({"sample_rate": 99.5}, False),
+        ({"sample_rate": 100, "user_sample_rate": {"alice": 10}}, False),
+        ({"sample_rate": 100, "company_sample_rate": {"acme": 100}}, False),
+        ({"sample_rate": 100, "regex_config": [{"conditions": [{"path": "request.verb", "value": "GET"}],
+                                               "sample_rate": 5}]}, False),
+    ],
+)  # fmt: skip
+def test_a_config_that_keeps_everything_is_told_apart_once(doc: dict[str, Any], keeps_all: bool) -> None:
+    # What an app without sampling serves keeps every event with weight 1 and draws nothing; any rule
+    # that could lower a rate (even one at 100 for now) makes the sampler look at each event as before.
+    config = parse_app_config(doc)
+    assert config.keeps_all is keeps_all
+    if keeps_all:
+        s = Sampler(_NoDraws())
+        s.config = config
+        assert all(s.weight(event(user="alice", company="acme")) == 1 for _ in range(50))
+
+
 def test_rate_is_the_minimum_of_matching_user_company_regex() -> None:
     s = sampler(
         {

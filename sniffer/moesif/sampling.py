@@ -41,8 +41,15 @@ class AppConfig:
     regex_rules: tuple[RegexRule, ...] = ()
     etag: str | None = None
     problems: tuple[str, ...] = ()
+    # Every event kept with weight 1: a rate of 100 and no rule that could lower it (what an app without
+    # sampling serves), worked out once, so the common config spares each event the rules' scan.
+    keeps_all: bool = field(init=False, compare=False, repr=False)
 
     KEEP_ALL: ClassVar[AppConfig]
+
+    def __post_init__(self) -> None:
+        keeps = self.sample_rate >= 100 and not (self.user_rates or self.company_rates or self.regex_rules)
+        object.__setattr__(self, "keeps_all", keeps)  # frozen: set once, here
 
 
 AppConfig.KEEP_ALL = AppConfig()
@@ -183,8 +190,8 @@ class Sampler:
 
     def weight(self, event: dict[str, Any]) -> int | None:
         """The event's weight when kept, or None when sampled out."""
-        cfg = self.config
-        if cfg is AppConfig.KEEP_ALL:
+        cfg = self.config  # one read: the fetcher's thread swaps the whole config
+        if cfg.keeps_all:
             return 1
         rate = self.rate_for(event, cfg)
         if rate >= 100:
