@@ -48,11 +48,14 @@ class Pipeline:
         "_flows_feed",
         "_http_pool",
         "_ignored_ports",
+        "_linktype",
         "_lru",
         "_next_advance_ts",
         "_parsers",
         "_raw_index",
         "_server_ports",
+        "_v4",
+        "_v6",
         "limits",
         "stats",
     )
@@ -86,6 +89,11 @@ class Pipeline:
         self._flows_feed = self._flows.feed
         self._raw_index = self._flows.raw_index
         self._lru = self._flows.lru
+        # The last frame's link type and where IPv4 / IPv6 start behind it (decode's tables): a file has
+        # one link type (pcapng: one per interface), a ring one, so they are kept, not looked up a frame.
+        self._linktype = -1
+        self._v4: tuple[int, int] | None = None
+        self._v6: tuple[int, int] | None = None
 
     @property
     def flow_count(self) -> int:
@@ -119,7 +127,11 @@ class Pipeline:
             if self._fast_frames:
                 self._count_fast_frames()
             self._route(self._flows.advance(ts), out)
-        at = IPV4_AT.get(linktype)
+        if linktype != self._linktype:
+            self._linktype = linktype
+            self._v4 = IPV4_AT.get(linktype)
+            self._v6 = IPV6_AT.get(linktype)
+        at = self._v4
         if at is not None:
             et, ip = at
             # The conditions of Decoder.decode's own fast path: IPv4 without options, not a fragment,
@@ -151,7 +163,7 @@ class Pipeline:
                         out,
                     ):
                         return out
-        at = IPV6_AT.get(linktype)
+        at = self._v6
         if at is not None:
             et, ip = at
             # IPv6 whose next header is TCP (no extension header), with a payload length, whole.

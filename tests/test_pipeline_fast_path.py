@@ -152,6 +152,37 @@ def test_loss_duplicates_reordering_same_as_stage_by_stage(edits: list[tuple[str
     assert _run(CountingPipeline(), frames) == _run(StageByStage(), frames)
 
 
+def test_link_types_changing_frame_by_frame_as_pcapng_interfaces_may() -> None:
+    # One pipeline keeps the last frame's link type: frames whose link types change (a pcapng with
+    # interfaces of several kinds), IPv4 and IPv6 connections interleaved, give what the stage-by-stage
+    # path gives, and the fast path still carries frames of every kind.
+    requests = [b"GET /m%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(6)]
+    responses = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"] * 6
+    v4 = tcp_conversation(requests, responses)
+    v6 = tcp_conversation(requests, responses, ipv6=True, client=("fd00::1", 40001), server=("fd00::2", 80))
+    mixed = []
+    for i, (a, b) in enumerate(zip(v4, v6, strict=True)):
+        for j, p in enumerate((a, b)):
+            ipv6 = j == 1
+            kind = (i + j) % 3
+            q = (
+                p
+                if kind == 0
+                else CookedLinux(proto=0x86DD if ipv6 else 0x0800) / p.payload
+                if kind == 1
+                else p.payload
+            )
+            q.time = p.time + j * 1e-6
+            mixed.append(q)
+    got = frames(mixed)
+    assert {linktype for _, linktype, _, _ in got} == {1, 113, 101}
+    fast = CountingPipeline()
+    result = _run(fast, got)
+    assert result == _run(StageByStage(), got)
+    assert len(result[0]) == 12
+    assert fast.fast_frames >= 16
+
+
 @pytest.mark.parametrize("kind", [Pipeline, StageByStage], ids=["fast path", "stage by stage"])
 def test_an_idle_connection_keeps_no_payload_once_all_is_acknowledged(kind: type[Pipeline]) -> None:
     # Thousands of idle keep-alive connections on a gateway: the last segment of each direction is only
