@@ -137,11 +137,7 @@ def _fill(
     keys = template.keys
     show = template.show
     for i in range(len(keys)):
-        value = headers[i][1]
-        try:
-            decoded = value.decode()
-        except UnicodeDecodeError:
-            decoded = value.decode("latin-1")
+        decoded = text(headers[i][1])
         key = keys[i]
         out[key] = [decoded]
         if show[i]:

@@ -266,16 +266,7 @@ class EventBuilder:
             )
             req_headers = req_lists
             ip = ip or flow.peer_ip
-            host_header = req_lists.get("host")
-            host = host_header[0] if host_header else None
-            target = req.target
-            if target == flow.target and host == flow.host and flow.uri:
-                uri = flow.uri
-            else:
-                uri_key = (target, host, primary.server)
-                uri = self._uris.get(uri_key) or self._new_client_uri(req, host_header, primary, uri_key)
-                if len(target) <= _URI_MEMO_MAX_TARGET and len(host or "") <= _URI_MEMO_MAX_TARGET:
-                    flow.target, flow.host, flow.uri = target, host, uri
+            uri = self._client_uri(req, req_lists, primary, flow)
         else:
             # The joiner has read the legs' headers already (ApiCall's *_headers); read here only without.
             given = call.client_request_headers if primary is client_leg else call.upstream_request_headers
@@ -289,7 +280,7 @@ class EventBuilder:
                 # Most requests carry no forwarding header: one set operation says so.
                 fwd = None if _FORWARDING.isdisjoint(req_lists) else forwarded_ip(req_lists)
                 ip = fwd or flow.peer_ip
-                uri = self._client_uri(req, req_lists, primary)
+                uri = self._client_uri(req, req_lists, primary, flow)
                 up_lists = call.upstream_request_headers
                 if up_lists is None:
                     up_lists = header_lists(up_req.headers)  # type: ignore[union-attr]  # merged: seen
@@ -476,12 +467,20 @@ class EventBuilder:
             out["host"] = [fwd_host[0]]
         return out
 
-    def _client_uri(self, req: HttpRequest, headers: HeaderLists, leg: Exchange) -> str:
-        """The URI from the request line, Host and the server address: a pure function of the three,
-        which repeat call after call, so short ones are remembered."""
+    def _client_uri(self, req: HttpRequest, headers: HeaderLists, leg: Exchange, flow: _Flow) -> str:
+        """The URI from the request line, Host and the server address (`leg`'s, whose connection `flow`
+        is): a pure function of the three, which repeat call after call, so short ones are remembered,
+        the connection's last one on it (two comparisons) and others in the builder's memo."""
         host_header = headers.get("host")
-        key = (req.target, host_header[0] if host_header else None, leg.server)
-        return self._uris.get(key) or self._new_client_uri(req, host_header, leg, key)
+        host = host_header[0] if host_header else None
+        target = req.target
+        if target == flow.target and host == flow.host and flow.uri:
+            return flow.uri
+        key = (target, host, leg.server)
+        uri = self._uris.get(key) or self._new_client_uri(req, host_header, leg, key)
+        if len(target) <= _URI_MEMO_MAX_TARGET and len(host or "") <= _URI_MEMO_MAX_TARGET:
+            flow.target, flow.host, flow.uri = target, host, uri
+        return uri
 
     def _new_client_uri(
         self,
