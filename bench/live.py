@@ -24,13 +24,18 @@ the main process joins and builds every event.
 Each run sends `rate x seconds` packets (`--limit`, from the 1M capture when present, so no packet
 repeats). "seen" is what the capturer got; "drop %" is the kernel's drop count (ours: the daemon's
 final summary, i.e. PACKET_STATISTICS tp_drops summed over its rings; tcpdump: its "dropped by kernel"
-line) over seen + dropped. "sent pps" is tcpreplay's achieved rate. With `--runs N` every rate is
-measured in N rounds, the tools taking turns, and a last table gives each one's median drop % (one run
-can swing from 0 to 15 % on this shared VM).
+line) over seen + dropped. "sent pps" is tcpreplay's achieved rate; "sender cores" its CPU over its wall
+time (the veth's delivery into every listening ring runs in its system calls, so it is counted there:
+on these 2 vCPUs whatever the sender takes, the capturers lack). "us/pkt" is ours' CPU (the daemon and
+its workers) a packet seen, less a run of the same length without traffic (start-up, idle polls,
+stopping). With `--runs N` every rate is measured in N rounds, the tools taking turns, and a last table
+gives each one's median drop % (one run can swing from 0 to 15 % on this shared VM).
 
 The latest figures, and how they stand against issue 6's targets, are in the README (Speed). Notes
-from earlier runs that still hold: tcpreplay and the veth softirq take most of one of these 2 vCPUs, so
-two workers share what is left (the per-worker figure needs a machine with free cores); on Kong traffic
+from earlier runs that still hold: tcpreplay and the veth's delivery take ~0.7 of one of these 2 vCPUs
+at 200k packets/s and ~0.95 at 300k (with tcpreplay's default timer, which spins, ~1 at any rate; until
+2026-12-08 this bench used it), so two workers share what is left: the per-worker figure needs a
+machine with free cores (at ~6 us a packet, two workers at 300k need ~1.8 cores); on Kong traffic
 every exchange may be a leg, so with two workers the main process joins and builds every event. A check
 at 20k frames/s with the events written out gave 4,500 events, 4,100 of them both legs joined, with 1
 and with 2 workers, as `replay` gives on the same frames. `--set SNIFFER_DROP_PURE_ACKS=true` (a third
@@ -44,6 +49,7 @@ import argparse
 import contextlib
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -88,6 +94,8 @@ class Result:
     sent: int
     seen: int
     dropped: int
+    sender_cpu: float  # tcpreplay's CPU over its wall time (its send and the veth's delivery), in cores
+    us_per_packet: float | None = None  # ours: CPU a packet seen, start-up and idle polling taken off
 
     @property
     def drop_pct(self) -> float:
@@ -126,17 +134,53 @@ class VethNamespace:
         return ["ip", "netns", "exec", self.ns, *argv]
 
 
-def replay(net: VethNamespace, capture: Path, pps: int, count: int) -> tuple[int, float]:
-    """tcpreplay `count` packets at `pps` into the outer end: (packets sent, achieved packets/s)."""
+def replay(net: VethNamespace, capture: Path, pps: int, count: int) -> tuple[int, float, float]:
+    """tcpreplay `count` packets at `pps` into the outer end: (packets sent, achieved packets/s, its CPU
+    in cores). Its timer sleeps (`--timer=nano`): the default (gtod) spins between packets, a whole core
+    at any rate, which the capturers on these 2 vCPUs then lack (measured at 150k packets/s with tcpdump
+    listening: 0.97 core spinning, 0.62 sleeping; at 300k, ~0.92 either way). The veth's delivery to the
+    listening sockets runs in the sender's system call, so it is counted here too."""
     loops = 0 if count <= 0 else max(1, -(-count // packets_in(capture)))
-    cmd = ["tcpreplay", "-q", "-i", net.outer, f"--pps={pps}", f"--limit={count}", f"--loop={loops}",
-           str(capture)]  # fmt: skip
+    cmd = ["tcpreplay", "-q", "-i", net.outer, "--timer=nano", f"--pps={pps}", f"--limit={count}",
+           f"--loop={loops}", str(capture)]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    wall = time.monotonic() - started
+    # tcpreplay is the only child reaped meanwhile (the daemon is reaped after the send)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     text = out.stdout + out.stderr
     m = re.search(r"Actual: (\d+) packets", text)
     sent = int(m.group(1)) if m else 0
     m2 = re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", text)
-    return sent, float(m2.group(1)) if m2 else 0.0
+    return sent, float(m2.group(1)) if m2 else 0.0, cpu / wall if wall else 0.0
+
+
+def _settings(
+    net: VethNamespace, traffic: Traffic, workers: int, extra: dict[str, str] | None
+) -> dict[str, str]:
+    settings = dict(
+        SNIFFER_INTERFACE=net.inner, SNIFFER_PORTS=traffic.ports, SNIFFER_KONG_PORTS=traffic.kong_ports,
+        SNIFFER_WORKERS=str(workers), SNIFFER_SHED="off", SNIFFER_METRICS_ADDR="127.0.0.1:9464",
+    )  # fmt: skip
+    settings.update(extra or {})
+    return settings
+
+
+def idle_cpu(
+    net: VethNamespace,
+    traffic: Traffic,
+    seconds: float,
+    workers: int,
+    core: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> float:
+    """The daemon's CPU seconds for a run as long as `run_ours`'s with no traffic: start-up, idle polling
+    and stopping, which `run_ours` takes off its CPU before dividing by the packets seen."""
+    with running_daemon(_settings(net, traffic, workers, extra), core, prefix=tuple(net.exec())) as run:
+        time.sleep(seconds + 1.0)
+    return run.cpu_s
 
 
 def run_ours(
@@ -148,20 +192,18 @@ def run_ours(
     workers: int,
     core: str | None = None,
     extra: dict[str, str] | None = None,
+    idle_cpu_s: float = 0.0,
 ) -> Result:
-    settings = dict(
-        SNIFFER_INTERFACE=net.inner, SNIFFER_PORTS=traffic.ports, SNIFFER_KONG_PORTS=traffic.kong_ports,
-        SNIFFER_WORKERS=str(workers), SNIFFER_SHED="off", SNIFFER_METRICS_ADDR="127.0.0.1:9464",
-    )  # fmt: skip
-    settings.update(extra or {})
+    settings = _settings(net, traffic, workers, extra)
     with running_daemon(settings, core, prefix=tuple(net.exec())) as run:
-        sent, rate = replay(net, capture, pps, count)
+        sent, rate, sender_cpu = replay(net, capture, pps, count)
         time.sleep(1.0)
     found = re.findall(r"(\d+) packets, (\d+) kernel drops", run.log)
     if not found:
         raise RuntimeError("no summary in the daemon log: " + run.log[-2000:])
     seen, dropped = (int(x) for x in found[-1])
-    return Result(rate, sent, seen, dropped)
+    us = 1e6 * max(0.0, run.cpu_s - idle_cpu_s) / seen if seen else None
+    return Result(rate, sent, seen, dropped, sender_cpu, us)
 
 
 def run_tcpdump(net: VethNamespace, capture: Path, traffic: Traffic, pps: int, count: int) -> Result:
@@ -172,7 +214,7 @@ def run_tcpdump(net: VethNamespace, capture: Path, traffic: Traffic, pps: int, c
         assert proc.stderr is not None
         proc.stderr.readline()  # "listening on ...": the socket is open
         time.sleep(0.3)
-        sent, rate = replay(net, capture, pps, count)
+        sent, rate, sender_cpu = replay(net, capture, pps, count)
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         err = proc.stderr.read()
@@ -183,7 +225,7 @@ def run_tcpdump(net: VethNamespace, capture: Path, traffic: Traffic, pps: int, c
             proc.wait(5)
     seen = int(re.search(r"(\d+) packets? captured", err).group(1))  # type: ignore[union-attr]
     dropped = int(re.search(r"(\d+) packets? dropped by kernel", err).group(1))  # type: ignore[union-attr]
-    return Result(rate, sent, seen, dropped)
+    return Result(rate, sent, seen, dropped, sender_cpu)
 
 
 def main() -> int:
@@ -220,7 +262,8 @@ def main() -> int:
             continue
         for w in (int(x) for x in args.workers.split(",")):
             rows.append((f"ours{' C' if core else ''} w={w}", w, core))
-    header = f"{'offered pps':>11} | {'tool':<12} | {'sent pps':>9} | {'sent':>8} | {'seen':>8} | drop %"
+    header = (f"{'offered pps':>11} | {'tool':<12} | {'sent pps':>9} | {'sent':>8} | {'seen':>8} | drop % | "
+              f"sender cores | us/pkt")  # fmt: skip
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"capture {capture}, {args.seconds:g} s per rate; load average {load} (2 vCPUs shared); "
           f"ours C = the mypyc-compiled core; settings {extra or 'default'}")  # fmt: skip
@@ -230,6 +273,7 @@ def main() -> int:
     tools = [*rows, ("tcpdump", 0, None)]
     drops: dict[tuple[int, str], list[float]] = {}
     with VethNamespace() as net:
+        idle = {name: idle_cpu(net, traffic, args.seconds, w, core, extra) for name, w, core in rows}
         for pps in rates:
             count = int(pps * args.seconds)
             # Rounds, not runs in a row: a slow minute of this shared VM then falls on every tool alike.
@@ -238,10 +282,11 @@ def main() -> int:
                     if name == "tcpdump":
                         r = run_tcpdump(net, capture, traffic, pps, count)
                     else:
-                        r = run_ours(net, capture, traffic, pps, count, workers, core, extra)
+                        r = run_ours(net, capture, traffic, pps, count, workers, core, extra, idle[name])
                     drops.setdefault((pps, name), []).append(r.drop_pct)
+                    us = "" if r.us_per_packet is None else f"{r.us_per_packet:6.2f}"
                     print(f"{pps:>11,} | {name:<12} | {r.sent_pps:>9,.0f} | {r.sent:>8,} | {r.seen:>8,} | "
-                          f"{r.drop_pct:6.2f}", flush=True)  # fmt: skip
+                          f"{r.drop_pct:6.2f} | {r.sender_cpu:12.2f} | {us}", flush=True)  # fmt: skip
     if args.runs > 1:
         print(f"\ndrop %, median of {args.runs} rounds (each round's in brackets)")
         print(f"{'offered pps':>11} | " + " | ".join(f"{name:<12}" for name, _, _ in tools))
