@@ -5,7 +5,7 @@ extensions there with `SNIFFER_COMPILE=1 setup.py build_ext`, and returns a dire
 packages (each hot module as .py and as its compiled extension, which Python imports first). Put it first
 on PYTHONPATH to run anything against the compiled build. Builds are cached by a digest of every file of
 both packages (mypyc type-checks the compiled modules against the rest, and the copy must be current),
-so any edit means a fresh build; the newest `KEEP_BUILDS` are kept.
+so any edit (of them, or of this recipe) means a fresh build; the newest `KEEP_BUILDS` are kept.
 Needs gcc, the Python headers and mypy (`pip install mypy`); `compile_unavailable()` says what is missing.
 
     python bench/compiled.py            build (or reuse) and print the directory
@@ -50,7 +50,8 @@ _SKIP = ("__pycache__", "*.pyc", "*.so")
 
 
 def _sources() -> list[Path]:
-    files = [ROOT / "setup.py"]
+    # This file too: how a build is made (the byte-compiling, say) is part of what a cached one holds.
+    files = [ROOT / "setup.py", Path(__file__).resolve()]
     for package in PACKAGES:
         files += sorted(
             p

@@ -28,8 +28,11 @@ line) over seen + dropped. "sent pps" is tcpreplay's achieved rate; "sender core
 time (the veth's delivery into every listening ring runs in its system calls, so it is counted there:
 on these 2 vCPUs whatever the sender takes, the capturers lack). "us/pkt" is ours' CPU (the daemon and
 its workers) a packet seen, less a run of the same length without traffic (start-up, idle polls,
-stopping). With `--runs N` every rate is measured in N rounds, the tools taking turns, and a last table
-gives each one's median drop % (one run can swing from 0 to 15 % on this shared VM).
+stopping). "busiest worker" is the share of the packets the busiest worker got (the daemon's exit
+summary): the kernel's fanout keeps each flow on one worker, and the wrk capture has 20 connections, so
+the split is rarely even and the busiest worker drops first. With `--runs N` every rate is measured in
+N rounds, the tools taking turns, and a last table gives each one's median drop % (one run can swing
+from 0 to 15 % on this shared VM).
 
 The latest figures, and how they stand against issue 6's targets, are in the README (Speed). Notes
 from earlier runs that still hold: tcpreplay and the veth's delivery take ~0.7 of one of these 2 vCPUs
@@ -96,6 +99,7 @@ class Result:
     dropped: int
     sender_cpu: float  # tcpreplay's CPU over its wall time (its send and the veth's delivery), in cores
     us_per_packet: float | None = None  # ours: CPU a packet seen, start-up and idle polling taken off
+    busiest: float | None = None  # ours with workers: the busiest worker's share of the packets seen
 
     @property
     def drop_pct(self) -> float:
@@ -203,7 +207,10 @@ def run_ours(
         raise RuntimeError("no summary in the daemon log: " + run.log[-2000:])
     seen, dropped = (int(x) for x in found[-1])
     us = 1e6 * max(0.0, run.cpu_s - idle_cpu_s) / seen if seen else None
-    return Result(rate, sent, seen, dropped, sender_cpu, us)
+    split = re.findall(r"by worker: ([\d /]+) packets", run.log)
+    counts = [int(x) for x in split[-1].split(" / ")] if split else []
+    busiest = max(counts) / sum(counts) if counts and sum(counts) else None
+    return Result(rate, sent, seen, dropped, sender_cpu, us, busiest)
 
 
 def run_tcpdump(net: VethNamespace, capture: Path, traffic: Traffic, pps: int, count: int) -> Result:
@@ -263,7 +270,7 @@ def main() -> int:
         for w in (int(x) for x in args.workers.split(",")):
             rows.append((f"ours{' C' if core else ''} w={w}", w, core))
     header = (f"{'offered pps':>11} | {'tool':<12} | {'sent pps':>9} | {'sent':>8} | {'seen':>8} | drop % | "
-              f"sender cores | us/pkt")  # fmt: skip
+              f"sender cores | us/pkt | busiest worker")  # fmt: skip
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"capture {capture}, {args.seconds:g} s per rate; load average {load} (2 vCPUs shared); "
           f"ours C = the mypyc-compiled core; settings {extra or 'default'}")  # fmt: skip
@@ -285,8 +292,10 @@ def main() -> int:
                         r = run_ours(net, capture, traffic, pps, count, workers, core, extra, idle[name])
                     drops.setdefault((pps, name), []).append(r.drop_pct)
                     us = "" if r.us_per_packet is None else f"{r.us_per_packet:6.2f}"
+                    share = "" if r.busiest is None else f"{100 * r.busiest:.0f} %"
                     print(f"{pps:>11,} | {name:<12} | {r.sent_pps:>9,.0f} | {r.sent:>8,} | {r.seen:>8,} | "
-                          f"{r.drop_pct:6.2f} | {r.sender_cpu:12.2f} | {us}", flush=True)  # fmt: skip
+                          f"{r.drop_pct:6.2f} | {r.sender_cpu:12.2f} | {us:>6} | {share}",
+                          flush=True)  # fmt: skip
     if args.runs > 1:
         print(f"\ndrop %, median of {args.runs} rounds (each round's in brackets)")
         print(f"{'offered pps':>11} | " + " | ".join(f"{name:<12}" for name, _, _ in tools))

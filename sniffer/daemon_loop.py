@@ -82,6 +82,7 @@ class DaemonLoop:
         self.jsonl: JsonLinesSink | None = None
         self.engine: Engine | None = None
         self._core: Counter[str] = Counter()
+        self._workers: list[dict[str, int]] = []  # per capture worker: packets, kernel drops
         self.policy = ShedPolicy(enabled=config.shed)
         self.sampler: FlowSampler | None = None  # one worker: sampling in front of the engine
         self._drops_seen = 0
@@ -167,9 +168,17 @@ class DaemonLoop:
         if sender_stats is not None:
             self.health.observe_sender(sender_stats)
         self._sender_stats = sender_stats
+        workers = (
+            [{k: d.get(k, 0) for k in ("packets", "drop_kernel")} for d in self.pool.stats]
+            if self.pool is not None
+            else []
+        )
         if self.metrics is not None:
-            self.metrics.snapshot = Snapshot(core=dict(core), sender=sender_stats, gauges=gauges)
+            self.metrics.snapshot = Snapshot(
+                core=dict(core), sender=sender_stats, gauges=gauges, workers=workers
+            )
         self._core = core
+        self._workers = workers
 
     def shed(self, backlog: float) -> None:
         """One tick of the load-shedding policy, from the counters `publish` just gathered."""
@@ -207,6 +216,12 @@ class DaemonLoop:
             "%d packets, %d kernel drops, %d flows, %d exchanges, %d events (%d partial)",
             c["packets"], c["drop_kernel"], c["flows"], c["exchanges"], c["events"], c["events_partial"],
         )  # fmt: skip
+        if len(self._workers) > 1:  # how the fanout split the flows (one busy worker drops alone)
+            log.info(
+                "by worker: %s packets, %s kernel drops",
+                " / ".join(str(w["packets"]) for w in self._workers),
+                " / ".join(str(w["drop_kernel"]) for w in self._workers),
+            )
         if self.tls is not None:
             log.info(
                 "TLS: %d records, %d connections, %d ring-full drops, %d rate-limited, %d bytes truncated",

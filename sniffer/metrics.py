@@ -8,7 +8,8 @@ as `moesif_sniffer_sender_total{name=...}`; the headline figures also get their 
 kernel drops, flows, gaps, losses and events dropped by reason, exchanges, events, partial events, send
 failures by reason, queue depth, load shedding: `shed_level` gauge and the shed counts, TLS capture:
 records, connections, ring-full and rate-limit drops, truncated bytes; `tls_connections_open` and
-`tls_watched_processes` are gauges...).
+`tls_watched_processes` are gauges...). With several capture workers, packets and kernel drops are also
+exported per worker (`worker_packets_total{worker=...}`, `worker_kernel_drops_total{worker=...}`).
 
 `/healthz`: 200 while the capture loop ticked within `tick_timeout_s` (a wedged loop fails it).
 `/readyz`: 200 when the capture is open and the transport has not been failing for longer than
@@ -81,11 +82,22 @@ _SENDER_GAUGES = {
 }
 
 
+# Per-worker families: (counter, metric, help).
+_WORKER = (
+    ("packets", "worker_packets", "Packets handed to the core, by capture worker"),
+    ("drop_kernel", "worker_kernel_drops", "Packets the kernel dropped because a worker's ring was full"),
+)
+
+
 @dataclass
 class Snapshot:
     core: dict[str, int] = field(default_factory=dict)
     sender: dict[str, int] | None = None
     gauges: dict[str, float] = field(default_factory=dict)  # name -> value, exported as given
+    # Per capture worker (SNIFFER_WORKERS > 1), in worker order: its "packets" and "drop_kernel". The
+    # kernel's fanout keeps each flow on one worker, so with few busy connections one worker can carry
+    # most of the traffic and drop while another idles: these show it.
+    workers: list[dict[str, int]] = field(default_factory=list)
 
 
 def _counter(name: str, doc: str, value: float) -> Metric:
@@ -130,6 +142,9 @@ def collect(snap: Snapshot) -> Iterator[Metric]:
         yield _by_label("sender", "Every counter of the Moesif sender", "name", counts)
         for key, (name, doc) in _SENDER_GAUGES.items():
             yield GaugeMetricFamily(P + name, doc, value=sender.get(key, 0))
+    if snap.workers:
+        for key, name, doc in _WORKER:
+            yield _by_label(name, doc, "worker", {str(i): w.get(key, 0) for i, w in enumerate(snap.workers)})
     for name, value in sorted(snap.gauges.items()):
         yield GaugeMetricFamily(P + name, name.replace("_", " "), value=value)
     info = GaugeMetricFamily(P + "info", "Build information", labels=["version"])

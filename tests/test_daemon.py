@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -285,6 +286,18 @@ def test_two_fanout_workers_report_every_call_once(tmp_path: Path) -> None:
     uris = sorted(e["request"]["uri"] for e in events)
     assert uris == sorted(f"http://127.0.0.1:{port}/call/{i}" for i in range(n))
     assert "moesif_sniffer_workers 2.0" in metrics
+    # each worker's share: every packet counted by exactly one of them (curl opens a connection a call,
+    # so with 30 flows both get some); the exit summary says the same
+    per_worker = [
+        float(m.group(1))
+        for i in range(2)
+        if (m := re.search(rf'moesif_sniffer_worker_packets_total\{{worker="{i}"\}} (\S+)', metrics))
+    ]
+    total = re.search(r"^moesif_sniffer_packets_total (\S+)", metrics, re.M)
+    assert len(per_worker) == 2 and all(per_worker) and total and sum(per_worker) == float(total.group(1))
+    log = d.err.read_text()
+    split = re.search(r"by worker: (\d+) / (\d+) packets, 0 / 0 kernel drops", log)
+    assert split and int(split.group(1)) + int(split.group(2)) >= sum(per_worker), log[-2000:]
     # no pressure: nothing shed
     assert "moesif_sniffer_shed_level 0.0" in metrics and "moesif_sniffer_bodies_shed_total 0.0" in metrics
 

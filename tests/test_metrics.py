@@ -96,6 +96,20 @@ def test_every_counter_is_exported_with_headline_families() -> None:
     assert got[("moesif_sniffer_flows_active", ())] == 3
 
 
+def test_packets_and_kernel_drops_per_worker() -> None:
+    workers = [{"packets": 90, "drop_kernel": 7}, {"packets": 30, "drop_kernel": 0}]
+    with server() as srv:
+        srv.snapshot = Snapshot(core=dict(CORE), workers=workers)
+        got = samples(fetch(f"http://127.0.0.1:{srv.port}/metrics")[1])
+        srv.snapshot = Snapshot(core=dict(CORE))  # one worker: no per-worker family
+        alone = samples(fetch(f"http://127.0.0.1:{srv.port}/metrics")[1])
+    assert got[("moesif_sniffer_worker_packets_total", (("worker", "0"),))] == 90
+    assert got[("moesif_sniffer_worker_packets_total", (("worker", "1"),))] == 30
+    assert got[("moesif_sniffer_worker_kernel_drops_total", (("worker", "0"),))] == 7
+    assert got[("moesif_sniffer_worker_kernel_drops_total", (("worker", "1"),))] == 0
+    assert not any(name.startswith("moesif_sniffer_worker_") for name, _ in alone)
+
+
 def test_health_and_readiness() -> None:
     health = Health(tick_timeout_s=30.0, transport_fail_s=0.05)
     with server(health) as srv:
