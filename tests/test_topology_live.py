@@ -106,11 +106,18 @@ def test_live_daemon_in_gw_reports_every_call_once(topo: Topology, workers: int,
     assert "running as uid 65534 gid 65534 with no capabilities" in messages
     # the last summary, written after the drain and the engine's close, tells the same as the scrape;
     # only the packet count may have grown: a late ACK or FIN can arrive between the scrape and SIGTERM
-    packets, _, rest = messages[-2].partition(" packets, ")
+    # (with workers, followed by how they split the packets, which add up to the summary's count)
+    by_worker = [msg for msg in messages if msg.startswith("by worker: ")]
+    assert len(by_worker) == (1 if workers > 1 else 0), log_tail
+    packets, _, rest = messages[-2 - len(by_worker)].partition(" packets, ")
     assert packets.isdigit() and int(packets) >= m["packets"], log_tail
     summary = f"0 kernel drops, {m['flows']:.0f} flows, "
     summary += f"{m['exchanges']:.0f} exchanges, {m['events']:.0f} events (0 partial)"
     assert rest == summary, _partial_events(events) + log_tail
+    if by_worker:
+        split = by_worker[0].removeprefix("by worker: ").split(" packets, ")
+        assert sum(int(n) for n in split[0].split(" / ")) == int(packets), log_tail
+        assert split[1] == " / ".join(["0"] * workers) + " kernel drops", log_tail
 
     # The client's side of the run: the planned cases really happened.
     assert want["calls"] == sum(len(c["calls"]) for c in demo_plan()["connections"]) + 100
