@@ -307,6 +307,14 @@ OPTIONS: tuple[Option, ...] = (
         "Capture ring per worker and interface, MiB: what the kernel holds while a worker is busy (16 MiB:"
         " ~0.3 s of 200k packets/s); counted in the memory plan",
     ),
+    _s(
+        "fanout",
+        _choice("balanced", "hash"),
+        "balanced",
+        "How capture workers share flows: balanced (an eBPF fanout program deals new flows in turn, so a "
+        "few busy connections split evenly; hash when the kernel refuses it) or hash (the kernel's flow "
+        "hash)",
+    ),
     _s("metrics_addr", _addr, "127.0.0.1:9464", "Prometheus metrics listen address; empty: off"),
     _s("log_format", _choice("text", "json"), "text", "Log line format: text or json"),
     _s("user", _str, "nobody", "User to drop privileges to after opening the capture; empty: stay"),
@@ -423,6 +431,7 @@ class Config:
     interface: str = "any"
     workers: int | None = None  # None: auto, see worker_count()
     ring_mb: int = 16  # per capture socket: one per worker and interface
+    fanout: str = "balanced"
     metrics_addr: str | None = "127.0.0.1:9464"
     log_format: str = "text"
     user: str | None = "nobody"

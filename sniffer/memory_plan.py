@@ -22,7 +22,7 @@ from sniffer.cgroup import cgroup_memory_limit
 from sniffer.config import Config, split_interfaces
 from sniffer.errors import ConfigError
 
-__all__ = ["NO_LIMIT", "MemoryPlan", "fit_config", "plan_budgets", "ring_bytes"]
+__all__ = ["NO_LIMIT", "MemoryPlan", "fit_config", "flow_bytes", "plan_budgets", "ring_bytes"]
 
 MiB = 1 << 20
 # Idle processes, measured (PSS, `moesif-sniffer run`, 2026-12-07): one worker 55 MiB; two workers
@@ -40,6 +40,10 @@ FLOW_BYTES = 5 * 1024
 # ~4.0 KB) and the joiner's leg with its header lists and index entries (~2.6 KB), measured with
 # tracemalloc on the bundled Kong demo's client legs (10-15 headers a side).
 LEG_BYTES = 6656
+# The balanced fanout's map (several workers, SNIFFER_FANOUT=balanced) holds two entries per flow of
+# SNIFFER_MAX_FLOWS, allocated up front in the kernel and charged to the cgroup: 11,535,232 bytes for
+# 131,072 entries (bpftool's memlock), 88 bytes each.
+FANOUT_ENTRY_BYTES = 88
 # The smallest budgets worth running with: below this the daemon would drop most of the traffic.
 MIN_USABLE_BYTES = 32 * MiB
 
@@ -92,7 +96,7 @@ def plan_budgets(
     fixed = MAIN_PROCESS_BYTES + workers * (WORKER_BYTES + ring_bytes(config))
     usable = int(limit * (1 - HEADROOM)) - fixed
     unit = {name: 1 for name in SHARES}
-    unit["max_flows"] = FLOW_BYTES * (2 if config.tls == "uprobe" else 1)
+    unit["max_flows"] = flow_bytes(config, workers)
     unit["max_pending_legs"] = LEG_BYTES
     shares = dict(SHARES)
     if not config.application_id:
@@ -118,6 +122,13 @@ def plan_budgets(
         if name not in given
     }
     return MemoryPlan(limit, source, workers, budgets, kept)
+
+
+def flow_bytes(config: Config, workers: int) -> int:
+    """What one flow of SNIFFER_MAX_FLOWS may cost: a flow's state (twice with TLS capture, which tracks
+    as many plaintext connections), and its two entries in the balanced fanout's map."""
+    fanout = 2 * FANOUT_ENTRY_BYTES if workers > 1 and config.fanout == "balanced" else 0
+    return FLOW_BYTES * (2 if config.tls == "uprobe" else 1) + fanout
 
 
 def ring_bytes(config: Config) -> int:

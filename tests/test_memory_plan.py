@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from sniffer.config import Config
 from sniffer.errors import ConfigError
 from sniffer.memory_plan import (
+    FANOUT_ENTRY_BYTES,
     FLOW_BYTES,
     HEADROOM,
     LEG_BYTES,
@@ -20,6 +22,7 @@ from sniffer.memory_plan import (
     SHARES,
     WORKER_BYTES,
     fit_config,
+    flow_bytes,
     plan_budgets,
     ring_bytes,
 )
@@ -53,7 +56,7 @@ def _estimate(budgets: dict[str, int], config: Config, workers: int) -> int:
     return (
         MAIN_PROCESS_BYTES
         + workers * (WORKER_BYTES + ring_bytes(config))
-        + b["max_flows"] * FLOW_BYTES
+        + b["max_flows"] * flow_bytes(config, workers)
         + b["max_buffer_bytes"]
         + b["max_http_buffer_bytes"]
         + b["max_pending_legs"] * LEG_BYTES
@@ -126,10 +129,23 @@ def test_explicit_budgets_larger_than_the_limit_are_a_clear_error() -> None:
         fit_config(Config.load(None, env), Config.given(None, env), workers=2)
 
 
+def test_the_balanced_fanouts_map_is_counted_per_flow() -> None:
+    balanced = plan_budgets(512 * MiB, 2, SENDING).budgets["max_flows"]
+    hashed = plan_budgets(512 * MiB, 2, replace(SENDING, fanout="hash")).budgets["max_flows"]
+    assert flow_bytes(SENDING, 2) == FLOW_BYTES + 2 * FANOUT_ENTRY_BYTES
+    assert flow_bytes(SENDING, 1) == flow_bytes(replace(SENDING, fanout="hash"), 2) == FLOW_BYTES
+    # the same bytes for flows that cost more each
+    each = flow_bytes(SENDING, 2)
+    assert hashed * FLOW_BYTES // each <= balanced <= (hashed + 1) * FLOW_BYTES // each < hashed
+
+
 def test_tls_connections_share_the_flows_memory() -> None:
-    plain = plan_budgets(512 * MiB, 2, SENDING).budgets
+    # (hash fanout: the balanced one's map entries are per flow of SNIFFER_MAX_FLOWS, not per TLS flow)
+    plain = plan_budgets(512 * MiB, 2, replace(SENDING, fanout="hash")).budgets
     tls = fit_config(
-        Config.load(None, {"SNIFFER_TLS": "uprobe", "MOESIF_APPLICATION_ID": "app"}),
+        Config.load(
+            None, {"SNIFFER_TLS": "uprobe", "MOESIF_APPLICATION_ID": "app", "SNIFFER_FANOUT": "hash"}
+        ),
         frozenset(),
         2,
         detect=lambda: (512 * MiB, "cg"),

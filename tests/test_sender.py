@@ -407,13 +407,16 @@ def test_outage_queue_is_bounded_by_bytes_not_only_by_count(collector: Collector
     s = make_sender(collector.url, batch_size=10, max_in_flight=1, queue_bytes=2_000_000)
     s.start()
     body = {"blob": "b" * 50_000}
-    peak = 0
+    peak = peak_fill = 0
     for i in range(400):
         s.submit(make_event(i, body=body))
-        peak = max(peak, s.stats["queue_bytes"])
+        now = s.stats
+        peak, peak_fill = max(peak, now["queue_bytes"]), max(peak_fill, now["queue_fill_permille"])
     stats = s.stats
     assert 1_800_000 < peak <= 2_000_000
-    assert stats["queue_fill_permille"] >= 900
+    # the gauge says full while the queue is at its byte cap (read as the queue fills: at the end the
+    # sender thread may just have taken a batch out, which once left 885 in CI)
+    assert peak_fill >= 900
     # At most one batch of 10 left the queue for the retry loop; the rest waited or were dropped.
     assert 400 - 10 - 40 <= stats["events_dropped_queue_full"] <= 400 - 39
     report = s.close(timeout_s=0.3)

@@ -54,6 +54,8 @@ PACKET_VERSION = 10
 PACKET_FANOUT = 18
 TPACKET_V3 = 2
 PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_EBPF = 7
+PACKET_FANOUT_DATA = 22
 PACKET_FANOUT_FLAG_UNIQUEID = 0x2000
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 ETH_P_ALL = 0x0003
@@ -163,23 +165,38 @@ class RingSocket:
     def block_count(self) -> int:
         return self._block_count
 
-    def join_fanout(self, group: int | None) -> int:
-        """Join (group id) or create (None) a hash fanout group with IPv4 defragmentation; its id."""
-        flags = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
-        if group is None:
+    def join_fanout(self, group: int | None, program: int | None = None) -> int:
+        """Join (group id) or create (None) a fanout group with IPv4 defragmentation; its id. The group
+        spreads flows by hash, or with `program` (an eBPF program's fd, `fanout_balance`), as the
+        program says; the creator hands the program to the group."""
+        flags = (PACKET_FANOUT_HASH if program is None else PACKET_FANOUT_EBPF) | PACKET_FANOUT_FLAG_DEFRAG
+        if group is not None:
+            self._join(group, flags)
+            return group
+        group = self._new_group(flags)
+        if program is not None:
             try:
-                unique = _u32((flags | PACKET_FANOUT_FLAG_UNIQUEID) << 16)
-                self.sock.setsockopt(SOL_PACKET, PACKET_FANOUT, unique)
-                return struct.unpack("I", self.sock.getsockopt(SOL_PACKET, PACKET_FANOUT, 4))[0] & 0xFFFF
+                self.sock.setsockopt(SOL_PACKET, PACKET_FANOUT_DATA, struct.pack("i", program))
             except OSError as exc:
-                if exc.errno != errno.EINVAL:  # kernels before 4.12 have no UNIQUEID: pick one
-                    raise CaptureError(f"PACKET_FANOUT on {self.interface}: {exc.strerror}") from None
-            group = (os.getpid() ^ self.fileno() << 11) & 0xFFFF
+                raise CaptureError(f"PACKET_FANOUT_DATA on {self.interface}: {exc.strerror}") from None
+        return group
+
+    def _new_group(self, flags: int) -> int:
+        try:
+            self.sock.setsockopt(SOL_PACKET, PACKET_FANOUT, _u32((flags | PACKET_FANOUT_FLAG_UNIQUEID) << 16))
+            return struct.unpack("I", self.sock.getsockopt(SOL_PACKET, PACKET_FANOUT, 4))[0] & 0xFFFF
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # kernels before 4.12 have no UNIQUEID: pick one
+                raise CaptureError(f"PACKET_FANOUT on {self.interface}: {exc.strerror}") from None
+        group = (os.getpid() ^ self.fileno() << 11) & 0xFFFF
+        self._join(group, flags)
+        return group
+
+    def _join(self, group: int, flags: int) -> None:
         try:
             self.sock.setsockopt(SOL_PACKET, PACKET_FANOUT, _u32(group | flags << 16))
         except OSError as exc:
             raise CaptureError(f"PACKET_FANOUT group {group} on {self.interface}: {exc.strerror}") from None
-        return group
 
     def walk(
         self,

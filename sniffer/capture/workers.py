@@ -1,9 +1,11 @@
 """Live capture loops: the rings of one process (`CaptureLoop`) and the PACKET_FANOUT worker processes.
 
 `open_ring_sets` opens every socket up front (as root, before privileges are dropped): for each
-interface, one ring per worker, all in one hash fanout group (symmetric: both directions of a flow reach
-the same worker; IPv4 fragments are reassembled by the kernel before hashing). With one worker the
-rings still join a group of one, for that defragmentation.
+interface, one ring per worker, all in one fanout group: both directions of a flow reach the same
+worker, IPv4 fragments reassembled by the kernel first. With `SNIFFER_FANOUT=balanced` (the default) an
+eBPF program deals new flows to the workers in turn (`fanout_balance`: a few busy connections split
+evenly); with `hash`, or when the kernel refuses the program, the kernel's symmetric flow hash decides.
+With one worker the rings still join a group of one, for that defragmentation.
 
 With N > 1 workers, `WorkerPool` forks N processes; each walks its own rings into its own
 `reassembly.Pipeline`. The exchanges a walk completed that cannot be Kong legs become events in the
@@ -51,6 +53,7 @@ from reassembly.stats import Stats
 from sniffer.capture.afpacket import RETIRE_MS, RingSocket, interface_names
 from sniffer.capture.bpf import tcp_port_filter
 from sniffer.capture.exchange_codec import decode, encode
+from sniffer.capture.fanout_balance import balanced_fanout_program
 from sniffer.capture.worker_events import SurelyPlain, WorkerEvents
 from sniffer.config import Config
 from sniffer.engine import make_pipeline
@@ -90,6 +93,12 @@ def open_ring_sets(config: Config, workers: int) -> list[list[RingSocket]]:
     except ValueError as exc:
         log.warning("%s; filtering all TCP in the kernel and the ports in the core instead", exc)
         program = tcp_port_filter((), drop_pure_acks=lean)
+        ports = ()
+    balance = None
+    if workers > 1 and config.fanout == "balanced":
+        balance = balanced_fanout_program(workers, config.max_flows, ports)
+        if balance is not None:
+            log.info("flows dealt to the %d workers in turn (eBPF fanout)", workers)
     sets: list[list[RingSocket]] = [[] for _ in range(workers)]
     geometry = {"block_count": config.ring_mb}  # of BLOCK_SIZE (1 MiB) blocks
     if hook := os.environ.get(TEST_RING_ENV):
@@ -101,12 +110,15 @@ def open_ring_sets(config: Config, workers: int) -> list[list[RingSocket]]:
             for rings in sets:
                 ring = RingSocket(name, program, **geometry)
                 rings.append(ring)
-                group = ring.join_fanout(group)
+                group = ring.join_fanout(group, None if balance is None else balance.fd)
     except CaptureError:
         for rings in sets:
             for ring in rings:
                 ring.close()
         raise
+    finally:
+        if balance is not None:  # every group holds the program now
+            balance.close()
     return sets
 
 
