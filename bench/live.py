@@ -29,8 +29,9 @@ time (the veth's delivery into every listening ring runs in its system calls, so
 on these 2 vCPUs whatever the sender takes, the capturers lack). "us/pkt" is ours' CPU (the daemon and
 its workers) a packet seen, less a run of the same length without traffic (start-up, idle polls,
 stopping). "busiest worker" is the share of the packets the busiest worker got (the daemon's exit
-summary): the kernel's fanout keeps each flow on one worker, and the wrk capture has 20 connections, so
-the split is rarely even and the busiest worker drops first. With `--runs N` every rate is measured in
+summary): the fanout keeps each flow on one worker and the wrk capture has 20 connections, so with
+`--set SNIFFER_FANOUT=hash` the split is rarely even (59-65 %) and the busiest worker drops first; the
+default balanced fanout deals them in turn (50-52 %). With `--runs N` every rate is measured in
 N rounds, the tools taking turns, and a last table gives each one's median drop % (one run can swing
 from 0 to 15 % on this shared VM).
 
