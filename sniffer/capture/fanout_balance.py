@@ -17,11 +17,18 @@ not seen the next worker in turn, so N flows split N/workers each.
   than the core keeps came and went, so the core has dropped it too.
 
 `balanced_fanout_program` returns None when the kernel refuses the map or the program (no bpf(2), no
-privilege); the caller then keeps the hash fanout and says so.
+privilege); the caller then keeps the hash fanout and says so. Loading needs bpf(2) at start (as root,
+before privileges are dropped): CAP_BPF where the seccomp profile allows the call (container runtimes'
+default profiles allow it only with CAP_SYS_ADMIN), or CAP_SYS_ADMIN; most distributions refuse it to
+unprivileged users (kernel.unprivileged_bpf_disabled). The DaemonSet's three capabilities do not
+include it, so there it runs with the hash fanout; the TLS DaemonSet (SYS_ADMIN) gets the program.
+
+VLAN-tagged frames whose tag the NIC did not strip, like other non-IP frames, all go to worker 0.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import struct
@@ -210,6 +217,9 @@ def balanced_fanout_program(workers: int, max_flows: int, ports: tuple[int, ...]
     except (BpfError, OSError) as exc:
         for map_fd in maps:
             close_fd(map_fd)
-        log.info("flow-balanced fanout unavailable (%s): flows are spread by hash", exc)
+        why = str(exc)
+        if isinstance(exc, BpfError) and exc.errno == errno.EPERM:
+            why += "; bpf(2) needs CAP_BPF and a seccomp profile allowing it, or CAP_SYS_ADMIN"
+        log.info("flow-balanced fanout unavailable (%s): flows are spread by hash", why)
         return None
     return BalancedFanout(fd, tuple(maps))
