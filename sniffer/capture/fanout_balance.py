@@ -21,7 +21,7 @@ privilege); the caller then keeps the hash fanout and says so. Loading needs bpf
 before privileges are dropped): CAP_BPF where the seccomp profile allows the call (container runtimes'
 default profiles allow it only with CAP_SYS_ADMIN), or CAP_SYS_ADMIN; most distributions refuse it to
 unprivileged users (kernel.unprivileged_bpf_disabled). The DaemonSet's three capabilities do not
-include it, so there it runs with the hash fanout; the TLS DaemonSet (SYS_ADMIN) gets the program.
+include it, so it sets SNIFFER_FANOUT=hash; the TLS DaemonSet (SYS_ADMIN) gets the program.
 
 VLAN-tagged frames whose tag the NIC did not strip, like other non-IP frames, all go to worker 0.
 """
