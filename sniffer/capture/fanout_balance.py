@@ -12,7 +12,9 @@ not seen the next worker in turn, so N flows split N/workers each.
   Two flows whose keys collide share a worker, which is harmless.
 - A flow caught mid-stream is dealt like a new one, at its first packet.
 - What is not TCP over IPv4 or IPv6 without extension headers goes to worker 0 (the kernel filter
-  passes only TCP; IPv6 extension headers are rare).
+  passes only TCP). A TCP packet behind IPv6 extension headers (rare: fragments, hop-by-hop options)
+  goes there too, apart from its flow's other packets, where the hash fanout's dissector would have
+  kept it with them; set SNIFFER_FANOUT=hash for such traffic.
 - The map holds `2 x SNIFFER_MAX_FLOWS` flows: a flow evicted from it has been idle while more flows
   than the core keeps came and went, so the core has dropped it too.
 
