@@ -90,8 +90,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from tls.https_gateway import HttpsGateway  # noqa: E402
 
-from sniffer.capture.tls import ProbeConfig, TlsTap, bpf_sys  # noqa: E402
-from sniffer.capture.tls.bpf_asm import R0, Program  # noqa: E402
+from sniffer.capture import bpf_sys  # noqa: E402
+from sniffer.capture.bpf_asm import R0, Program  # noqa: E402
+from sniffer.capture.tls import ProbeConfig, TlsTap  # noqa: E402
 from sniffer.capture.tls.probe_loader import load_probes  # noqa: E402
 from sniffer.capture.tls.uprobes import attach_library  # noqa: E402
 

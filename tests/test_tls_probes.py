@@ -24,6 +24,8 @@ import pytest
 from tls.https_gateway import SYSTEM_LIBSSL, HttpsGateway, missing_tools
 
 from reassembly.stats import Stats
+from sniffer.capture import bpf_sys
+from sniffer.capture.bpf_asm import R0, Program
 from sniffer.capture.tls import (
     ProbeConfig,
     TlsBound,
@@ -32,9 +34,7 @@ from sniffer.capture.tls import (
     TlsRecord,
     TlsTap,
     TlsUnavailable,
-    bpf_sys,
 )
-from sniffer.capture.tls.bpf_asm import R0, Program
 from sniffer.capture.tls.probe_loader import load_probes
 from sniffer.capture.tls.ssl_probes import SYMBOLS
 from sniffer.capture.tls.streams import TlsStreams

@@ -36,8 +36,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from sniffer.capture.tls.bpf_asm import R0, R1, R2, R3, R4, R5, R6, R7, R8, R10, Helper, Program
-from sniffer.capture.tls.bpf_sys import (
+from sniffer.capture.bpf_asm import R0, R1, R2, R3, R4, R5, R6, R7, R8, R10, Helper, Program
+from sniffer.capture.bpf_sys import (
     MAP_ARRAY,
     MAP_HASH,
     MAP_LRU_HASH,

@@ -12,7 +12,7 @@ import platform
 import struct
 from dataclasses import dataclass, field
 
-from sniffer.capture.tls import bpf_sys
+from sniffer.capture import bpf_sys
 from sniffer.capture.tls.btf import BtfError
 from sniffer.capture.tls.records import TlsBound, TlsData, TlsFreed, TlsRecord
 from sniffer.capture.tls.sock_read import SockLayout, decode_address, kernel_layout, sock_layout

@@ -27,7 +27,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from sniffer.capture.tls.bpf_asm import R0, R1, R2, R3, R6, R9, R10, Helper, Program
+from sniffer.capture.bpf_asm import R0, R1, R2, R3, R6, R9, R10, Helper, Program
 from sniffer.capture.tls.btf import Btf, BtfError
 
 __all__ = ["ADDRESS", "SockLayout", "decode_address", "emit_sock_read", "kernel_layout", "sock_layout"]

@@ -38,7 +38,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from sniffer.capture.tls.bpf_asm import R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Helper, Program
+from sniffer.capture.bpf_asm import R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Helper, Program
 from sniffer.capture.tls.sock_read import ADDRESS, emit_sock_read
 
 if TYPE_CHECKING:  # only annotations: probe_loader imports this module

@@ -23,7 +23,7 @@ import platform
 import struct
 from types import TracebackType
 
-from sniffer.capture.tls import bpf_sys
+from sniffer.capture import bpf_sys
 from sniffer.capture.tls.probe_loader import (
     LoadedProbes,
     ProbeConfig,

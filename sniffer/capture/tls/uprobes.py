@@ -24,7 +24,7 @@ import platform
 import struct
 from dataclasses import dataclass, field
 
-from sniffer.capture.tls import bpf_sys
+from sniffer.capture import bpf_sys
 
 __all__ = ["Attachment", "attach_library", "elf_symbol_offsets", "uprobe_pmu"]
 

@@ -5,7 +5,7 @@ headers that match the running kernel (they do not on these hosts, and it drags 
 a libbpf CO-RE object needs clang at build time plus a C loader. A few hundred instructions
 written with these helpers load through bpf(2) from ctypes: nothing to compile, nothing to install.
 (The one program that does read kernel structs, SSL_set_fd's socket lookup, takes its offsets from the
-running kernel's BTF through `btf.py`: the relocation step of CO-RE, done in Python at load time.)
+running kernel's BTF through `tls/btf.py`: the relocation step of CO-RE, done in Python at load time.)
 
 Each instruction is `struct bpf_insn` packed as "<BBhi" (opcode, dst|src<<4, offset, immediate).
 Jumps name a label; `Program.assemble()` resolves labels to relative offsets, so programs read top to

@@ -1,8 +1,9 @@
 """The bpf(2) system call from ctypes: create maps, load programs, read and write map elements.
 
-Only what the TLS probes need (see `bpf_asm` for why there is no BCC or libbpf). Every failure becomes
-`BpfError`, an OSError whose message says what was attempted and, for a rejected program, carries the
-verifier's log, so a bad program or a missing permission reads plainly instead of as a bare errno.
+Only what the TLS probes and the balanced fanout need (see `bpf_asm` for why there is no BCC or
+libbpf). Every failure becomes `BpfError`, an OSError whose message says what was attempted and, for a
+rejected program, carries the verifier's log, so a bad program or a missing permission reads plainly
+instead of as a bare errno.
 """
 
 from __future__ import annotations
