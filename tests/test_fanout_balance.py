@@ -48,12 +48,28 @@ def echo_server(family: socket.AddressFamily, host: str) -> Iterator[int]:
         srv.close()
 
 
-def talk(host: str, port: int, connections: int, other: int, others: int) -> None:
+# A destination options header (RFC 8200 4.6) of 8 bytes: next header (the kernel fills it in),
+# length 0, and a PadN option padding it out.
+DEST_OPTIONS = bytes([0, 0, 1, 4, 0, 0, 0, 0])
+IPV6_DSTOPTS = 59  # linux/in6.h
+
+
+def connect(host: str, port: int, dest_options: bool) -> socket.socket:
+    if not dest_options:
+        return socket.create_connection((host, port))
+    sock = socket.socket(socket.AF_INET6)
+    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DSTOPTS, DEST_OPTIONS)  # on every segment it sends
+    sock.connect((host, port))
+    return sock
+
+
+def talk(host: str, port: int, connections: int, other: int, others: int, dest_options: bool) -> None:
     """`connections` connections to `port`, each but the last `connections - others` followed by one to
-    `other`; three request/answer rounds on each, then closed."""
+    `other`; three request/answer rounds on each, then closed. With `dest_options` the clients' IPv6
+    packets carry a destination options header (the server's answers do not)."""
     clients = []
     for i in range(connections):
-        clients.append(socket.create_connection((host, port)))
+        clients.append(connect(host, port, dest_options))
         if i < others:
             clients.append(socket.create_connection((host, other)))
     for _ in range(3):
@@ -70,7 +86,12 @@ def flows_seen(rings: list[RingSocket], port: int) -> dict[int, set[str]]:
     seen: dict[int, set[str]] = {}
 
     def handle(ts: float, linktype: int, frame: bytes, wire_len: int) -> None:
-        at = (frame[0] & 0x0F) * 4 if frame[0] >> 4 == 4 else 40  # IPv6: the fixed header, no options
+        if frame[0] >> 4 == 4:
+            at = (frame[0] & 0x0F) * 4
+        else:  # IPv6: the fixed header, then any hop-by-hop, routing or destination options headers
+            at, nh = 40, frame[6]
+            while nh in (0, 43, 60):
+                nh, at = frame[at], at + (frame[at + 1] + 1) * 8
         src, dst = int.from_bytes(frame[at : at + 2], "big"), int.from_bytes(frame[at + 2 : at + 4], "big")
         if dst == port:
             seen.setdefault(src, set()).add("in")
@@ -85,7 +106,12 @@ def flows_seen(rings: list[RingSocket], port: int) -> dict[int, set[str]]:
 
 
 def capture(
-    fanout: str, family: socket.AddressFamily, host: str, connections: int, others: int = 0
+    fanout: str,
+    family: socket.AddressFamily,
+    host: str,
+    connections: int,
+    others: int = 0,
+    dest_options: bool = False,
 ) -> list[dict[int, set[str]]]:
     """Open two workers' rings on lo for a fresh server's port, make `connections` to it (and `others`
     to another port, interleaved: `talk`); what each worker's rings saw (`flows_seen`)."""
@@ -93,7 +119,7 @@ def capture(
         config = replace(Config(), interface="lo", ports=(port,), kong_ports=(), fanout=fanout)
         sets = open_ring_sets(config, 2)
         try:
-            talk(host, port, connections, other, others)
+            talk(host, port, connections, other, others, dest_options)
             time.sleep(0.3)  # past the rings' block retire timeout
             return [flows_seen(rings, port) for rings in sets]
         finally:
@@ -102,11 +128,15 @@ def capture(
                     ring.close()
 
 
-@pytest.mark.parametrize(("family", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+@pytest.mark.parametrize(
+    ("family", "host", "dest_options"),
+    [(socket.AF_INET, "127.0.0.1", False), (socket.AF_INET6, "::1", False), (socket.AF_INET6, "::1", True)],
+    ids=["ipv4", "ipv6", "ipv6-extension-header-one-way"],
+)
 def test_flows_are_dealt_evenly_and_each_stays_whole_on_one_worker(
-    family: socket.AddressFamily, host: str
+    family: socket.AddressFamily, host: str, dest_options: bool
 ) -> None:
-    first, second = capture("balanced", family, host, 20)
+    first, second = capture("balanced", family, host, 20, dest_options=dest_options)
     # 20 flows, 10 each: the hash fanout splits them as a random draw does (8/12, 13/7, ...)
     assert (len(first), len(second)) == (10, 10)
     assert not set(first) & set(second)  # no flow on both workers

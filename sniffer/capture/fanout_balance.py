@@ -11,10 +11,10 @@ not seen the next worker in turn, so N flows split N/workers each.
   endpoints (XOR and sum of the addresses, of the ports), so either direction finds the same entry.
   Two flows whose keys collide share a worker, which is harmless.
 - A flow caught mid-stream is dealt like a new one, at its first packet.
-- What is not TCP over IPv4 or IPv6 without extension headers goes to worker 0 (the kernel filter
-  passes only TCP). A TCP packet behind IPv6 extension headers (rare: fragments, hop-by-hop options)
-  goes there too, apart from its flow's other packets, where the hash fanout's dissector would have
-  kept it with them; set SNIFFER_FANOUT=hash for such traffic.
+- IPv6: up to three hop-by-hop, routing or destination options headers are followed to the TCP
+  header. What is not TCP over IPv4 or IPv6 that way goes to worker 0 (the kernel filter passes only
+  TCP): an IPv6 fragment, or a fourth extension header, apart from its flow's other packets (rare;
+  the hash fanout cannot keep a later fragment with its flow either, having no ports to hash).
 - The map holds `2 x SNIFFER_MAX_FLOWS` flows: a flow evicted from it has been idle while more flows
   than the core keeps came and went, so the core has dropped it too.
 
@@ -60,6 +60,10 @@ _SKB_PROTOCOL = 16  # offsetof(struct __sk_buff, protocol): the EtherType, big-e
 ETH_P_IP_BE = 0x0008  # htons(0x0800), as a little-endian load of the field sees it
 ETH_P_IPV6_BE = 0xDD86  # htons(0x86DD)
 KEY_SIZE = 16  # u32 address XOR, u32 address sum, u32 port XOR | port sum << 16, u32 family
+# IPv6 extension headers followed to the TCP header: hop-by-hop options, routing, destination options
+# (a fragment header is not followed: a later fragment has no ports to key it by)
+_EXTENSIONS = (0, 43, 60)
+MAX_EXTENSION_HEADERS = 3
 # stack (below r10): the key at -16, the network header read at -64 (40 bytes), the ports at -72
 _KEY, _HDR, _PORTS, _IDX = -16, -64, -72, -76
 
@@ -110,8 +114,22 @@ def fanout_program(flows_map: int, counter_map: int, workers: int, ports_map: in
 
     p.label("v6")
     load(None, 0, _HDR, 40)
-    p.ldx(1, R2, R10, _HDR + 6)  # next header: TCP only, no extension headers
-    p.jif(R2, "!=", 6, "other")
+    p.ldx(1, R7, R10, _HDR + 6)  # next header
+    p.mov(R8, 40)  # where it starts
+    for i in range(MAX_EXTENSION_HEADERS):  # (unrolled: the verifier wants no loop)
+        p.jif(R7, "==", 6, "v6_tcp")
+        for kind in _EXTENSIONS:
+            p.jif(R7, "==", kind, f"v6_ext{i}")
+        p.jmp("other")
+        p.label(f"v6_ext{i}")
+        load(R8, 0, _IDX, 2)  # its next header, and its length in 8 bytes beyond the first 8
+        p.ldx(1, R7, R10, _IDX)
+        p.ldx(1, R2, R10, _IDX + 1)
+        p.alu(R2, "+", 1)
+        p.alu(R2, "<<", 3)
+        p.alu(R8, "+", R2, reg=True)
+    p.jif(R7, "!=", 6, "other")
+    p.label("v6_tcp")
     p.mov(R4, 0)  # XOR of every address word of both ends
     p.mov(R5, 0)  # sum of them
     for word in range(8):
@@ -121,7 +139,7 @@ def fanout_program(flows_map: int, counter_map: int, workers: int, ports_map: in
     p.stx(4, R10, _KEY, R4)
     p.stx(4, R10, _KEY + 4, R5)
     p.st(4, R10, _KEY + 12, 6)
-    load(None, 40, _PORTS, 4)
+    load(R8, 0, _PORTS, 4)
 
     p.label("ports")
     p.ldx(2, R2, R10, _PORTS)
