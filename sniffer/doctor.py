@@ -3,6 +3,8 @@
 Checks, in order (a check whose precondition failed is skipped and says why):
 - config: the MOESIF_*/SNIFFER_* variables and flags parse;
 - capture: CAP_NET_RAW is in the effective set (/proc/self/status CapEff) and an AF_PACKET socket opens;
+- fanout: with several workers and SNIFFER_FANOUT=balanced, the eBPF fanout program loads (else the
+  workers share flows by hash: a WARN saying what would let it load);
 - user: the switch to SNIFFER_USER after opening the capture can happen (user exists; as root it needs
   CAP_SETUID and CAP_SETGID, which Kubernetes pods that drop ALL must add back);
 - interfaces: every SNIFFER_INTERFACE exists and is up (/sys/class/net); `any` lists those up;
@@ -43,6 +45,7 @@ from typing import IO
 from sniffer import __version__
 from sniffer.capture.afpacket import RingSocket
 from sniffer.capture.bpf import SNAPLEN, tcp_port_filter
+from sniffer.capture.fanout_balance import load_balanced_fanout, unavailable_reason
 from sniffer.capture.tls.check import tls_check
 from sniffer.cgroup import cgroup_cpu_limit
 from sniffer.config import Config, split_interfaces, usable_cpus
@@ -157,6 +160,31 @@ def check_cpu(config: Config, cpu_limit: Callable[[], tuple[float, str] | None] 
             + (", or raise the CPU limit" if limit is not None else ""),
         )
     return Check("cpu", "ok", message)
+
+
+def check_fanout(config: Config, workers: int) -> Check:
+    """How `run`'s capture workers would share the flows: whether the balanced fanout's eBPF program
+    loads here (loaded once and closed), else why not."""
+    if workers <= 1:
+        return Check("fanout", "skip", "one capture worker: no flows to share")
+    if config.fanout == "hash":
+        return Check(
+            "fanout", "ok", f"the {workers} workers share flows by the kernel's hash (SNIFFER_FANOUT=hash)"
+        )
+    try:
+        load_balanced_fanout(workers, config.max_flows, config.capture_ports()).close()
+    except OSError as exc:
+        return Check(
+            "fanout",
+            "WARN",
+            f"the eBPF fanout program does not load ({unavailable_reason(exc)}): the {workers} workers will"
+            " share flows by the kernel's hash, where a few busy connections can load one far more",
+            "run with CAP_SYS_ADMIN, or CAP_BPF under a seccomp profile that allows bpf(2); or set"
+            " SNIFFER_FANOUT=hash",
+        )
+    return Check(
+        "fanout", "ok", f"new flows dealt to the {workers} workers in turn (the eBPF fanout program loads)"
+    )
 
 
 def check_capture() -> Check:
@@ -436,11 +464,22 @@ def run_checks(args: argparse.Namespace | None, environ: Mapping[str, str], seco
             *checks,
             *(
                 Check(n, "skip", "needs a valid configuration")
-                for n in ("memory", "cpu", "user", "interfaces", "traffic", "offloads", "tls", "moesif")
+                for n in (
+                    "memory",
+                    "cpu",
+                    "fanout",
+                    "user",
+                    "interfaces",
+                    "traffic",
+                    "offloads",
+                    "tls",
+                    "moesif",
+                )
             ),
         ]
     interfaces = check_interfaces(config)
-    checks += [check_memory(args, environ, config), check_cpu(config), check_user(config), interfaces]
+    checks += [check_memory(args, environ, config), check_cpu(config)]
+    checks += [check_fanout(config, config.worker_count()), check_user(config), interfaces]
     if capture.status == "FAIL":
         checks.append(Check("traffic", "skip", "needs the capture (see above)"))
     elif interfaces.status == "FAIL":

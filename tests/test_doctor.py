@@ -4,6 +4,7 @@ ETHTOOL ioctl against `ethtool -k`, and the fake Moesif collector answering 200 
 
 from __future__ import annotations
 
+import errno
 import http.server
 import os
 import re
@@ -21,9 +22,19 @@ from pathlib import Path
 import pytest
 from collector import APP_ID, running_collector
 
+from sniffer import doctor
+from sniffer.capture.bpf_sys import BpfError
 from sniffer.cli import main
 from sniffer.config import Config
-from sniffer.doctor import check_cpu, check_interfaces, check_moesif, check_traffic, check_user, offloads
+from sniffer.doctor import (
+    check_cpu,
+    check_fanout,
+    check_interfaces,
+    check_moesif,
+    check_traffic,
+    check_user,
+    offloads,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (AF_PACKET, capsh, netns)")
@@ -194,6 +205,26 @@ def test_missing_interface_lists_the_real_ones() -> None:
     assert check.status == "FAIL"
     assert "no interface named 'nosuch0' (here: " in check.message and "lo" in check.message
     assert "--net=host" in check.fix
+
+
+def test_fanout_check_says_how_the_workers_will_share_flows(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert check_fanout(Config(), 1).status == "skip"
+    hashed = check_fanout(Config(fanout="hash"), 2)
+    assert hashed.status == "ok" and "by the kernel's hash (SNIFFER_FANOUT=hash)" in hashed.message
+
+    def refused(*args: object) -> None:
+        raise BpfError(errno.EPERM, "creating map sniff_fanout: Operation not permitted")
+
+    monkeypatch.setattr(doctor, "load_balanced_fanout", refused)
+    check = check_fanout(Config(), 2)
+    assert check.status == "WARN" and "needs CAP_BPF and a seccomp profile allowing it" in check.message
+    assert "SNIFFER_FANOUT=hash" in check.fix
+
+
+@ROOT_ONLY
+def test_fanout_check_loads_the_program() -> None:
+    check = check_fanout(Config(ports=(8000,)), 3)
+    assert check.status == "ok" and "dealt to the 3 workers in turn" in check.message
 
 
 def test_unknown_user() -> None:

@@ -41,7 +41,6 @@ from sniffer.capture.bpf_sys import (
     MAP_ARRAY,
     MAP_HASH,
     MAP_LRU_HASH,
-    BpfError,
     close_fd,
     map_create,
     map_update,
@@ -49,7 +48,13 @@ from sniffer.capture.bpf_sys import (
     raise_memlock,
 )
 
-__all__ = ["BalancedFanout", "balanced_fanout_program", "fanout_program"]
+__all__ = [
+    "BalancedFanout",
+    "balanced_fanout_program",
+    "fanout_program",
+    "load_balanced_fanout",
+    "unavailable_reason",
+]
 
 log = logging.getLogger("sniffer.capture")
 
@@ -218,9 +223,9 @@ class BalancedFanout:
             close_fd(fd)
 
 
-def balanced_fanout_program(workers: int, max_flows: int, ports: tuple[int, ...]) -> BalancedFanout | None:
+def load_balanced_fanout(workers: int, max_flows: int, ports: tuple[int, ...]) -> BalancedFanout:
     """Load the program for `workers` workers remembering up to 2 x `max_flows` flows of `ports` (()
-    every port); None (logged) when the kernel refuses it."""
+    every port); raises BpfError (OSError) when the kernel refuses the map or the program."""
     maps: list[int] = []
     try:
         raise_memlock()
@@ -234,12 +239,24 @@ def balanced_fanout_program(workers: int, max_flows: int, ports: tuple[int, ...]
                 map_update(ports_map, struct.pack("=I", socket.htons(port)), b"\x01")
         prog = fanout_program(maps[0], maps[1], workers, ports_map).assemble()
         fd = prog_load(PROG_SOCKET_FILTER, prog, "sniff_fanout")
-    except (BpfError, OSError) as exc:
+    except OSError:
         for map_fd in maps:
             close_fd(map_fd)
-        why = str(exc)
-        if isinstance(exc, BpfError) and exc.errno == errno.EPERM:
-            why += "; bpf(2) needs CAP_BPF and a seccomp profile allowing it, or CAP_SYS_ADMIN"
-        log.info("flow-balanced fanout unavailable (%s): flows are spread by hash", why)
-        return None
+        raise
     return BalancedFanout(fd, tuple(maps))
+
+
+def unavailable_reason(exc: OSError) -> str:
+    """Why the program did not load, with what would let it where that is a missing privilege."""
+    if exc.errno == errno.EPERM:
+        return f"{exc}; bpf(2) needs CAP_BPF and a seccomp profile allowing it, or CAP_SYS_ADMIN"
+    return str(exc)
+
+
+def balanced_fanout_program(workers: int, max_flows: int, ports: tuple[int, ...]) -> BalancedFanout | None:
+    """`load_balanced_fanout`, or None (logged) when the kernel refuses it."""
+    try:
+        return load_balanced_fanout(workers, max_flows, ports)
+    except OSError as exc:
+        log.info("flow-balanced fanout unavailable (%s): flows are spread by hash", unavailable_reason(exc))
+        return None
