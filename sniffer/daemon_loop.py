@@ -82,7 +82,6 @@ class DaemonLoop:
         self.jsonl: JsonLinesSink | None = None
         self.engine: Engine | None = None
         self._core: Counter[str] = Counter()
-        self._workers: list[dict[str, int]] = []  # per capture worker: packets, kernel drops
         self.policy = ShedPolicy(enabled=config.shed)
         self.sampler: FlowSampler | None = None  # one worker: sampling in front of the engine
         self._drops_seen = 0
@@ -168,17 +167,14 @@ class DaemonLoop:
         if sender_stats is not None:
             self.health.observe_sender(sender_stats)
         self._sender_stats = sender_stats
-        workers = (
-            [{k: d.get(k, 0) for k in ("packets", "drop_kernel")} for d in self.pool.stats]
-            if self.pool is not None
-            else []
-        )
         if self.metrics is not None:
+            # (the pool replaces a worker's stats dict on each tick, never changes one: a copy of the list
+            # is a snapshot)
+            workers = list(self.pool.stats) if self.pool is not None else []
             self.metrics.snapshot = Snapshot(
                 core=dict(core), sender=sender_stats, gauges=gauges, workers=workers
             )
         self._core = core
-        self._workers = workers
 
     def shed(self, backlog: float) -> None:
         """One tick of the load-shedding policy, from the counters `publish` just gathered."""
@@ -216,11 +212,12 @@ class DaemonLoop:
             "%d packets, %d kernel drops, %d flows, %d exchanges, %d events (%d partial)",
             c["packets"], c["drop_kernel"], c["flows"], c["exchanges"], c["events"], c["events_partial"],
         )  # fmt: skip
-        if len(self._workers) > 1:  # how the fanout split the flows (one busy worker drops alone)
+        if self.pool is not None and len(self.pool.stats) > 1:  # how the fanout split the flows
+            workers = self.pool.stats
             log.info(
                 "by worker: %s packets, %s kernel drops",
-                " / ".join(str(w["packets"]) for w in self._workers),
-                " / ".join(str(w["drop_kernel"]) for w in self._workers),
+                " / ".join(str(w.get("packets", 0)) for w in workers),
+                " / ".join(str(w.get("drop_kernel", 0)) for w in workers),
             )
         if self.tls is not None:
             log.info(

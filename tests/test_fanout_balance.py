@@ -154,3 +154,5 @@ def test_flows_of_ports_not_captured_take_no_turn() -> None:
 def test_hash_fanout_still_keeps_each_flow_on_one_worker() -> None:
     first, second = capture("hash", socket.AF_INET, "127.0.0.1", 20)
     assert len(first) + len(second) == 20 and not set(first) & set(second)
+    for seen in (first, second):
+        assert all(directions == {"in", "out"} for directions in seen.values()), seen

@@ -155,30 +155,28 @@ def fanout_program(flows_map: int, counter_map: int, workers: int, ports_map: in
     p.alu(R2, "<<", 16)
     p.alu(R4, "|", R2, reg=True)
     p.stx(4, R10, _KEY + 8, R4)
-    if ports_map is not None:  # only flows the kernel filter passes take a turn (and a map entry)
+
+    def lookup(map_fd: int, key: int) -> None:
+        """R0 = bpf_map_lookup_elem(map, fp + key)"""
+        p.ld_map_fd(R1, map_fd)
+        p.movr(R2, R10)
+        p.alu(R2, "+", key)
+        p.call(Helper.map_lookup_elem)
+
+    # the flow's worker, if it has one (the usual packet: one lookup)
+    lookup(flows_map, _KEY)
+    p.jif(R0, "!=", 0, "found")
+    if ports_map is not None:  # only new flows the kernel filter passes take a turn (and a map entry)
         for off in (0, 2):
             p.ldx(2, R2, R10, _PORTS + off)
             p.stx(4, R10, _IDX, R2)
-            p.ld_map_fd(R1, ports_map)
-            p.movr(R2, R10)
-            p.alu(R2, "+", _IDX)
-            p.call(Helper.map_lookup_elem)
+            lookup(ports_map, _IDX)
             p.jif(R0, "!=", 0, "captured")
         p.jmp("other")
         p.label("captured")
-
-    # the flow's worker, if it has one
-    p.ld_map_fd(R1, flows_map)
-    p.movr(R2, R10)
-    p.alu(R2, "+", _KEY)
-    p.call(Helper.map_lookup_elem)
-    p.jif(R0, "!=", 0, "found")
     # a new flow: the next worker in turn (two CPUs taking the same turn only put two flows together)
     p.st(4, R10, _IDX, 0)
-    p.ld_map_fd(R1, counter_map)
-    p.movr(R2, R10)
-    p.alu(R2, "+", _IDX)
-    p.call(Helper.map_lookup_elem)
+    lookup(counter_map, _IDX)
     p.jif(R0, "==", 0, "other")
     p.mov(R1, 1)
     p.atomic_add(4, R0, 0, R1)
@@ -192,10 +190,7 @@ def fanout_program(flows_map: int, counter_map: int, workers: int, ports_map: in
     p.alu(R3, "+", _IDX)
     p.mov(R4, 1)  # BPF_NOEXIST: a flow another CPU dealt meanwhile keeps its worker
     p.call(Helper.map_update_elem)
-    p.ld_map_fd(R1, flows_map)
-    p.movr(R2, R10)
-    p.alu(R2, "+", _KEY)
-    p.call(Helper.map_lookup_elem)
+    lookup(flows_map, _KEY)
     p.jif(R0, "!=", 0, "found")
     p.movr(R0, R7)  # the map refused it: this packet still goes to the worker it was dealt
     p.exit()
