@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import itertools
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reassembly.events import Exchange, HttpRequest, HttpResponse
+from reassembly.events import Exchange, HttpRequest, HttpResponse, replace
+from reassembly.pipeline import Pipeline
 from reassembly.stats import Stats
+from sniffer.capture import worker_events
+from sniffer.capture.pcapfile import open_capture
 from sniffer.capture.worker_events import SurelyPlain
+from sniffer.headers import header_lists
 from sniffer.kong import join as join_module
 from sniffer.kong.api_call import ApiCall, Legs
-from sniffer.kong.classify import LegClassifier, LegKind
+from sniffer.kong.classify import KONG_REQUEST_ID, LegClassifier, LegKind, is_kong_via
 from sniffer.kong.join import LegJoiner
 from sniffer.kong.leg_index import EndOrdered
 
+DEMO = Path(__file__).resolve().parents[1] / "pcaps" / "kong-demo.pcap"
 KONG = frozenset({8000})
 GW_FRONT, GW_BACK, SERVICE = "10.77.1.2", "10.77.2.1", ("10.77.2.2", 9000)
 KEYS = {"alice": "key-alice-123", "bob": "key-bob-456", "carol": "key-carol-789"}
@@ -251,6 +257,53 @@ def test_surely_plain_only_for_what_any_classifier_calls_plain() -> None:
         for kong_hosts in (frozenset(), frozenset({GW_FRONT})):
             assert not answer or LegClassifier(KONG, kong_hosts=kong_hosts).classify(ex) is LegKind.PLAIN
     assert LegClassifier(KONG).classify(proxied) is LegKind.PLAIN  # yet not surely so: GW_FRONT may be Kong
+
+
+def test_surely_plain_reads_kong_marks_from_raw_headers_as_the_classifier_does() -> None:
+    """The raw-header shortcut (a request id or a first `Via` naming kong/: a leg) answers what a
+    classifier taking the client for a Kong host answers, on the bundled Kong capture's exchanges and on
+    variants: names in other cases, a non-Kong `Via` before Kong's, Kong's after another, no marks."""
+    pipeline = Pipeline()
+    exchanges: list[Exchange] = []
+    with open_capture(DEMO) as cap:
+        for frame in cap:
+            exchanges += pipeline.feed(*frame)
+    exchanges += pipeline.close()
+
+    def variant(ex: Exchange, headers: list[tuple[bytes, bytes]]) -> Exchange:
+        assert ex.request is not None
+        return replace(ex, request=replace(ex.request, headers=headers))
+
+    cases = []
+    for ex in exchanges:
+        if ex.request is None:
+            continue
+        h = ex.request.headers
+        cases += [
+            ex,
+            variant(ex, [(k.upper(), v) for k, v in h]),
+            variant(ex, [(k.title(), v) for k, v in h]),
+            variant(ex, [(b"Via", b"1.1 lb"), *h]),
+            variant(ex, [(k, v) for k, v in h if k.lower() != b"x-kong-request-id"]),
+            variant(ex, [(k, v) for k, v in h if k.lower() != b"via"]),
+            variant(ex, [(k, v) for k, v in h if k.lower() not in (b"x-kong-request-id", b"via")]),
+        ]
+    two_vias = [("Via", "1.1 lb"), ("Via", "1.1 kong/3.9.0")]  # only the first Via counts: plain
+    cases.append(_exchange(("10.0.0.5", 41000), ("10.0.0.6", 80), "GET", "/", two_vias, 200, [], 0, 1))
+    surely = SurelyPlain(frozenset({8000, 8001}), frozenset())
+    for ex in cases:
+        classifier = LegClassifier(frozenset({8000, 8001}), kong_hosts=frozenset({ex.client[0]}))
+        assert surely(ex) == (classifier.classify(ex) is LegKind.PLAIN), ex
+    assert surely(cases[-1])
+    # the shortcut itself is the classifier's rule 3, exactly (else a slip would hide behind the fallback)
+    marked = 0
+    for ex in cases:
+        assert ex.request is not None
+        lists = header_lists(ex.request.headers)
+        rule_3 = KONG_REQUEST_ID in lists or is_kong_via(lists.get("via"))
+        assert worker_events._kong_marked(ex.request) == rule_3, ex.request.headers
+        marked += rule_3
+    assert marked > 100
 
 
 def test_classify_weak_markers_need_a_kong_host_or_an_upstream_port() -> None:
