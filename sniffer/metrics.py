@@ -95,9 +95,8 @@ class Snapshot:
     sender: dict[str, int] | None = None
     gauges: dict[str, float] = field(default_factory=dict)  # name -> value, exported as given
     # Per capture worker (SNIFFER_WORKERS > 1), in worker order: its counters ("packets" and
-    # "drop_kernel" are exported). The
-    # kernel's fanout keeps each flow on one worker, so with few busy connections one worker can carry
-    # most of the traffic and drop while another idles: these show it.
+    # "drop_kernel" are exported). The fanout keeps each flow on one worker, so with few busy
+    # connections one worker can carry most of the traffic and drop while another idles: these show it.
     workers: list[dict[str, int]] = field(default_factory=list)
 
 

@@ -18,13 +18,12 @@ from hypothesis import strategies as st
 from reassembly.events import Exchange, HttpRequest, HttpResponse, replace
 from reassembly.pipeline import Pipeline
 from reassembly.stats import Stats
-from sniffer.capture import worker_events
 from sniffer.capture.pcapfile import open_capture
 from sniffer.capture.worker_events import SurelyPlain
 from sniffer.headers import header_lists
 from sniffer.kong import join as join_module
 from sniffer.kong.api_call import ApiCall, Legs
-from sniffer.kong.classify import KONG_REQUEST_ID, LegClassifier, LegKind, is_kong_via
+from sniffer.kong.classify import KONG_REQUEST_ID, LegClassifier, LegKind, has_kong_marks, is_kong_via
 from sniffer.kong.join import LegJoiner
 from sniffer.kong.leg_index import EndOrdered
 
@@ -259,10 +258,11 @@ def test_surely_plain_only_for_what_any_classifier_calls_plain() -> None:
     assert LegClassifier(KONG).classify(proxied) is LegKind.PLAIN  # yet not surely so: GW_FRONT may be Kong
 
 
-def test_surely_plain_reads_kong_marks_from_raw_headers_as_the_classifier_does() -> None:
-    """The raw-header shortcut (a request id or a first `Via` naming kong/: a leg) answers what a
-    classifier taking the client for a Kong host answers, on the bundled Kong capture's exchanges and on
-    variants: names in other cases, a non-Kong `Via` before Kong's, Kong's after another, no marks."""
+def test_classify_reads_kong_marks_from_raw_headers_as_from_decoded_ones() -> None:
+    """Asked without the decoded headers (a capture worker's question) the classifier reads rule 3 from the
+    raw headers and decodes them only for rule 5: the same kind as with them, for a Kong host and for
+    another client, and the same answer from `SurelyPlain`, on the bundled Kong capture's exchanges and
+    on variants: names in other cases, a non-Kong `Via` before Kong's, Kong's after another, no marks."""
     pipeline = Pipeline()
     exchanges: list[Exchange] = []
     with open_capture(DEMO) as cap:
@@ -290,18 +290,26 @@ def test_surely_plain_reads_kong_marks_from_raw_headers_as_the_classifier_does()
         ]
     two_vias = [("Via", "1.1 lb"), ("Via", "1.1 kong/3.9.0")]  # only the first Via counts: plain
     cases.append(_exchange(("10.0.0.5", 41000), ("10.0.0.6", 80), "GET", "/", two_vias, 200, [], 0, 1))
-    surely = SurelyPlain(frozenset({8000, 8001}), frozenset())
+    ports = frozenset({8000, 8001})
+    surely = SurelyPlain(ports, frozenset())
+    kinds = set()
     for ex in cases:
-        classifier = LegClassifier(frozenset({8000, 8001}), kong_hosts=frozenset({ex.client[0]}))
-        assert surely(ex) == (classifier.classify(ex) is LegKind.PLAIN), ex
+        assert ex.request is not None
+        for hosts in (frozenset(), frozenset({ex.client[0]})):  # fresh ones: classifiers learn hosts
+            raw = LegClassifier(ports, kong_hosts=hosts).classify(ex)
+            decoded = LegClassifier(ports, kong_hosts=hosts).classify(ex, header_lists(ex.request.headers))
+            assert raw is decoded, ex
+            kinds.add(raw)
+        assert surely(ex) == (decoded is LegKind.PLAIN), ex  # (the last: the client taken for Kong's)
+    assert kinds == {LegKind.CLIENT, LegKind.UPSTREAM, LegKind.PLAIN}
     assert surely(cases[-1])
-    # the shortcut itself is the classifier's rule 3, exactly (else a slip would hide behind the fallback)
+    # the raw reading itself is rule 3, exactly (else a slip could hide behind rule 5)
     marked = 0
     for ex in cases:
         assert ex.request is not None
         lists = header_lists(ex.request.headers)
         rule_3 = KONG_REQUEST_ID in lists or is_kong_via(lists.get("via"))
-        assert worker_events._kong_marked(ex.request) == rule_3, ex.request.headers
+        assert has_kong_marks(ex.request) == rule_3, ex.request.headers
         marked += rule_3
     assert marked > 100
 

@@ -24,6 +24,7 @@ __all__ = [
     "MAP_PERCPU_ARRAY",
     "MAP_RINGBUF",
     "PROG_KPROBE",
+    "PROG_SOCKET_FILTER",
     "BpfError",
     "close_fd",
     "map_create",
@@ -44,6 +45,7 @@ _CMD_MAP_CREATE, _CMD_MAP_LOOKUP, _CMD_MAP_UPDATE, _CMD_MAP_DELETE, _CMD_MAP_NEX
 _CMD_PROG_LOAD = 5
 
 MAP_HASH, MAP_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH, MAP_RINGBUF = 1, 2, 6, 9, 27
+PROG_SOCKET_FILTER = 1  # what a PACKET_FANOUT_EBPF group runs (`fanout_balance`)
 PROG_KPROBE = 2  # uprobes run BPF_PROG_TYPE_KPROBE programs
 _ATTR_SIZE = 128  # larger than every field we set; the kernel checks the tail is zero
 
@@ -63,6 +65,17 @@ def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char], what: str) -> int:
         err = ctypes.get_errno()
         raise BpfError(err, f"{what}: {os.strerror(err)}")
     return int(ret)
+
+
+def _bpf_found(cmd: int, attr: ctypes.Array[ctypes.c_char], what: str) -> bool:
+    """`_bpf` on a map element: False when the kernel says there is none (ENOENT)."""
+    try:
+        _bpf(cmd, attr, what)
+    except BpfError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
 
 
 def _attr(fmt: str, *values: object) -> ctypes.Array[ctypes.c_char]:
@@ -117,26 +130,14 @@ def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
     """The value under key (for per-CPU maps: value_size must cover every CPU), or None when absent."""
     k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value_size)
     attr = _attr("<IIQQQ", map_fd, 0, ctypes.addressof(k), ctypes.addressof(v), 0)
-    try:
-        _bpf(_CMD_MAP_LOOKUP, attr, "looking up a map element")
-    except BpfError as exc:
-        if exc.errno == errno.ENOENT:
-            return None
-        raise
-    return v.raw
+    return v.raw if _bpf_found(_CMD_MAP_LOOKUP, attr, "looking up a map element") else None
 
 
 def map_delete(map_fd: int, key: bytes) -> bool:
     """Delete key; False when it was not there."""
     k = ctypes.create_string_buffer(key, len(key))
     attr = _attr("<IIQ", map_fd, 0, ctypes.addressof(k))
-    try:
-        _bpf(_CMD_MAP_DELETE, attr, "deleting a map element")
-    except BpfError as exc:
-        if exc.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _bpf_found(_CMD_MAP_DELETE, attr, "deleting a map element")
 
 
 def map_keys(map_fd: int, key_size: int) -> list[bytes]:
@@ -147,12 +148,8 @@ def map_keys(map_fd: int, key_size: int) -> list[bytes]:
     while True:
         key_ptr = ctypes.addressof(cur) if cur is not None else 0
         attr = _attr("<IIQQ", map_fd, 0, key_ptr, ctypes.addressof(nxt))
-        try:
-            _bpf(_CMD_MAP_NEXT_KEY, attr, "listing map keys")
-        except BpfError as exc:
-            if exc.errno == errno.ENOENT:
-                return keys
-            raise
+        if not _bpf_found(_CMD_MAP_NEXT_KEY, attr, "listing map keys"):
+            return keys
         keys.append(nxt.raw)
         cur = ctypes.create_string_buffer(nxt.raw, key_size)
 

@@ -41,6 +41,7 @@ from sniffer.capture.bpf_sys import (
     MAP_ARRAY,
     MAP_HASH,
     MAP_LRU_HASH,
+    PROG_SOCKET_FILTER,
     close_fd,
     map_create,
     map_update,
@@ -58,7 +59,6 @@ __all__ = [
 
 log = logging.getLogger("sniffer.capture")
 
-PROG_SOCKET_FILTER = 1
 SKB_LOAD_BYTES_RELATIVE = 68  # bpf_skb_load_bytes_relative (4.18)
 HDR_START_NET = 1  # ... relative to the network header, wherever the link header ends
 _SKB_PROTOCOL = 16  # offsetof(struct __sk_buff, protocol): the EtherType, big-endian in the low 16 bits

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import orjson
 
-from reassembly.events import Exchange, HttpRequest
+from reassembly.events import Exchange
 from reassembly.stats import Stats
 from sniffer.config import Config
 from sniffer.engine import Engine
@@ -57,18 +57,12 @@ class SurelyPlain:
 
     def __init__(self, kong_ports: frozenset[int], upstream_ports: frozenset[int]) -> None:
         self._ports = (kong_ports, upstream_ports)
-        self._leg_ports = kong_ports | upstream_ports
         self._is_plain = LegClassifier(kong_ports, upstream_ports, stats=Stats()).is_plain
         self._by_client: dict[str, LegClassifier] = {}
 
     def __call__(self, ex: Exchange) -> bool:
         if self._is_plain(ex):
             return True
-        # A leg whatever else it carries: on a Kong or upstream port (rules 2 and 4), or with Kong's
-        # upstream marks (rule 3): said from the raw headers. On Kong traffic that is every exchange, and
-        # the classifier would first decode the request's headers (~8 % of a worker's time there).
-        if ex.server[1] in self._leg_ports or _kong_marked(ex.request):
-            return False
         ip = ex.client[0]
         clf = self._by_client.get(ip)
         if clf is None:
@@ -77,25 +71,6 @@ class SurelyPlain:
             clf = LegClassifier(*self._ports, kong_hosts=frozenset({ip}), stats=Stats())
             self._by_client[ip] = clf
         return clf.classify(ex) is LegKind.PLAIN
-
-
-def _kong_marked(request: HttpRequest | None) -> bool:
-    """The request carries `X-Kong-Request-Id`, or its first `Via` names `kong/`: the classifier's rule 3
-    (`LegKind.UPSTREAM` from any address), read from the raw headers, each name lowercased only when its
-    length could match. False says nothing: the classifier then decides."""
-    if request is None:
-        return False
-    via_seen = False
-    for name, value in request.headers:
-        n = len(name)
-        if n == 17:
-            if name.lower() == b"x-kong-request-id":
-                return True
-        elif n == 3 and not via_seen and name.lower() == b"via":
-            if b"kong/" in value.lower():
-                return True
-            via_seen = True  # only the first Via counts (`is_kong_via`)
-    return False
 
 
 class _Collect:

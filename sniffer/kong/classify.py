@@ -50,6 +50,7 @@ __all__ = [
     "RESPONSE_RULE_HEADERS",
     "LegClassifier",
     "LegKind",
+    "has_kong_marks",
     "is_kong_response",
     "is_kong_via",
 ]
@@ -97,6 +98,23 @@ def is_kong_response(message: HttpMessage) -> bool:
         lname = name.lower()
         if lname in _KONG_RESPONSE_NAMES or (lname == b"via" and b"kong/" in value.lower()):
             return True
+    return False
+
+
+def has_kong_marks(request: HttpMessage) -> bool:
+    """Rule 3 from the raw headers: `X-Kong-Request-Id`, or a first `Via` naming `kong/` (what
+    `KONG_REQUEST_ID in header_lists(...)` or `is_kong_via` says, without decoding; a raw name is
+    lowercased only when its length could match)."""
+    via_seen = False
+    for name, value in request.headers:
+        n = len(name)
+        if n == 17:
+            if name.lower() == b"x-kong-request-id":
+                return True
+        elif n == 3 and not via_seen and name.lower() == b"via":
+            if b"kong/" in value.lower():
+                return True
+            via_seen = True  # only the first Via counts (`is_kong_via`)
     return False
 
 
@@ -178,9 +196,14 @@ class LegClassifier:
         request = exchange.request
         if request is None:
             return LegKind.UPSTREAM if exchange.server[1] in self.upstream_ports else LegKind.PLAIN
+        # Only rule 5 needs the request's headers decoded: without `headers` (a capture worker asking
+        # whether an exchange may be a leg: on Kong traffic every one is) rule 3 reads the raw headers,
+        # and they are decoded only for a Kong host's request that reaches rule 5.
         if headers is None:
-            headers = header_lists(request.headers)
-        if KONG_REQUEST_ID in headers or is_kong_via(headers.get("via")):
+            marked = has_kong_marks(request)
+        else:
+            marked = KONG_REQUEST_ID in headers or is_kong_via(headers.get("via"))
+        if marked:
             self._learn(exchange.client[0])
             return LegKind.UPSTREAM
         if exchange.response is not None and is_kong_response(exchange.response):
@@ -188,10 +211,11 @@ class LegClassifier:
             return LegKind.CLIENT
         if exchange.server[1] in self.upstream_ports:
             return LegKind.UPSTREAM
-        if self.is_kong_host(exchange.client[0]) and (
-            not CONSUMER_HEADERS.isdisjoint(headers) or FORWARDED_HEADERS.issubset(headers)
-        ):
-            return LegKind.UPSTREAM
+        if self.is_kong_host(exchange.client[0]):
+            if headers is None:
+                headers = header_lists(request.headers)
+            if not CONSUMER_HEADERS.isdisjoint(headers) or FORWARDED_HEADERS.issubset(headers):
+                return LegKind.UPSTREAM
         return LegKind.PLAIN
 
 
