@@ -31,9 +31,12 @@ its workers) a packet seen, less a run of the same length without traffic (start
 stopping). "busiest worker" is the share of the packets the busiest worker got (the daemon's exit
 summary): the fanout keeps each flow on one worker and the wrk capture has 20 connections, so with
 `--set SNIFFER_FANOUT=hash` the split is rarely even (59-65 %) and the busiest worker drops first; the
-default balanced fanout deals them in turn (50-52 %). With `--runs N` every rate is measured in
-N rounds, the tools taking turns, and a last table gives each one's median drop % (one run can swing
-from 0 to 15 % on this shared VM).
+default balanced fanout deals them in turn (50-52 %). "main wait" is the longest time a worker spent
+blocked handing its messages to the main process (its exit summary), over the time the packets took to
+send: a large share says the main process, which joins and builds every Kong call, is the limit
+(2026-12-08 ~05:30, two workers: 45-64 % on Kong traffic at 150k, 5-10 % on wrk traffic). With
+`--runs N` every rate is measured in N rounds, the tools taking turns, and a last table gives each
+one's median drop % (one run can swing from 0 to 15 % on this shared VM).
 
 The latest figures, and how they stand against issue 6's targets, are in the README (Speed). Notes
 from earlier runs that still hold: tcpreplay and the veth's delivery take ~0.7 of one of these 2 vCPUs
@@ -101,6 +104,7 @@ class Result:
     sender_cpu: float  # tcpreplay's CPU over its wall time (its send and the veth's delivery), in cores
     us_per_packet: float | None = None  # ours: CPU a packet seen, start-up and idle polling taken off
     busiest: float | None = None  # ours with workers: the busiest worker's share of the packets seen
+    main_wait: float | None = None  # ours with workers: the longest wait on the main process / send time
 
     @property
     def drop_pct(self) -> float:
@@ -211,7 +215,10 @@ def run_ours(
     split = re.findall(r"by worker: ([\d /]+) packets", run.log)
     counts = [int(x) for x in split[-1].split(" / ")] if split else []
     busiest = max(counts) / sum(counts) if counts and sum(counts) else None
-    return Result(rate, sent, seen, dropped, sender_cpu, us, busiest)
+    waits = re.findall(r"kernel drops, ([\d. /]+) s waiting on the main process", run.log)
+    longest = max(float(x) for x in waits[-1].split(" / ")) if waits else None
+    main_wait = longest / (sent / rate) if longest is not None and sent and rate else None
+    return Result(rate, sent, seen, dropped, sender_cpu, us, busiest, main_wait)
 
 
 def run_tcpdump(net: VethNamespace, capture: Path, traffic: Traffic, pps: int, count: int) -> Result:
@@ -271,7 +278,7 @@ def main() -> int:
         for w in (int(x) for x in args.workers.split(",")):
             rows.append((f"ours{' C' if core else ''} w={w}", w, core))
     header = (f"{'offered pps':>11} | {'tool':<12} | {'sent pps':>9} | {'sent':>8} | {'seen':>8} | drop % | "
-              f"sender cores | us/pkt | busiest worker")  # fmt: skip
+              f"sender cores | us/pkt | busiest worker | main wait")  # fmt: skip
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"capture {capture}, {args.seconds:g} s per rate; load average {load} (2 vCPUs shared); "
           f"ours C = the mypyc-compiled core; settings {extra or 'default'}")  # fmt: skip
@@ -294,8 +301,9 @@ def main() -> int:
                     drops.setdefault((pps, name), []).append(r.drop_pct)
                     us = "" if r.us_per_packet is None else f"{r.us_per_packet:6.2f}"
                     share = "" if r.busiest is None else f"{100 * r.busiest:.0f} %"
+                    wait = "" if r.main_wait is None else f"{100 * r.main_wait:.0f} %"
                     print(f"{pps:>11,} | {name:<12} | {r.sent_pps:>9,.0f} | {r.sent:>8,} | {r.seen:>8,} | "
-                          f"{r.drop_pct:6.2f} | {r.sender_cpu:12.2f} | {us:>6} | {share}",
+                          f"{r.drop_pct:6.2f} | {r.sender_cpu:12.2f} | {us:>6} | {share:>14} | {wait}",
                           flush=True)  # fmt: skip
     if args.runs > 1:
         print(f"\ndrop %, median of {args.runs} rounds (each round's in brackets)")

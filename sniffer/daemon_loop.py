@@ -214,10 +214,13 @@ class DaemonLoop:
         )  # fmt: skip
         if self.pool is not None and len(self.pool.stats) > 1:  # how the fanout split the flows
             workers = self.pool.stats
+            # The wait: how long each was blocked handing its messages to the main process, the limit
+            # when it is a large part of the run (the main process joins and builds every Kong call).
             log.info(
-                "by worker: %s packets, %s kernel drops",
+                "by worker: %s packets, %s kernel drops, %s s waiting on the main process",
                 " / ".join(str(w.get("packets", 0)) for w in workers),
                 " / ".join(str(w.get("drop_kernel", 0)) for w in workers),
+                " / ".join(f"{w.get('main_wait_us', 0) / 1e6:.1f}" for w in workers),
             )
         if self.tls is not None:
             log.info(

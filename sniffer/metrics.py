@@ -9,7 +9,9 @@ kernel drops, flows, gaps, losses and events dropped by reason, exchanges, event
 failures by reason, queue depth, load shedding: `shed_level` gauge and the shed counts, TLS capture:
 records, connections, ring-full and rate-limit drops, truncated bytes; `tls_connections_open` and
 `tls_watched_processes` are gauges...). With several capture workers, packets and kernel drops are also
-exported per worker (`worker_packets_total{worker=...}`, `worker_kernel_drops_total{worker=...}`).
+exported per worker (`worker_packets_total{worker=...}`, `worker_kernel_drops_total{worker=...}`), with
+the seconds each spent handing its messages to the main process (`worker_main_wait_seconds_total`: a
+large share of the wall clock when the main process, not the workers, is the limit).
 
 `/healthz`: 200 while the capture loop ticked within `tick_timeout_s` (a wedged loop fails it).
 `/readyz`: 200 when the capture is open and the transport has not been failing for longer than
@@ -82,10 +84,17 @@ _SENDER_GAUGES = {
 }
 
 
-# Per-worker families: (counter, metric, help).
+# Per-worker families: (counter, metric, help, scale).
 _WORKER = (
-    ("packets", "worker_packets", "Packets handed to the core, by capture worker"),
-    ("drop_kernel", "worker_kernel_drops", "Packets the kernel dropped because a worker's ring was full"),
+    ("packets", "worker_packets", "Packets handed to the core, by capture worker", 1),
+    ("drop_kernel", "worker_kernel_drops", "Packets the kernel dropped because a worker's ring was full", 1),
+    (
+        "main_wait_us",
+        "worker_main_wait_seconds",
+        "Seconds a capture worker spent handing its messages to the main process (blocked while the"
+        " main process, which joins and builds Kong calls, is busy)",
+        1e-6,
+    ),
 )
 
 
@@ -104,7 +113,7 @@ def _counter(name: str, doc: str, value: float) -> Metric:
     return CounterMetricFamily(P + name, doc, value=value)
 
 
-def _by_label(name: str, doc: str, label: str, values: dict[str, int]) -> Metric:
+def _by_label(name: str, doc: str, label: str, values: dict[str, float]) -> Metric:
     fam = CounterMetricFamily(P + name, doc, labels=[label])
     for key, value in sorted(values.items()):
         fam.add_metric([key], value)
@@ -143,8 +152,9 @@ def collect(snap: Snapshot) -> Iterator[Metric]:
         for key, (name, doc) in _SENDER_GAUGES.items():
             yield GaugeMetricFamily(P + name, doc, value=sender.get(key, 0))
     if snap.workers:
-        for key, name, doc in _WORKER:
-            yield _by_label(name, doc, "worker", {str(i): w.get(key, 0) for i, w in enumerate(snap.workers)})
+        for key, name, doc, scale in _WORKER:
+            values = {str(i): w.get(key, 0) * scale for i, w in enumerate(snap.workers)}
+            yield _by_label(name, doc, "worker", values)
     for name, value in sorted(snap.gauges.items()):
         yield GaugeMetricFamily(P + name, name.replace("_", " "), value=value)
     info = GaugeMetricFamily(P + "info", "Build information", labels=["version"])

@@ -97,7 +97,10 @@ def test_every_counter_is_exported_with_headline_families() -> None:
 
 
 def test_packets_and_kernel_drops_per_worker() -> None:
-    workers = [{"packets": 90, "drop_kernel": 7}, {"packets": 30, "drop_kernel": 0}]
+    workers = [
+        {"packets": 90, "drop_kernel": 7, "main_wait_us": 2_500_000},
+        {"packets": 30, "drop_kernel": 0},
+    ]
     with server() as srv:
         srv.snapshot = Snapshot(core=dict(CORE), workers=workers)
         got = samples(fetch(f"http://127.0.0.1:{srv.port}/metrics")[1])
@@ -107,6 +110,8 @@ def test_packets_and_kernel_drops_per_worker() -> None:
     assert got[("moesif_sniffer_worker_packets_total", (("worker", "1"),))] == 30
     assert got[("moesif_sniffer_worker_kernel_drops_total", (("worker", "0"),))] == 7
     assert got[("moesif_sniffer_worker_kernel_drops_total", (("worker", "1"),))] == 0
+    assert got[("moesif_sniffer_worker_main_wait_seconds_total", (("worker", "0"),))] == 2.5
+    assert got[("moesif_sniffer_worker_main_wait_seconds_total", (("worker", "1"),))] == 0
     assert not any(name.startswith("moesif_sniffer_worker_") for name, _ in alone)
 
 
