@@ -160,6 +160,10 @@ class FlowTable:
         """flow_id -> flow, least recently active first (the fast path moves a flow to the end)."""
         return self._lru
 
+    def server_addresses(self, ports: frozenset[int]) -> set[bytes]:
+        """The packed addresses (4 or 16 bytes) serving the live flows whose server port is in `ports`."""
+        return {flow.saddr for flow in self._lru.values() if flow.sport in ports}
+
     def feed(self, seg: Segment) -> list[StreamEvent]:
         """One decoded TCP segment, in capture order."""
         entry = self._flows.get((seg.src, seg.sport, seg.dst, seg.dport))

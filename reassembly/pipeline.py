@@ -99,6 +99,10 @@ class Pipeline:
     def flow_count(self) -> int:
         return len(self._flows)
 
+    def server_addresses(self, ports: frozenset[int]) -> set[bytes]:
+        """The packed addresses serving live flows on `ports` (`FlowTable.server_addresses`)."""
+        return self._flows.server_addresses(ports)
+
     @property
     def http_buffer_bytes(self) -> int:
         """Bytes the HTTP layer holds now (partial heads, bodies spanning segments)."""

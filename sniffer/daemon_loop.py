@@ -197,7 +197,7 @@ class DaemonLoop:
             self.pool.capture_bodies(level.bodies)
             self.pool.sample(level.sample)
         elif self.sampler is not None:
-            self.sampler.rate = level.sample
+            self.sampler.set_rate(level.sample, self.engine.pipeline if self.engine is not None else None)
             self._install_sampler()
 
     def _install_sampler(self) -> None:

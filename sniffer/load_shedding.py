@@ -23,7 +23,10 @@ Kong: both legs of a call must be kept or neither, yet they are two flows. Kong'
 services (from an address seen serving a Kong proxy port, or to a configured upstream port) are never
 sampled: they carry every call, so each call whose client connection was sampled out still comes out,
 from its upstream leg alone, and the engine weighs a call by its upstream leg's flow (1), so nothing
-is counted twice. What shedding saves on a Kong node is the client legs' work.
+is counted twice. What shedding saves on a Kong node is the client legs' work. Kong's addresses are
+learnt from SYNs to its proxy ports while sampling and, as sampling begins, from the live flows on them
+(`set_rate`): clients keep their connections open, so the first SYN may come long after Kong's first
+new connection to a service.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
 from reassembly.events import Endpoint
+from reassembly.pipeline import Pipeline
 from reassembly.stats import Stats
 from sniffer.config import Config
 from sniffer.kong.classify import MAX_KONG_HOSTS
@@ -170,6 +174,21 @@ class FlowSampler:
             upstream_ports=frozenset(config.upstream_ports),
         )
 
+    def set_rate(self, rate: int, pipeline: Pipeline | None = None) -> None:
+        """Keep 1 new flow in `rate` from now on (1: none sampled). As sampling begins, the addresses
+        serving `pipeline`'s live flows on the Kong proxy ports are learnt as Kong's (see the module doc)."""
+        if rate > 1 >= self.rate and self._kong_ports and pipeline is not None:
+            self._learn_kong_hosts(pipeline.server_addresses(self._kong_ports))
+        self.rate = rate
+
+    def _learn_kong_hosts(self, addresses: set[bytes]) -> None:
+        hosts = self._kong_hosts
+        for address in addresses:
+            if address not in hosts:
+                if len(hosts) >= MAX_KONG_HOSTS:
+                    hosts.clear()
+                hosts.add(address)
+
     @property
     def active(self) -> bool:
         """The filter is needed: sampling, or decisions still to honour."""
@@ -250,10 +269,7 @@ class FlowSampler:
         n = len(client) - 2
         port = int.from_bytes(server[n:])
         if port in self._kong_ports:
-            hosts = self._kong_hosts
-            if len(hosts) >= MAX_KONG_HOSTS:
-                hosts.clear()
-            hosts.add(server[:n])
+            self._learn_kong_hosts({server[:n]})
             return False
         return port in self._upstream_ports or client[:n] in self._kong_hosts
 

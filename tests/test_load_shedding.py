@@ -216,6 +216,52 @@ def test_kong_calls_are_counted_once_when_client_connections_are_sampled(opened:
     assert sum(e.get("weight", 1) for e in sink.events) == n  # each call once, none twice
 
 
+def test_kongs_new_upstream_connection_is_kept_when_sampling_began_after_its_clients_connected() -> None:
+    # A client's keep-alive connection to Kong's proxy port was open before sampling began, and no client
+    # connects while sampling: no SYN to port 8000 comes. The connection Kong then opens to its service
+    # must still be known as Kong's (learnt from the live flows as sampling begins, `set_rate`, as the
+    # daemon and its workers call it) and kept whole: every call joined, none weighed or lost.
+    n = 30
+    rid = b"X-Kong-Request-Id: r%d\r\n"
+    client = tcp_conversation(
+        [b"GET /k/%d HTTP/1.1\r\nHost: api\r\n\r\n" % i for i in range(n)],
+        [
+            b"HTTP/1.1 200 OK\r\n" + rid % i + b"Via: 1.1 kong/3.9.0\r\nContent-Length: 2\r\n\r\nok"
+            for i in range(n)
+        ],
+        client=("10.1.0.1", 30000),
+        server=("10.0.0.5", 8000),
+        ts0=1_700_000_000.0,
+    )
+    upstream = tcp_conversation(
+        [
+            b"GET /k/%d HTTP/1.1\r\nHost: svc\r\nVia: 1.1 kong/3.9.0\r\n" % i + rid % i + b"\r\n"
+            for i in range(n)
+        ],
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"] * n,
+        client=("10.0.0.5", 50000),
+        server=("10.0.0.9", 9000),
+        ts0=1_700_000_000.05,  # its SYN while sampling, after the client's first calls
+    )
+    frames = sorted(raw(client + upstream), key=lambda f: f[0])
+    start = next(i for i, f in enumerate(frames) if f[0] >= 1_700_000_000.04)
+    sink = ListSink()
+    config = Config(kong_ports=(8000,))
+    eng = Engine(config, sink, Stats())
+    sampler = FlowSampler.of(config, eng.stats, eng.flow_weights)
+    handle = eng.feed
+    for i, f in enumerate(frames):
+        if i == start:
+            sampler.set_rate(16, eng.pipeline)
+            handle = sampler.wrap(eng.feed)
+        handle(*f)
+    eng.close()
+    assert eng.stats["shed_flows_kong_upstream"] == 1
+    assert eng.stats["shed_flows_sampled_in"] == eng.stats["shed_flows_sampled_out"] == 0
+    assert [e["metadata"]["capture"]["legs"] for e in sink.events] == ["client+upstream"] * n
+    assert all(e.get("weight", 1) == 1 and "flags" not in e["metadata"]["capture"] for e in sink.events)
+
+
 def test_the_sampler_memory_is_capped_oldest_first() -> None:
     stats: Stats = Stats()
     weights: dict[Any, int] = {}

@@ -296,7 +296,7 @@ def _worker_main(
                 if msg == "stop":
                     break
                 if isinstance(msg, tuple) and msg[0] == "shed":
-                    sampler.rate = msg[1]
+                    sampler.set_rate(msg[1], pipeline)
                     loop.set_handler(sampler.wrap(handle) if sampler.active else handle)
                 elif isinstance(msg, tuple) and msg[0] == "bodies":
                     events.shed_bodies = not msg[1]
