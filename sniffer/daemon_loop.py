@@ -50,12 +50,30 @@ from sniffer.logs import reopen
 from sniffer.metrics import Health, MetricsServer, Snapshot
 from sniffer.moesif.jsonlines import JsonLinesSink
 
-__all__ = ["DaemonLoop", "Signals"]
+__all__ = ["DaemonLoop", "Signals", "main_process_limit"]
 
 log = logging.getLogger("sniffer.daemon")
 
 SUMMARY_S = 60.0  # a one-line progress summary in the log this often
+# Over a summary's interval, a capture worker blocked on the main process for this share of the time or
+# more while the kernel dropped packets: the main process is the limit (live, two workers on Kong traffic:
+# 28-47 % at 100k packets/s without a drop, 45-64 % at 150k with drops; wrk traffic 5-10 %).
+MAIN_LIMIT_SHARE = 0.4
 STOP_DRAIN_S = 10.0  # how long the workers get to drain and close after a stop request
+
+
+def main_process_limit(
+    before: list[dict[str, int]], after: list[dict[str, int]], seconds: float
+) -> tuple[float, int] | None:
+    """(the largest share of `seconds` a capture worker spent blocked on the main process, the kernel
+    drops) between two readings of the workers' counters, when the main process was the limit:
+    a worker blocked for `MAIN_LIMIT_SHARE` of the time or more while the kernel dropped packets."""
+    if seconds <= 0 or len(before) != len(after):
+        return None
+    waits = [a.get("main_wait_us", 0) - b.get("main_wait_us", 0) for a, b in zip(after, before, strict=True)]
+    drops = sum(a.get("drop_kernel", 0) - b.get("drop_kernel", 0) for a, b in zip(after, before, strict=True))
+    share = max(waits, default=0) / 1e6 / seconds
+    return (share, drops) if share >= MAIN_LIMIT_SHARE and drops > 0 else None
 
 
 @dataclass
@@ -85,6 +103,9 @@ class DaemonLoop:
         self.policy = ShedPolicy(enabled=config.shed)
         self.sampler: FlowSampler | None = None  # one worker: sampling in front of the engine
         self._drops_seen = 0
+        # The workers' counters at the last summary, and when: `main_process_limit` reads the interval.
+        self._workers_at_summary: list[dict[str, int]] = []
+        self._summary_at = time.monotonic()
         self._sender_stats: dict[str, int] | None = None
         self.tls: TlsSource | None = None
         # Several sources of legs (capture workers, the TLS tap): merged in capture-time order.
@@ -222,6 +243,18 @@ class DaemonLoop:
                 " / ".join(str(w.get("drop_kernel", 0)) for w in workers),
                 " / ".join(f"{w.get('main_wait_us', 0) / 1e6:.1f}" for w in workers),
             )
+            now = time.monotonic()
+            seconds = now - self._summary_at
+            before = self._workers_at_summary or [{} for _ in workers]
+            limit = main_process_limit(before, workers, seconds)
+            self._workers_at_summary, self._summary_at = list(workers), now
+            if limit is not None:
+                log.warning(
+                    "a capture worker waited on the main process %.0f%% of the last %.0f s while the kernel "
+                    "dropped %d packets: the main process, which joins Kong's legs and builds their events, "
+                    "is the limit, and more workers will not help (one spends less CPU: SNIFFER_WORKERS=1)",
+                    100 * limit[0], seconds, limit[1],
+                )  # fmt: skip
         if self.tls is not None:
             log.info(
                 "TLS: %d records, %d connections, %d ring-full drops, %d rate-limited, %d bytes truncated",
