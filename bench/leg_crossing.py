@@ -3,23 +3,26 @@
 Usage: python bench/leg_crossing.py [CAPTURE] [--runs N]
 CAPTURE (default pcaps/kong-demo.pcap; `bench/kong_capture.py` makes a larger one) is replayed through
 the real pipeline and leg joiner once; then each stage is timed alone over the joined calls (process
-time, best of N, per call): shipping the legs as they cross today (`capture.exchange_codec`, batches
-of 64), decoding their headers, building the event, and the alternative of a worker building the client
-leg's event and shipping that (marshal). The baseline is `orjson.dumps` of the events, which every
-event costs anyway. What the main process and the workers would each spend with the alternative is
-estimated from these figures in bench/HISTORY.md.
+time, best of N, per call, each result dropped at once and the cyclic collector off: see `per_call`):
+shipping the legs as they cross today (`capture.exchange_codec`, batches of 64), decoding their
+headers, building the event, and what alternatives would cost: the client leg's built event shipped
+with marshal, the leg without its headers and bodies, and the event's shown headers and body values as
+JSON text embedded with `orjson.Fragment`. The baseline is `orjson.dumps` of the events, which every
+event costs anyway. bench/HISTORY.md has what was built from these figures and how it measured.
 Against the compiled build: SNIFFER_BENCH_CORE_PATH=$(python bench/compiled.py) python bench/leg_crossing.py
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import marshal
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -29,7 +32,7 @@ if os.environ.get("SNIFFER_BENCH_CORE_PATH"):
     sys.path.insert(0, os.environ["SNIFFER_BENCH_CORE_PATH"])
 
 from bench.compiled import is_compiled  # noqa: E402
-from reassembly.events import Exchange  # noqa: E402
+from reassembly.events import Exchange, replace  # noqa: E402
 from sniffer.capture.exchange_codec import decode, encode  # noqa: E402
 from sniffer.capture.pcapfile import open_capture  # noqa: E402
 from sniffer.config import Config  # noqa: E402
@@ -64,13 +67,58 @@ def batches(items: list[Exchange]) -> list[list[Exchange]]:
     return [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
 
 
-def per_call(fn: Callable[[], object], calls: int, runs: int) -> float:
-    """µs of process time a call, best of `runs`."""
+def _hollow(ex: Exchange) -> Exchange:
+    """A copy of `ex` without its messages' headers and bodies."""
+    req, resp = ex.request, ex.response
+    return replace(  # type: ignore[no-any-return]
+        ex,
+        request=replace(req, headers=[], body=b"") if req is not None else None,
+        response=replace(resp, headers=[], body=b"") if resp is not None else None,
+    )
+
+
+def _pieces(event: dict[str, Any]) -> tuple[bytes, bytes, bytes, bytes]:
+    """The shown headers and the body values of both sides, as JSON text."""
+    req, resp = event["request"], event.get("response", {})
+    return (
+        orjson.dumps(req["headers"]),
+        orjson.dumps(resp.get("headers")),
+        orjson.dumps(req.get("body")),
+        orjson.dumps(resp.get("body")),
+    )
+
+
+def _framed(event: dict[str, Any], pieces: tuple[bytes, bytes, bytes, bytes]) -> dict[str, Any]:
+    """`event` with those pieces embedded as they would cross: orjson.Fragment, dumped as they are."""
+    out = dict(event)
+    req = out["request"] = dict(event["request"])
+    req["headers"] = orjson.Fragment(pieces[0])
+    if "body" in req:
+        req["body"] = orjson.Fragment(pieces[2])
+    if "response" in event:
+        resp = out["response"] = dict(event["response"])
+        resp["headers"] = orjson.Fragment(pieces[1])
+        if "body" in resp:
+            resp["body"] = orjson.Fragment(pieces[3])
+    return out
+
+
+def per_call(fn: Callable[[Any], object], items: list[Any], calls: int, runs: int) -> float:
+    """µs of process time a call to run `fn` on each of `items`, best of `runs`. Each result is dropped
+    at once, as a daemon drops what it has passed on: kept, thousands of fresh objects fault in new
+    memory, and collections walk the data set up here, far more than a daemon holds (both timed with
+    the stage that made them, up to 7x its own cost); the cyclic collector is off for the same reason."""
     best = float("inf")
-    for _ in range(runs):
-        t0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - t0)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(runs):
+            t0 = time.process_time()
+            for item in items:
+                fn(item)
+            best = min(best, time.process_time() - t0)
+    finally:
+        gc.enable()
     return best / calls * 1e6
 
 
@@ -92,27 +140,33 @@ def main() -> None:
     client_msgs = [encode(b) for b in batches(clients)]
     upstream_msgs = [encode(b) for b in batches(upstreams)]
     event_msgs = [marshal.dumps(events[i : i + BATCH]) for i in range(0, n, BATCH)]
+    # The client legs without their headers and bodies, and the pieces of their events that would then
+    # cross as JSON text (headers shown, bodies), embedded with orjson.Fragment: no objects to make.
+    hollow_msgs = [encode(b) for b in batches([_hollow(c) for c in clients])]
+    pieces = [_pieces(e) for e in events if e is not None]
+    framed = [_framed(e, p) for e, p in zip([e for e in events if e is not None], pieces, strict=True)]
 
-    def t(fn: Callable[[], object]) -> float:
-        return per_call(fn, n, args.runs)
+    def t(fn: Callable[[Any], object], items: list[Any]) -> float:
+        return per_call(fn, items, n, args.runs)
 
+    built = [e for e in events if e is not None]
     rows = [
-        ("client leg: encode", t(lambda: [encode(b) for b in batches(clients)])),
-        ("client leg: decode", t(lambda: [decode(m) for m in client_msgs])),
-        ("upstream leg: encode", t(lambda: [encode(b) for b in batches(upstreams)])),
-        ("upstream leg: decode", t(lambda: [decode(m) for m in upstream_msgs])),
-        ("header_lists: client request", t(lambda: [header_lists(c.request.headers) for c in clients])),  # type: ignore[union-attr]
-        ("header_lists: client response", t(lambda: [header_lists(c.response.headers) for c in clients])),  # type: ignore[union-attr]
-        ("header_lists: upstream request", t(lambda: [header_lists(u.request.headers) for u in upstreams])),  # type: ignore[union-attr]
-        ("build: joined call", t(lambda: [builder.build(c) for c in calls])),
-        ("build: client leg alone", t(lambda: [builder.build(a) for a in alone])),
-        (
-            "client event: marshal dump",
-            t(lambda: [marshal.dumps(events[i : i + BATCH]) for i in range(0, n, BATCH)]),
-        ),
-        ("client event: marshal load", t(lambda: [marshal.loads(m) for m in event_msgs])),
+        ("client leg: encode", t(encode, batches(clients))),
+        ("client leg: decode", t(decode, client_msgs)),
+        ("upstream leg: encode", t(encode, batches(upstreams))),
+        ("upstream leg: decode", t(decode, upstream_msgs)),
+        ("header_lists: client request", t(lambda c: header_lists(c.request.headers), clients)),
+        ("header_lists: client response", t(lambda c: header_lists(c.response.headers), clients)),
+        ("header_lists: upstream request", t(lambda u: header_lists(u.request.headers), upstreams)),
+        ("build: joined call", t(builder.build, calls)),
+        ("build: client leg alone", t(builder.build, alone)),
+        ("client event: marshal dump", t(marshal.dumps, [built[i : i + BATCH] for i in range(0, n, BATCH)])),
+        ("client event: marshal load", t(marshal.loads, event_msgs)),
+        ("client leg, hollow: decode", t(decode, hollow_msgs)),
+        ("client event's JSON pieces: dump", t(_pieces, built)),
+        ("event, pieces as Fragments: dumps", t(orjson.dumps, framed)),
     ]
-    dumps = t(lambda: [orjson.dumps(e) for e in events])
+    dumps = t(orjson.dumps, built)
     leg_bytes = sum(map(len, client_msgs)) / len(clients)
     event_bytes = sum(map(len, event_msgs)) / n
     build = "compiled" if is_compiled(sys.modules[EventBuilder.__module__]) else "pure Python"
