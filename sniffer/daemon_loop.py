@@ -251,8 +251,8 @@ class DaemonLoop:
             if limit is not None:
                 log.warning(
                     "a capture worker waited on the main process %.0f%% of the last %.0f s while the kernel "
-                    "dropped %d packets: the main process, which joins Kong's legs and builds their events, "
-                    "is the limit, and more workers will not help (one spends less CPU: SNIFFER_WORKERS=1)",
+                    "dropped %d packets: the main process (it joins Kong's legs, builds their events and "
+                    "writes or sends every event) is the limit, and more workers will not help",
                     100 * limit[0], seconds, limit[1],
                 )  # fmt: skip
         if self.tls is not None:

@@ -92,7 +92,7 @@ _WORKER = (
         "main_wait_us",
         "worker_main_wait_seconds",
         "Seconds a capture worker spent handing its messages to the main process (blocked while the"
-        " main process, which joins and builds Kong calls, is busy)",
+        " main process, which joins and builds Kong calls and writes or sends every event, is busy)",
         1e-6,
     ),
 )

@@ -22,8 +22,8 @@ messages batch naturally under load; exchanges travel as `exchange_codec` bytes,
   ring backlog fraction seen since the last tick: the load-shedding policy's input);
 - ("d", ts, stats, flows): the worker drained its rings and closed its pipeline after a stop request.
 A worker counts the time its sends take (`send_to_main`, `stats["main_wait_us"]`): a send blocks while
-the main process, busy joining and building Kong calls, is not reading, and meanwhile the worker's ring
-fills. A large share of the wall clock says the main process is the limit and more workers will not help
+the main process, busy joining and building Kong calls or writing and sending events, is not reading,
+and meanwhile the worker's ring fills. A large share of the wall clock says the main process is the limit and more workers will not help
 (live, two workers: 45-64 % of the time on Kong traffic at 150k packets/s, 5-10 % on wrk traffic).
 The main process sends "stop", ("shed", N) to sample new flows 1 in N (1: stop sampling; the
 flows already decided keep their fate), or ("bodies", on) to build events with or without bodies. A
