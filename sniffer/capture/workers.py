@@ -23,8 +23,9 @@ messages batch naturally under load; exchanges travel as `exchange_codec` bytes,
 - ("d", ts, stats, flows): the worker drained its rings and closed its pipeline after a stop request.
 A worker counts the time its sends take (`send_to_main`, `stats["main_wait_us"]`): a send blocks while
 the main process, busy joining and building Kong calls or writing and sending events, is not reading,
-and meanwhile the worker's ring fills. A large share of the wall clock says the main process is the limit and more workers will not help
-(live, two workers: 45-64 % of the time on Kong traffic at 150k packets/s, 5-10 % on wrk traffic).
+and meanwhile the worker's ring fills. A large share of the wall clock says the main process is the
+limit and more workers will not help (live, two workers: 45-64 % of the time on Kong traffic at 150k
+packets/s, 5-10 % on wrk traffic).
 The main process sends "stop", ("shed", N) to sample new flows 1 in N (1: stop sampling; the
 flows already decided keep their fate), or ("bodies", on) to build events with or without bodies. A
 worker ignores SIGINT/SIGTERM (the main process decides when to stop and says so over the pipe) and
