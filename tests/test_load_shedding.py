@@ -161,6 +161,26 @@ def test_a_flow_keeps_its_fate_when_the_rate_changes_and_older_flows_are_never_s
     assert not eng.flow_weights
 
 
+_RID = b"X-Kong-Request-Id: r%d\r\n"
+
+
+def _kong_upstream(route: str, n: int, ts0: float) -> list[Any]:
+    """Kong's keep-alive connection to its service (10.0.0.5 -> 10.0.0.9:9000): the upstream legs of
+    calls 0..n-1 to /`route`/i, each with its request id."""
+    return tcp_conversation(
+        [
+            b"GET /%s/%d HTTP/1.1\r\nHost: svc\r\nVia: 1.1 kong/3.9.0\r\n" % (route.encode(), i)
+            + _RID % i
+            + b"\r\n"
+            for i in range(n)
+        ],
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"] * n,
+        client=("10.0.0.5", 50000),
+        server=("10.0.0.9", 9000),
+        ts0=ts0,
+    )
+
+
 @pytest.mark.parametrize("opened", ["before", "while"], ids=["upstream-before", "upstream-while-sampling"])
 def test_kong_calls_are_counted_once_when_client_connections_are_sampled(opened: str) -> None:
     # 1 in 4 client connections (one call each) is kept. Kong's upstream keep-alive connection is kept
@@ -169,17 +189,8 @@ def test_kong_calls_are_counted_once_when_client_connections_are_sampled(opened:
     # out comes out from its upstream leg alone, so the joined calls must not weigh 4 as well: a call
     # weighs what its upstream leg's flow weighs (1 here), else its client's.
     n = 200
-    rid = b"X-Kong-Request-Id: r%d\r\n"
-    upstream = tcp_conversation(
-        [
-            b"GET /u/%d HTTP/1.1\r\nHost: svc\r\nVia: 1.1 kong/3.9.0\r\n" % i + rid % i + b"\r\n"
-            for i in range(n)
-        ],
-        [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"] * n,
-        client=("10.0.0.5", 50000),
-        server=("10.0.0.9", 9000),
-        ts0=1_700_000_000.0,
-    )
+    rid = _RID
+    upstream = _kong_upstream("u", n, 1_700_000_000.0)
     clients = [
         p
         for i in range(n)
@@ -222,7 +233,7 @@ def test_kongs_new_upstream_connection_is_kept_when_sampling_began_after_its_cli
     # must still be known as Kong's (learnt from the live flows as sampling begins, `set_rate`, as the
     # daemon and its workers call it) and kept whole: every call joined, none weighed or lost.
     n = 30
-    rid = b"X-Kong-Request-Id: r%d\r\n"
+    rid = _RID
     client = tcp_conversation(
         [b"GET /k/%d HTTP/1.1\r\nHost: api\r\n\r\n" % i for i in range(n)],
         [
@@ -233,16 +244,7 @@ def test_kongs_new_upstream_connection_is_kept_when_sampling_began_after_its_cli
         server=("10.0.0.5", 8000),
         ts0=1_700_000_000.0,
     )
-    upstream = tcp_conversation(
-        [
-            b"GET /k/%d HTTP/1.1\r\nHost: svc\r\nVia: 1.1 kong/3.9.0\r\n" % i + rid % i + b"\r\n"
-            for i in range(n)
-        ],
-        [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"] * n,
-        client=("10.0.0.5", 50000),
-        server=("10.0.0.9", 9000),
-        ts0=1_700_000_000.05,  # its SYN while sampling, after the client's first calls
-    )
+    upstream = _kong_upstream("k", n, 1_700_000_000.05)  # its SYN while sampling, after the first calls
     frames = sorted(raw(client + upstream), key=lambda f: f[0])
     start = next(i for i, f in enumerate(frames) if f[0] >= 1_700_000_000.04)
     sink = ListSink()
