@@ -236,7 +236,8 @@ class DaemonLoop:
         if self.pool is not None and len(self.pool.stats) > 1:  # how the fanout split the flows
             workers = self.pool.stats
             # The wait: how long each was blocked handing its messages to the main process, the limit
-            # when it is a large part of the run (the main process joins and builds every Kong call).
+            # when it is a large part of the run (it joins and builds every Kong call, writes or sends
+            # every event).
             log.info(
                 "by worker: %s packets, %s kernel drops, %s s waiting on the main process",
                 " / ".join(str(w.get("packets", 0)) for w in workers),
