@@ -107,7 +107,7 @@ def per_call(fn: Callable[[Any], object], items: list[Any], calls: int, runs: in
     """µs of process time a call to run `fn` on each of `items`, best of `runs`. Each result is dropped
     at once, as a daemon drops what it has passed on: kept, thousands of fresh objects fault in new
     memory, and collections walk the data set up here, far more than a daemon holds (both timed with
-    the stage that made them, up to 7x its own cost); the cyclic collector is off for the same reason."""
+    the stage that made them, up to ~10x its own cost); the cyclic collector is off for the same reason."""
     best = float("inf")
     gc.collect()
     gc.disable()
