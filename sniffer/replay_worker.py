@@ -8,15 +8,13 @@ Interpreted, that loop cost a worker ~8 % of its instructions on wrk traffic (ca
 
 from __future__ import annotations
 
-import marshal
 import os
-import pickle
 from array import array
 from typing import Any
 
 from reassembly.events import Exchange, exchange_end
 from reassembly.stats import Stats
-from sniffer.capture.exchange_codec import pack
+from sniffer.capture.exchange_codec import dumps, pack
 from sniffer.capture.flow_hash import WorkerFrames
 from sniffer.capture.pcapfile import open_capture
 from sniffer.capture.worker_events import Output, SurelyPlain, WorkerEvents
@@ -171,11 +169,7 @@ class ReplayWorker:
             payload = write_all(self.out_fd, payload)
             if payload:
                 self.out_fd = None  # a write failed: the main process writes the rest, and reports it
-        records = self.records
-        try:
-            batch = marshal.dumps(records)
-        except ValueError:  # a core field marshal cannot carry (see exchange_codec): slower, still right
-            batch = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+        batch = dumps(self.records)
         plain = (array("q", self.plain_frames).tobytes(), array("d", self.plain_ends).tobytes())
         self.conn.send(("b", passed, batch, payload, self.bytes_read, *plain))
         self.records = []

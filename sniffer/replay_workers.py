@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import marshal
 import multiprocessing
 import multiprocessing.connection
 import os
-import pickle
 import signal
 import stat
 from collections import deque
@@ -46,6 +44,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from reassembly.stats import Stats
+from sniffer.capture.exchange_codec import loads
 from sniffer.capture.pcapfile import open_capture
 from sniffer.capture.worker_events import Output, encoded_of, events_of
 from sniffer.capture.workers import exit_reason
@@ -208,4 +207,4 @@ def _shared_output(out: IO[bytes] | None) -> int | None:
 
 
 def _decoded(data: bytes) -> list[Record]:
-    return marshal.loads(data) if data[:1] != b"\x80" else pickle.loads(data)  # type: ignore[no-any-return]
+    return loads(data)  # type: ignore[no-any-return]

@@ -50,3 +50,9 @@ def test_packed_exchanges_inside_other_data_and_the_pickle_fallback() -> None:
     odd.request.headers = [(b"X-Odd", Path("x"))]  # type: ignore[list-item]
     data = exchange_codec.encode([ex, odd])
     assert pickle.loads(data) == [ex, odd] == exchange_codec.decode(data)
+    # The same for other data holding packed exchanges (a replay worker's records): `dumps` / `loads`.
+    assert exchange_codec.dumps(records) == marshal.dumps(records)
+    assert exchange_codec.loads(exchange_codec.dumps(records)) == back
+    odd_records = [(7, 1.5, [exchange_codec.pack(odd)])]
+    data = exchange_codec.dumps(odd_records)
+    assert pickle.loads(data) == odd_records == exchange_codec.loads(data)

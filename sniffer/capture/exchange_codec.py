@@ -17,7 +17,7 @@ from typing import Any
 
 from reassembly.events import Exchange, ExchangeFlag, HttpRequest, HttpResponse
 
-__all__ = ["decode", "encode", "pack", "unpack"]
+__all__ = ["decode", "dumps", "encode", "loads", "pack", "unpack"]
 
 # A pickle (protocol 2 and later) starts with its PROTO opcode; marshal data with a type code, never it.
 _PICKLE = b"\x80"
@@ -105,3 +105,16 @@ def decode(data: bytes) -> list[Exchange]:
     if data[:1] == _PICKLE:
         return pickle.loads(data)  # type: ignore[no-any-return]
     return [unpack(t) for t in marshal.loads(data)]
+
+
+def dumps(value: Any) -> bytes:
+    """Other data holding packed exchanges (`pack`): marshal, or pickle, whole, when something in it is
+    of a type marshal cannot carry (a core field of a new type); `loads` tells the two apart."""
+    try:
+        return marshal.dumps(value)
+    except ValueError:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def loads(data: bytes) -> Any:
+    return pickle.loads(data) if data[:1] == _PICKLE else marshal.loads(data)
